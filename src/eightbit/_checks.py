@@ -1,0 +1,62 @@
+"""Argument checks shared by every public function: clear TypeError/ValueError naming the argument."""
+from __future__ import annotations
+
+from typing import Iterable
+
+import torch
+
+FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+
+def check_tensor(
+    x: object,
+    name: str,
+    *,
+    dtypes: Iterable[torch.dtype] | None = None,
+    ndim: int | Iterable[int] | None = None,
+    min_ndim: int | None = None,
+) -> torch.Tensor:
+    """Raise TypeError unless ``x`` is a tensor of one of ``dtypes``; ValueError on a wrong number of dims."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if dtypes is not None:
+        dtypes = tuple(dtypes)
+        if x.dtype not in dtypes:
+            allowed = ", ".join(str(d).replace("torch.", "") for d in dtypes)
+            raise TypeError(f"{name} must have dtype in ({allowed}), got {str(x.dtype).replace('torch.', '')}")
+    if ndim is not None:
+        allowed_nd = (ndim,) if isinstance(ndim, int) else tuple(ndim)
+        if x.dim() not in allowed_nd:
+            raise ValueError(f"{name} must have {' or '.join(map(str, allowed_nd))} dims, got shape {tuple(x.shape)}")
+    if min_ndim is not None and x.dim() < min_ndim:
+        raise ValueError(f"{name} must have at least {min_ndim} dims, got shape {tuple(x.shape)}")
+    return x
+
+
+def check_choice(value: object, name: str, choices: Iterable[object]) -> None:
+    """Raise ValueError unless ``value`` is one of ``choices``."""
+    choices = tuple(choices)
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {choices}, got {value!r}")
+
+
+def check_number(
+    value: object,
+    name: str,
+    *,
+    low: float | None = None,
+    high: float | None = None,
+    low_inclusive: bool = True,
+    high_inclusive: bool = True,
+) -> float:
+    """Raise TypeError for a non-number and ValueError for a number outside [low, high] (or NaN)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
+    v = float(value)
+    if v != v:
+        raise ValueError(f"{name} must not be NaN")
+    if low is not None and (v < low or (v == low and not low_inclusive)):
+        raise ValueError(f"{name} must be {'>=' if low_inclusive else '>'} {low}, got {value}")
+    if high is not None and (v > high or (v == high and not high_inclusive)):
+        raise ValueError(f"{name} must be {'<=' if high_inclusive else '<'} {high}, got {value}")
+    return v

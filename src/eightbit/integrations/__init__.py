@@ -1,0 +1,1 @@
+"""Integrations: Hugging Face transformers and PEFT, torch.distributed."""

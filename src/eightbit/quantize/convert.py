@@ -1,0 +1,117 @@
+"""`quantize_model`: replace the linear layers of any ``nn.Module`` by quantized ones, in place."""
+from __future__ import annotations
+
+from typing import Iterable
+
+import torch
+from torch import nn
+
+from .base import QuantConfig
+
+
+def is_conv1d(module: nn.Module) -> bool:
+    """True for transformers' GPT-2 style ``Conv1D`` (a linear whose weight is stored [in, out])."""
+    cls = type(module)
+    return cls.__name__ == "Conv1D" and cls.__module__.startswith("transformers")
+
+
+def as_linear(module: nn.Module) -> nn.Linear:
+    """View an ``nn.Linear`` or a transformers ``Conv1D`` as an ``nn.Linear`` (weight [out, in]).
+
+    For ``Conv1D`` the returned layer's weight is a transposed view of the original (no copy)."""
+    if isinstance(module, nn.Linear):
+        return module
+    if is_conv1d(module):
+        in_features, out_features = module.weight.shape
+        lin = nn.Linear(in_features, out_features, bias=module.bias is not None, device="meta")
+        lin.weight = nn.Parameter(module.weight.detach().t(), requires_grad=False)
+        if module.bias is not None:
+            lin.bias = nn.Parameter(module.bias.detach(), requires_grad=False)
+        return lin
+    raise TypeError(f"expected nn.Linear or transformers Conv1D, got {type(module).__name__}")
+
+
+def is_linear_like(module: nn.Module) -> bool:
+    """True for layers ``quantize_model`` converts (``nn.Linear`` and transformers ``Conv1D``)."""
+    return isinstance(module, nn.Linear) or is_conv1d(module)
+
+
+def find_linear_layers(model: nn.Module, config: QuantConfig | None = None) -> list[str]:
+    """Dotted names of the layers ``quantize_model(model, config)`` would convert (skips applied)."""
+    return [
+        name
+        for name, m in model.named_modules()
+        if is_linear_like(m) and not (config is not None and config.is_skipped(name))
+    ]
+
+
+def replace_layers(model: nn.Module, config: QuantConfig, names: Iterable[str]) -> list[tuple[nn.Module, str, nn.Module]]:
+    """Replace the named linear layers; return an undo log of (parent, attribute, original module).
+
+    Raises ValueError (and changes nothing) when a name is missing or not a linear layer."""
+    names = list(names)
+    modules = dict(model.named_modules())
+    for name in names:
+        if name == "":
+            raise ValueError("the model itself is a linear layer: call config.make_linear(model, '') instead")
+        if name not in modules:
+            raise ValueError(f"module {name!r} not found in the model")
+        if not is_linear_like(modules[name]):
+            raise ValueError(f"module {name!r} is {type(modules[name]).__name__}, not nn.Linear or Conv1D")
+    undo: list[tuple[nn.Module, str, nn.Module]] = []
+    try:
+        for name in names:
+            parent_name, _, attr = name.rpartition(".")
+            parent = modules[parent_name]
+            original = modules[name]
+            new = config.make_linear(as_linear(original), name)
+            setattr(parent, attr, new)
+            undo.append((parent, attr, original))
+    except BaseException:
+        undo_replacements(undo)
+        raise
+    return undo
+
+
+def undo_replacements(undo: list[tuple[nn.Module, str, nn.Module]]) -> None:
+    """Put back the original modules recorded by ``replace_layers``."""
+    for parent, attr, original in reversed(undo):
+        setattr(parent, attr, original)
+
+
+@torch.no_grad()
+def quantize_model(model: nn.Module, config: QuantConfig, *, modules: Iterable[str] | None = None) -> nn.Module:
+    """Replace every ``nn.Linear`` (and transformers ``Conv1D``) not skipped by ``config`` with its
+    quantized version, in place, and return the model.
+
+    Works for ``Int8Config`` (LLM.int8()), ``FP8Config`` and ``Int8StaticConfig`` (then run
+    ``eightbit.calibrate(model, batches)``). ``modules`` restricts conversion to exactly these dotted
+    names (used when loading checkpoints). A bare ``nn.Linear`` model returns its replacement.
+
+    Raises TypeError for a non-module model or non-config config, ValueError for unknown ``modules``.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if not isinstance(config, QuantConfig):
+        raise TypeError(f"config must be an eightbit QuantConfig (Int8Config, FP8Config, ...), got {type(config).__name__}")
+    if is_linear_like(model):
+        return config.make_linear(as_linear(model), "")
+    names = find_linear_layers(model, config) if modules is None else list(modules)
+    replace_layers(model, config, names)
+    model._eightbit_config = config
+    return model
+
+
+def memory_footprint(model: nn.Module) -> int:
+    """Bytes of the model's parameters and buffers as stored; tensors sharing storage count once."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    seen: set[tuple[int, int, int]] = set()
+    total = 0
+    for t in list(model.parameters()) + list(model.buffers()):
+        key = (t.untyped_storage().data_ptr(), t.storage_offset(), t.numel()) if t.device.type != "meta" else (id(t), 0, 0)
+        if key in seen:
+            continue
+        seen.add(key)
+        total += t.numel() * t.element_size()
+    return total
