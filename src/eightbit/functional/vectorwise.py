@@ -1,0 +1,54 @@
+"""Vector-wise (row-wise) absmax int8 quantization, the building block of LLM.int8().
+
+Non-finite input, by design: a vector containing NaN or +-Inf gets ``absmax`` NaN or Inf and all-zero
+codes, so it dequantizes to NaN (0 * NaN, 0 * Inf) while every other vector is unaffected. NaN never
+spreads across vectors, and a non-finite vector is never silently turned into finite numbers.
+"""
+from __future__ import annotations
+
+import torch
+
+from .._checks import FLOAT_DTYPES, check_tensor
+
+INT8_MAX = 127.0
+
+
+def _check_dim(x: torch.Tensor, dim: int) -> int:
+    if not isinstance(dim, int) or isinstance(dim, bool):
+        raise TypeError(f"dim must be an int, got {type(dim).__name__}")
+    if x.dim() == 0:
+        raise ValueError("x must have at least 1 dim, got a scalar")
+    if not -x.dim() <= dim < x.dim():
+        raise ValueError(f"dim must be in [{-x.dim()}, {x.dim() - 1}] for shape {tuple(x.shape)}, got {dim}")
+    return dim
+
+
+def quantize_vectorwise(x: torch.Tensor, dim: int = -1) -> tuple[torch.Tensor, torch.Tensor]:
+    """Quantize ``x`` to int8 with one absmax per vector along ``dim``.
+
+    Returns ``(q, absmax)``: ``q`` int8 of ``x.shape`` with ``q = round(127 * x / absmax)``; ``absmax``
+    float32 of ``x.shape`` with ``dim`` removed. All-zero vectors give zero codes and absmax 0 (no NaN).
+    ``x``: fp32/bf16/fp16, any shape, contiguous or not. Raises TypeError/ValueError on bad input.
+    """
+    check_tensor(x, "x", dtypes=FLOAT_DTYPES)
+    dim = _check_dim(x, dim)
+    xf = x.float()
+    absmax = xf.abs().amax(dim=dim, keepdim=True)  # NaN/Inf propagate into this vector's absmax only
+    scale = torch.where(absmax > 0, INT8_MAX / absmax, torch.zeros_like(absmax))  # Inf absmax -> scale 0
+    q = torch.nan_to_num(xf * scale, nan=0.0).round_().clamp_(-INT8_MAX, INT8_MAX).to(torch.int8)
+    return q, absmax.squeeze(dim)
+
+
+def dequantize_vectorwise(
+    q: torch.Tensor, absmax: torch.Tensor, dim: int = -1, dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
+    """Inverse of ``quantize_vectorwise``: ``q * absmax / 127`` in ``dtype`` (shape of ``q``)."""
+    check_tensor(q, "q", dtypes=(torch.int8,))
+    check_tensor(absmax, "absmax", dtypes=(torch.float32,))
+    dim = _check_dim(q, dim)
+    expected = q.shape[:dim % q.dim()] + q.shape[dim % q.dim() + 1 :]
+    if absmax.shape != expected:
+        raise ValueError(f"absmax must have shape {tuple(expected)} for q of shape {tuple(q.shape)} and dim={dim}, got {tuple(absmax.shape)}")
+    if dtype not in FLOAT_DTYPES:
+        raise TypeError(f"dtype must be one of float32/bfloat16/float16, got {dtype}")
+    return (q.float() * (absmax.unsqueeze(dim) / INT8_MAX)).to(dtype)
