@@ -1,0 +1,188 @@
+"""Affine INT8 quantization for static post-training quantization, and the scale helpers shared with fp8.
+
+Symmetric: ``q = clamp(round(x / scale), -127, 127)`` as int8, zero point 0 (the -128 code is unused so
+the grid is symmetric). Asymmetric: ``q = clamp(round(x / scale) + zero_point, 0, 255)`` as uint8 with an
+integer zero point in [0, 255] (the range always contains 0, so 0.0 is exact). Rounding is half to even.
+
+Scales are per tensor (a 0-dim fp32 tensor) or per slice along ``axis`` (shape ``(x.shape[axis],)``).
+Computed scales use the finite values only; an all-zero slice gets scale 1. NaN inputs quantize to the
+zero point (i.e. dequantize to 0.0) and +-Inf saturate to the extreme codes: documented, tested, never
+spread to the other elements.
+"""
+from __future__ import annotations
+
+import torch
+
+from .._checks import check_tensor
+
+_IN_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
+_TINY = torch.finfo(torch.float32).tiny
+
+
+def check_axis(axis: int, x: torch.Tensor) -> int:
+    """Normalise ``axis`` for ``x`` (TypeError/ValueError when it is not a valid dim)."""
+    if isinstance(axis, bool) or not isinstance(axis, int):
+        raise TypeError(f"axis must be an int or None, got {type(axis).__name__}")
+    if not -x.dim() <= axis < x.dim():
+        raise ValueError(f"axis must be in [{-x.dim()}, {x.dim() - 1}] for a tensor of shape {tuple(x.shape)}, got {axis}")
+    return axis % x.dim()
+
+
+def _rows(x: torch.Tensor, axis: int | None) -> torch.Tensor:
+    """``x`` as (1, N) per tensor or (C, N) per slice along ``axis``."""
+    if axis is None:
+        return x.reshape(1, -1)
+    return x.movedim(axis, 0).reshape(x.shape[axis], -1)
+
+
+def finite_minmax(x: torch.Tensor, axis: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(min, max) over the finite values of ``x``, fp32, 0-dim or (C,); empty/all non-finite slices give 0."""
+    r = _rows(x, axis)
+    if r.shape[1] == 0:
+        z = torch.zeros(r.shape[0], dtype=torch.float32, device=x.device)
+        lo, hi = z, z.clone()
+    else:
+        lo, hi = r.amin(1), r.amax(1)
+        if not (torch.isfinite(lo).all() and torch.isfinite(hi).all()):
+            finite = torch.isfinite(r)
+            lo = torch.where(finite, r, torch.inf).amin(1)
+            hi = torch.where(finite, r, -torch.inf).amax(1)
+            lo = torch.where(torch.isfinite(lo), lo, 0.0)
+            hi = torch.where(torch.isfinite(hi), hi, 0.0)
+        lo, hi = lo.float(), hi.float()
+    return (lo[0], hi[0]) if axis is None else (lo, hi)
+
+
+def finite_amax(x: torch.Tensor, axis: int | None = None) -> torch.Tensor:
+    """max |x| over the finite values, fp32, 0-dim or (C,)."""
+    r = _rows(x, axis)
+    if r.shape[1] == 0:
+        m = torch.zeros(r.shape[0], dtype=torch.float32, device=x.device)
+    else:
+        m = r.abs().amax(1)
+        if not torch.isfinite(m).all():
+            a = r.abs()
+            m = torch.where(torch.isfinite(a), a, 0.0).amax(1)
+        m = m.float()
+    return m[0] if axis is None else m
+
+
+def scale_from_amax(amax: torch.Tensor, qmax: float) -> torch.Tensor:
+    """``amax / qmax`` with the zero-range guard (scale 1) and no underflow to 0."""
+    amax = amax.float()
+    return torch.where(amax > 0, amax / qmax, torch.ones_like(amax)).clamp_min(_TINY)
+
+
+def absmax_scale(x: torch.Tensor, qmax: float, axis: int | None = None) -> torch.Tensor:
+    """Symmetric scale ``max|x| / qmax`` from finite values; 0-dim or (x.shape[axis],) fp32."""
+    return scale_from_amax(finite_amax(x, axis), qmax)
+
+
+def check_scale(scale: torch.Tensor | float, x: torch.Tensor, axis: int | None, name: str = "scale") -> torch.Tensor:
+    """Validate a user scale: positive finite, 0-dim (or 1 element) per tensor, or ``(x.shape[axis],)``."""
+    if isinstance(scale, bool) or not isinstance(scale, (int, float, torch.Tensor)):
+        raise TypeError(f"{name} must be a float or a tensor, got {type(scale).__name__}")
+    s = torch.as_tensor(scale, dtype=torch.float32, device=x.device) if not isinstance(scale, torch.Tensor) else scale
+    if not s.is_floating_point():
+        raise TypeError(f"{name} must be a floating tensor, got {s.dtype}")
+    s = s.to(torch.float32)
+    if s.numel() == 1:
+        s = s.reshape(())
+    elif axis is None or s.shape != (x.shape[axis],):
+        want = "one element" if axis is None else f"one element or shape ({x.shape[axis]},)"
+        raise ValueError(f"{name} must have {want}, got shape {tuple(s.shape)}")
+    if not bool(((s > 0) & torch.isfinite(s)).all()):
+        raise ValueError(f"{name} must be positive and finite")
+    return s
+
+
+def broadcast_scale(s: torch.Tensor, x: torch.Tensor, axis: int | None) -> torch.Tensor:
+    """``s`` reshaped to broadcast against ``x`` (per-slice scales move to ``axis``)."""
+    if axis is None or s.dim() == 0:
+        return s
+    shape = [1] * x.dim()
+    shape[axis] = -1
+    return s.reshape(shape)
+
+
+def quantize_int8(
+    x: torch.Tensor,
+    scale: torch.Tensor | float | None = None,
+    zero_point: torch.Tensor | int | None = None,
+    axis: int | None = None,
+    symmetric: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Affine INT8 quantization; returns ``(q, scale, zero_point)``.
+
+    ``symmetric=True``: int8 codes in [-127, 127], ``zero_point`` all zeros (a given nonzero one is a
+    ValueError). ``symmetric=False``: uint8 codes with ``zero_point`` in [0, 255]; with a given ``scale``
+    the ``zero_point`` is required. ``scale``/``zero_point`` are 0-dim, or ``(x.shape[axis],)`` with ``axis``
+    (``zero_point`` int32). Raises TypeError/ValueError on bad arguments.
+    """
+    check_tensor(x, "x", dtypes=_IN_DTYPES)
+    if axis is not None:
+        axis = check_axis(axis, x)
+    if scale is None:
+        if symmetric:
+            scale = absmax_scale(x, 127.0, axis)
+        else:
+            lo, hi = finite_minmax(x, axis)
+            scale, zero_point = affine_params(lo, hi)
+    else:
+        scale = check_scale(scale, x, axis)
+    if symmetric:
+        zp = torch.zeros(scale.shape, dtype=torch.int32, device=x.device)
+        if zero_point is not None and bool((torch.as_tensor(zero_point) != 0).any()):
+            raise ValueError("zero_point must be 0 (or None) when symmetric=True")
+    else:
+        if zero_point is None:
+            raise ValueError("zero_point is required with a given scale when symmetric=False")
+        zp = _check_zero_point(zero_point, scale)
+    s = broadcast_scale(scale, x, axis)
+    y = torch.nan_to_num(torch.round(x.to(torch.float32) / s), nan=0.0)
+    if symmetric:
+        return y.clamp_(-127, 127).to(torch.int8), scale, zp
+    return (y + broadcast_scale(zp, x, axis)).clamp_(0, 255).to(torch.uint8), scale, zp
+
+
+def affine_params(lo: torch.Tensor, hi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Asymmetric uint8 (scale, zero_point) covering [lo, hi] widened to contain 0."""
+    lo = torch.minimum(lo.float(), torch.zeros_like(lo, dtype=torch.float32))
+    hi = torch.maximum(hi.float(), torch.zeros_like(hi, dtype=torch.float32))
+    scale = scale_from_amax(hi - lo, 255.0)
+    zp = torch.round(-lo / scale).clamp(0, 255).to(torch.int32)
+    return scale, zp
+
+
+def _check_zero_point(zero_point: torch.Tensor | int, scale: torch.Tensor) -> torch.Tensor:
+    zp = torch.as_tensor(zero_point, device=scale.device)
+    if zp.is_floating_point() or zp.dtype == torch.bool:
+        raise TypeError(f"zero_point must be an integer tensor or int, got {zp.dtype}")
+    zp = zp.to(torch.int32)
+    if zp.numel() == 1:
+        zp = zp.reshape(()).expand(scale.shape).contiguous()
+    if zp.shape != scale.shape:
+        raise ValueError(f"zero_point shape {tuple(zp.shape)} does not match scale shape {tuple(scale.shape)}")
+    if bool(((zp < 0) | (zp > 255)).any()):
+        raise ValueError("zero_point must be in [0, 255]")
+    return zp
+
+
+def dequantize_int8(
+    q: torch.Tensor,
+    scale: torch.Tensor | float,
+    zero_point: torch.Tensor | int | None = None,
+    axis: int | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
+    """``(q - zero_point) * scale`` in ``dtype``; ``q`` int8 (symmetric) or uint8 (asymmetric)."""
+    check_tensor(q, "q", dtypes=(torch.int8, torch.uint8))
+    if dtype not in _IN_DTYPES:
+        raise ValueError(f"dtype must be one of {_IN_DTYPES}, got {dtype}")
+    if axis is not None:
+        axis = check_axis(axis, q)
+    scale = check_scale(scale, q, axis)
+    y = q.to(torch.float32)
+    if zero_point is not None:
+        y = y - broadcast_scale(_check_zero_point(zero_point, scale).to(torch.float32), q, axis)
+    return (y * broadcast_scale(scale, q, axis)).to(dtype)

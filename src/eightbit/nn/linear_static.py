@@ -1,0 +1,192 @@
+"""Post-training quantized linear layers: `LinearFP8` (FP8-BERT) and `LinearInt8Static` (static INT8),
+two thin names for one class, `LinearStatic`, parameterized by the target format (`QuantSpec`).
+
+Storage: ``weight`` codes one byte per value (torch float8 dtype, or int8) + ``weight_scale`` (per output
+channel ``(out,)`` or per tensor ``()``), symmetric. Static activations: ``input_scale`` /
+``input_zero_point`` / ``calibrated`` buffers (persistent, so a calibrated model round-trips through
+``state_dict`` and ``save_quantized``), set by ``eightbit.calibrate``; running an uncalibrated static layer
+raises RuntimeError. Dynamic activations (FP8 only): a scale per token, computed on the fly.
+
+Compute is simulated quantization, as in the paper: the input is quantized then dequantized with its
+scale, and the GEMM runs in ``compute_dtype`` on the dequantized weight (this CPU has no fp8 GEMM).
+The dequantized weight is never cached: it is rebuilt each call in chunks of at most ``CHUNK_ELEMENTS``
+values (16 MB in fp32), so the layer keeps its 1-byte footprint at the cost of one dequantization pass
+per forward. Bias stays in float; Softmax/GELU/LayerNorm around the layer are untouched.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .._checks import FLOAT_DTYPES, check_choice, check_number
+from ..functional.affine import finite_minmax
+from ..quantize.observers import OBSERVERS, MinMaxObserver, Observer, QuantSpec, make_observer
+from .base import QuantizedLinear
+
+CHUNK_ELEMENTS = 1 << 22
+
+
+class LinearStatic(QuantizedLinear):
+    """Linear layer with 8-bit weights and statically (or dynamically) quantized activations.
+
+    ``spec``: the activation/weight format (weights always use its symmetric version).
+    ``weight_granularity``: "channel" (per output row) or "tensor". ``activation``: "static" (calibrated
+    per-tensor scale) or "dynamic" (per-token scale; FP8 only). ``calibration``: observer name for static
+    activations ("minmax", "percentile", "entropy", "mse"); weights always use absmax (minmax).
+    Input (..., in_features) float; output (..., out_features) in the input dtype.
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool = True,
+        *,
+        spec: QuantSpec,
+        weight_granularity: str = "channel",
+        activation: str = "static",
+        calibration: str = "minmax",
+        percentile: float = 99.99,
+        compute_dtype: torch.dtype = torch.float32,
+        device: torch.device | str | None = None,
+    ) -> None:
+        super().__init__()
+        if not isinstance(spec, QuantSpec):
+            raise TypeError(f"spec must be a QuantSpec, got {type(spec).__name__}")
+        check_choice(weight_granularity, "weight_granularity", ("channel", "tensor"))
+        check_choice(activation, "activation", ("static", "dynamic"))
+        check_choice(calibration, "calibration", tuple(OBSERVERS))
+        check_choice(compute_dtype, "compute_dtype", FLOAT_DTYPES)
+        check_number(percentile, "percentile", low=0.0, high=100.0, low_inclusive=False)
+        self.in_features, self.out_features = int(in_features), int(out_features)
+        self.spec = spec
+        self.weight_spec = QuantSpec(spec.kind, spec.format, symmetric=True)
+        self.weight_granularity, self.activation = weight_granularity, activation
+        self.calibration, self.percentile, self.compute_dtype = calibration, float(percentile), compute_dtype
+        self.register_buffer("weight", torch.zeros(out_features, in_features, dtype=self.weight_spec.storage_dtype, device=device))
+        scale_shape = (out_features,) if weight_granularity == "channel" else ()
+        self.register_buffer("weight_scale", torch.ones(scale_shape, dtype=torch.float32, device=device))
+        self.register_buffer("bias", torch.zeros(out_features, dtype=torch.float32, device=device) if bias else None)
+        if activation == "static":
+            self.register_buffer("input_scale", torch.ones((), dtype=torch.float32, device=device))
+            self.register_buffer("input_zero_point", torch.zeros((), dtype=torch.int32, device=device))
+            self.register_buffer("calibrated", torch.zeros((), dtype=torch.bool, device=device))
+        self._observer: Observer | None = None
+
+    # construction ---------------------------------------------------------------------------------
+    @classmethod
+    def from_linear(cls, linear: nn.Linear, **options) -> "LinearStatic":
+        """Quantize ``linear``'s weight (absmax per channel or tensor); options as in ``__init__``."""
+        if not isinstance(linear, nn.Linear):
+            raise TypeError(f"linear must be an nn.Linear, got {type(linear).__name__}")
+        layer = cls(linear.in_features, linear.out_features, linear.bias is not None, device=linear.weight.device, **options)
+        layer.set_weight(linear.weight, linear.bias)
+        return layer
+
+    @torch.no_grad()
+    def set_weight(self, weight: torch.Tensor, bias: torch.Tensor | None = None) -> None:
+        """Quantize and store a float ``weight`` (out_features, in_features) and copy ``bias``."""
+        if tuple(weight.shape) != (self.out_features, self.in_features):
+            raise ValueError(f"weight must have shape {(self.out_features, self.in_features)}, got {tuple(weight.shape)}")
+        axis = 0 if self.weight_granularity == "channel" else None
+        obs = MinMaxObserver(self.weight_spec, axis=axis)
+        obs.observe(weight)
+        scale, _ = obs.qparams()
+        self.weight.copy_(self.weight_spec.quantize(weight.detach(), scale, axis=axis))
+        self.weight_scale.copy_(scale)
+        if self.bias is not None and bias is not None:
+            self.bias.copy_(bias.detach().float())
+
+    # calibration ----------------------------------------------------------------------------------
+    @property
+    def needs_calibration(self) -> bool:
+        """True for static activations (a scale must come from calibration)."""
+        return self.activation == "static"
+
+    @property
+    def is_calibrated(self) -> bool:
+        """True when the static activation scale is set (always True for dynamic activations)."""
+        return not self.needs_calibration or bool(self.calibrated)
+
+    def start_observing(self) -> None:
+        """Enter observing mode: forward records inputs and runs with unquantized activations."""
+        if not self.needs_calibration:
+            raise RuntimeError("this layer uses dynamic activation scales: nothing to calibrate")
+        self._observer = make_observer(self.calibration, self.spec, percentile=self.percentile)
+
+    @torch.no_grad()
+    def finish_observing(self) -> bool:
+        """Freeze the activation scale from the observations; False (layer left as it was) if it saw none."""
+        obs, self._observer = self._observer, None
+        if obs is None or not obs.has_data:
+            return False
+        scale, zero_point = obs.qparams()
+        self.input_scale.copy_(scale)
+        self.input_zero_point.copy_(zero_point)
+        self.calibrated.fill_(True)
+        return True
+
+    # compute --------------------------------------------------------------------------------------
+    def dequantized_weight(self) -> torch.Tensor:
+        """The weight as float32 (out_features, in_features) (allocates)."""
+        return self._weight_rows(0, self.out_features, torch.float32)
+
+    def _weight_rows(self, start: int, stop: int, dtype: torch.dtype) -> torch.Tensor:
+        per_channel = self.weight_granularity == "channel"
+        scale = self.weight_scale[start:stop] if per_channel else self.weight_scale
+        return self.weight_spec.dequantize(self.weight[start:stop], scale, axis=0 if per_channel else None, dtype=dtype)
+
+    def _quantize_input(self, x: torch.Tensor) -> torch.Tensor:
+        cd = self.compute_dtype
+        if self.activation == "static":
+            if not bool(self.calibrated):
+                raise RuntimeError(
+                    "static activation scales are not calibrated: run eightbit.calibrate(model, batches) after "
+                    "quantize_model (or load a calibrated checkpoint) before running the model"
+                )
+            return self.spec.fake_quantize(x, self.input_scale, self.input_zero_point, dtype=cd)
+        rows = x.reshape(-1, self.in_features)  # (tokens, in): one scale per token
+        scale, zero_point = self.spec.qparams(*finite_minmax(rows, 0))
+        return self.spec.fake_quantize(rows, scale, zero_point, axis=0, dtype=cd).reshape(x.shape)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-1] != self.in_features:
+            raise ValueError(f"input last dim must be {self.in_features}, got shape {tuple(x.shape)}")
+        if self._observer is not None:
+            self._observer.observe(x)
+            xq = x.to(self.compute_dtype)
+        else:
+            xq = self._quantize_input(x)
+        bias = None if self.bias is None else self.bias.to(self.compute_dtype)
+        rows = max(1, CHUNK_ELEMENTS // max(1, self.in_features))
+        if rows >= self.out_features:
+            out = F.linear(xq, self._weight_rows(0, self.out_features, self.compute_dtype), bias)
+        else:
+            out = xq.new_empty(*xq.shape[:-1], self.out_features)
+            for r0 in range(0, self.out_features, rows):
+                r1 = min(r0 + rows, self.out_features)
+                out[..., r0:r1] = F.linear(xq, self._weight_rows(r0, r1, self.compute_dtype), None if bias is None else bias[r0:r1])
+        return out.to(x.dtype)
+
+    def extra_repr(self) -> str:
+        act = f"activation={self.activation}" + (f", calibration={self.calibration}" if self.activation == "static" else "")
+        return (f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
+                f"format={self.spec.name}, weight_granularity={self.weight_granularity}, {act}")
+
+
+class LinearFP8(LinearStatic):
+    """FP8 post-training quantized linear (FP8-BERT): ``format`` one of ``eightbit.functional.FP8_FORMATS``."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, *, format: str = "e4m3", **options) -> None:
+        super().__init__(in_features, out_features, bias, spec=QuantSpec("fp8", format), **options)
+
+
+class LinearInt8Static(LinearStatic):
+    """Static INT8 post-training quantized linear: symmetric int8 (or asymmetric uint8) activations with a
+    calibrated per-tensor scale, symmetric int8 weights."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, *, symmetric: bool = True, **options) -> None:
+        if options.get("activation", "static") != "static":
+            raise ValueError("LinearInt8Static only supports activation='static'")
+        super().__init__(in_features, out_features, bias, spec=QuantSpec("int8", symmetric=bool(symmetric)), **options)
