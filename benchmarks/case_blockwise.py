@@ -1,0 +1,50 @@
+"""Case "blockwise": block-wise 8-bit quantize + dequantize (dynamic code, blocksize 2048) of 64M fp32 values.
+
+Throughput is GB/s of fp32 input through the round trip. Accuracy: relative error of the round trip.
+Floor: 10 bytes/value (read 4 + write 1, then read 1 + write 4) at the measured bandwidth.
+"""
+from __future__ import annotations
+
+import torch
+
+from .common import Built, Context, Impl, Row, Unavailable, measure, rel_error
+
+BLOCKSIZE = 2048
+
+
+def numel(quick: bool) -> int:
+    return (4 if quick else 64) * 2**20
+
+
+def _eightbit(x: torch.Tensor) -> Built:
+    from eightbit.functional import dequantize_blockwise, quantize_blockwise
+
+    def fn():
+        q, state = quantize_blockwise(x, blocksize=BLOCKSIZE)
+        return dequantize_blockwise(q, state)
+
+    return Built(fn, rel_error=rel_error(fn(), x))
+
+
+def _bitsandbytes(x: torch.Tensor) -> Built:
+    try:
+        import bitsandbytes.functional as F
+    except ImportError as e:
+        raise Unavailable("bitsandbytes not installed") from e
+
+    def fn():
+        q, state = F.quantize_blockwise(x, blocksize=BLOCKSIZE)
+        return F.dequantize_blockwise(q, state)
+
+    return Built(fn, rel_error=rel_error(fn(), x))
+
+
+def run(ctx: Context) -> list[Row]:
+    """All configurations of the case, as result rows."""
+    n = numel(ctx.quick)
+    x = torch.randn(n, generator=torch.Generator().manual_seed(0))
+    impls = [Impl("eightbit quantize_blockwise", lambda: _eightbit(x)),
+             Impl("bitsandbytes quantize_blockwise", lambda: _bitsandbytes(x))]
+    floor = 10 * n / (ctx.bandwidth_gbps * 1e9) if ctx.bandwidth_gbps else None
+    return measure(ctx, "blockwise", f"{n // 2**20}M fp32, blocksize {BLOCKSIZE}", impls,
+                   bytes_per_call=4 * n, floor_s=floor)

@@ -1,0 +1,102 @@
+"""What machine the numbers come from, and its physical floors (memory bandwidth, fp32 GEMM peak)."""
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import platform
+import time
+from typing import Any
+
+import torch
+
+_FLAG_NAMES = {
+    "avx2": "avx2",
+    "avx512f": "avx512f",
+    "avx512_vnni": "avx512_vnni",
+    "avx_vnni": "avx_vnni",
+    "avx512_bf16": "avx512_bf16",
+    "amx_tile": "amx_tile",
+    "amx_int8": "amx_int8",
+    "amx_bf16": "amx_bf16",
+    "f16c": "f16c",
+    "fma": "fma",
+}
+_PACKAGES = ("eightbit", "torch", "numpy", "onnxruntime", "onnx", "torchao", "bitsandbytes")
+
+
+def _cpuinfo() -> tuple[str, set[str]]:
+    model, flags = platform.processor() or "unknown", set()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                key = key.strip()
+                if key == "model name":
+                    model = value.strip()
+                elif key == "flags" and not flags:
+                    flags = set(value.split())
+    except OSError:  # not Linux: leave flags empty rather than guess
+        pass
+    return model, flags
+
+
+def _version(pkg: str) -> str | None:
+    try:
+        return importlib.metadata.version(pkg)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def machine_info() -> dict[str, Any]:
+    """Cores, CPU model, SIMD/AMX flags, torch build facts, peer versions and the current load."""
+    model, flags = _cpuinfo()
+    info: dict[str, Any] = {
+        "cpu_model": model,
+        "logical_cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "flags": {name: (flag in flags) for name, flag in _FLAG_NAMES.items()},
+        "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "versions": {pkg: _version(pkg) for pkg in _PACKAGES},
+    }
+    try:
+        info["loadavg_start"] = list(os.getloadavg())
+    except OSError:
+        info["loadavg_start"] = None
+    try:
+        with open("/proc/meminfo") as f:
+            info["mem_total_gib"] = round(int(f.readline().split()[1]) / 2**20, 1)
+    except (OSError, ValueError, IndexError):
+        info["mem_total_gib"] = None
+    return info
+
+
+def _best_of(fn, n: int) -> float:
+    fn()
+    best = float("inf")
+    for _ in range(n):
+        t = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t)
+    return best
+
+
+def measure_bandwidth(quick: bool) -> float:
+    """Copy bandwidth in GB/s, counting bytes read plus bytes written (the best of a few big copies).
+
+    The buffers (64/256 MiB) are far larger than the caches, so this is DRAM bandwidth."""
+    n = (16 if quick else 64) * 2**20  # fp32 elements
+    src = torch.rand(n)
+    dst = torch.empty_like(src)
+    t = _best_of(lambda: dst.copy_(src), 3 if quick else 7)
+    return 2 * src.numel() * 4 / t / 1e9
+
+
+def measure_fp32_gflops(quick: bool) -> float:
+    """Peak-ish fp32 GEMM rate in GFLOP/s (square matmul, best of a few runs)."""
+    n = 1024 if quick else 2048
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    out = torch.empty(n, n)
+    t = _best_of(lambda: torch.mm(a, b, out=out), 3 if quick else 5)
+    return 2 * n**3 / t / 1e9

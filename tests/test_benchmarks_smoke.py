@@ -1,0 +1,56 @@
+"""Smoke test of the benchmark harness: `python -m benchmarks --quick` finishes in bounded time, writes a JSON
+file with the documented schema, and every case produces rows (peers or eightbit parts may be unavailable)."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+CASES = ["linear", "optim", "blockwise", "fp8", "compile"]
+ROW_KEYS = {"case", "config", "impl", "status", "reason", "median_ms", "p10_ms", "p90_ms", "samples",
+            "calls_per_sample", "gbps", "rel_error", "floor_ms", "x_floor", "extra"}
+
+
+@pytest.mark.slow
+def test_quick_run_writes_schema(tmp_path):
+    out = tmp_path / "bench.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "--quick", "--json", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=89,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "| case | config | implementation |" in proc.stdout
+    data = json.loads(out.read_text())
+    assert data["schema_version"] == 1 and data["quick"] is True and data["complete"] is True
+    assert data["cases"] == CASES
+    m = data["machine"]
+    assert m["logical_cores"] >= 1 and m["cpu_model"]
+    assert {"avx2", "avx512f", "amx_int8"} <= set(m["flags"])
+    assert {"torch", "onnxruntime", "torchao", "bitsandbytes"} <= set(m["versions"])
+    assert data["floors"]["bandwidth_gbps"] > 0 and data["floors"]["fp32_gflops"] > 0
+    for row in data["rows"]:
+        assert set(row) == ROW_KEYS
+        assert row["status"] in ("ok", "unavailable", "error")
+        if row["status"] == "ok":
+            assert row["p10_ms"] <= row["median_ms"] <= row["p90_ms"] and row["samples"] >= 1
+        else:
+            assert row["reason"]
+    for case in CASES:
+        assert any(r["case"] == case for r in data["rows"]), f"case {case} produced no rows"
+    # the always-present torch baselines must have run, with float64-referenced accuracy
+    ok = {(r["case"], r["impl"]): r for r in data["rows"] if r["status"] == "ok"}
+    assert ok[("linear", "torch fp32 nn.Linear")]["rel_error"] < 1e-5
+    assert ok[("optim", "torch AdamW fused")]["extra"]["state_bytes"] > 0
+    assert ok[("fp8", "torch float8_e4m3fn cast")]["gbps"] > 0
+    assert {"target", "measured", "op", "limit", "unit", "pass"} <= set(data["targets"][0])
+    assert len(data["targets"]) >= 9
+
+
+def test_unknown_case_is_rejected():
+    proc = subprocess.run([sys.executable, "-m", "benchmarks", "--cases", "nope"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "unknown case" in proc.stderr
