@@ -124,14 +124,27 @@ def _chunk_rows(k: int) -> int:
     return max(1, (2 << 20) // (4 * max(k, 1)))  # about 2 MB of float32 per chunk
 
 
-def _int8_linear_forward(x2: torch.Tensor, w_int8, w_absmax, threshold: float) -> torch.Tensor:
+def prepack_weight(weight_int8: torch.Tensor) -> torch.Tensor | None:
+    """A device-specific packed copy of ``weight_int8`` [N, K] for ``int8_linear(..., packed_weight=)``,
+    or None when this device has no packed kernel (or references are forced). Pack once per weight and
+    cache it outside the state_dict (``Linear8bitLt`` does); packing a 4096x4096 weight takes ~70 ms on CPU."""
+    check_tensor(weight_int8, "weight_int8", dtypes=(torch.int8,), ndim=2)
+    kernel = get_kernel("int8_prepack", weight_int8.device.type)
+    return None if kernel is None else kernel(weight_int8)
+
+
+def _int8_linear_forward(x2: torch.Tensor, w_int8, w_absmax, threshold: float, packed=None) -> torch.Tensor:
     xf = x2.float()  # (T, K)
     cols = outlier_columns(xf, threshold)
     if cols.numel():
         xq, xabs = quantize_vectorwise(xf.index_fill(1, cols, 0.0))
     else:
         xq, xabs = quantize_vectorwise(xf)
-    out = int8_matmul_dequant(xq, xabs, w_int8, w_absmax)  # (T, N)
+    kernel = None if packed is None else get_kernel("int8_matmul_dequant_packed", xq.device.type)
+    if kernel is not None:
+        out = kernel(xq, xabs, packed, w_absmax)  # (T, N)
+    else:
+        out = int8_matmul_dequant(xq, xabs, w_int8, w_absmax)  # (T, N)
     if cols.numel():
         # Outliers in float32: on CPUs without AMX-BF16, fp32 is both faster and more exact than 16-bit.
         out = out + xf.index_select(1, cols) @ dequantize_weight_columns(w_int8, w_absmax, cols).T
@@ -142,10 +155,10 @@ class _Int8Linear(torch.autograd.Function):
     """Forward: LLM.int8(); backward: gradient of the dequantized linear w.r.t. x (weight frozen)."""
 
     @staticmethod
-    def forward(ctx, x2, w_int8, w_absmax, bias, threshold):
+    def forward(ctx, x2, w_int8, w_absmax, bias, threshold, packed):
         ctx.save_for_backward(w_int8, w_absmax)
         ctx.has_bias = bias is not None
-        out = _int8_linear_forward(x2, w_int8, w_absmax, threshold)
+        out = _int8_linear_forward(x2, w_int8, w_absmax, threshold, packed)
         if bias is not None:
             out = out + bias.float()
         return out
@@ -161,7 +174,7 @@ class _Int8Linear(torch.autograd.Function):
                 grad_x += g[:, start : start + w.shape[0]] @ w
         if ctx.has_bias and ctx.needs_input_grad[3]:
             grad_bias = grad_out.float().sum(0)
-        return grad_x, None, None, grad_bias, None
+        return grad_x, None, None, grad_bias, None, None
 
 
 def int8_linear(
@@ -170,6 +183,8 @@ def int8_linear(
     weight_absmax: torch.Tensor,
     bias: torch.Tensor | None = None,
     threshold: float = 6.0,
+    *,
+    packed_weight: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """LLM.int8() linear: ``y = x @ W.T + bias`` with vector-wise int8 and outlier decomposition.
 
@@ -177,7 +192,8 @@ def int8_linear(
     ``bias``: float [N] or None. Columns of ``x`` with any ``|x| >= threshold`` run in float32
     (``threshold=0`` disables decomposition). Returns ``x.dtype`` [..., N]. Differentiable w.r.t. ``x``
     and ``bias`` (the weight is frozen). A row of ``x`` holding NaN gives a NaN output row; other rows
-    are unaffected. Raises TypeError/ValueError on bad dtypes or shapes.
+    are unaffected. ``packed_weight``: optional ``prepack_weight(weight_int8)`` result (must match
+    ``weight_int8``), enabling the fastest kernel. Raises TypeError/ValueError on bad dtypes or shapes.
     """
     check_tensor(x, "x", dtypes=FLOAT_DTYPES, min_ndim=1)
     check_tensor(weight_int8, "weight_int8", dtypes=(torch.int8,), ndim=2)
@@ -186,12 +202,17 @@ def int8_linear(
     n, k = weight_int8.shape
     if x.shape[-1] != k:
         raise ValueError(f"x has {x.shape[-1]} features in its last dim, weight_int8 expects {k}")
+    if k == 0:
+        raise ValueError("weight_int8 must have at least one input feature (K >= 1), got shape (N, 0)")
     if weight_absmax.shape[0] != n:
         raise ValueError(f"weight_absmax must have shape ({n},), got {tuple(weight_absmax.shape)}")
     if bias is not None:
         check_tensor(bias, "bias", dtypes=FLOAT_DTYPES, ndim=1)
         if bias.shape[0] != n:
             raise ValueError(f"bias must have shape ({n},), got {tuple(bias.shape)}")
+    for name, t in (("weight_int8", weight_int8), ("weight_absmax", weight_absmax), ("bias", bias)):
+        if t is not None and t.device != x.device:
+            raise ValueError(f"{name} is on device {t.device} but x is on {x.device}: all must share one device")
     lead = x.shape[:-1]
-    out = _Int8Linear.apply(x.reshape(-1, k), weight_int8, weight_absmax, bias, threshold)
+    out = _Int8Linear.apply(x.reshape(-1, k), weight_int8, weight_absmax, bias, threshold, packed_weight)
     return out.to(x.dtype).reshape(*lead, n)

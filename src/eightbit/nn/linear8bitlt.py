@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from .._checks import check_number
-from ..functional.int8 import dequantized_weight_chunks, int8_linear
+from ..functional.int8 import dequantized_weight_chunks, int8_linear, prepack_weight
 from ..functional.vectorwise import quantize_vectorwise
 from .base import QuantizedLinear
 
@@ -20,6 +20,9 @@ class Linear8bitLt(QuantizedLinear):
 
     ``.to(dtype)`` casts only the bias (the int8 codes and float32 absmax keep their dtypes);
     ``.to(device)`` moves everything. Nothing is re-quantized by ``.to``.
+
+    On CPU the weight is packed for oneDNN on the first forward and cached on the module (not in the
+    state_dict); the cache is dropped by ``.to()``/``load_state_dict`` and rebuilt when ``weight_int8`` changes.
     """
 
     def __init__(
@@ -44,6 +47,7 @@ class Linear8bitLt(QuantizedLinear):
             self.bias = nn.Parameter(torch.zeros(out_features, dtype=dtype or torch.float32, device=device))
         else:
             self.register_parameter("bias", None)
+        self._packed: tuple[tuple, torch.Tensor | None] | None = None
 
     @classmethod
     @torch.no_grad()
@@ -52,6 +56,8 @@ class Linear8bitLt(QuantizedLinear):
         if not isinstance(linear, nn.Linear):
             raise TypeError(f"linear must be an nn.Linear, got {type(linear).__name__}")
         w = linear.weight
+        if not torch.isfinite(w).all():
+            raise ValueError("linear.weight holds NaN or Inf: refusing to quantize it")
         layer = cls(linear.in_features, linear.out_features, bias=linear.bias is not None, threshold=threshold, device="meta")
         q, absmax = quantize_vectorwise(w.detach(), dim=-1)
         layer.weight_int8 = q.contiguous()
@@ -65,8 +71,24 @@ class Linear8bitLt(QuantizedLinear):
         """The int8 weight codes [out_features, in_features] (as bitsandbytes' ``Linear8bitLt.weight``)."""
         return self.weight_int8
 
+    def _packed_weight(self) -> torch.Tensor | None:
+        w = self.weight_int8
+        key = (w.device, w.data_ptr(), w._version)
+        if self._packed is not None and self._packed[0] == key:
+            return self._packed[1]
+        packed = prepack_weight(w)
+        if packed is not None:  # None under reference_only(): do not cache, the fast path may come back
+            self._packed = (key, packed)
+        return packed
+
+    def __getstate__(self):
+        state = super().__getstate__().copy()
+        state["_packed"] = None  # opaque oneDNN tensor: rebuilt on demand, never copied or pickled
+        return state
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return int8_linear(x, self.weight_int8, self.weight_absmax, self.bias, threshold=self.threshold)
+        packed = self._packed_weight() if self.weight_int8.device.type == "cpu" else None
+        return int8_linear(x, self.weight_int8, self.weight_absmax, self.bias, threshold=self.threshold, packed_weight=packed)
 
     @torch.no_grad()
     def dequantized_weight(self) -> torch.Tensor:
@@ -79,10 +101,15 @@ class Linear8bitLt(QuantizedLinear):
     def _apply(self, fn, recurse=True):
         # Keep the absmax in float32 whatever dtype the module is cast to: bf16 scales would cost accuracy.
         absmax = self.weight_absmax
+        self._packed = None
         super()._apply(fn, recurse)
         moved = self.weight_absmax
         self.weight_absmax = absmax.to(device=moved.device, dtype=torch.float32)
         return self
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        self._packed = None
+        super()._load_from_state_dict(*args, **kwargs)
 
     def extra_repr(self) -> str:
         return (

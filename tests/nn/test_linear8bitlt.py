@@ -1,0 +1,137 @@
+"""Linear8bitLt: fidelity, memory, gradients to the input, .to(), state_dict round trip, packed cache, repr."""
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from eightbit.kernels import reference_only
+from eightbit.nn import Linear8bitLt
+from eightbit.nn.base import QuantizedLinear
+from tests.numerics import rel_error, sqnr_db
+
+
+def _linear(k=256, n=96, bias=True):
+    lin = nn.Linear(k, n, bias=bias)
+    nn.init.normal_(lin.weight, std=k**-0.5)
+    return lin
+
+
+def test_from_linear_fidelity_and_fast_path(seed):
+    lin = _linear()
+    layer = Linear8bitLt.from_linear(lin)
+    assert isinstance(layer, QuantizedLinear)
+    assert layer.weight_int8.dtype == torch.int8 and layer.weight_absmax.dtype == torch.float32
+    assert not layer.weight_int8.requires_grad
+    x = torch.randn(4, 9, 256)
+    ref = x.double() @ lin.weight.double().T + lin.bias.double()
+    y = layer(x).detach()
+    assert rel_error(ref, y) <= 0.015 and sqnr_db(ref, y) >= 36
+    with reference_only():
+        torch.testing.assert_close(layer(x), y, rtol=1e-5, atol=1e-5)
+    deq = layer.dequantized_weight()
+    assert deq.shape == lin.weight.shape
+    assert float((deq - lin.weight).abs().max()) <= float(lin.weight.abs().max()) / 254 * 1.001
+
+
+def test_memory_quarter_of_fp32():
+    lin = _linear(512, 256)
+    layer = Linear8bitLt.from_linear(lin)
+    fp32 = sum(p.numel() * 4 for p in lin.parameters())
+    ratio = layer.storage_bytes() / fp32
+    assert 0.25 <= ratio <= 0.26, ratio
+
+
+def test_grad_flows_to_input_vs_float_reference(seed):
+    lin = _linear(64, 32)
+    layer = Linear8bitLt.from_linear(lin)
+    ref = nn.Linear(64, 32).double()
+    with torch.no_grad():
+        ref.weight.copy_(layer.dequantized_weight().double())
+        ref.bias.copy_(layer.bias.double())
+    x = torch.randn(5, 64, requires_grad=True)
+    x64 = x.detach().double().requires_grad_(True)
+    g = torch.randn(5, 32)
+    layer(x).backward(g)
+    ref(x64).backward(g.double())
+    torch.testing.assert_close(x.grad.double(), x64.grad, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(layer.bias.grad.double(), ref.bias.grad, rtol=1e-5, atol=1e-6)
+    assert layer.weight_int8.grad is None
+
+
+def test_lora_style_training_on_top(seed):
+    layer = Linear8bitLt.from_linear(_linear(32, 16))
+    layer.bias.requires_grad_(False)
+    lora_a = nn.Parameter(torch.randn(4, 32) * 0.1)
+    lora_b = nn.Parameter(torch.zeros(16, 4))
+    opt = torch.optim.Adam([lora_a, lora_b], lr=0.05)
+    x = torch.randn(64, 32)
+    with torch.no_grad():  # a target the rank-4 adapter can reach
+        target = layer(x) + x @ torch.randn(32, 4) @ torch.randn(4, 16) * 0.3
+    losses = []
+    for _ in range(60):
+        out = layer(x) + x @ lora_a.T @ lora_b.T
+        loss = (out - target).pow(2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0] * 0.5
+
+
+def test_to_bfloat16_does_not_requantize(seed):
+    layer = Linear8bitLt.from_linear(_linear())
+    codes, scales = layer.weight_int8.clone(), layer.weight_absmax.clone()
+    x = torch.randn(3, 256)
+    y32 = layer(x)
+    layer.to(torch.bfloat16)
+    assert torch.equal(layer.weight_int8, codes) and torch.equal(layer.weight_absmax, scales)
+    assert layer.weight_absmax.dtype == torch.float32 and layer.bias.dtype == torch.bfloat16
+    yb = layer(x.bfloat16())
+    assert yb.dtype == torch.bfloat16
+    assert rel_error(y32, yb) < 0.01
+    assert layer._packed is None or layer._packed[1] is not None  # cache rebuilt after .to()
+
+
+def test_state_dict_round_trip_identical_outputs(seed):
+    layer = Linear8bitLt.from_linear(_linear(), threshold=4.0)
+    x = torch.randn(6, 256)
+    x[:, 3] = 10.0  # exercises the outlier path too
+    y = layer(x)
+    sd = layer.state_dict()
+    assert set(sd) == {"weight_int8", "weight_absmax", "bias"}
+    fresh = Linear8bitLt(256, 96, threshold=4.0)
+    fresh(x)  # builds a packed cache for the zero weight; loading must drop it
+    fresh.load_state_dict(sd)
+    assert torch.equal(fresh(x), y)
+    clone = copy.deepcopy(layer)
+    assert torch.equal(clone(x), y)
+
+
+def test_packed_cache_follows_in_place_weight_changes(seed):
+    layer = Linear8bitLt.from_linear(_linear(64, 8), threshold=0.0)
+    x = torch.randn(2, 64)
+    layer(x)
+    with torch.no_grad():
+        layer.weight_int8.mul_(-1)
+    with reference_only():
+        ref = layer(x)
+    torch.testing.assert_close(layer(x), ref, rtol=1e-5, atol=1e-5)
+
+
+def test_no_bias_repr_and_errors():
+    layer = Linear8bitLt.from_linear(_linear(1024, 1024, bias=False))
+    r = repr(layer)
+    assert "threshold=6.0" in r and "memory=1.00 MiB" in r and "fp32 4.00 MiB" in r
+    assert layer.bias is None
+    with pytest.raises(ValueError, match="threshold"):
+        Linear8bitLt(4, 4, threshold=-1.0)
+    with pytest.raises(ValueError, match="in_features"):
+        Linear8bitLt(0, 4)
+    with pytest.raises(TypeError, match="nn.Linear"):
+        Linear8bitLt.from_linear(nn.Conv1d(2, 2, 1))
+    bad = _linear(8, 4)
+    with torch.no_grad():
+        bad.weight[1, 2] = float("nan")
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        Linear8bitLt.from_linear(bad)

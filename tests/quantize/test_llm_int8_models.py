@@ -1,0 +1,118 @@
+"""quantize_model(model, Int8Config()) on tiny random transformers (GPT-2 Conv1D, OPT, LLaMA, BERT) and on
+the real MiniLM sentence encoder (cosine similarity of embeddings to fp32)."""
+import pytest
+import torch
+from torch import nn
+
+import eightbit
+from eightbit import Int8Config, memory_footprint, quantize_model
+from eightbit.nn import Linear8bitLt
+from eightbit.quantize.base import config_from_dict
+from tests.numerics import rel_error
+
+transformers = pytest.importorskip("transformers")
+
+H, FF, LAYERS, VOCAB = 64, 128, 2, 97
+
+
+def _gpt2():
+    cfg = transformers.GPT2Config(n_layer=LAYERS, n_embd=H, n_head=2, vocab_size=VOCAB, n_positions=32)
+    return transformers.GPT2LMHeadModel(cfg), 4 * LAYERS  # c_attn, attn.c_proj, c_fc, mlp.c_proj
+
+
+def _opt():
+    cfg = transformers.OPTConfig(hidden_size=H, num_hidden_layers=LAYERS, ffn_dim=FF, num_attention_heads=2,
+                                 vocab_size=VOCAB, max_position_embeddings=32, word_embed_proj_dim=H)
+    return transformers.OPTForCausalLM(cfg), 6 * LAYERS  # q, k, v, out_proj, fc1, fc2
+
+
+def _llama():
+    cfg = transformers.LlamaConfig(hidden_size=H, intermediate_size=FF, num_hidden_layers=LAYERS, num_attention_heads=2,
+                                   num_key_value_heads=2, vocab_size=VOCAB, max_position_embeddings=32)
+    return transformers.LlamaForCausalLM(cfg), 7 * LAYERS  # q, k, v, o, gate, up, down
+
+
+def _bert():
+    cfg = transformers.BertConfig(hidden_size=H, num_hidden_layers=LAYERS, num_attention_heads=2, intermediate_size=FF,
+                                  vocab_size=VOCAB, max_position_embeddings=32)
+    return transformers.BertModel(cfg), 6 * LAYERS + 1  # q, k, v, attn out, intermediate, output; pooler
+
+
+def _output(model, ids):
+    out = model(input_ids=ids)
+    return out.logits if hasattr(out, "logits") else out.last_hidden_state
+
+
+@pytest.mark.parametrize("build", [_gpt2, _opt, _llama, _bert], ids=["gpt2", "opt", "llama", "bert"])
+@torch.no_grad()
+def test_tiny_models_close_to_float(seed, build):
+    model, n_expected = build()
+    model.eval()
+    ids = torch.randint(0, VOCAB, (2, 12))
+    ref = _output(model, ids).double()
+    float_linear_like = sum(1 for m in model.modules() if isinstance(m, nn.Linear) or type(m).__name__ == "Conv1D")
+    before = memory_footprint(model)
+    quantize_model(model, Int8Config())
+    converted = [n for n, m in model.named_modules() if isinstance(m, Linear8bitLt)]
+    assert len(converted) == n_expected
+    assert not any(n.endswith("lm_head") for n in converted)
+    left = sum(1 for m in model.modules() if isinstance(m, nn.Linear) or type(m).__name__ == "Conv1D")
+    assert left == float_linear_like - n_expected  # only the LM head (if any) stays float
+    assert memory_footprint(model) < before
+    got = _output(model, ids)
+    assert rel_error(ref, got) < 0.03, rel_error(ref, got)
+
+
+def test_gpt2_conv1d_orientation(seed):
+    """Conv1D stores its weight [in, out]; the converted layer must compute the same function."""
+    model, _ = _gpt2()
+    conv = model.transformer.h[0].mlp.c_fc  # Conv1D(H -> 4H)
+    x = torch.randn(3, H)
+    ref = conv(x).double()
+    layer = Int8Config().make_linear(eightbit.quantize.convert.as_linear(conv), "c_fc")
+    assert (layer.in_features, layer.out_features) == (H, 4 * H)
+    assert rel_error(ref, layer(x).detach()) < 0.015
+
+
+def test_int8_config_validation_and_json():
+    cfg = Int8Config(threshold=4.5, skip_modules=["lm_head", "encoder.*"])
+    assert cfg.skip_modules == ("lm_head", "encoder.*")
+    assert config_from_dict(cfg.to_dict()) == cfg
+    assert Int8Config.method == "llm_int8"
+    with pytest.raises(ValueError, match="threshold"):
+        Int8Config(threshold=-1)
+    with pytest.raises(ValueError, match="threshold"):
+        Int8Config(threshold=float("nan"))
+    with pytest.raises(ValueError, match="skip_modules"):
+        Int8Config(skip_modules="lm_head")
+    with pytest.raises(ValueError):
+        config_from_dict({"method": "llm_int8", "threshold": "six"})
+
+
+@pytest.fixture(scope="module")
+def minilm_embeddings():
+    from eightbit.data.sentences import eval_sentences
+    from eightbit.models import embed_sentences, load_minilm
+
+    torch.manual_seed(0)
+    model, tok = load_minilm()
+    sentences = eval_sentences()
+    ref = embed_sentences(model, tok, sentences)
+    before = memory_footprint(model)
+    quantize_model(model, Int8Config())
+    got = embed_sentences(model, tok, sentences)
+    return ref, got, before, memory_footprint(model), model
+
+
+@pytest.mark.slow
+def test_minilm_cosine_to_fp32(minilm_embeddings):
+    ref, got, before, after, model = minilm_embeddings
+    assert ref.shape == got.shape == (240, 384)
+    cos = torch.nn.functional.cosine_similarity(ref.double(), got.double(), dim=-1)
+    print(f"MiniLM LLM.int8() mean cosine to fp32: {float(cos.mean()):.6f} (min {float(cos.min()):.6f})")
+    assert float(cos.mean()) >= 0.999
+    assert float(cos.min()) >= 0.99
+    n_int8 = sum(isinstance(m, Linear8bitLt) for m in model.modules())
+    assert n_int8 == 6 * 6 + 1  # 6 BERT layers x 6 linears + pooler
+    print(f"MiniLM memory: {before / 2**20:.1f} MiB -> {after / 2**20:.1f} MiB")
+    assert after < 0.75 * before  # embeddings stay fp32; every linear drops to ~1/4
