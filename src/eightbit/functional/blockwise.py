@@ -1,0 +1,144 @@
+"""Block-wise quantization (Dettmers et al., 2021): flatten, cut into blocks, normalize each block by its
+own absmax (float32), store the index of the nearest of 256 code values as uint8.
+
+Non-finite input: a block holding a NaN or +-Inf gets absmax NaN, so the whole block dequantizes to NaN
+(loud, never a silently wrong finite value); every other block's codes and absmax are unaffected.
+An all-zero block has absmax 0 and dequantizes to exact zeros.
+"""
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+import torch
+
+from .._checks import FLOAT_DTYPES, check_tensor
+from ..kernels.dispatch import get_kernel
+from .codes import create_dynamic_map
+
+__all__ = ["BlockwiseState", "quantize_blockwise", "dequantize_blockwise"]
+
+VALID_BLOCKSIZES = tuple(2**i for i in range(6, 13))  # 64 .. 4096
+
+
+@dataclass
+class BlockwiseState:
+    """What dequantization needs: absmax (float32, one per block), the 256-entry code, the block size,
+    and the original shape and dtype."""
+
+    absmax: torch.Tensor
+    code: torch.Tensor
+    blocksize: int
+    shape: torch.Size
+    dtype: torch.dtype
+
+
+def check_blocksize(blocksize: object) -> int:
+    """Raise ValueError unless ``blocksize`` is a power of two in 64..4096."""
+    if not isinstance(blocksize, int) or isinstance(blocksize, bool) or blocksize not in VALID_BLOCKSIZES:
+        raise ValueError(f"blocksize must be a power of two in 64..4096, got {blocksize!r}")
+    return int(blocksize)
+
+
+@functools.lru_cache(maxsize=None)
+def _default_code(device: torch.device) -> torch.Tensor:
+    return create_dynamic_map(signed=True).to(device)
+
+
+def code_midpoints(code: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """(255 float32 midpoints between consecutive codes, index of the code nearest zero)."""
+    c = code.double()
+    return ((c[1:] + c[:-1]) / 2).float(), int(c.abs().argmin())
+
+
+def quantize_blocks(x2d: torch.Tensor, code: torch.Tensor, mid: torch.Tensor, zero_idx: int):
+    """Reference: (nblocks, blocksize) float -> (uint8 codes, float32 absmax per block).
+
+    Codes are ``bucketize(x / absmax, midpoints)`` (nearest code; ties go to the lower code), computed in
+    float32. NaN/Inf in a block: absmax NaN and codes ``zero_idx`` for that block only."""
+    x = x2d.float()
+    absmax = x.abs().amax(1, keepdim=True)
+    ok = torch.isfinite(absmax)
+    scale = torch.where(ok & (absmax > 0), absmax, torch.ones_like(absmax))
+    idx = torch.bucketize(x / scale, mid)
+    q = torch.where(ok, idx, torch.full_like(idx, zero_idx)).to(torch.uint8)
+    return q, torch.where(ok, absmax, torch.full_like(absmax, float("nan"))).squeeze(1)
+
+
+def dequantize_blocks(q2d: torch.Tensor, absmax: torch.Tensor, code: torch.Tensor) -> torch.Tensor:
+    """Reference: (nblocks, blocksize) uint8 -> float32 values ``code[q] * absmax``."""
+    return code[q2d.long()] * absmax.unsqueeze(1)
+
+
+def quantize_blockwise(
+    x: torch.Tensor, code: torch.Tensor | None = None, blocksize: int = 2048
+) -> tuple[torch.Tensor, BlockwiseState]:
+    """Quantize ``x`` (any shape, fp32/bf16/fp16, contiguous or not) block-wise to uint8 codes.
+
+    ``code``: 256 sorted float32 values (default: signed dynamic map). Returns ``(q, state)`` where
+    ``q`` is uint8 with ``x``'s shape and ``state.absmax`` has ceil(numel / blocksize) float32 entries
+    (the last block may be partial). Raises TypeError for a non-float tensor, ValueError for a bad
+    blocksize or code.
+    """
+    check_tensor(x, "x", dtypes=FLOAT_DTYPES)
+    blocksize = check_blocksize(blocksize)
+    if code is None:
+        code = _default_code(x.device)
+    check_tensor(code, "code", dtypes=(torch.float32,), ndim=1)
+    if code.numel() != 256:
+        raise ValueError(f"code must have 256 entries, got {code.numel()}")
+    code = code.to(x.device)
+    mid, zero_idx = code_midpoints(code)
+    flat = x.reshape(-1)
+    n = flat.numel()
+    nfull = n // blocksize
+    if n == 0:
+        empty = torch.empty(0, dtype=torch.float32, device=x.device)
+        return torch.empty(x.shape, dtype=torch.uint8, device=x.device), BlockwiseState(empty, code, blocksize, x.shape, x.dtype)
+    parts: list[tuple[torch.Tensor, torch.Tensor]] = []
+    if nfull:
+        body = flat[: nfull * blocksize].view(nfull, blocksize)
+        kernel = get_kernel("quantize_blockwise", x.device.type)
+        out = kernel(body, code, mid, zero_idx) if kernel is not None else None
+        parts.append(out if out is not None else quantize_blocks(body, code, mid, zero_idx))
+    if n % blocksize:
+        parts.append(quantize_blocks(flat[nfull * blocksize :].view(1, -1), code, mid, zero_idx))
+    if len(parts) == 1:  # no copy in the common case
+        q, absmax = parts[0][0].reshape(-1), parts[0][1]
+    else:
+        q, absmax = torch.cat([p[0].reshape(-1) for p in parts]), torch.cat([p[1] for p in parts])
+    return q.view(x.shape), BlockwiseState(absmax, code, blocksize, x.shape, x.dtype)
+
+
+def dequantize_blockwise(q: torch.Tensor, state: BlockwiseState) -> torch.Tensor:
+    """Inverse of :func:`quantize_blockwise`: uint8 codes + state -> tensor of ``state.shape``/``state.dtype``.
+
+    Raises TypeError for non-uint8 ``q``, ValueError when ``q`` or ``state.absmax`` has the wrong size."""
+    check_tensor(q, "q", dtypes=(torch.uint8,))
+    if not isinstance(state, BlockwiseState):
+        raise TypeError(f"state must be a BlockwiseState, got {type(state).__name__}")
+    bs = check_blocksize(state.blocksize)
+    n = q.numel()
+    if n != torch.Size(state.shape).numel():
+        raise ValueError(f"q has {n} elements but state.shape is {tuple(state.shape)}")
+    if state.absmax.numel() != -(-n // bs):
+        raise ValueError(f"state.absmax must have {-(-n // bs)} entries, got {state.absmax.numel()}")
+    flat = q.reshape(-1)
+    code = state.code.to(q.device)
+    absmax = state.absmax.to(q.device, torch.float32)
+    nfull = n // bs
+    if n == 0:
+        return torch.empty(state.shape, dtype=state.dtype, device=q.device)
+    parts: list[torch.Tensor] = []
+    if nfull:
+        body = flat[: nfull * bs].view(nfull, bs)
+        kernel = get_kernel("dequantize_blockwise", q.device.type)
+        if kernel is not None:
+            parts.append(kernel(body, absmax[:nfull], code, state.dtype).reshape(-1))
+        else:
+            parts.append(dequantize_blocks(body, absmax[:nfull], code).to(state.dtype).reshape(-1))
+    if n % bs:
+        tail = flat[nfull * bs :].view(1, -1)
+        parts.append(dequantize_blocks(tail, absmax[nfull:], code).to(state.dtype).reshape(-1))
+    out = parts[0] if len(parts) == 1 else torch.cat(parts)
+    return out.view(state.shape)

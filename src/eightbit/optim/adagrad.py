@@ -1,0 +1,58 @@
+"""Adagrad with 8-bit or 32-bit sum-of-squares state; torch.optim.Adagrad math (initial accumulator 0)."""
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+import torch
+
+from .base import LR, RULE, WD_L2, Optimizer8bit, bit_variants
+
+__all__ = ["Adagrad", "Adagrad8bit", "Adagrad32bit", "adagrad_rule"]
+
+
+def adagrad_rule(g: torch.Tensor, p: torch.Tensor, s: list[torch.Tensor], hp: torch.Tensor):
+    """sum += g^2; direction = g / (sqrt(sum) + eps) * decay, decay = 1 / (1 + (step-1) * lr_decay).
+    hp[RULE:] = eps, decay."""
+    eps, decay = hp[RULE], hp[RULE + 1]
+    acc = s[0] + g * g
+    return g / (acc.sqrt() + eps) * decay, [acc]
+
+
+class Adagrad(Optimizer8bit):
+    """Adagrad; the accumulated squared gradient (unsigned dynamic code) is 8-bit when optim_bits=8."""
+
+    weight_decay_mode = WD_L2
+    rule = staticmethod(adagrad_rule)
+
+    def __init__(
+        self,
+        params: Iterable,
+        lr: float = 1e-2,
+        *,
+        lr_decay: float = 0.0,
+        weight_decay: float = 0.0,
+        initial_accumulator_value: float = 0.0,
+        eps: float = 1e-10,
+        optim_bits: int | None = None,
+        min_8bit_size: int = 4096,
+        percentile_clipping: float = 100,
+        max_unorm: float = 0.0,
+        blocksize: int = 2048,
+        nonfinite: str = "skip",
+    ) -> None:
+        if initial_accumulator_value != 0:
+            raise ValueError(f"initial_accumulator_value must be 0, got {initial_accumulator_value!r}")
+        super().__init__(params, dict(
+            lr=lr, lr_decay=lr_decay, weight_decay=weight_decay, eps=eps, optim_bits=optim_bits,
+            min_8bit_size=min_8bit_size, percentile_clipping=percentile_clipping, max_unorm=max_unorm,
+            blocksize=blocksize, nonfinite=nonfinite,
+        ))
+
+    def state_spec(self, config: dict[str, Any]):
+        return (("sum", False),)
+
+    def hyper(self, config: dict[str, Any], step: int) -> list[float]:
+        return [config["eps"], 1.0 / (1.0 + (step - 1) * config["lr_decay"])]
+
+
+Adagrad8bit, Adagrad32bit = bit_variants(Adagrad)

@@ -1,0 +1,21 @@
+"""AdamW (decoupled weight decay) with 8-bit or 32-bit block-wise state; same math as torch.optim.AdamW."""
+from __future__ import annotations
+
+from typing import Iterable
+
+from .adam import Adam
+from .base import WD_DECOUPLED, bit_variants
+
+__all__ = ["AdamW", "AdamW8bit", "AdamW32bit"]
+
+
+class AdamW(Adam):
+    """AdamW: Adam with decoupled weight decay (p *= 1 - lr * weight_decay before the Adam update)."""
+
+    weight_decay_mode = WD_DECOUPLED
+
+    def __init__(self, params: Iterable, lr: float = 1e-3, *, weight_decay: float = 1e-2, **kwargs) -> None:
+        super().__init__(params, lr, weight_decay=weight_decay, **kwargs)
+
+
+AdamW8bit, AdamW32bit = bit_variants(AdamW)

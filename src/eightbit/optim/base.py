@@ -1,0 +1,312 @@
+"""`Optimizer8bit`: the one base class of every eightbit optimizer (8-bit and 32-bit state).
+
+A subclass supplies only its per-element update rule (``rule``), its state names and signedness
+(``state_spec``) and its scalar hyperparameters per step (``hyper``). The base class owns everything else:
+state creation (one method), block-wise dequantize -> 32-bit update -> requantize in chunks of blocks
+(a full 32-bit copy of a state is never made), percentile clipping, update-norm capping (max_unorm, as
+in bitsandbytes), non-finite gradient policy, per-parameter overrides via `GlobalOptimManager`,
+bf16/fp16 parameters (update in fp32, written back rounded), DTensor parameters (local shards) and
+a state_dict made of plain tensors and numbers (safetensors-friendly).
+"""
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable, Iterable
+
+import torch
+
+from .._checks import check_choice, check_number
+from ..functional.blockwise import check_blocksize, code_midpoints, quantize_blocks
+from ..functional.codes import create_dynamic_map
+from ..kernels.blockwise_cpu import build_lut, lut_index
+from ..kernels.dispatch import get_kernel
+from .manager import GlobalOptimManager
+
+try:  # DTensor parameters (FSDP2): the step works on local shards
+    from torch.distributed.tensor import DTensor
+except Exception:  # pragma: no cover - torch built without distributed
+    DTensor = ()
+
+__all__ = ["Optimizer8bit", "bit_variants"]
+
+# Positions in the per-step hyperparameter tensor shared by all rules; rule-specific values follow.
+LR, WD, GRAD_SCALE, UPDATE_SCALE, RULE = 0, 1, 2, 3, 4
+WD_NONE, WD_L2, WD_DECOUPLED = 0, 1, 2
+
+CHUNK_ELEMENTS = 2**18  # elements per chunk: intermediates stay ~1 MB per state
+FUSED_MIN_NUMEL = 2**20  # smaller tensors run eagerly (compiling is not worth it)
+NONFINITE_CHOICES = ("skip", "raise", "propagate")
+
+
+@functools.lru_cache(maxsize=None)
+def _code(signed: bool, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, int, tuple | None]:
+    """(code, midpoints, zero index, LUT on the device or None) of the dynamic map, cached."""
+    code = create_dynamic_map(signed=signed)
+    mid, zero_idx = code_midpoints(code)
+    lut = build_lut(mid)
+    if lut is not None:
+        lut = (lut[0].to(device), lut[1].to(device), lut[2])
+    return code.to(device), mid.to(device), zero_idx, lut
+
+
+def _requantize(x: torch.Tensor, code_info: tuple):
+    """(nb, bs) float32 -> (uint8 codes, absmax); LUT search when available, bucketize otherwise (same result)."""
+    code, mid, zero_idx, lut = code_info
+    if lut is None:
+        return quantize_blocks(x, code, mid, zero_idx)
+    absmax = x.abs().amax(1, keepdim=True)
+    ok = torch.isfinite(absmax)
+    scale = torch.where(ok & (absmax > 0), absmax, torch.ones_like(absmax))
+    idx = lut_index(x / scale, lut[0], lut[1], lut[2])
+    q = torch.where(ok, idx, torch.full_like(idx, zero_idx)).to(torch.uint8)
+    return q, torch.where(ok, absmax, torch.full_like(absmax, float("nan"))).squeeze(1)
+
+
+def update_chunk(rule, wd_mode: int, write: bool, p, g, states, absmaxes, codes, hp):
+    """One chunk of blocks: dequantize states, 32-bit update, requantize, write back in place.
+
+    p, g: (nb, bs) views of the parameter / gradient (any float dtype); states[i]: (nb, bs) uint8 codes
+    (absmaxes[i]: (nb,) float32) or float32 (absmaxes[i] None); codes[i]: (code, mid, zero_idx, lut) or
+    None; hp: float32 hyperparameters (LR, WD, GRAD_SCALE, UPDATE_SCALE, rule's own...).
+    ``write=False`` only returns the squared norm of the update direction (for max_unorm / trust ratio).
+    """
+    p32 = p.float()
+    g32 = g.float() * hp[GRAD_SCALE]
+    if wd_mode == WD_L2:
+        g32 = g32 + hp[WD] * p32
+    s32 = [
+        s.float() if a is None else c[0][s.int()] * a.unsqueeze(1)  # (nb, bs) per chunk only
+        for s, a, c in zip(states, absmaxes, codes)
+    ]
+    d, new_states = rule(g32, p32, s32, hp)
+    if not write:
+        return d.square().sum()
+    for s, a, c, new in zip(states, absmaxes, codes, new_states):
+        if a is None:
+            s.copy_(new)
+        else:
+            q, amax = _requantize(new, c)
+            s.copy_(q)
+            a.copy_(amax)
+    if wd_mode == WD_DECOUPLED:
+        p32 = p32 * (1 - hp[LR] * hp[WD])
+    p.copy_(p32 - (hp[LR] * hp[UPDATE_SCALE]) * d)
+    return None
+
+
+def _local(t: torch.Tensor) -> torch.Tensor:
+    return t.to_local() if DTensor and isinstance(t, DTensor) else t
+
+
+class Optimizer8bit(torch.optim.Optimizer):
+    """Base of all eightbit optimizers. Subclasses define:
+
+    - ``state_spec(config) -> tuple[(name, signed), ...]``: the per-element states (signed dynamic code
+      for first moments / momentum, unsigned for second moments);
+    - ``rule(g, p, states, hp) -> (direction, new_states)``: the 32-bit per-element update on fp32 chunks
+      (the base applies ``p -= lr * update_scale * direction``);
+    - ``hyper(config, step) -> list[float]``: the rule's scalars for this step (``hp[RULE:]``);
+    - ``weight_decay_mode``: WD_L2 (added to the gradient), WD_DECOUPLED (AdamW-style) or WD_NONE.
+
+    Keyword options common to all: ``optim_bits`` (8 or 32), ``min_8bit_size`` (tensors with fewer elements
+    keep 32-bit state), ``percentile_clipping`` (clip the gradient at this percentile of the last 100
+    gradient norms of the parameter; 100 = off), ``max_unorm`` (cap ||update|| at max_unorm * ||param||;
+    0 = off), ``blocksize`` (64..4096), ``nonfinite``: "skip" (default: a parameter whose gradient holds a
+    NaN/Inf is left untouched, param and all its state, and ``state["skipped_steps"]`` counts it), "raise"
+    (FloatingPointError) or "propagate" (no check; the NaN reaches only the quantization blocks it is in).
+    """
+
+    weight_decay_mode: int = WD_L2
+    default_optim_bits: int = 32
+    rule: Callable  # staticmethod in subclasses
+
+    def __init__(self, params: Iterable, defaults: dict[str, Any]) -> None:
+        d = dict(defaults)
+        if d.get("optim_bits") is None:
+            d["optim_bits"] = self.default_optim_bits
+        self._validate(d)
+        super().__init__(params, d)
+        GlobalOptimManager.get_instance()._register_optimizer_params(self)
+
+    # ----- configuration -------------------------------------------------------------------------
+    @staticmethod
+    def _validate(d: dict[str, Any]) -> None:
+        check_number(d["lr"], "lr", low=0.0)
+        if "betas" in d:
+            betas = d["betas"]
+            if not isinstance(betas, (tuple, list)) or len(betas) != 2:
+                raise ValueError(f"betas must be a pair of numbers, got {betas!r}")
+            for i, b in enumerate(betas):
+                check_number(b, f"betas[{i}]", low=0.0, high=1.0, high_inclusive=False)
+        for key in ("eps", "weight_decay", "max_unorm"):
+            if key in d:
+                check_number(d[key], key, low=0.0)
+        for key in ("momentum", "alpha", "dampening", "lr_decay"):
+            if key in d:
+                check_number(d[key], key, low=0.0, high=1.0 if key != "lr_decay" else None)
+        check_choice(d["optim_bits"], "optim_bits", (8, 32))
+        check_blocksize(d["blocksize"])
+        check_number(d["min_8bit_size"], "min_8bit_size", low=0)
+        check_number(d["percentile_clipping"], "percentile_clipping", low=0.0, high=100.0, low_inclusive=False)
+        check_choice(d["nonfinite"], "nonfinite", NONFINITE_CHOICES)
+
+    def _config(self, p: torch.Tensor, group: dict[str, Any]) -> dict[str, Any]:
+        """The group's settings with this parameter's GlobalOptimManager overrides applied."""
+        override = GlobalOptimManager.get_instance().get_config(p)
+        if not override:
+            return group
+        cfg = {**group, **override}
+        self._validate(cfg)
+        return cfg
+
+    def state_spec(self, config: dict[str, Any]) -> tuple[tuple[str, bool], ...]:
+        raise NotImplementedError
+
+    def hyper(self, config: dict[str, Any], step: int) -> list[float]:
+        raise NotImplementedError
+
+    def needs_update_norm(self, config: dict[str, Any]) -> bool:
+        return config.get("max_unorm", 0.0) > 0
+
+    def update_scale(self, unorm: float, pnorm: float, config: dict[str, Any]) -> float:
+        """Multiplier of the update given ||direction|| and ||param|| (bitsandbytes' max_unorm cap)."""
+        max_unorm = config.get("max_unorm", 0.0)
+        if max_unorm > 0 and unorm > max_unorm * pnorm:
+            return max_unorm * pnorm / unorm
+        return 1.0
+
+    # ----- state ---------------------------------------------------------------------------------
+    def _init_state(self, p_local: torch.Tensor, state: dict[str, Any], config: dict[str, Any]) -> None:
+        """Create every state tensor of one parameter (the only place state is allocated)."""
+        eight = config["optim_bits"] == 8 and p_local.numel() >= config["min_8bit_size"]
+        bs = config["blocksize"]
+        nblocks = -(-p_local.numel() // bs)
+        dev = p_local.device
+        state["step"] = torch.zeros((), dtype=torch.int64)
+        state["skipped_steps"] = torch.zeros((), dtype=torch.int64)
+        if config["percentile_clipping"] < 100:
+            state["gnorm_history"] = torch.zeros(100, dtype=torch.float32, device=dev)
+        for name, signed in self.state_spec(config):
+            if eight:
+                zero_idx = _code(signed, dev)[2]
+                state[name] = torch.full(p_local.shape, zero_idx, dtype=torch.uint8, device=dev)
+                state[name + "_absmax"] = torch.zeros(nblocks, dtype=torch.float32, device=dev)
+            else:
+                state[name] = torch.zeros(p_local.shape, dtype=torch.float32, device=dev)
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """torch's loader, except that state tensors keep their exact dtypes (torch would cast uint8 codes
+        and float32 absmax to the parameter's dtype); tensors are copied, never aliased."""
+        super().load_state_dict(state_dict)
+        saved_ids = [i for g in state_dict["param_groups"] for i in g["params"]]
+        params = [p for g in self.param_groups for p in g["params"]]
+        for pid, p in zip(saved_ids, params):
+            if pid in state_dict["state"]:
+                dev = _local(p).device
+                self.state[p] = {
+                    k: v.detach().to(dev, copy=True) if isinstance(v, torch.Tensor) else v
+                    for k, v in state_dict["state"][pid].items()
+                }
+
+    # ----- step ----------------------------------------------------------------------------------
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:
+        """One optimizer step over all parameters with a gradient; returns ``closure()`` if given."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                self._step_param(p, self._config(p, group))
+        return loss
+
+    def _step_param(self, p: torch.Tensor, config: dict[str, Any]) -> None:
+        pl, gl = _local(p), _local(p.grad)
+        if gl.is_sparse:
+            raise RuntimeError(f"{type(self).__name__} does not support sparse gradients")
+        if pl.numel() == 0:
+            return
+        state = self.state[p]
+        if not state:
+            self._init_state(pl, state, config)
+        if config["nonfinite"] != "propagate" and not bool(torch.isfinite(gl.abs().amax())):
+            if config["nonfinite"] == "raise":
+                raise FloatingPointError(f"non-finite gradient for a parameter of shape {tuple(p.shape)}")
+            state["skipped_steps"] += 1
+            return
+        state["step"] += 1
+        step = int(state["step"])
+        grad_scale = self._percentile_scale(gl, state, config, step)
+        work = pl if pl.is_contiguous() else pl.contiguous()
+        g = gl.contiguous()
+        hp = [config["lr"], config.get("weight_decay", 0.0), grad_scale, 1.0, *self.hyper(config, step)]
+        if self.needs_update_norm(config):
+            hp_t = torch.tensor(hp, dtype=torch.float32, device=pl.device)
+            unorm = float(sum(self._run_chunks(work, g, state, config, hp_t, write=False))) ** 0.5
+            pnorm = float(work.float().norm())
+            hp[UPDATE_SCALE] = self.update_scale(unorm, pnorm, config)
+        hp_t = torch.tensor(hp, dtype=torch.float32, device=pl.device)
+        for _ in self._run_chunks(work, g, state, config, hp_t, write=True):
+            pass
+        if work is not pl:
+            pl.copy_(work)
+
+    def _percentile_scale(self, g: torch.Tensor, state: dict, config: dict, step: int) -> float:
+        if config["percentile_clipping"] >= 100:
+            return 1.0
+        hist = state["gnorm_history"]
+        gnorm = torch.linalg.vector_norm(g, dtype=torch.float32)
+        hist[(step - 1) % 100] = gnorm
+        clip = torch.quantile(hist[: min(step, 100)], config["percentile_clipping"] / 100.0)
+        gnorm, clip = float(gnorm), float(clip)
+        return clip / gnorm if gnorm > clip else 1.0
+
+    def _run_chunks(self, p, g, state, config, hp, *, write: bool):
+        """Apply ``update_chunk`` over chunks of whole blocks, then the partial last block."""
+        spec = self.state_spec(config)
+        names = [n for n, _ in spec]
+        eight = bool(names) and state[names[0]].dtype == torch.uint8
+        codes = [_code(signed, p.device) if eight else None for _, signed in spec]
+        bs = config["blocksize"]
+        n = p.numel()
+        pf, gf = p.view(-1), g.view(-1)
+        flats = [state[nm].view(-1) for nm in names]
+        amaxes = [state[nm + "_absmax"] if eight else None for nm in names]
+        fn = functools.partial(update_chunk, self.rule, self.weight_decay_mode, write)
+        kernel = get_kernel("optim_blockwise_update", p.device.type) if n >= FUSED_MIN_NUMEL else None
+        if kernel is not None and any(c is not None and c[3] is None for c in codes):
+            kernel = None
+        if kernel is not None:
+            key = (self.rule.__module__, self.rule.__qualname__, self.weight_decay_mode, write, eight, p.dtype, g.dtype, len(names))
+            compiled = kernel(update_chunk, key)
+            fn = functools.partial(compiled, self.rule, self.weight_decay_mode, write)
+        nfull = n // bs
+        step_blocks = max(1, CHUNK_ELEMENTS // bs)
+        ranges = [(b0, min(nfull, b0 + step_blocks), bs, fn) for b0 in range(0, nfull, step_blocks)]
+        if n % bs:
+            eager = functools.partial(update_chunk, self.rule, self.weight_decay_mode, write)
+            ranges.append((nfull, nfull + 1, n - nfull * bs, eager))
+        for b0, b1, width, f in ranges:
+            lo, hi = b0 * bs, b0 * bs + (b1 - b0) * width
+            nb = b1 - b0
+            yield f(
+                pf[lo:hi].view(nb, width),
+                gf[lo:hi].view(nb, width),
+                [s[lo:hi].view(nb, width) for s in flats],
+                [a[b0:b1] if a is not None else None for a in amaxes],
+                codes,
+                hp,
+            )
+
+
+def bit_variants(cls: type) -> tuple[type, type]:
+    """The ``<Name>8bit`` and ``<Name>32bit`` classes of a generic optimizer (only the default optim_bits differs)."""
+    out = []
+    for bits in (8, 32):
+        name = f"{cls.__name__}{bits}bit"
+        doc = f"{cls.__name__} with {bits}-bit optimizer state by default (see :class:`{cls.__name__}`)."
+        out.append(type(name, (cls,), {"default_optim_bits": bits, "__doc__": doc, "__module__": cls.__module__}))
+    return out[0], out[1]

@@ -1,0 +1,54 @@
+"""Lion (Chen et al., 2023): sign of an interpolated momentum, decoupled weight decay; 8-bit momentum."""
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+import torch
+
+from .base import RULE, WD_DECOUPLED, Optimizer8bit, bit_variants
+
+__all__ = ["Lion", "Lion8bit", "Lion32bit", "lion_rule"]
+
+
+def lion_rule(g: torch.Tensor, p: torch.Tensor, s: list[torch.Tensor], hp: torch.Tensor):
+    """direction = sign(b1 * m + (1 - b1) * g); m = b2 * m + (1 - b2) * g. hp[RULE:] = b1, 1 - b1, b2, 1 - b2."""
+    b1, c1, b2, c2 = (hp[RULE + i] for i in range(4))
+    d = torch.sign(s[0] * b1 + g * c1)
+    return d, [s[0] * b2 + g * c2]
+
+
+class Lion(Optimizer8bit):
+    """Lion; the momentum (signed dynamic code) is 8-bit when optim_bits=8."""
+
+    weight_decay_mode = WD_DECOUPLED
+    rule = staticmethod(lion_rule)
+
+    def __init__(
+        self,
+        params: Iterable,
+        lr: float = 1e-4,
+        *,
+        betas: tuple[float, float] = (0.9, 0.99),
+        weight_decay: float = 0.0,
+        optim_bits: int | None = None,
+        min_8bit_size: int = 4096,
+        percentile_clipping: float = 100,
+        max_unorm: float = 0.0,
+        blocksize: int = 2048,
+        nonfinite: str = "skip",
+    ) -> None:
+        super().__init__(params, dict(
+            lr=lr, betas=tuple(betas), weight_decay=weight_decay, optim_bits=optim_bits,
+            min_8bit_size=min_8bit_size, percentile_clipping=percentile_clipping, max_unorm=max_unorm,
+            blocksize=blocksize, nonfinite=nonfinite,
+        ))
+
+    def state_spec(self, config: dict[str, Any]):
+        return (("exp_avg", True),)
+
+    def hyper(self, config: dict[str, Any], step: int) -> list[float]:
+        b1, b2 = config["betas"]
+        return [b1, 1 - b1, b2, 1 - b2]
+
+
+Lion8bit, Lion32bit = bit_variants(Lion)

@@ -1,0 +1,62 @@
+"""SGD with (optionally Nesterov) momentum, momentum buffer in 8-bit or 32-bit; torch.optim.SGD math."""
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+import torch
+
+from .base import RULE, WD_L2, Optimizer8bit, bit_variants
+
+__all__ = ["SGD", "SGD8bit", "SGD32bit", "momentum_rule"]
+
+
+def momentum_rule(g: torch.Tensor, p: torch.Tensor, s: list[torch.Tensor], hp: torch.Tensor):
+    """buf = momentum * buf + c * g (c = 1 on the first step, else 1 - dampening); direction = buf, or
+    g + momentum * buf with Nesterov. hp[RULE:] = momentum, c, nesterov (0/1). No state: direction = g."""
+    if not s:
+        return g, []
+    momentum, c, nesterov = hp[RULE], hp[RULE + 1], hp[RULE + 2]
+    buf = s[0] * momentum + g * c
+    return buf + nesterov * (g + momentum * buf - buf), [buf]
+
+
+class SGD(Optimizer8bit):
+    """SGD; with momentum > 0 the momentum buffer (signed dynamic code) is kept in 8 bits when optim_bits=8.
+    weight_decay is L2 as in torch.optim.SGD."""
+
+    weight_decay_mode = WD_L2
+    rule = staticmethod(momentum_rule)
+
+    def __init__(
+        self,
+        params: Iterable,
+        lr: float = 1e-3,
+        *,
+        momentum: float = 0.0,
+        dampening: float = 0.0,
+        weight_decay: float = 0.0,
+        nesterov: bool = False,
+        optim_bits: int | None = None,
+        min_8bit_size: int = 4096,
+        percentile_clipping: float = 100,
+        max_unorm: float = 0.0,
+        blocksize: int = 2048,
+        nonfinite: str = "skip",
+    ) -> None:
+        if nesterov and (momentum <= 0 or dampening != 0):
+            raise ValueError("nesterov needs momentum > 0 and dampening == 0")
+        super().__init__(params, dict(
+            lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay, nesterov=bool(nesterov),
+            optim_bits=optim_bits, min_8bit_size=min_8bit_size, percentile_clipping=percentile_clipping,
+            max_unorm=max_unorm, blocksize=blocksize, nonfinite=nonfinite,
+        ))
+
+    def state_spec(self, config: dict[str, Any]):
+        return (("momentum_buffer", True),) if config["momentum"] > 0 else ()
+
+    def hyper(self, config: dict[str, Any], step: int) -> list[float]:
+        c = 1.0 if step == 1 else 1.0 - config["dampening"]
+        return [config["momentum"], c, float(config["nesterov"])]
+
+
+SGD8bit, SGD32bit = bit_variants(SGD)

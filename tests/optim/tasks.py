@@ -1,0 +1,90 @@
+"""Small deterministic training tasks for optimizer parity: a tiny transformer LM on a synthetic Markov
+grammar and an MLP classifier on teacher-labelled data. Every weight matrix has >= 4096 elements so that
+8-bit state is really used. Also used by examples/optimizer_parity.py."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+VOCAB, DIM, SEQ, BATCH = 64, 64, 32, 32
+
+
+def grammar_batches(seed: int, steps: int) -> torch.Tensor:
+    """(steps, BATCH, SEQ + 1) token ids from a fixed sparse Markov chain (3 successors per token)."""
+    g = torch.Generator().manual_seed(1234)
+    succ = torch.randint(0, VOCAB, (VOCAB, 3), generator=g)
+    probs = torch.tensor([0.6, 0.3, 0.1])
+    g = torch.Generator().manual_seed(seed)
+    out = torch.empty(steps, BATCH, SEQ + 1, dtype=torch.long)
+    tok = torch.randint(0, VOCAB, (steps, BATCH), generator=g)
+    out[..., 0] = tok
+    for t in range(1, SEQ + 1):
+        choice = torch.multinomial(probs, steps * BATCH, replacement=True, generator=g).view(steps, BATCH)
+        tok = succ[tok, choice]
+        out[..., t] = tok
+    return out
+
+
+class TinyLM(nn.Module):
+    """One pre-LN transformer block (4 heads, causal), tied to nothing; ~50k parameters."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb = nn.Embedding(VOCAB, DIM)
+        self.pos = nn.Parameter(torch.randn(SEQ, DIM) * 0.02)
+        self.ln1, self.ln2, self.lnf = nn.LayerNorm(DIM), nn.LayerNorm(DIM), nn.LayerNorm(DIM)
+        self.attn = nn.MultiheadAttention(DIM, 4, batch_first=True)
+        self.ff = nn.Sequential(nn.Linear(DIM, 4 * DIM), nn.GELU(), nn.Linear(4 * DIM, DIM))
+        self.head = nn.Linear(DIM, VOCAB)
+        self.register_buffer("mask", torch.triu(torch.ones(SEQ, SEQ, dtype=torch.bool), 1), persistent=False)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:  # (B, T) -> (B, T, VOCAB)
+        x = self.emb(ids) + self.pos[: ids.shape[1]]
+        h = self.ln1(x)
+        x = x + self.attn(h, h, h, attn_mask=self.mask, need_weights=False)[0]
+        x = x + self.ff(self.ln2(x))
+        return self.head(self.lnf(x))
+
+
+def train_lm(make_opt, *, steps: int, seed: int = 0, data_seed: int = 0, on_step=None) -> list[float]:
+    """Train a fresh TinyLM (init from ``seed``) with ``make_opt(params)``; returns the loss per step."""
+    torch.manual_seed(seed)
+    model = TinyLM()
+    opt = make_opt(model.parameters())
+    data = grammar_batches(data_seed, steps)
+    losses = []
+    for i in range(steps):
+        ids = data[i]
+        loss = nn.functional.cross_entropy(model(ids[:, :-1]).reshape(-1, VOCAB), ids[:, 1:].reshape(-1))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+        if on_step is not None:
+            on_step(i, model, opt)
+    return losses
+
+
+def train_mlp(make_opt, *, steps: int, seed: int = 0) -> list[float]:
+    """MLP 64-128-128-10 on labels from a random teacher network; full-batch-ish minibatches of 128."""
+    g = torch.Generator().manual_seed(seed + 99)
+    X = torch.randn(4096, 64, generator=g)
+    teacher = torch.randn(64, 10, generator=g)
+    y = (torch.tanh(X @ teacher) + 0.3 * torch.randn(4096, 10, generator=g)).argmax(1)
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 128), nn.ReLU(), nn.Linear(128, 10))
+    opt = make_opt(model.parameters())
+    losses = []
+    for i in range(steps):
+        idx = torch.arange(i * 128, (i + 1) * 128) % 4096
+        loss = nn.functional.cross_entropy(model(X[idx]), y[idx])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+    return losses
+
+
+def tail_mean(losses: list[float], n: int = 20) -> float:
+    """Mean of the last ``n`` losses (a steadier 'final loss' than the last step)."""
+    return sum(losses[-n:]) / len(losses[-n:])

@@ -1,0 +1,320 @@
+"""8-bit optimizers: parity with 32-bit on two small tasks, state precision, state_dict round trip,
+non-finite gradients, construction checks, overrides, dtypes, memory, fused == eager."""
+import io
+
+import pytest
+import torch
+from safetensors.torch import load, save
+
+import eightbit.optim as O
+from eightbit.kernels import reference_only
+from tests.optim.tasks import TinyLM, tail_mean, train_lm, train_mlp
+
+# name -> (8-bit class, 32-bit reference factory, kwargs)
+CASES = {
+    "Adam": (O.Adam8bit, torch.optim.Adam, dict(lr=3e-3)),
+    "AdamW": (O.AdamW8bit, torch.optim.AdamW, dict(lr=3e-3, weight_decay=0.05)),
+    "SGD": (O.SGD8bit, torch.optim.SGD, dict(lr=0.05, momentum=0.9)),
+    "RMSprop": (O.RMSprop8bit, torch.optim.RMSprop, dict(lr=1e-3)),
+    "Adagrad": (O.Adagrad8bit, torch.optim.Adagrad, dict(lr=0.03)),
+    "LAMB": (O.LAMB8bit, O.LAMB32bit, dict(lr=1e-2, weight_decay=0.01)),
+    "LARS": (O.LARS8bit, O.LARS32bit, dict(lr=0.1, momentum=0.9)),
+    "Lion": (O.Lion8bit, O.Lion32bit, dict(lr=1e-3, weight_decay=0.01)),
+}
+
+
+def _assert_uint8_state(opt):
+    big = [p for g in opt.param_groups for p in g["params"] if p.numel() >= 4096]
+    assert big
+    for p in big:
+        tensors = [v for k, v in opt.state[p].items() if isinstance(v, torch.Tensor) and v.shape == p.shape]
+        assert tensors and all(t.dtype == torch.uint8 for t in tensors)
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_parity_with_32bit(name, seed):
+    cls8, ref, kw = CASES[name]
+    opts = []
+
+    def make8(p):
+        opts.append(cls8(p, **kw))
+        return opts[-1]
+
+    lm8 = train_lm(make8, steps=150, seed=seed % 1000)
+    _assert_uint8_state(opts[-1])
+    lm32 = train_lm(lambda p: ref(p, **kw), steps=150, seed=seed % 1000)
+    mlp8 = train_mlp(make8, steps=150, seed=seed % 1000)
+    _assert_uint8_state(opts[-1])
+    mlp32 = train_mlp(lambda p: ref(p, **kw), steps=150, seed=seed % 1000)
+    assert lm8[-1] < 0.5 * lm8[0] and mlp8[-1] < mlp8[0]  # it trains
+    for a, b in ((lm8, lm32), (mlp8, mlp32)):
+        assert abs(tail_mean(a) - tail_mean(b)) <= 0.02 * tail_mean(b), (tail_mean(a), tail_mean(b))
+
+
+@pytest.mark.parametrize("cls", [O.Adam32bit, O.AdamW32bit, O.SGD32bit, O.RMSprop32bit, O.Adagrad32bit])
+def test_32bit_variant_matches_torch(cls, gen):
+    ref = getattr(torch.optim, cls.__name__[:-5])
+    kw = dict(lr=1e-2, weight_decay=0.1) | (dict(momentum=0.9, nesterov=True) if cls is O.SGD32bit else {})
+    p1 = torch.nn.Parameter(torch.randn(5000, generator=gen))
+    p2 = torch.nn.Parameter(p1.detach().clone())
+    o1, o2 = cls([p1], **kw), ref([p2], **kw)
+    for _ in range(20):
+        g = torch.randn(5000, generator=gen)
+        p1.grad, p2.grad = g.clone(), g.clone()
+        o1.step()
+        o2.step()
+    torch.testing.assert_close(p1, p2, rtol=1e-5, atol=1e-6)
+
+
+def test_state_kinds_and_small_tensors():
+    w, b = torch.nn.Parameter(torch.randn(64, 128)), torch.nn.Parameter(torch.randn(100))
+    opt = O.Adam8bit([w, b], lr=1e-3)
+    w.grad, b.grad = torch.randn_like(w), torch.randn_like(b)
+    opt.step()
+    s = opt.state[w]
+    assert s["exp_avg"].dtype == s["exp_avg_sq"].dtype == torch.uint8
+    assert s["exp_avg_absmax"].shape == (4,)
+    # unsigned code for v: every code index of v maps to a value >= 0
+    assert opt.state[b]["exp_avg"].dtype == torch.float32  # 100 < min_8bit_size
+    opt2 = O.Adam([w], lr=1e-3, optim_bits=32)
+    opt2.step()
+    assert opt2.state[w]["exp_avg"].dtype == torch.float32
+
+
+def test_state_dict_resume_bit_identical(tmp_path, gen):
+    def make_run(steps_before, steps_after, resume):
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Linear(64, 128), torch.nn.Tanh(), torch.nn.Linear(128, 64))
+        opt = O.AdamW8bit(model.parameters(), lr=1e-3, percentile_clipping=90, blocksize=256)
+        data = torch.randn(steps_before + steps_after, 16, 64, generator=torch.Generator().manual_seed(1))
+
+        def step(i):
+            opt.zero_grad()
+            model(data[i]).pow(2).mean().backward()
+            opt.step()
+
+        for i in range(steps_before):
+            step(i)
+        if resume:
+            sd = opt.state_dict()
+            flat = {f"{pid}.{k}": v for pid, st in sd["state"].items() for k, v in st.items()}
+            assert all(isinstance(v, torch.Tensor) for v in flat.values())
+            (tmp_path / "opt.safetensors").write_bytes(save(flat))
+            msd = {k: v.clone() for k, v in model.state_dict().items()}
+            loaded = load((tmp_path / "opt.safetensors").read_bytes())
+            state = {}
+            for key, v in loaded.items():
+                pid, name = key.split(".", 1)
+                state.setdefault(int(pid), {})[name] = v
+            model = torch.nn.Sequential(torch.nn.Linear(64, 128), torch.nn.Tanh(), torch.nn.Linear(128, 64))
+            model.load_state_dict(msd)
+            opt = O.AdamW8bit(model.parameters(), lr=1e-3, percentile_clipping=90, blocksize=256)
+            opt.load_state_dict({"state": state, "param_groups": sd["param_groups"]})
+        for i in range(steps_before, steps_before + steps_after):
+            step(i)
+        return [p.detach().clone() for p in model.parameters()], opt
+
+    straight, _ = make_run(10, 100, resume=False)
+    resumed, opt = make_run(10, 100, resume=True)
+    for a, b in zip(straight, resumed):
+        assert torch.equal(a, b)
+    assert all(v.dtype == torch.uint8 for st in opt.state.values() for k, v in st.items() if k == "exp_avg" and v.numel() >= 4096)
+
+
+@pytest.mark.parametrize("cls", [O.Adam8bit, O.Lion8bit, O.SGD8bit])
+def test_nonfinite_propagate_isolated_to_block(cls, gen):
+    p = torch.nn.Parameter(torch.randn(8 * 256, generator=gen))
+    kw = dict(momentum=0.9) if cls is O.SGD8bit else {}
+    opt = cls([p], lr=1e-3, blocksize=256, nonfinite="propagate", **kw)
+    p.grad = torch.randn_like(p)
+    opt.step()
+    before = {k: v.clone() for k, v in opt.state[p].items()}
+    p_before = p.detach().clone()
+    g = torch.randn_like(p)
+    ref = cls([torch.nn.Parameter(p_before.clone())], lr=1e-3, blocksize=256, nonfinite="propagate", **kw)
+    ref.load_state_dict(opt.state_dict())
+    rp = ref.param_groups[0]["params"][0]
+    rp.grad = g.clone()
+    ref.step()
+    g[5 * 256 + 3] = float("nan")
+    p.grad = g
+    opt.step()
+    other = torch.ones(8, dtype=torch.bool)
+    other[5] = False
+    for k, v in opt.state[p].items():
+        if k.endswith("_absmax"):
+            assert torch.isnan(v[5]) and torch.equal(v[other], ref.state[rp][k][other])
+        elif v.shape == p.shape:
+            assert torch.equal(v.view(8, 256)[other], ref.state[rp][k].view(8, 256)[other])
+    assert torch.equal(p.detach().view(8, 256)[other], rp.detach().view(8, 256)[other])
+    assert not torch.equal(before["step"], opt.state[p]["step"])
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_nonfinite_skip_and_raise(bad, gen):
+    p = torch.nn.Parameter(torch.randn(5000, generator=gen))
+    q = torch.nn.Parameter(torch.randn(5000, generator=gen))
+    opt = O.AdamW8bit([p, q], lr=1e-2)
+    p.grad, q.grad = torch.randn_like(p), torch.randn_like(q)
+    opt.step()
+    snap = {k: v.clone() for k, v in opt.state[p].items()}
+    p_snap, q_snap = p.detach().clone(), q.detach().clone()
+    p.grad = torch.randn_like(p)
+    p.grad[17] = bad
+    q.grad = torch.randn_like(q)
+    opt.step()
+    assert torch.equal(p.detach(), p_snap)  # skipped: param and all state untouched
+    for k, v in snap.items():
+        if k != "skipped_steps":
+            assert torch.equal(opt.state[p][k], v), k
+    assert int(opt.state[p]["skipped_steps"]) == 1
+    assert not torch.equal(q.detach(), q_snap)  # the other parameter still stepped
+    opt_r = O.AdamW8bit([p], lr=1e-2, nonfinite="raise")
+    with pytest.raises(FloatingPointError, match="non-finite"):
+        opt_r.step()
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(lr=-1.0), "lr"),
+        (dict(lr=1e-3, betas=(1.0, 0.9)), "betas"),
+        (dict(lr=1e-3, betas=(0.9, -0.1)), "betas"),
+        (dict(lr=1e-3, eps=-1e-8), "eps"),
+        (dict(lr=1e-3, weight_decay=-0.1), "weight_decay"),
+        (dict(lr=1e-3, blocksize=1000), "blocksize"),
+        (dict(lr=1e-3, optim_bits=16), "optim_bits"),
+        (dict(lr=1e-3, percentile_clipping=0), "percentile_clipping"),
+        (dict(lr=1e-3, nonfinite="ignore"), "nonfinite"),
+        (dict(lr=1e-3, max_unorm=-1), "max_unorm"),
+        (dict(lr=float("nan")), "lr"),
+    ],
+)
+def test_construction_errors(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        O.Adam8bit([torch.nn.Parameter(torch.randn(3))], **kwargs)
+
+
+def test_other_construction_errors():
+    p = [torch.nn.Parameter(torch.randn(3))]
+    with pytest.raises(ValueError, match="momentum"):
+        O.SGD8bit(p, lr=0.1, momentum=1.5)
+    with pytest.raises(ValueError, match="momentum"):
+        O.LARS8bit(p, lr=0.1, momentum=0)
+    with pytest.raises(ValueError, match="momentum"):
+        O.RMSprop8bit(p, lr=0.1, momentum=0.9)
+    with pytest.raises(TypeError):
+        O.Adam8bit(p, 1e-3, (0.9, 0.99))  # betas is keyword-only
+
+
+def test_determinism():
+    runs = [train_mlp(lambda p: O.Adam8bit(p, lr=3e-3), steps=30, seed=3) for _ in range(2)]
+    assert runs[0] == runs[1]
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_low_precision_params(dtype, gen):
+    w32 = torch.randn(64, 128, generator=gen)
+    p = torch.nn.Parameter(w32.to(dtype))
+    ref = torch.nn.Parameter(w32.clone())
+    opt, opt_ref = O.Adam8bit([p], lr=1e-2), O.Adam8bit([ref], lr=1e-2)
+    for _ in range(5):
+        g = torch.randn(64, 128, generator=gen)
+        p.grad, ref.grad = g.to(dtype), g.to(dtype).float()
+        opt.step()
+        opt_ref.step()
+    assert p.dtype == dtype and opt.state[p]["exp_avg_absmax"].dtype == torch.float32
+    # same math in fp32, only the rounding of the written-back parameter differs
+    eps = torch.finfo(dtype).eps  # 5 roundings of half an ulp each at most
+    assert torch.all((p.float() - ref).abs() <= 3 * eps * (ref.abs() + 5 * 1e-2))  # |p| may shrink by 5 lr
+    assert (p.float() - w32).abs().mean() > 1e-3  # it moved
+
+
+def test_param_groups_closure_and_no_grad():
+    a, b, c = (torch.nn.Parameter(torch.ones(5000)) for _ in range(3))
+    opt = O.SGD8bit([{"params": [a], "lr": 0.1}, {"params": [b, c], "lr": 0.01}], lr=0.5, momentum=0.9)
+
+    def closure():
+        opt.zero_grad()
+        loss = (a.sum() + b.sum())
+        loss.backward()
+        return loss
+
+    assert float(opt.step(closure)) == 10000.0
+    assert torch.allclose(a, torch.full_like(a, 0.9), atol=1e-3)
+    assert torch.allclose(b, torch.full_like(b, 0.99), atol=1e-4)
+    assert torch.equal(c, torch.ones(5000)) and c not in opt.state  # no grad: skipped
+
+
+def test_global_optim_manager_override_before_and_after():
+    mng = O.GlobalOptimManager.get_instance()
+    model = torch.nn.Sequential(torch.nn.Linear(100, 100), torch.nn.Linear(100, 100))
+    mng.register_module_override(model[0], "weight", {"optim_bits": 32})  # before construction
+    opt = O.Adam8bit(model.parameters(), lr=1e-3)
+    mng.override_config(model[1].weight, "optim_bits", 32)  # after construction, before the first step
+    model(torch.randn(4, 100)).sum().backward()
+    opt.step()
+    assert opt.state[model[0].weight]["exp_avg"].dtype == torch.float32
+    assert opt.state[model[1].weight]["exp_avg"].dtype == torch.float32
+    other = torch.nn.Linear(100, 100)
+    opt2 = O.Adam8bit(other.parameters(), lr=1e-3)
+    other(torch.randn(4, 100)).sum().backward()
+    opt2.step()
+    assert opt2.state[other.weight]["exp_avg"].dtype == torch.uint8
+
+
+def test_percentile_clipping_and_max_unorm(gen):
+    p = torch.nn.Parameter(torch.zeros(5000))
+    opt = O.SGD8bit([p], lr=1.0, momentum=0.5, percentile_clipping=50)
+    for i in range(10):
+        p.grad = torch.ones(5000) * (100.0 if i == 9 else 1.0)
+        before = p.detach().clone()
+        opt.step()
+    # the outlier gradient was clipped to the median of past norms
+    assert (before - p).abs().max() < 5.0
+    p2 = torch.nn.Parameter(torch.ones(5000))
+    opt2 = O.Adam32bit([p2], lr=10.0, max_unorm=0.01)
+    p2.grad = torch.randn(5000, generator=gen)
+    opt2.step()
+    assert (p2.detach() - 1).norm() <= 10.0 * 0.01 * 5000**0.5 * 1.001
+
+
+def test_memory_adam8bit_vs_torch():
+    params = [torch.nn.Parameter(torch.zeros(4096, 2560))]  # 10.5M parameters
+    for p in params:
+        p.grad = torch.zeros_like(p)
+    o8, o32 = O.Adam8bit(params, lr=1e-3), torch.optim.Adam(params, lr=1e-3)
+    o8.step()
+    o32.step()
+
+    def nbytes(opt):
+        return sum(v.numel() * v.element_size() for s in opt.state.values() for v in s.values() if torch.is_tensor(v))
+
+    ratio = nbytes(o8) / nbytes(o32)
+    print(f"Adam8bit state = {ratio:.4f} of torch Adam's")
+    assert ratio <= 0.27
+
+
+def test_fused_kernel_matches_eager(gen):
+    from eightbit.kernels import registered_kernels
+
+    if ("optim_blockwise_update", "cpu") not in registered_kernels():
+        pytest.skip("no fused kernel on this machine")
+    n = 2**20 + 3 * 2048 + 77  # fused chunks + partial block
+    for cls in (O.AdamW8bit, O.Lion8bit):
+        p1 = torch.nn.Parameter(torch.randn(n, generator=gen))
+        p2 = torch.nn.Parameter(p1.detach().clone())
+        o1, o2 = cls([p1], lr=1e-3), cls([p2], lr=1e-3)
+        for _ in range(3):
+            g = torch.randn(n, generator=gen)
+            p1.grad, p2.grad = g.clone(), g.clone()
+            o1.step()
+            with reference_only():
+                o2.step()
+        assert (p1 - p2).abs().max() < 1e-5
+        for k, v in o1.state[p1].items():
+            w = o2.state[p2][k]
+            if v.dtype == torch.uint8:
+                assert (v.int() - w.int()).abs().max() <= 1 and (v != w).float().mean() < 1e-3
+            else:
+                torch.testing.assert_close(v, w, rtol=1e-5, atol=1e-7)
