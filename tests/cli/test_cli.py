@@ -1,0 +1,130 @@
+"""The `eightbit` CLI through its real typer app (CliRunner) and the installed console script."""
+import json
+import shutil
+import subprocess
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from eightbit.cli import app
+
+runner = CliRunner()
+COMMANDS = ["demo", "quantize", "inspect", "eval", "outliers", "bench"]
+
+
+def run(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+@pytest.fixture(scope="module")
+def data_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("data") / "s.txt"
+    path.write_text("The chef baked bread.\nThe storm flooded the streets.\nA nurse checked the patient.\n"
+                    "The band played all night.\n")
+    return path
+
+
+@pytest.fixture(scope="module")
+def gpt2_dir(tmp_path_factory):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    cfg = GPT2Config(vocab_size=128, n_positions=64, n_embd=64, n_layer=2, n_head=2, bos_token_id=0, eos_token_id=0)
+    path = tmp_path_factory.mktemp("gpt2")
+    GPT2LMHeadModel(cfg).save_pretrained(path)
+    return path
+
+
+@pytest.mark.parametrize("cmd", COMMANDS)
+def test_help(cmd):
+    res = run(cmd, "--help")
+    assert res.exit_code == 0 and "Usage" in res.output
+
+
+def test_installed_script_help_and_bad_path(tmp_path):
+    exe = shutil.which("eightbit")
+    assert exe, "the eightbit console script is not installed"
+    out = subprocess.run([exe, "--help"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and all(c in out.stdout for c in COMMANDS)
+    out = subprocess.run([exe, "inspect", str(tmp_path / "missing")], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 1 and "Traceback" not in out.stderr
+    assert out.stderr.strip().splitlines()[-1].startswith("error:")
+
+
+def test_gpt2_round_trip(gpt2_dir, tmp_path, data_file):
+    out = tmp_path / "q"
+    res = run("quantize", gpt2_dir, "--method", "llm_int8", "--out", out)
+    assert res.exit_code == 0, res.output
+    meta = json.loads((out / "eightbit_config.json").read_text())
+    assert meta["source"]["architecture"] == "GPT2LMHeadModel" and (out / "config.json").is_file()
+    res = run("inspect", out)
+    assert res.exit_code == 0, res.output
+    assert "Linear8bitLt" in res.output and "transformer.h.1.mlp.c_fc" in res.output and "int8" in res.output
+    res = run("eval", out, "--reference", gpt2_dir, "--data", data_file)
+    assert res.exit_code == 0, res.output
+    assert "top-1 token agreement" in res.output and "random token" in res.output
+
+
+def test_minilm_static_round_trip(tmp_path, data_file):
+    out = tmp_path / "m"
+    res = run("quantize", "minilm", "--method", "int8-static", "--calibration-data", data_file, "--out", out)
+    assert res.exit_code == 0, res.output
+    assert (out / "tokenizer.json").is_file()
+    res = run("inspect", out)
+    assert res.exit_code == 0 and "LinearInt8Static" in res.output and "encoder.layer.5.output.dense" in res.output
+    res = run("eval", out, "--data", data_file)  # reference from the recorded source
+    assert res.exit_code == 0, res.output
+    line = next(ln for ln in res.output.splitlines() if "mean cosine" in ln)
+    assert float(line.split()[-2]) > 0.9
+
+
+def test_outliers_on_planted_model(tmp_path, data_file):
+    from eightbit.models import build_gpt2_with_outliers
+
+    model = build_gpt2_with_outliers(n_layer=2, n_embd=128, outlier_dims=(5, 77), seed=0)
+    model.save_pretrained(tmp_path / "toy")
+    png = tmp_path / "o.png"
+    res = run("outliers", tmp_path / "toy", "--data", data_file, "--plot", png)
+    assert res.exit_code == 0, res.output
+    assert "emergent dims: 5 77" in res.output
+    assert png.read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.parametrize("args", [
+    ["inspect", "{tmp}/nothing"],
+    ["eval", "{tmp}/nothing"],
+    ["quantize", "{tmp}/nothing", "--out", "{tmp}/o"],
+    ["quantize", "{tmp}", "--out", "{tmp}/o"],          # a directory without config.json
+    ["quantize", "{tmp}/weird", "--out", "{tmp}/o"],    # a model type transformers does not know
+    ["outliers", "{tmp}/nothing"],
+    ["outliers", "minilm", "--data", "{tmp}/missing.txt"],
+])
+def test_bad_paths_one_line_error(args, tmp_path):
+    weird = tmp_path / "weird"
+    weird.mkdir()
+    (weird / "config.json").write_text(json.dumps({"model_type": "no-such-model"}))
+    res = run(*[a.format(tmp=tmp_path) for a in args])
+    assert res.exit_code == 1, res.output
+    assert "Traceback" not in res.output and res.output.strip().splitlines()[-1].startswith("error:")
+
+
+def test_bad_option_is_usage_error():
+    res = run("quantize", "minilm", "--out", "x", "--method", "int4")
+    assert res.exit_code == 2
+
+
+def test_bench_missing_harness(tmp_path, monkeypatch):
+    import eightbit.cli as cli
+
+    monkeypatch.setattr(cli, "_bench_root", lambda: None)
+    res = run("bench", "--quick")
+    assert res.exit_code == 1 and "benchmark harness not found" in res.output
+
+
+@pytest.mark.slow
+def test_demo_runs():
+    res = run("demo", "--sentences", "8")
+    assert res.exit_code == 0, res.output
+    for text in ("all-MiniLM-L6-v2", "LLM.int8() threshold 6", "LLM.int8() threshold 0", "FP8 E4M3", "GPT-2", "AdamW8bit"):
+        assert text in res.output
