@@ -33,9 +33,17 @@ def quantize_vectorwise(x: torch.Tensor, dim: int = -1) -> tuple[torch.Tensor, t
     check_tensor(x, "x", dtypes=FLOAT_DTYPES)
     dim = _check_dim(x, dim)
     xf = x.float()
+    if xf.shape[dim] == 0:  # zero-length vectors: nothing to scale
+        return torch.zeros(x.shape, dtype=torch.int8, device=x.device), xf.new_zeros(xf.sum(dim).shape)
     absmax = xf.abs().amax(dim=dim, keepdim=True)  # NaN/Inf propagate into this vector's absmax only
-    scale = torch.where(absmax > 0, INT8_MAX / absmax, torch.zeros_like(absmax))  # Inf absmax -> scale 0
-    q = torch.nan_to_num(xf * scale, nan=0.0).round_().clamp_(-INT8_MAX, INT8_MAX).to(torch.int8)
+    # Divide by the step rather than multiply by 127/absmax: 127/absmax overflows for absmax < 3.7e-37.
+    # 0/0 (zero vector), x/Inf and anything/NaN give NaN or 0, which become code 0.
+    step = absmax / INT8_MAX
+    if bool(((absmax < 2.0**-100) & (absmax > 0)).any()):  # a subnormal step loses precision: use float64
+        q = xf.double() / (absmax.double() / INT8_MAX)
+    else:
+        q = xf / step
+    q = torch.nan_to_num(q, nan=0.0, posinf=0.0, neginf=0.0).round_().clamp_(-INT8_MAX, INT8_MAX).to(torch.int8)
     return q, absmax.squeeze(dim)
 
 
@@ -51,4 +59,5 @@ def dequantize_vectorwise(
         raise ValueError(f"absmax must have shape {tuple(expected)} for q of shape {tuple(q.shape)} and dim={dim}, got {tuple(absmax.shape)}")
     if dtype not in FLOAT_DTYPES:
         raise TypeError(f"dtype must be one of float32/bfloat16/float16, got {dtype}")
-    return (q.float() * (absmax.unsqueeze(dim) / INT8_MAX)).to(dtype)
+    # q / 127 <= 1 exactly, so absmax = float32 max dequantizes to max, not inf
+    return (q.float() / INT8_MAX * absmax.unsqueeze(dim)).to(dtype)
