@@ -98,6 +98,31 @@ def _local(t: torch.Tensor) -> torch.Tensor:
     return t.to_local() if DTensor and isinstance(t, DTensor) else t
 
 
+def _shard_groups(p: torch.Tensor) -> list:
+    """Process groups of the mesh dims a DTensor parameter is sharded over (empty for a plain tensor):
+    whole-tensor quantities (norms, the non-finite check) are reduced over them so every shard agrees."""
+    if not (DTensor and isinstance(p, DTensor)):
+        return []
+    return [p.device_mesh.get_group(i) for i, pl in enumerate(p.placements) if pl.is_shard()]
+
+
+def _sum_over(groups: list, t: torch.Tensor) -> torch.Tensor:
+    """All-reduce (sum) ``t`` in place over ``groups``; returns it."""
+    if groups:
+        import torch.distributed as dist
+
+        for group in groups:
+            dist.all_reduce(t, group=group)
+    return t
+
+
+def _all_finite(g: torch.Tensor, groups: list) -> bool:
+    """Whether the whole gradient is finite; for a sharded one all shards agree (all skip or none)."""
+    if not groups:
+        return bool(torch.isfinite(g.abs().amax()))
+    return _sum_over(groups, (~torch.isfinite(g)).sum()).item() == 0
+
+
 class Optimizer8bit(torch.optim.Optimizer):
     """Base of all eightbit optimizers. Subclasses define:
 
@@ -176,9 +201,10 @@ class Optimizer8bit(torch.optim.Optimizer):
         return 1.0
 
     # ----- state ---------------------------------------------------------------------------------
-    def _init_state(self, p_local: torch.Tensor, state: dict[str, Any], config: dict[str, Any]) -> None:
-        """Create every state tensor of one parameter (the only place state is allocated)."""
-        eight = config["optim_bits"] == 8 and p_local.numel() >= config["min_8bit_size"]
+    def _init_state(self, p_local: torch.Tensor, state: dict[str, Any], config: dict[str, Any], numel: int) -> None:
+        """Create every state tensor of one parameter (the only place state is allocated). ``numel`` is the
+        whole parameter's size (min_8bit_size is judged on it, so every shard of a DTensor agrees)."""
+        eight = config["optim_bits"] == 8 and numel >= config["min_8bit_size"]
         bs = config["blocksize"]
         nblocks = -(-p_local.numel() // bs)
         dev = p_local.device
@@ -227,26 +253,32 @@ class Optimizer8bit(torch.optim.Optimizer):
         pl, gl = _local(p), _local(p.grad)
         if gl.is_sparse:
             raise RuntimeError(f"{type(self).__name__} does not support sparse gradients")
-        if pl.numel() == 0:
+        groups = _shard_groups(p)  # non-empty for a sharded DTensor: collectives below, even on an empty shard
+        if pl.numel() == 0 and not groups:
             return
         state = self.state[p]
         if not state:
-            self._init_state(pl, state, config)
-        if config["nonfinite"] != "propagate" and not bool(torch.isfinite(gl.abs().amax())):
+            self._init_state(pl, state, config, p.numel())
+        if config["nonfinite"] != "propagate" and not _all_finite(gl, groups):
             if config["nonfinite"] == "raise":
                 raise FloatingPointError(f"non-finite gradient for a parameter of shape {tuple(p.shape)}")
             state["skipped_steps"] += 1
             return
         state["step"] += 1
         step = int(state["step"])
-        grad_scale = self._percentile_scale(gl, state, config, step)
+        grad_scale = self._percentile_scale(gl, state, config, step, groups)
         work = pl if pl.is_contiguous() else pl.contiguous()
         g = gl.contiguous()
         hp = [config["lr"], config.get("weight_decay", 0.0), grad_scale, 1.0, *self.hyper(config, step)]
         if self.needs_update_norm(config):
             hp_t = torch.tensor(hp, dtype=torch.float32, device=pl.device)
-            unorm = float(sum(self._run_chunks(work, g, state, config, hp_t, write=False))) ** 0.5
-            pnorm = float(work.float().norm())
+            usq = sum(self._run_chunks(work, g, state, config, hp_t, write=False))
+            if groups:  # norms of the whole parameter, not of this shard
+                usq = torch.as_tensor(usq, dtype=torch.float32, device=work.device)
+                sq = _sum_over(groups, torch.stack([usq, work.float().square().sum()]))
+                unorm, pnorm = float(sq[0]) ** 0.5, float(sq[1]) ** 0.5
+            else:
+                unorm, pnorm = float(usq) ** 0.5, float(work.float().norm())
             hp[UPDATE_SCALE] = self.update_scale(unorm, pnorm, config)
         hp_t = torch.tensor(hp, dtype=torch.float32, device=pl.device)
         for _ in self._run_chunks(work, g, state, config, hp_t, write=True):
@@ -254,11 +286,14 @@ class Optimizer8bit(torch.optim.Optimizer):
         if work is not pl:
             pl.copy_(work)
 
-    def _percentile_scale(self, g: torch.Tensor, state: dict, config: dict, step: int) -> float:
+    def _percentile_scale(self, g: torch.Tensor, state: dict, config: dict, step: int, groups: list) -> float:
         if config["percentile_clipping"] >= 100:
             return 1.0
         hist = state["gnorm_history"]
-        gnorm = torch.linalg.vector_norm(g, dtype=torch.float32)
+        if groups:  # the whole gradient's norm, identical on every shard
+            gnorm = _sum_over(groups, g.float().square().sum()).sqrt()
+        else:
+            gnorm = torch.linalg.vector_norm(g, dtype=torch.float32)
         hist[(step - 1) % 100] = gnorm
         clip = torch.quantile(hist[: min(step, 100)], config["percentile_clipping"] / 100.0)
         gnorm, clip = float(gnorm), float(clip)
