@@ -19,6 +19,8 @@ import struct
 import threading
 from typing import Callable
 
+import warnings
+
 import torch
 
 from .dispatch import register_kernel
@@ -89,7 +91,12 @@ def _run(name: str, fn: Callable, *args) -> torch.Tensor | None:
             c = _compiled[name] = torch.compile(fn, dynamic=True, fullgraph=True)
     try:
         return c(*args)
-    except Exception:  # compiler toolchain missing or broken: the reference runs from now on
+    except Exception as e:
+        if "recompile" in type(e).__name__.lower() or "recompile" in str(e).lower():
+            # Too many shape/dtype variants for dynamo's per-function limit: the same code runs eagerly.
+            return fn(*args)
+        # compiler toolchain missing or broken: the reference runs from now on
+        warnings.warn(f"eightbit: compiled fp8 kernel unavailable ({type(e).__name__}: {e}); using the reference", RuntimeWarning, stacklevel=3)
         _broken = True
         return None
 
