@@ -6,6 +6,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+import eightbit.optim as O
+
 VOCAB, DIM, SEQ, BATCH = 64, 64, 32, 32
 
 
@@ -88,3 +90,16 @@ def train_mlp(make_opt, *, steps: int, seed: int = 0) -> list[float]:
 def tail_mean(losses: list[float], n: int = 20) -> float:
     """Mean of the last ``n`` losses (a steadier 'final loss' than the last step)."""
     return sum(losses[-n:]) / len(losses[-n:])
+
+
+# Parity cases shared by tests/optim and examples/optimizer_parity.py: name -> (8-bit class, 32-bit reference factory, kwargs)
+PARITY_CASES = {
+    "Adam": (O.Adam8bit, torch.optim.Adam, dict(lr=3e-3)),
+    "AdamW": (O.AdamW8bit, torch.optim.AdamW, dict(lr=3e-3, weight_decay=0.05)),
+    "SGD": (O.SGD8bit, torch.optim.SGD, dict(lr=0.05, momentum=0.9)),
+    "RMSprop": (O.RMSprop8bit, torch.optim.RMSprop, dict(lr=1e-3)),
+    "Adagrad": (O.Adagrad8bit, torch.optim.Adagrad, dict(lr=0.03)),
+    "LAMB": (O.LAMB8bit, O.LAMB32bit, dict(lr=1e-2, weight_decay=0.01)),
+    "LARS": (O.LARS8bit, O.LARS32bit, dict(lr=0.1, momentum=0.9)),
+    "Lion": (O.Lion8bit, O.Lion32bit, dict(lr=1e-3, weight_decay=0.01)),
+}

@@ -8,19 +8,9 @@ from safetensors.torch import load, save
 
 import eightbit.optim as O
 from eightbit.kernels import reference_only
+from tests.optim.tasks import PARITY_CASES as CASES
 from tests.optim.tasks import TinyLM, tail_mean, train_lm, train_mlp
 
-# name -> (8-bit class, 32-bit reference factory, kwargs)
-CASES = {
-    "Adam": (O.Adam8bit, torch.optim.Adam, dict(lr=3e-3)),
-    "AdamW": (O.AdamW8bit, torch.optim.AdamW, dict(lr=3e-3, weight_decay=0.05)),
-    "SGD": (O.SGD8bit, torch.optim.SGD, dict(lr=0.05, momentum=0.9)),
-    "RMSprop": (O.RMSprop8bit, torch.optim.RMSprop, dict(lr=1e-3)),
-    "Adagrad": (O.Adagrad8bit, torch.optim.Adagrad, dict(lr=0.03)),
-    "LAMB": (O.LAMB8bit, O.LAMB32bit, dict(lr=1e-2, weight_decay=0.01)),
-    "LARS": (O.LARS8bit, O.LARS32bit, dict(lr=0.1, momentum=0.9)),
-    "Lion": (O.Lion8bit, O.Lion32bit, dict(lr=1e-3, weight_decay=0.01)),
-}
 
 
 def _assert_uint8_state(opt):
