@@ -10,7 +10,6 @@ import pathlib
 import sys
 import time
 
-import torch
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # for tests.optim.tasks
 
