@@ -60,3 +60,10 @@ def check_number(
     if high is not None and (v > high or (v == high and not high_inclusive)):
         raise ValueError(f"{name} must be {'<=' if high_inclusive else '<'} {high}, got {value}")
     return v
+
+
+def check_bool(value: object, name: str) -> bool:
+    """Raise TypeError unless ``value`` is a real bool (a truthy string like ``"no"`` must not pass)."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be a bool (True or False), got {type(value).__name__} {value!r}")
+    return value

@@ -1,4 +1,4 @@
-"""The ``eightbit`` command line: demo, quantize, inspect, eval, outliers, bench.
+"""The ``eightbit`` command line: demo, stream-demo, quantize, inspect, eval, outliers, bench.
 
 Every command has ``--help``. Errors a user can cause (a bad path, a directory that is not a model, a model
 type transformers cannot build, bad data files) print one ``error: ...`` line on stderr and exit with 1;
@@ -97,16 +97,55 @@ def calibrate_model(model: Any, batches: list) -> None:
 def demo(
     model: str = typer.Option("all", "--model", "-m", help="Which model to run: minilm, gpt2 or all."),
     sentences: int = typer.Option(32, help="Number of built-in eval sentences (MiniLM) / 8x token sequences (GPT-2)."),
+    stream: bool = typer.Option(True, "--stream/--no-stream", help="End with a streaming load of a small random fp32 checkpoint into LLM.int8() (about 10 s; see `eightbit stream-demo`)."),
 ) -> None:
     """Quantize the built-in MiniLM and a small GPT-2 with planted outlier features; print memory, speed and
-    fidelity to fp32 for bf16, LLM.int8() (threshold 6 and 0), FP8 E4M3 and static INT8, plus 8-bit AdamW."""
+    fidelity to fp32 for bf16, LLM.int8() (threshold 6 and 0), FP8 E4M3 and static INT8, plus 8-bit AdamW;
+    then load a small fp32 checkpoint straight into 8-bit and print its peak memory."""
     from .demo import run_demo
 
     if model not in ("minilm", "gpt2", "all"):
         raise CLIError(f"--model must be minilm, gpt2 or all, got {model!r}")
     if sentences < 8:
         raise CLIError(f"--sentences must be >= 8, got {sentences}")
-    run_demo(("minilm", "gpt2") if model == "all" else (model,), console=console, n_sentences=sentences)
+    run_demo(("minilm", "gpt2") if model == "all" else (model,), console=console, n_sentences=sentences, stream=stream)
+
+
+def _stream_lines(r: dict[str, Any], method: str) -> list[str]:
+    """The headline of a streaming-load measurement, then one line of detail."""
+    peak, bound = r["peak_growth_bytes"], r["limit_bytes"]
+    verdict = "peak not measured (needs Linux /proc)" if peak is None else (
+        f"peak {'within' if peak <= bound else 'ABOVE'} the bound (final footprint + largest tensor + 64 MB)")
+    forward = "" if r["forward_growth_bytes"] is None else (
+        f"; 8-token forward pass: peak +{r['forward_growth_bytes'] / 1e6:.1f} MB "
+        f"(largest fp32 weight matrix {r['largest_linear_fp32_bytes'] / 1e6:.1f} MB)")
+    return [r["summary"], f"  {method}, LLaMA-style {r['layers']} layers x hidden {r['hidden']}: {r['quantized_layers']} "
+                          f"linear layers quantized in {r['seconds']:.1f} s in a fresh process; {verdict}{forward}"]
+
+
+@app.command(name="stream-demo")
+@_errors
+def stream_demo(
+    size_gb: float = typer.Option(0.3, "--size-gb", help="Size of the generated fp32 checkpoint in GB (1e9 bytes)."),
+    dir: Optional[Path] = typer.Option(None, "--dir", help="Write the checkpoint here and keep it (an empty or new directory; default: a temporary one, removed)."),
+    method: Method = typer.Option(Method.llm_int8, "--method", help="Quantization method."),
+) -> None:
+    """Write a random LLaMA-style fp32 checkpoint, load it straight into 8-bit tensor by tensor
+    (eightbit.load_quantized_from_float) in a fresh process and print the peak memory growth of that load."""
+    from .quantize.streaming_demo import run_streaming_demo
+
+    if not 0 < size_gb <= 64:
+        raise CLIError(f"--size-gb must be in (0, 64], got {size_gb}")
+    if dir is not None and dir.exists() and (not dir.is_dir() or any(dir.iterdir())):
+        raise CLIError(f"--dir {dir}: exists and is not an empty directory")
+    config = make_config(method)
+    where = dir if dir is not None else "a temporary directory"
+    with console.status(f"writing a {size_gb:g} GB random fp32 checkpoint to {where}, then loading it into 8-bit in a fresh process"):
+        result = run_streaming_demo(size_gb, config, dir)
+    for line in _stream_lines(result, method.value):
+        console.print(line, highlight=False, soft_wrap=True)
+    if dir is not None:
+        console.print(f"  checkpoint kept in {dir}", highlight=False)
 
 
 @app.command()

@@ -3,7 +3,8 @@
 For the built-in MiniLM sentence encoder and a small GPT-2 with planted emergent outlier features, one table
 each: memory, forward time and fidelity to fp32 for bf16, LLM.int8() with threshold 6 (mixed-precision
 decomposition) and 0 (pure vector-wise int8), FP8 E4M3 and static INT8 post-training quantization; then a few
-8-bit AdamW steps against torch AdamW (optimizer state memory). Methods whose code is not available are
+8-bit AdamW steps against torch AdamW (optimizer state memory); last, a small random fp32 checkpoint loaded
+straight into 8-bit in a fresh process, with its peak memory. Methods whose code is not available are
 listed as skipped.
 """
 from __future__ import annotations
@@ -176,10 +177,24 @@ def _table(title: str, kind: str, rows: list[DemoRow]):
     return table
 
 
+STREAM_GB = 0.05
+
+
+def streaming_comparison(size_gb: float = STREAM_GB) -> dict[str, Any]:
+    """Write a random LLaMA-style fp32 checkpoint of ``size_gb`` GB to a temporary directory and load it
+    straight into LLM.int8() in a fresh process (``eightbit.quantize.streaming_demo.run_streaming_demo``);
+    its dict has ``summary``: "loaded N GB of fp32 weights with a peak of M GB (...)"."""
+    import eightbit
+    from .quantize.streaming_demo import run_streaming_demo
+
+    return run_streaming_demo(size_gb, eightbit.Int8Config(), forward=False)
+
+
 def run_demo(models: Sequence[str] = ("minilm", "gpt2"), *, console: Any = None, n_sentences: int = 32,
-             optimizer_steps: int = 5) -> dict[str, Any]:
+             optimizer_steps: int = 5, stream: bool = True) -> dict[str, Any]:
     """Run the demo, print rich tables to ``console`` (a ``rich.console.Console``; a new one by default) and
-    return the results: {model: (rows, outlier report)} and {"optimizer": ...}."""
+    return the results: {model: (rows, outlier report)}, {"optimizer": ...} and, with ``stream``,
+    {"streaming": ...} (``streaming_comparison``)."""
     from rich.console import Console
 
     from .models.local import quiet_transformers
@@ -220,5 +235,9 @@ def run_demo(models: Sequence[str] = ("minilm", "gpt2"), *, console: Any = None,
         console.print(f"AdamW8bit on the small GPT-2, {opt['steps']} steps: optimizer state {b['state_bytes'] / 2**20:.2f} MiB vs "
                       f"torch AdamW {a['state_bytes'] / 2**20:.2f} MiB ({b['state_bytes'] / max(a['state_bytes'], 1):.2f}x); "
                       f"loss {b['loss']:.4f} vs {a['loss']:.4f}", highlight=False)
+    if stream:
+        with console.status(f"streaming load of a {STREAM_GB:g} GB fp32 checkpoint into LLM.int8() (fresh process)"):
+            results["streaming"] = streaming_comparison()
+        console.print(f"Streaming load into LLM.int8(): {results['streaming']['summary']}", highlight=False, soft_wrap=True)
     console.print(f"demo finished in {time.perf_counter() - t_start:.1f} s", highlight=False)
     return results

@@ -1,5 +1,6 @@
 """The `eightbit` CLI through its real typer app (CliRunner) and the installed console script."""
 import json
+import re
 import shutil
 import subprocess
 
@@ -10,7 +11,7 @@ from typer.testing import CliRunner
 from eightbit.cli import app
 
 runner = CliRunner()
-COMMANDS = ["demo", "quantize", "inspect", "eval", "outliers", "bench"]
+COMMANDS = ["demo", "stream-demo", "quantize", "inspect", "eval", "outliers", "bench"]
 
 
 def run(*args):
@@ -122,9 +123,34 @@ def test_bench_missing_harness(tmp_path, monkeypatch):
     assert res.exit_code == 1 and "benchmark harness not found" in res.output
 
 
+STREAM_LINE = re.compile(r"loaded (\d+\.\d\d) GB of fp32 weights with a peak of (\d+\.\d\d) GB \(final 8-bit footprint "
+                         r"(\d+\.\d\d) GB, largest tensor (\d+\.\d\d) GB, bound (\d+\.\d\d) GB\)$", re.M)
+
+
 @pytest.mark.slow
 def test_demo_runs():
     res = run("demo", "--sentences", "8")
     assert res.exit_code == 0, res.output
     for text in ("all-MiniLM-L6-v2", "LLM.int8() threshold 6", "LLM.int8() threshold 0", "FP8 E4M3", "GPT-2", "AdamW8bit"):
         assert text in res.output
+    m = STREAM_LINE.search(res.output)  # the streaming load at the end
+    assert m and "Streaming load into LLM.int8(): loaded" in res.output, res.output
+    peak, bound = float(m.group(2)), float(m.group(5))
+    assert peak <= bound
+
+
+def test_stream_demo_prints_peak_within_bound(tmp_path):
+    ckpt = tmp_path / "ckpt"
+    res = run("stream-demo", "--size-gb", "0.02", "--dir", ckpt)
+    assert res.exit_code == 0, res.output
+    m = STREAM_LINE.search(res.output)
+    assert m, res.output
+    size, peak, footprint, largest, bound = map(float, m.groups())
+    assert 0.01 <= size <= 0.03 and 0 < footprint < size and largest <= size
+    assert peak <= bound and abs(bound - (footprint + largest + 0.067)) <= 0.015  # bound = footprint + largest + 64 MiB
+    assert "peak within the bound" in res.output and "llm_int8" in res.output
+    assert (ckpt / "model.safetensors.index.json").is_file() and (ckpt / "config.json").is_file()
+    # a kept checkpoint is never overwritten; bad sizes are one-line errors
+    for args in (("--dir", ckpt), ("--size-gb", "0")):
+        res = run("stream-demo", *args)
+        assert res.exit_code == 1 and res.output.strip().startswith("error:") and len(res.output.strip().splitlines()) == 1

@@ -135,3 +135,50 @@ def test_no_bias_repr_and_errors():
         bad.weight[1, 2] = float("nan")
     with pytest.raises(ValueError, match="NaN or Inf"):
         Linear8bitLt.from_linear(bad)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_from_linear_row_chunks_bit_identical(gen, dtype):
+    """Row-chunked quantization (streaming loads) equals one quantize_vectorwise call, bit for bit: per-row
+    absmax makes rows independent. Outlier rows, a zero row, a non-contiguous (Conv1D-style) weight."""
+    from eightbit.functional.vectorwise import quantize_vectorwise
+    from eightbit.nn.linear8bitlt import quantize_weight_rows
+
+    w = torch.randn(203, 77, generator=gen) * torch.rand(203, 1, generator=gen) * 3
+    w[5, 3], w[9] = 900.0, 0.0
+    for weight in (w.to(dtype), w.to(dtype).t().contiguous().t()):
+        want_q, want_a = quantize_vectorwise(weight, dim=-1)
+        for chunk in (77, 77 * 8 + 5, 10**9):  # 1 row, 8 rows (ragged tail), everything
+            q, a = quantize_weight_rows(weight, chunk_elements=chunk)
+            assert q.is_contiguous() and q.dtype == torch.int8 and a.dtype == torch.float32
+            assert torch.equal(q, want_q) and torch.equal(a, want_a)
+    lin = nn.Linear(77, 203, dtype=dtype)
+    with torch.no_grad():
+        lin.weight.copy_(w.to(dtype))
+    layer = Linear8bitLt.from_linear(lin)
+    assert torch.equal(layer.weight_int8, quantize_vectorwise(lin.weight.detach())[0])
+
+
+def test_from_linear_row_chunks_subnormal_row_matches(gen):
+    # one row with a subnormal step sends the whole unchunked call to float64: the chunked path must too
+    from eightbit.functional.vectorwise import quantize_vectorwise
+    from eightbit.nn.linear8bitlt import quantize_weight_rows
+
+    # values next to k + 1/2 quantization steps of absmax 1: x / fl32(1/127) and x / (1/127) in float64
+    # round to different codes for many of them, so a chunk that stays in float32 would show
+    ties = torch.tensor([(k + 0.5) / 127 for k in range(127)])
+    near, up, down = [ties], ties, ties
+    for _ in range(3):
+        up, down = torch.nextafter(up, torch.tensor(2.0)), torch.nextafter(down, torch.tensor(-2.0))
+        near += [up, down]
+    near = torch.cat(near)
+    w = torch.randn(40, near.numel() + 1, generator=gen)
+    w[:20, 0], w[:20, 1:] = 1.0, near  # rows 0-19: absmax 1 with the tie values
+    w[33] *= 1e-36  # a subnormal step, in another chunk
+    assert not torch.equal(quantize_vectorwise(w[:20])[0], quantize_vectorwise(w)[0][:20])  # the test can fail
+    q, a = quantize_weight_rows(w, chunk_elements=w.shape[1] * 3)
+    want_q, want_a = quantize_vectorwise(w)
+    assert torch.equal(q, want_q) and torch.equal(a, want_a)
+    w[30, 1] = float("inf")
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        quantize_weight_rows(w, chunk_elements=w.shape[1] * 3)

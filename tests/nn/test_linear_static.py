@@ -73,3 +73,32 @@ def test_bad_options():
         LinearFP8.from_linear(lin, activation="dynamic").start_observing()
     with pytest.raises(ValueError, match="last dim"):
         LinearFP8.from_linear(lin, activation="dynamic")(torch.randn(2, 5))
+
+
+@pytest.mark.parametrize("make", [
+    lambda lin: LinearFP8.from_linear(lin),
+    lambda lin: LinearFP8.from_linear(lin, format="e5m2", weight_granularity="tensor"),
+    lambda lin: LinearInt8Static.from_linear(lin),
+    lambda lin: LinearInt8Static.from_linear(lin, weight_granularity="tensor"),
+])
+def test_weight_quantized_in_row_chunks_is_exact(make, gen, monkeypatch):
+    """set_weight quantizes in row chunks (no full-size temporaries in streaming loads): bit-identical to
+    quantizing the whole matrix at once, per-channel and per-tensor, for a transposed (Conv1D) weight too."""
+    lin = nn.Linear(48, 61)
+    with torch.no_grad():
+        lin.weight.copy_(torch.randn(61, 48, generator=gen) * torch.rand(61, 1, generator=gen) * 4)
+    whole = make(lin)
+    monkeypatch.setattr(ls, "QUANTIZE_CHUNK_ELEMENTS", 48 * 4 + 7)  # 4 rows per chunk, ragged tail
+    chunked = make(lin)
+    assert torch.equal(chunked.weight.view(torch.uint8), whole.weight.view(torch.uint8))
+    assert torch.equal(chunked.weight_scale, whole.weight_scale)
+    axis = 0 if whole.weight_granularity == "channel" else None
+    ref = whole.weight_spec.quantize(lin.weight.detach(), whole.weight_scale, axis=axis)
+    assert torch.equal(chunked.weight.view(torch.uint8), ref.view(torch.uint8))
+    transposed = nn.Linear(48, 61)
+    with torch.no_grad():
+        transposed.weight = nn.Parameter(lin.weight.detach().t().contiguous().t())
+    assert not transposed.weight.is_contiguous()
+    t_layer = make(transposed)
+    assert torch.equal(t_layer.weight.view(torch.uint8), whole.weight.view(torch.uint8))
+    assert torch.equal(t_layer.weight_scale, whole.weight_scale)

@@ -1,5 +1,5 @@
-"""Helpers for tests/quantize/test_streaming.py: a tiny test-only QuantConfig, a fast writer of big
-random checkpoints, and (run as a script) the memory measurement done in a fresh process.
+"""Helpers for tests/quantize/test_streaming.py: a tiny test-only QuantConfig and (run as a script) the
+memory measurement of eightbit.quantize.streaming_demo done in a fresh process with that config too.
 
     python -m tests.quantize._streaming_child write DIR LAYERS          # sharded LLaMA-style fp32 checkpoint
     python -m tests.quantize._streaming_child load DIR LAYERS METHOD    # prints one JSON line of figures
@@ -17,6 +17,9 @@ from torch.nn import functional as F
 
 from eightbit.nn.base import QuantizedLinear
 from eightbit.quantize.base import QuantConfig
+from eightbit.quantize.streaming_demo import demo_llama_config, measure_streaming_load, write_random_checkpoint
+
+__all__ = ["RowInt8Config", "RowInt8Linear", "llama_config", "write_random_checkpoint"]
 
 _CHUNK = 1 << 20  # elements of float scratch per step
 
@@ -77,52 +80,11 @@ class RowInt8Config(QuantConfig):
 
 
 def llama_config(layers: int):
-    """LLaMA-style config: 51 MB of fp32 linear weights per layer, largest tensor 11.5 MB."""
-    from transformers import LlamaConfig
-
-    return LlamaConfig(
-        num_hidden_layers=layers, hidden_size=1024, intermediate_size=2816, num_attention_heads=16,
-        num_key_value_heads=16, vocab_size=4096, max_position_embeddings=256, tie_word_embeddings=False,
-    )
-
-
-def write_random_checkpoint(directory: Path, config, *, shard_bytes: int = 256 << 20, dtype=torch.float32) -> int:
-    """Write a sharded safetensors checkpoint of ``config``'s model with uniform random weights, without
-    ever building the float model (shapes come from a meta-device skeleton). Returns the tensor bytes."""
-    from safetensors.torch import save_file
-    from transformers import AutoModelForCausalLM
-
-    with torch.device("meta"):
-        skeleton = AutoModelForCausalLM.from_config(config)
-    shapes = {k: tuple(t.shape) for k, t in skeleton.state_dict().items()}
-    directory.mkdir(parents=True, exist_ok=True)
-    shards: list[dict[str, torch.Tensor]] = [{}]
-    size, total = 0, 0
-    for key, shape in shapes.items():
-        t = torch.empty(shape, dtype=dtype).uniform_(-0.05, 0.05)  # ~0.6 GB/s on 2 cores
-        if size and size + t.numel() * t.element_size() > shard_bytes:
-            shards.append({})
-            size = 0
-        shards[-1][key] = t
-        size += t.numel() * t.element_size()
-        total += t.numel() * t.element_size()
-        if size >= shard_bytes:
-            shards.append({})
-            size = 0
-    shards = [s for s in shards if s]
-    weight_map = {}
-    for i, tensors in enumerate(shards):
-        name = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
-        save_file(tensors, str(directory / name), metadata={"format": "pt"})
-        weight_map.update(dict.fromkeys(tensors, name))
-        tensors.clear()
-    (directory / "model.safetensors.index.json").write_text(json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}))
-    return total
+    """LLaMA-style config: 51 MB of fp32 linear weights per layer, largest tensor 16.8 MB (embeddings)."""
+    return demo_llama_config(layers)
 
 
 def _measure(directory: Path, layers: int, method: str) -> dict:
-    from eightbit.quantize.streaming import build_empty_model, demo_streaming_load, reset_peak_rss, rss_bytes
-
     if method == "int8":
         from eightbit.quantize.llm_int8 import Int8Config
 
@@ -130,29 +92,11 @@ def _measure(directory: Path, layers: int, method: str) -> dict:
     elif method == "fp8":
         from eightbit.quantize.ptq import FP8Config
 
-        config = FP8Config()
+        config = FP8Config(activation="dynamic")
     else:
         config = RowInt8Config()
-    cfg = llama_config(layers)
     torch.set_num_threads(2)
-    build_empty_model(llama_config(1))  # imports done (transformers loads modeling code lazily) ...
-    config.make_linear(nn.Linear(64, 64), "warmup")  # ... and the quantizer's kernels
-    model, stats = demo_streaming_load(directory, cfg, config, print_fn=None)
-    largest_linear = max(m.in_features * m.out_features * 4 for m in model.modules() if isinstance(m, QuantizedLinear))
-    ids = torch.randint(0, cfg.vocab_size, (1, 8))
-    with torch.no_grad():
-        model(ids)  # warm-up: first-call allocations (thread pools, caches) are not the forward's working set
-        reset_peak_rss()
-        before = rss_bytes()[0]
-        model(ids)
-        forward_growth = rss_bytes()[1] - before
-    return {
-        "summary": stats.summary(), "checkpoint_bytes": stats.checkpoint_bytes, "footprint_bytes": stats.footprint_bytes,
-        "largest_tensor_bytes": stats.largest_tensor_bytes, "peak_growth_bytes": stats.peak_rss_growth_bytes,
-        "limit_bytes": stats.limit_bytes, "forward_growth_bytes": forward_growth,
-        "largest_linear_fp32_bytes": largest_linear, "seconds": stats.seconds,
-        "quantized_layers": stats.num_quantized_layers,
-    }
+    return measure_streaming_load(directory, llama_config(layers), config)
 
 
 if __name__ == "__main__":

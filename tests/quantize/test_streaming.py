@@ -338,6 +338,39 @@ def test_demo_prints_summary(saved_llama):
     assert stats.num_quantized_layers == 14 and stats.footprint_bytes == eightbit.memory_footprint(model)
 
 
+def test_demo_config_for_size_and_writer(tmp_path):
+    from eightbit.quantize.streaming_demo import demo_config_for_size, fp32_bytes
+
+    for size_gb, hidden in ((1.5, 1024), (0.3, 1024), (0.05, 512), (0.02, 256), (0.001, 128)):
+        cfg = demo_config_for_size(size_gb)
+        assert cfg.hidden_size == hidden, size_gb
+        if size_gb >= 0.02:
+            assert abs(fp32_bytes(cfg.num_hidden_layers, hidden) / 1e9 - size_gb) <= 0.55 * (fp32_bytes(1, hidden) - fp32_bytes(0, hidden)) / 1e9
+    with pytest.raises(ValueError, match="size_gb"):
+        demo_config_for_size(0)
+    cfg = demo_config_for_size(0.005)
+    total = write_random_checkpoint(tmp_path, cfg, shard_bytes=1 << 20)
+    entries = checkpoint_entries(tmp_path)
+    assert total == fp32_bytes(cfg.num_hidden_layers, cfg.hidden_size) == sum(e.nbytes for e in entries)
+    assert len({e.file for e in entries}) > 1 and (tmp_path / "config.json").is_file()
+    assert {e.name for e in entries} == set(AutoModelForCausalLM.from_config(cfg).state_dict())
+
+
+@pytest.mark.parametrize("make", [eightbit.FP8Config, eightbit.Int8Config], ids=["fp8_static", "int8"])
+def test_measure_streaming_load_in_process(tmp_path, make):
+    from eightbit.quantize.streaming_demo import demo_config_for_size, measure_streaming_load
+
+    cfg = demo_config_for_size(0.003)
+    write_random_checkpoint(tmp_path, cfg)
+    config = make()
+    r = measure_streaming_load(tmp_path, cfg, config)
+    assert r["quantized_layers"] == 7 * cfg.num_hidden_layers and r["checkpoint_bytes"] == sum(e.nbytes for e in checkpoint_entries(tmp_path))
+    assert r["peak_growth_bytes"] is not None and r["peak_growth_bytes"] <= r["limit_bytes"]
+    # static activations cannot run before calibration: no forward measurement then
+    assert (r["forward_growth_bytes"] is None) == config.needs_calibration
+    assert r["summary"].startswith("loaded 0.00 GB of fp32 weights with a peak of ") and "bound 0.07 GB)" in r["summary"]
+
+
 # ------------------------------------------------------------------------------------------ memory
 def _child(*args: str) -> str:
     env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
@@ -361,7 +394,8 @@ def test_peak_memory_of_a_1_5_gb_checkpoint(tmp_path):
     finally:
         for f in ckpt.glob("*"):
             f.unlink()
-    print(r["summary"], f"limit {r['limit_bytes'] / 1e9:.2f} GB, forward growth {r['forward_growth_bytes'] / 1e6:.1f} MB")
+    print(r["summary"], f"peak growth {r['peak_growth_bytes'] / 1e9:.3f} GB, limit {r['limit_bytes'] / 1e9:.3f} GB, "
+          f"forward growth {r['forward_growth_bytes'] / 1e6:.1f} MB, load {r['seconds']:.1f} s")
     assert r["checkpoint_bytes"] == total and r["quantized_layers"] == 7 * layers
     assert r["peak_growth_bytes"] <= r["limit_bytes"], r
     # a forward pass on 8 tokens must not materialize a float copy of a whole weight matrix

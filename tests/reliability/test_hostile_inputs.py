@@ -11,6 +11,9 @@ import eightbit.optim as O
 from eightbit import FP8Config, Int8Config, Int8StaticConfig
 from eightbit.functional import (
     BlockwiseState,
+    create_dynamic_map,
+    create_linear_map,
+    create_quantile_map,
     dequantize_blockwise,
     dequantize_fp8,
     dequantize_int8,
@@ -22,6 +25,7 @@ from eightbit.functional import (
     quantize_int8,
     quantize_vectorwise,
 )
+from eightbit.functional.fp8 import FP8_FORMATS
 from eightbit.nn import Linear8bitLt
 
 X = torch.randn(4, 8)
@@ -56,9 +60,7 @@ FUNCTIONAL = [
     pytest.param(lambda: dequantize_vectorwise(Q8, A8[:2]), ValueError, "absmax", id="dvw-absmax-shape"),
     pytest.param(lambda: dequantize_vectorwise(Q8, A8, dtype=torch.int8), TypeError, "dtype", id="dvw-dtype-int8"),
     pytest.param(lambda: dequantize_vectorwise(Q8, A8.to(META)), (TypeError, ValueError), "absmax|device",
-                 id="dvw-absmax-meta", marks=_defect("dequantize_vectorwise(q on cpu, absmax on meta) raises "
-                                                     "RuntimeError 'Tensor on device meta is not on the expected device' "
-                                                     "instead of a ValueError naming absmax")),
+                 id="dvw-absmax-meta"),
     # ---- int8_mm
     pytest.param(lambda: int8_mm(I8.float(), I8), TypeError, "a", id="mm-a-float"),
     pytest.param(lambda: int8_mm(I8, I8.to(torch.uint8)), TypeError, "b", id="mm-b-uint8"),
@@ -93,9 +95,10 @@ FUNCTIONAL = [
     pytest.param(lambda: quantize_blockwise("x"), TypeError, "x", id="bw-x-str"),
     pytest.param(lambda: quantize_blockwise(X, code=torch.zeros(10)), ValueError, "code", id="bw-code-size"),
     pytest.param(lambda: quantize_blockwise(X, code=SB.code.double()), TypeError, "code", id="bw-code-float64"),
-    pytest.param(lambda: quantize_blockwise(X.to(META), blocksize=64), (TypeError, ValueError), "x|device|meta",
-                 id="bw-x-meta", marks=_defect("quantize_blockwise on a meta tensor raises RuntimeError "
-                                               "'Tensor.item() cannot be called on meta tensors'")),
+    pytest.param(lambda: quantize_blockwise(X, code=torch.linspace(-1, 1, 256).flip(0)), ValueError, "code",
+                 id="bw-code-unsorted"),
+    pytest.param(lambda: quantize_blockwise(X, code=torch.full((256,), float("nan"))), ValueError, "code", id="bw-code-nan"),
+    pytest.param(lambda: quantize_blockwise(X, code=torch.zeros(16, 16)), ValueError, "code", id="bw-code-2d"),
     pytest.param(lambda: dequantize_blockwise(QB.int(), SB), TypeError, "q", id="dbw-q-int32"),
     pytest.param(lambda: dequantize_blockwise(QB, {"absmax": SB.absmax}), TypeError, "state", id="dbw-state-dict"),
     pytest.param(lambda: dequantize_blockwise(QB[:50], SB), ValueError, "q|elements", id="dbw-q-size"),
@@ -114,10 +117,9 @@ FUNCTIONAL = [
     pytest.param(lambda: quantize_fp8(X, scale="1"), TypeError, "scale", id="fp8-scale-str"),
     pytest.param(lambda: quantize_fp8(X, scale=torch.ones(3), axis=0), ValueError, "scale", id="fp8-scale-shape"),
     pytest.param(lambda: quantize_fp8(X, scale=torch.ones((), dtype=torch.int32)), TypeError, "scale", id="fp8-scale-int-tensor"),
-    pytest.param(lambda: quantize_fp8(X, saturate="no"), TypeError, "saturate", id="fp8-saturate-str",
-                 marks=_defect("quantize_fp8(saturate='no') is accepted and treated as saturate=True (truthy string)")),
-    pytest.param(lambda: quantize_fp8(X.to(META)), (TypeError, ValueError), "x|device|meta", id="fp8-x-meta",
-                 marks=_defect("quantize_fp8 on a meta tensor raises RuntimeError 'Tensor.item() cannot be called on meta tensors'")),
+    pytest.param(lambda: quantize_fp8(X, saturate="no"), TypeError, "saturate", id="fp8-saturate-str"),
+    pytest.param(lambda: quantize_fp8(X, saturate=0), TypeError, "saturate", id="fp8-saturate-int"),
+    pytest.param(lambda: quantize_fp8(X, saturate=None), TypeError, "saturate", id="fp8-saturate-none"),
     pytest.param(lambda: dequantize_fp8(X, SF), TypeError, "q", id="dfp8-q-float32"),
     pytest.param(lambda: dequantize_fp8(QF, SF, "e5m2"), TypeError, "q", id="dfp8-format-mismatch"),
     pytest.param(lambda: dequantize_fp8(QF, SF, "e9m9"), ValueError, "format", id="dfp8-format-unknown"),
@@ -134,14 +136,16 @@ FUNCTIONAL = [
     pytest.param(lambda: quantize_int8(X, scale=1.0, zero_point=300, symmetric=False), ValueError, "zero_point", id="int8-zp-range"),
     pytest.param(lambda: quantize_int8(X, scale=1.0, zero_point=1.5, symmetric=False), TypeError, "zero_point", id="int8-zp-float"),
     pytest.param(lambda: quantize_int8(X, scale=1.0, zero_point=3), ValueError, "zero_point", id="int8-zp-symmetric"),
-    pytest.param(lambda: quantize_int8(X, symmetric="no"), TypeError, "symmetric", id="int8-symmetric-str",
-                 marks=_defect("quantize_int8(symmetric='no') is accepted and runs the symmetric path (truthy string)")),
-    pytest.param(lambda: quantize_int8(X.to(META)), (TypeError, ValueError), "x|device|meta", id="int8-x-meta",
-                 marks=_defect("quantize_int8 on a meta tensor raises RuntimeError 'Tensor.item() cannot be called on meta tensors'")),
+    pytest.param(lambda: quantize_int8(X, symmetric="no"), TypeError, "symmetric", id="int8-symmetric-str"),
+    pytest.param(lambda: quantize_int8(X, symmetric=1), TypeError, "symmetric", id="int8-symmetric-int"),
     pytest.param(lambda: dequantize_int8(X, SI), TypeError, "q", id="dint8-q-float"),
     pytest.param(lambda: dequantize_int8(QI, SI, ZI, dtype=torch.int32), (TypeError, ValueError), "dtype", id="dint8-dtype"),
     pytest.param(lambda: dequantize_int8(QI, 0.0), ValueError, "scale", id="dint8-scale-zero"),
     pytest.param(lambda: dequantize_int8(QI, SI, torch.zeros(3, dtype=torch.int32)), ValueError, "zero_point", id="dint8-zp-shape"),
+    # ---- code maps
+    pytest.param(lambda: create_dynamic_map(signed="no"), TypeError, "signed", id="dynmap-signed-str"),
+    pytest.param(lambda: create_linear_map(signed=0), TypeError, "signed", id="linmap-signed-int"),
+    pytest.param(lambda: create_quantile_map(X, signed="yes"), TypeError, "signed", id="qmap-signed-str"),
 ]
 
 
@@ -149,6 +153,28 @@ FUNCTIONAL = [
 def test_functional_rejects(call, exc, match):
     with pytest.raises(exc, match=match):
         call()
+
+
+# Meta tensors are supported (not rejected): shapes and dtypes only, so layers can be built on "meta".
+@pytest.mark.parametrize("axis", [None, 0])
+def test_quantizers_on_meta_tensors(axis):
+    xm = torch.empty(4, 100, device=META)
+    q, state = quantize_blockwise(xm, blocksize=64)
+    assert q.is_meta and q.shape == xm.shape and q.dtype == torch.uint8
+    assert state.absmax.is_meta and state.absmax.shape == (7,) and state.absmax.dtype == torch.float32
+    scale_shape = () if axis is None else (4,)
+    for fmt in ("e4m3", "e5m2"):
+        for saturate in (True, False):
+            q, s = quantize_fp8(xm, fmt, axis=axis, saturate=saturate)
+            assert q.is_meta and q.shape == xm.shape and q.dtype == FP8_FORMATS[fmt].dtype
+            assert s.is_meta and s.shape == scale_shape and s.dtype == torch.float32
+            assert dequantize_fp8(q, s, fmt, axis=axis).is_meta
+    for symmetric in (True, False):
+        q, s, zp = quantize_int8(xm, axis=axis, symmetric=symmetric)
+        assert q.is_meta and q.shape == xm.shape and q.dtype == (torch.int8 if symmetric else torch.uint8)
+        assert s.is_meta and s.shape == scale_shape and s.dtype == torch.float32
+        assert zp.is_meta and zp.shape == scale_shape and zp.dtype == torch.int32
+        assert dequantize_int8(q, s, zp, axis=axis).shape == xm.shape
 
 
 # ---------------------------------------------------------------- configs and modules

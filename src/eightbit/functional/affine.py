@@ -8,15 +8,29 @@ Scales are per tensor (a 0-dim fp32 tensor) or per slice along ``axis`` (shape `
 Computed scales use the finite values only; an all-zero slice gets scale 1. NaN inputs quantize to the
 zero point (i.e. dequantize to 0.0) and +-Inf saturate to the extreme codes: documented, tested, never
 spread to the other elements.
+
+Huge inputs: a computed scale is capped so that dequantizing any code stays finite in float32. Symmetric:
+``127 * scale`` <= float32 max (for +-float32 max the cap is a few ulps below ``max / 127``; the codes are
+unchanged, +-max still gets +-127). Asymmetric: the range is formed as ``hi/2 - lo/2`` so ``hi - lo`` beyond
+float32 max works; when it exceeds float32 max the scale is capped at ~``max / 128`` and the zero point kept
+where ``(q - zero_point) * scale`` is finite for all 256 codes, so the extreme inputs may then be off by up
+to one step (``scale``) instead of half a step.
+Empty tensors work with and without ``axis`` (per-slice scales then have ``x.shape[axis]`` entries).
+Meta tensors work too (no data-dependent checks run on them): the results are meta tensors of the
+right shapes and dtypes, so quantized layers can be built on the meta device.
 """
 from __future__ import annotations
 
+import functools
+import math
+
 import torch
 
-from .._checks import check_tensor
+from .._checks import check_bool, check_tensor
 
 _IN_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
 _TINY = torch.finfo(torch.float32).tiny
+_FMAX = torch.finfo(torch.float32).max
 
 
 def check_axis(axis: int, x: torch.Tensor) -> int:
@@ -32,7 +46,9 @@ def _rows(x: torch.Tensor, axis: int | None) -> torch.Tensor:
     """``x`` as (1, N) per tensor or (C, N) per slice along ``axis``."""
     if axis is None:
         return x.reshape(1, -1)
-    return x.movedim(axis, 0).reshape(x.shape[axis], -1)
+    # explicit row length: reshape(0, -1) is ambiguous and raises on empty tensors
+    n = math.prod(d for i, d in enumerate(x.shape) if i != axis)
+    return x.movedim(axis, 0).reshape(x.shape[axis], n)
 
 
 def finite_minmax(x: torch.Tensor, axis: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -43,7 +59,7 @@ def finite_minmax(x: torch.Tensor, axis: int | None = None) -> tuple[torch.Tenso
         lo, hi = z, z.clone()
     else:
         lo, hi = r.amin(1), r.amax(1)
-        if not (torch.isfinite(lo).all() and torch.isfinite(hi).all()):
+        if r.is_meta or not (torch.isfinite(lo).all() and torch.isfinite(hi).all()):
             finite = torch.isfinite(r)
             lo = torch.where(finite, r, torch.inf).amin(1)
             hi = torch.where(finite, r, -torch.inf).amax(1)
@@ -60,17 +76,28 @@ def finite_amax(x: torch.Tensor, axis: int | None = None) -> torch.Tensor:
         m = torch.zeros(r.shape[0], dtype=torch.float32, device=x.device)
     else:
         m = r.abs().amax(1)
-        if not torch.isfinite(m).all():
+        if r.is_meta or not torch.isfinite(m).all():
             a = r.abs()
             m = torch.where(torch.isfinite(a), a, 0.0).amax(1)
         m = m.float()
     return m[0] if axis is None else m
 
 
+@functools.lru_cache(maxsize=None)
+def max_scale(qmax: float) -> float:
+    """Largest float32 scale ``s`` with ``qmax * s`` finite in float32 (so dequantizing the extreme code
+    of a computed scale never overflows to inf)."""
+    s = torch.tensor(torch.finfo(torch.float32).max / qmax, dtype=torch.float32)
+    while torch.isinf(s * qmax):
+        s = torch.nextafter(s, torch.zeros_like(s))
+    return float(s)
+
+
 def scale_from_amax(amax: torch.Tensor, qmax: float) -> torch.Tensor:
-    """``amax / qmax`` with the zero-range guard (scale 1) and no underflow to 0."""
+    """``amax / qmax`` with the zero-range guard (scale 1), no underflow to 0, and capped at
+    ``max_scale(qmax)`` so ``qmax * scale`` stays finite."""
     amax = amax.float()
-    return torch.where(amax > 0, amax / qmax, torch.ones_like(amax)).clamp_min(_TINY)
+    return torch.where(amax > 0, amax / qmax, torch.ones_like(amax)).clamp(_TINY, max_scale(qmax))
 
 
 def absmax_scale(x: torch.Tensor, qmax: float, axis: int | None = None) -> torch.Tensor:
@@ -91,7 +118,7 @@ def check_scale(scale: torch.Tensor | float, x: torch.Tensor, axis: int | None, 
     elif axis is None or s.shape != (x.shape[axis],):
         want = "one element" if axis is None else f"one element or shape ({x.shape[axis]},)"
         raise ValueError(f"{name} must have {want}, got shape {tuple(s.shape)}")
-    if not bool(((s > 0) & torch.isfinite(s)).all()):
+    if not s.is_meta and not bool(((s > 0) & torch.isfinite(s)).all()):
         raise ValueError(f"{name} must be positive and finite")
     return s
 
@@ -117,9 +144,11 @@ def quantize_int8(
     ``symmetric=True``: int8 codes in [-127, 127], ``zero_point`` all zeros (a given nonzero one is a
     ValueError). ``symmetric=False``: uint8 codes with ``zero_point`` in [0, 255]; with a given ``scale``
     the ``zero_point`` is required. ``scale``/``zero_point`` are 0-dim, or ``(x.shape[axis],)`` with ``axis``
-    (``zero_point`` int32). Raises TypeError/ValueError on bad arguments.
+    (``zero_point`` int32). Raises TypeError/ValueError on bad arguments (``symmetric`` must be a bool).
+    Meta ``x`` gives meta results of the right shapes and dtypes.
     """
     check_tensor(x, "x", dtypes=_IN_DTYPES)
+    check_bool(symmetric, "symmetric")
     if axis is not None:
         axis = check_axis(axis, x)
     if scale is None:
@@ -132,7 +161,7 @@ def quantize_int8(
         scale = check_scale(scale, x, axis)
     if symmetric:
         zp = torch.zeros(scale.shape, dtype=torch.int32, device=x.device)
-        if zero_point is not None and bool((torch.as_tensor(zero_point) != 0).any()):
+        if zero_point is not None and not _is_meta(zero_point) and bool((torch.as_tensor(zero_point) != 0).any()):
             raise ValueError("zero_point must be 0 (or None) when symmetric=True")
     else:
         if zero_point is None:
@@ -149,9 +178,19 @@ def affine_params(lo: torch.Tensor, hi: torch.Tensor) -> tuple[torch.Tensor, tor
     """Asymmetric uint8 (scale, zero_point) covering [lo, hi] widened to contain 0."""
     lo = torch.minimum(lo.float(), torch.zeros_like(lo, dtype=torch.float32))
     hi = torch.maximum(hi.float(), torch.zeros_like(hi, dtype=torch.float32))
-    scale = scale_from_amax(hi - lo, 255.0)
-    zp = torch.round(-lo / scale).clamp(0, 255).to(torch.int32)
+    # (hi/2 - lo/2) / 127.5 == (hi - lo) / 255 exactly, but cannot overflow when hi - lo > float32 max
+    scale = scale_from_amax(hi * 0.5 - lo * 0.5, 127.5).clamp_max(max_scale(128.0))
+    zp = torch.round(-lo / scale)
+    # A range wider than float32 max (scale > max/255): keep (q - zp) * scale finite for every code q in
+    # [0, 255] by keeping zp within [255 - m, m], m = the largest |q - zp| whose product is finite (>= 128).
+    m = torch.floor(_FMAX / scale).clamp_max(255.0)
+    m = torch.where(torch.isinf(m * scale), m - 1, m)
+    zp = torch.maximum(torch.minimum(zp, m), 255.0 - m).clamp(0, 255).to(torch.int32)
     return scale, zp
+
+
+def _is_meta(t: object) -> bool:
+    return isinstance(t, torch.Tensor) and t.is_meta
 
 
 def _check_zero_point(zero_point: torch.Tensor | int, scale: torch.Tensor) -> torch.Tensor:
@@ -163,7 +202,7 @@ def _check_zero_point(zero_point: torch.Tensor | int, scale: torch.Tensor) -> to
         zp = zp.reshape(()).expand(scale.shape).contiguous()
     if zp.shape != scale.shape:
         raise ValueError(f"zero_point shape {tuple(zp.shape)} does not match scale shape {tuple(scale.shape)}")
-    if bool(((zp < 0) | (zp > 255)).any()):
+    if not zp.is_meta and bool(((zp < 0) | (zp > 255)).any()):
         raise ValueError("zero_point must be in [0, 255]")
     return zp
 

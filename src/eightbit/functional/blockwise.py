@@ -4,6 +4,9 @@ own absmax (float32), store the index of the nearest of 256 code values as uint8
 Non-finite input: a block holding a NaN or +-Inf gets absmax NaN, so the whole block dequantizes to NaN
 (loud, never a silently wrong finite value); every other block's codes and absmax are unaffected.
 An all-zero block has absmax 0 and dequantizes to exact zeros.
+
+Meta tensors: ``quantize_blockwise`` of a meta ``x`` returns meta codes and a meta absmax of the right
+shapes (no data-dependent work), so 8-bit states/layers can be laid out on the meta device.
 """
 from __future__ import annotations
 
@@ -11,6 +14,7 @@ import functools
 from dataclasses import dataclass
 
 import torch
+from torch.utils.weak import WeakIdKeyDictionary
 
 from .._checks import FLOAT_DTYPES, check_tensor
 from ..kernels.dispatch import get_kernel
@@ -51,6 +55,47 @@ def code_midpoints(code: torch.Tensor) -> tuple[torch.Tensor, int]:
     return ((c[1:] + c[:-1]) / 2).float(), int(c.abs().argmin())
 
 
+# code tensor -> ((version, data_ptr, device), midpoints, zero index): validating and deriving the
+# midpoints costs a few host syncs; the same code tensor is passed on every call in practice
+_CODE_CACHE: WeakIdKeyDictionary = WeakIdKeyDictionary()
+
+
+def check_code(code: object) -> torch.Tensor:
+    """Raise TypeError/ValueError unless ``code`` is a 1-D float32 tensor of 256 finite, non-decreasing
+    values (``bucketize`` on its midpoints is only the nearest-code search for a sorted map)."""
+    check_tensor(code, "code", dtypes=(torch.float32,), ndim=1)
+    if code.numel() != 256:
+        raise ValueError(f"code must have 256 entries, got {code.numel()}")
+    if code.is_meta:
+        return code
+    if not bool(torch.isfinite(code).all()):
+        raise ValueError("code must hold finite values only (got NaN or Inf)")
+    if not bool((code[1:] >= code[:-1]).all()):
+        raise ValueError("code must be sorted in non-decreasing order")
+    return code
+
+
+def prepare_code(code: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """(``code`` on ``device``, midpoints, zero index) after :func:`check_code`. The value checks and the
+    midpoints are cached per code tensor, invalidated by in-place changes (``_version``) or a new device;
+    the cheap type/shape checks run every time."""
+    check_tensor(code, "code", dtypes=(torch.float32,), ndim=1)
+    if code.numel() != 256:
+        raise ValueError(f"code must have 256 entries, got {code.numel()}")
+    key = (code._version, code.data_ptr(), device)
+    hit = _CODE_CACHE.get(code)
+    if hit is not None and hit[0] == key:
+        return code.to(device), hit[1], hit[2]
+    check_code(code)
+    on_device = code.to(device)
+    if on_device.is_meta:
+        mid, zero_idx = torch.empty(255, dtype=torch.float32, device=device), 0
+    else:
+        mid, zero_idx = code_midpoints(on_device)
+    _CODE_CACHE[code] = (key, mid, zero_idx)  # values must not reference ``code`` (weak key)
+    return on_device, mid, zero_idx
+
+
 def quantize_blocks(x2d: torch.Tensor, code: torch.Tensor, mid: torch.Tensor, zero_idx: int):
     """Reference: (nblocks, blocksize) float -> (uint8 codes, float32 absmax per block).
 
@@ -77,24 +122,21 @@ def quantize_blockwise(
 
     ``code``: 256 sorted float32 values (default: signed dynamic map). Returns ``(q, state)`` where
     ``q`` is uint8 with ``x``'s shape and ``state.absmax`` has ceil(numel / blocksize) float32 entries
-    (the last block may be partial). Raises TypeError for a non-float tensor, ValueError for a bad
-    blocksize or code.
+    (the last block may be partial). Raises TypeError for a non-float tensor or code, ValueError for a bad
+    blocksize or a code that is not 1-D, 256 finite non-decreasing values (checked once per code tensor
+    and version, then cached). A meta ``x`` gives meta ``q`` and ``state.absmax``.
     """
     check_tensor(x, "x", dtypes=FLOAT_DTYPES)
     blocksize = check_blocksize(blocksize)
     if code is None:
         code = _default_code(x.device)
-    check_tensor(code, "code", dtypes=(torch.float32,), ndim=1)
-    if code.numel() != 256:
-        raise ValueError(f"code must have 256 entries, got {code.numel()}")
-    code = code.to(x.device)
-    mid, zero_idx = code_midpoints(code)
+    code, mid, zero_idx = prepare_code(code, x.device)
     flat = x.reshape(-1)
     n = flat.numel()
     nfull = n // blocksize
-    if n == 0:
-        empty = torch.empty(0, dtype=torch.float32, device=x.device)
-        return torch.empty(x.shape, dtype=torch.uint8, device=x.device), BlockwiseState(empty, code, blocksize, x.shape, x.dtype)
+    if n == 0 or x.is_meta:
+        absmax = torch.empty(-(-n // blocksize), dtype=torch.float32, device=x.device)
+        return torch.empty(x.shape, dtype=torch.uint8, device=x.device), BlockwiseState(absmax, code, blocksize, x.shape, x.dtype)
     parts: list[tuple[torch.Tensor, torch.Tensor]] = []
     if nfull:
         body = flat[: nfull * blocksize].view(nfull, blocksize)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from .._checks import FLOAT_DTYPES, check_number, check_tensor
+from .._checks import FLOAT_DTYPES, check_bool, check_number, check_tensor
 
 __all__ = ["create_dynamic_map", "create_linear_map", "create_quantile_map"]
 
@@ -21,8 +21,10 @@ def create_dynamic_map(signed: bool = True, max_exponent_bits: int = 7, total_bi
     are covered with most precision at large magnitudes. The map also holds exactly 0 and 1; the unsigned
     map spends the sign bit on one more fraction bit per decade. Matches bitsandbytes' values.
 
-    Raises ValueError for bit counts that do not give a 2**total_bits-entry code (total_bits in 2..8).
+    Raises ValueError for bit counts that do not give a 2**total_bits-entry code (total_bits in 2..8),
+    TypeError for a non-bool ``signed``.
     """
+    check_bool(signed, "signed")
     if not isinstance(total_bits, int) or not 2 <= total_bits <= 8:
         raise ValueError(f"total_bits must be an int in [2, 8], got {total_bits!r}")
     non_sign_bits = total_bits - 1
@@ -53,7 +55,8 @@ def _decade(scale: float, n: int, signed: bool) -> list[float]:
 
 def create_linear_map(signed: bool = True) -> torch.Tensor:
     """256 evenly spaced float32 codes: 255 values over [-1, 1] plus one extra 0 (signed, so 0 is exact),
-    or 256 values over [0, 1] (unsigned). Sorted."""
+    or 256 values over [0, 1] (unsigned). Sorted. TypeError for a non-bool ``signed``."""
+    check_bool(signed, "signed")
     if signed:
         v = torch.linspace(-1.0, 1.0, 255, dtype=torch.float32)
         return torch.cat([v, torch.zeros(1)]).sort().values
@@ -66,9 +69,10 @@ def create_quantile_map(x: torch.Tensor, signed: bool = True) -> torch.Tensor:
 
     The extreme codes are pinned to the data's normalized min and max so the absmax is exact.
     ``x``: any float tensor with at least one finite value (non-finite values are ignored).
-    Raises TypeError for non-float input, ValueError when no finite value exists.
+    Raises TypeError for non-float input or a non-bool ``signed``, ValueError when no finite value exists.
     """
     check_tensor(x, "x", dtypes=FLOAT_DTYPES + (torch.float64,))
+    check_bool(signed, "signed")
     v = x.detach().flatten().double()
     v = v[torch.isfinite(v)]
     if v.numel() == 0:

@@ -16,7 +16,12 @@ Special values (``y = x / scale``):
 * ``saturate=False`` follows the format: overflow (after rounding) and +-Inf become +-inf for e5m2 and
   NaN for the formats without infinities; NaN stays NaN.
 * ``scale=None`` computes ``amax / max`` from the finite values only, so one Inf or NaN does not wipe out
-  the rest of the tensor/channel; an all-zero (or all non-finite) tensor/channel gets scale 1.
+  the rest of the tensor/channel; an all-zero (or all non-finite) tensor/channel gets scale 1. The
+  computed scale is capped so that ``max * scale`` stays finite in float32 (matters only for amax near
+  float32 max).
+
+Empty tensors work with and without ``axis``; meta tensors give meta codes and scales of the right
+shapes and dtypes (no data-dependent checks), so fp8 layers can be built on the meta device.
 """
 from __future__ import annotations
 
@@ -24,7 +29,7 @@ import dataclasses
 
 import torch
 
-from .._checks import check_choice, check_tensor
+from .._checks import check_bool, check_choice, check_tensor
 from ..kernels.dispatch import get_kernel
 from .affine import absmax_scale, broadcast_scale, check_axis, check_scale
 
@@ -117,10 +122,11 @@ def quantize_fp8(
     tensor (``axis=None``, a 0-dim fp32 tensor) or per slice along ``axis`` (shape ``(x.shape[axis],)``).
     A given ``scale`` (positive, finite) is a number, a 0-dim tensor, or per-channel ``(x.shape[axis],)``.
     ``q`` has ``x``'s shape and the format's torch float8 dtype. See the module docstring for NaN/Inf.
-    Raises TypeError/ValueError on a bad ``x``, ``format``, ``axis`` or ``scale``.
+    Raises TypeError/ValueError on a bad ``x``, ``format``, ``axis``, ``scale`` or ``saturate`` (a bool).
     """
     check_tensor(x, "x", dtypes=_IN_DTYPES)
     fmt = get_format(format)
+    check_bool(saturate, "saturate")
     if axis is not None:
         axis = check_axis(axis, x)
     scale = absmax_scale(x, fmt.max, axis) if scale is None else check_scale(scale, x, axis)

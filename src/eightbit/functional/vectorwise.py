@@ -50,9 +50,13 @@ def quantize_vectorwise(x: torch.Tensor, dim: int = -1) -> tuple[torch.Tensor, t
 def dequantize_vectorwise(
     q: torch.Tensor, absmax: torch.Tensor, dim: int = -1, dtype: torch.dtype = torch.float32
 ) -> torch.Tensor:
-    """Inverse of ``quantize_vectorwise``: ``q * absmax / 127`` in ``dtype`` (shape of ``q``)."""
+    """Inverse of ``quantize_vectorwise``: ``q * absmax / 127`` in ``dtype`` (shape of ``q``).
+
+    Raises TypeError/ValueError on bad dtypes or shapes, ValueError when ``absmax`` is on another device."""
     check_tensor(q, "q", dtypes=(torch.int8,))
     check_tensor(absmax, "absmax", dtypes=(torch.float32,))
+    if absmax.device != q.device:
+        raise ValueError(f"absmax is on device {absmax.device} but q is on {q.device}: both must share one device")
     dim = _check_dim(q, dim)
     expected = q.shape[:dim % q.dim()] + q.shape[dim % q.dim() + 1 :]
     if absmax.shape != expected:

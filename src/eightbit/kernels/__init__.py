@@ -8,7 +8,7 @@ from .dispatch import get_kernel, reference_only, register_kernel, registered_ke
 __all__ = ["get_kernel", "reference_only", "register_kernel", "registered_kernels"]
 
 # Kernel modules; each owner adds its module name here.
-_KERNEL_MODULES = ["int8_cpu", "blockwise_cpu", "fp8_cpu", "optim_fused"]
+_KERNEL_MODULES = ["int8_cpu", "blockwise_cpu", "fp8_cpu", "optim_fused", "optim_native"]
 
 for _name in _KERNEL_MODULES:
     try:

@@ -11,6 +11,7 @@ import functools
 
 import torch
 
+from . import native_cpu
 from .dispatch import register_kernel
 
 _LUT_MAX_K = 2  # codes needing more comparisons per table cell (odd quantile maps) use the reference
@@ -78,10 +79,49 @@ def quantize_blockwise_cpu(x2d: torch.Tensor, code: torch.Tensor, mid: torch.Ten
     lut = build_lut(mid)
     if lut is None:
         return None
+    if x2d.dtype == torch.float32 and x2d.is_contiguous() and native_cpu.library() is not None:
+        return native_quantize(x2d, code, lut, zero_idx)
     return _quantize_compiled(x2d, lut[0], lut[1], lut[2], zero_idx)
 
 
 @register_kernel("dequantize_blockwise", "cpu")
 def dequantize_blockwise_cpu(q2d: torch.Tensor, absmax: torch.Tensor, code: torch.Tensor, dtype: torch.dtype):
     """Kernel for full blocks: (nblocks, blocksize) uint8 -> (nblocks, blocksize) ``dtype``."""
+    if q2d.is_contiguous() and native_cpu.library() is not None:
+        return native_dequantize(q2d, absmax, code).to(dtype)
     return _dequantize_compiled(q2d, absmax, code, dtype)
+
+
+def native_quantize(x2d: torch.Tensor, code: torch.Tensor, lut: tuple, zero_idx: int, seed: int = -1, first: int = 0):
+    """Native block quantization of contiguous float32 (nblocks, blocksize) ``x2d``: (uint8 codes, absmax).
+    ``seed >= 0`` rounds stochastically (element i's draw keyed on ``first + i``); -1 rounds to nearest."""
+    lib = native_cpu.library()
+    nb, bs = x2d.shape
+    q = torch.empty((nb, bs), dtype=torch.uint8)
+    absmax = torch.empty(nb, dtype=torch.float32)
+    code = code.to(torch.float32).contiguous()
+    table, midp, k = lut
+    ptr = native_cpu.ptr
+
+    def run(b0: int, b1: int) -> None:
+        lib.eb_quantize_blocks(ptr(x2d[b0:b1]), b1 - b0, bs, ptr(code), ptr(table), ptr(midp), k, zero_idx,
+                               seed, first + b0 * bs, ptr(q[b0:b1]), ptr(absmax[b0:b1]))
+
+    native_cpu.parallel_blocks(nb, run)
+    return q, absmax
+
+
+def native_dequantize(q2d: torch.Tensor, absmax: torch.Tensor, code: torch.Tensor) -> torch.Tensor:
+    """Native ``code[q] * absmax`` for contiguous uint8 (nblocks, blocksize) ``q2d``, as float32."""
+    lib = native_cpu.library()
+    nb, bs = q2d.shape
+    out = torch.empty((nb, bs), dtype=torch.float32)
+    absmax = absmax.to(torch.float32).contiguous()
+    code = code.to(torch.float32).contiguous()
+    ptr = native_cpu.ptr
+
+    def run(b0: int, b1: int) -> None:
+        lib.eb_dequantize_blocks(ptr(q2d[b0:b1]), ptr(absmax[b0:b1]), ptr(code), b1 - b0, bs, ptr(out[b0:b1]))
+
+    native_cpu.parallel_blocks(nb, run)
+    return out

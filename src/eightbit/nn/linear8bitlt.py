@@ -10,6 +10,35 @@ from ..functional.vectorwise import quantize_vectorwise
 from .base import QuantizedLinear
 
 
+# Float scratch per step of quantize_weight_rows: about 1M values (4 MB in fp32).
+CHUNK_ELEMENTS = 1 << 20
+_SUBNORMAL_STEP = 2.0**-100  # quantize_vectorwise switches to float64 below this absmax
+
+
+@torch.no_grad()
+def quantize_weight_rows(weight: torch.Tensor, *, chunk_elements: int = CHUNK_ELEMENTS) -> tuple[torch.Tensor, torch.Tensor]:
+    """``quantize_vectorwise(weight, dim=-1)`` computed in row chunks into a preallocated int8 tensor, so no
+    float temporary larger than ``chunk_elements`` values is created (a streaming load of a big checkpoint
+    otherwise holds two fp32 copies of the whole matrix next to the incoming weight).
+
+    ``weight``: float [out, in], any layout. Returns ``(weight_int8, absmax)``: contiguous int8 [out, in]
+    and float32 [out], bit-identical to the unchunked call (absmax is per row, so rows are independent).
+    Raises ValueError if ``weight`` holds NaN or Inf."""
+    rows = max(1, chunk_elements // max(1, weight.shape[-1]))
+    codes = torch.empty(weight.shape, dtype=torch.int8, device=weight.device)
+    absmax = torch.empty(weight.shape[0], dtype=torch.float32, device=weight.device)
+    for r in range(0, weight.shape[0], rows):
+        codes[r : r + rows], absmax[r : r + rows] = quantize_vectorwise(weight[r : r + rows], dim=-1)
+    if not torch.isfinite(absmax).all():  # amax propagates NaN/Inf: same test as isfinite(weight).all()
+        raise ValueError("weight holds NaN or Inf: refusing to quantize it")
+    # quantize_vectorwise picks float64 for a whole call when any row has a subnormal step; a chunk without
+    # such a row would round differently than the unchunked call, so redo those (rare) weights in one piece.
+    if rows < weight.shape[0] and bool(((absmax < _SUBNORMAL_STEP) & (absmax > 0)).any()):
+        q, absmax = quantize_vectorwise(weight, dim=-1)
+        codes.copy_(q)
+    return codes, absmax
+
+
 class Linear8bitLt(QuantizedLinear):
     """Linear layer with an int8 weight (one float32 absmax per output row) running LLM.int8().
 
@@ -52,16 +81,12 @@ class Linear8bitLt(QuantizedLinear):
     @classmethod
     @torch.no_grad()
     def from_linear(cls, linear: nn.Linear, threshold: float = 6.0) -> "Linear8bitLt":
-        """Quantize an ``nn.Linear`` (weight [out, in], any float dtype) row-wise to int8."""
+        """Quantize an ``nn.Linear`` (weight [out, in], any float dtype) row-wise to int8, in row chunks
+        (see ``quantize_weight_rows``). Raises ValueError if the weight holds NaN or Inf."""
         if not isinstance(linear, nn.Linear):
             raise TypeError(f"linear must be an nn.Linear, got {type(linear).__name__}")
-        w = linear.weight
-        if not torch.isfinite(w).all():
-            raise ValueError("linear.weight holds NaN or Inf: refusing to quantize it")
         layer = cls(linear.in_features, linear.out_features, bias=linear.bias is not None, threshold=threshold, device="meta")
-        q, absmax = quantize_vectorwise(w.detach(), dim=-1)
-        layer.weight_int8 = q.contiguous()
-        layer.weight_absmax = absmax
+        layer.weight_int8, layer.weight_absmax = quantize_weight_rows(linear.weight.detach())
         if linear.bias is not None:
             layer.bias = nn.Parameter(linear.bias.detach().clone(), requires_grad=linear.bias.requires_grad)
         return layer

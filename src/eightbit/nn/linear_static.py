@@ -25,6 +25,7 @@ from ..quantize.observers import OBSERVERS, MinMaxObserver, Observer, QuantSpec,
 from .base import QuantizedLinear
 
 CHUNK_ELEMENTS = 1 << 22
+QUANTIZE_CHUNK_ELEMENTS = 1 << 20  # float scratch per step of set_weight (4 MB in fp32)
 
 
 class LinearStatic(QuantizedLinear):
@@ -89,11 +90,19 @@ class LinearStatic(QuantizedLinear):
         """Quantize and store a float ``weight`` (out_features, in_features) and copy ``bias``."""
         if tuple(weight.shape) != (self.out_features, self.in_features):
             raise ValueError(f"weight must have shape {(self.out_features, self.in_features)}, got {tuple(weight.shape)}")
+        weight = weight.detach()
         axis = 0 if self.weight_granularity == "channel" else None
         obs = MinMaxObserver(self.weight_spec, axis=axis)
-        obs.observe(weight)
+        # min/max of the whole tensor do not depend on its layout: observe a transposed view (Conv1D) as its
+        # contiguous transpose, else the observer's reshape would copy the whole matrix
+        obs.observe(weight.t() if axis is None and weight.dim() == 2 and weight.t().is_contiguous() else weight)
         scale, _ = obs.qparams()
-        self.weight.copy_(self.weight_spec.quantize(weight.detach(), scale, axis=axis))
+        # quantize in row chunks straight into the codes buffer: no float or code temporary of the whole
+        # matrix (a streaming load holds the incoming weight already). Scales are per row or one for all: exact.
+        rows = max(1, QUANTIZE_CHUNK_ELEMENTS // max(1, self.in_features))
+        for r0 in range(0, self.out_features, rows):
+            s = scale[r0 : r0 + rows] if axis == 0 else scale
+            self.weight[r0 : r0 + rows] = self.weight_spec.quantize(weight[r0 : r0 + rows], s, axis=axis)
         self.weight_scale.copy_(scale)
         if self.bias is not None and bias is not None:
             self.bias.copy_(bias.detach().float())

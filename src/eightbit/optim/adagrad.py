@@ -39,6 +39,7 @@ class Adagrad(Optimizer8bit):
         max_unorm: float = 0.0,
         blocksize: int = 2048,
         nonfinite: str = "skip",
+        stochastic_rounding: bool = True,
     ) -> None:
         if initial_accumulator_value != 0:
             raise ValueError(f"initial_accumulator_value must be 0, got {initial_accumulator_value!r}")
@@ -46,6 +47,7 @@ class Adagrad(Optimizer8bit):
             lr=lr, lr_decay=lr_decay, weight_decay=weight_decay, eps=eps, optim_bits=optim_bits,
             min_8bit_size=min_8bit_size, percentile_clipping=percentile_clipping, max_unorm=max_unorm,
             blocksize=blocksize, nonfinite=nonfinite,
+            stochastic_rounding=stochastic_rounding,
         ))
 
     def state_spec(self, config: dict[str, Any]):

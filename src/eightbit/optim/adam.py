@@ -27,6 +27,7 @@ class Adam(Optimizer8bit):
 
     weight_decay_mode = WD_L2
     rule = staticmethod(adam_rule)
+    native_update = "optim_adam8bit_update"  # kernels/optim_native.py implements adam_rule natively
 
     def __init__(
         self,
@@ -42,11 +43,13 @@ class Adam(Optimizer8bit):
         max_unorm: float = 0.0,
         blocksize: int = 2048,
         nonfinite: str = "skip",
+        stochastic_rounding: bool = True,
     ) -> None:
         super().__init__(params, dict(
             lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, optim_bits=optim_bits,
             min_8bit_size=min_8bit_size, percentile_clipping=percentile_clipping, max_unorm=max_unorm,
             blocksize=blocksize, nonfinite=nonfinite,
+            stochastic_rounding=stochastic_rounding,
         ))
 
     def state_spec(self, config: dict[str, Any]):

@@ -18,6 +18,7 @@ import torch
 from .._checks import check_choice, check_number
 from ..functional.blockwise import check_blocksize, code_midpoints, quantize_blocks
 from ..functional.codes import create_dynamic_map
+from ..functional.rounding import step_seed, stochastic_round, uniform_from_index
 from ..kernels.blockwise_cpu import build_lut, lut_index
 from ..kernels.dispatch import get_kernel
 from .manager import GlobalOptimManager
@@ -35,6 +36,7 @@ WD_NONE, WD_L2, WD_DECOUPLED = 0, 1, 2
 
 CHUNK_ELEMENTS = 2**18  # elements per chunk: intermediates stay ~1 MB per state
 FUSED_MIN_NUMEL = 2**20  # smaller tensors run eagerly (compiling is not worth it)
+NATIVE_MIN_NUMEL = 2**14  # the native kernel has no compile cost: worth it from a few blocks
 NONFINITE_CHOICES = ("skip", "raise", "propagate")
 
 
@@ -49,25 +51,32 @@ def _code(signed: bool, device: torch.device) -> tuple[torch.Tensor, torch.Tenso
     return code.to(device), mid.to(device), zero_idx, lut
 
 
-def _requantize(x: torch.Tensor, code_info: tuple):
-    """(nb, bs) float32 -> (uint8 codes, absmax); LUT search when available, bucketize otherwise (same result)."""
+def _requantize(x: torch.Tensor, code_info: tuple, seed: torch.Tensor | None = None, first: torch.Tensor | None = None):
+    """(nb, bs) float32 -> (uint8 codes, absmax); LUT search when available, bucketize otherwise (same result).
+    ``seed`` (int64 0-d tensor) rounds stochastically, element (r, c) drawing with index ``first + r * bs + c``."""
     code, mid, zero_idx, lut = code_info
-    if lut is None:
+    if lut is None and seed is None:
         return quantize_blocks(x, code, mid, zero_idx)
     absmax = x.abs().amax(1, keepdim=True)
     ok = torch.isfinite(absmax)
     scale = torch.where(ok & (absmax > 0), absmax, torch.ones_like(absmax))
-    idx = lut_index(x / scale, lut[0], lut[1], lut[2])
+    n = x / scale
+    idx = lut_index(n, lut[0], lut[1], lut[2]) if lut is not None else torch.bucketize(n, mid).to(torch.int32)
+    if seed is not None:
+        index = first + torch.arange(x.numel(), device=x.device, dtype=torch.int64).view(x.shape)
+        idx = stochastic_round(n, idx, code, uniform_from_index(index, seed))
     q = torch.where(ok, idx, torch.full_like(idx, zero_idx)).to(torch.uint8)
     return q, torch.where(ok, absmax, torch.full_like(absmax, float("nan"))).squeeze(1)
 
 
-def update_chunk(rule, wd_mode: int, write: bool, p, g, states, absmaxes, codes, hp):
+def update_chunk(rule, wd_mode: int, write: bool, stochastic: tuple, p, g, states, absmaxes, codes, hp, rng):
     """One chunk of blocks: dequantize states, 32-bit update, requantize, write back in place.
 
     p, g: (nb, bs) views of the parameter / gradient (any float dtype); states[i]: (nb, bs) uint8 codes
     (absmaxes[i]: (nb,) float32) or float32 (absmaxes[i] None); codes[i]: (code, mid, zero_idx, lut) or
     None; hp: float32 hyperparameters (LR, WD, GRAD_SCALE, UPDATE_SCALE, rule's own...).
+    stochastic[i]: whether state i is rounded stochastically; rng: int64 tensor [first element index of the
+    chunk, seed of state 0, seed of state 1, ...] (None when nothing is stochastic).
     ``write=False`` only returns the squared norm of the update direction (for max_unorm / trust ratio).
     """
     p32 = p.float()
@@ -81,17 +90,23 @@ def update_chunk(rule, wd_mode: int, write: bool, p, g, states, absmaxes, codes,
     d, new_states = rule(g32, p32, s32, hp)
     if not write:
         return d.square().sum()
-    for s, a, c, new in zip(states, absmaxes, codes, new_states):
+    for i, (s, a, c, new) in enumerate(zip(states, absmaxes, codes, new_states)):
         if a is None:
             s.copy_(new)
         else:
-            q, amax = _requantize(new, c)
+            q, amax = _requantize(new, c, rng[i + 1], rng[0]) if stochastic[i] else _requantize(new, c)
             s.copy_(q)
             a.copy_(amax)
     if wd_mode == WD_DECOUPLED:
         p32 = p32 * (1 - hp[LR] * hp[WD])
     p.copy_(p32 - (hp[LR] * hp[UPDATE_SCALE]) * d)
     return None
+
+
+def _check_entry(where: str, name: str, t: Any, dtype: torch.dtype, shape: tuple) -> None:
+    if not isinstance(t, torch.Tensor) or t.dtype != dtype or tuple(t.shape) != shape:
+        got = f"{t.dtype} {tuple(t.shape)}" if isinstance(t, torch.Tensor) else type(t).__name__
+        raise ValueError(f"{where}[{name!r}] must be {dtype} of shape {shape} for this parameter, got {got}")
 
 
 def _local(t: torch.Tensor) -> torch.Tensor:
@@ -139,14 +154,20 @@ class Optimizer8bit(torch.optim.Optimizer):
     0 = off), ``blocksize`` (64..4096), ``nonfinite``: "skip" (default: a parameter whose gradient holds a
     NaN/Inf is left untouched, param and all its state, and ``state["skipped_steps"]`` counts it), "raise"
     (FloatingPointError) or "propagate" (no check; the NaN reaches only the quantization blocks it is in).
+    ``stochastic_rounding`` (default True): 8-bit unsigned states (second moments, Adagrad sums) are rounded
+    up or down at random, unbiased, with a counter-based hash of (step, element) (reproducible; see
+    `eightbit.functional.rounding`), so that they keep following changes smaller than half a code step;
+    False rounds to nearest as bitsandbytes does. Signed states (momentum) always round to nearest.
     """
 
     weight_decay_mode: int = WD_L2
     default_optim_bits: int = 32
     rule: Callable  # staticmethod in subclasses
+    native_update: str | None = None  # dispatcher op of a native whole-update kernel for ``rule``, if any
 
     def __init__(self, params: Iterable, defaults: dict[str, Any]) -> None:
         d = dict(defaults)
+        d.setdefault("stochastic_rounding", True)
         if d.get("optim_bits") is None:
             d["optim_bits"] = self.default_optim_bits
         self._validate(d)
@@ -174,6 +195,8 @@ class Optimizer8bit(torch.optim.Optimizer):
         check_number(d["min_8bit_size"], "min_8bit_size", low=0)
         check_number(d["percentile_clipping"], "percentile_clipping", low=0.0, high=100.0, low_inclusive=False)
         check_choice(d["nonfinite"], "nonfinite", NONFINITE_CHOICES)
+        if not isinstance(d.get("stochastic_rounding", True), bool):
+            raise TypeError(f"stochastic_rounding must be a bool, got {d['stochastic_rounding']!r}")
 
     def _config(self, p: torch.Tensor, group: dict[str, Any]) -> dict[str, Any]:
         """The group's settings with this parameter's GlobalOptimManager overrides applied."""
@@ -222,17 +245,63 @@ class Optimizer8bit(torch.optim.Optimizer):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """torch's loader, except that state tensors keep their exact dtypes (torch would cast uint8 codes
-        and float32 absmax to the parameter's dtype); tensors are copied, never aliased."""
+        and float32 absmax to the parameter's dtype) and are copied, never aliased.
+
+        Every parameter's state is checked first against the parameter and the saved group's settings:
+        the state names of this optimizer, uint8 codes (8-bit) or float32 values (32-bit) of the
+        parameter's shape, one float32 absmax per block. A mismatch raises ValueError naming the parameter
+        index and the state entry, and leaves this optimizer unchanged."""
+        groups = state_dict.get("param_groups") if isinstance(state_dict, dict) else None
+        if not isinstance(groups, list) or not isinstance(state_dict.get("state"), dict):
+            raise ValueError("state_dict must be a dict with 'state' and 'param_groups', as from state_dict()")
+        if len(groups) != len(self.param_groups) or any(
+            len(g["params"]) != len(h["params"]) for g, h in zip(groups, self.param_groups)
+        ):
+            raise ValueError("state_dict has a different number of parameter groups or parameters per group "
+                             "than this optimizer")
+        for saved, group in zip(groups, self.param_groups):
+            merged = {**group, **{k: v for k, v in saved.items() if k != "params"}}
+            for pid, p in zip(saved["params"], group["params"]):
+                if pid in state_dict["state"]:
+                    self._check_state(pid, state_dict["state"][pid], _local(p), self._config(p, merged))
         super().load_state_dict(state_dict)
-        saved_ids = [i for g in state_dict["param_groups"] for i in g["params"]]
+        saved_ids = [i for g in groups for i in g["params"]]
         params = [p for g in self.param_groups for p in g["params"]]
         for pid, p in zip(saved_ids, params):
             if pid in state_dict["state"]:
                 dev = _local(p).device
                 self.state[p] = {
-                    k: v.detach().to(dev, copy=True) if isinstance(v, torch.Tensor) else v
+                    k: v.detach().to(dev, copy=True).contiguous() if isinstance(v, torch.Tensor) else v
                     for k, v in state_dict["state"][pid].items()
                 }
+
+    def _check_state(self, pid: Any, st: Any, p: torch.Tensor, config: dict[str, Any]) -> None:
+        """Raise ValueError unless ``st`` is a well-formed state of local parameter ``p`` under ``config``."""
+        where = f"state_dict['state'][{pid!r}]"
+        if not isinstance(st, dict):
+            raise ValueError(f"{where} must be a dict, got {type(st).__name__}")
+        names = [n for n, _ in self.state_spec(config)]
+        eight = bool(names) and isinstance(st.get(names[0]), torch.Tensor) and st[names[0]].dtype == torch.uint8
+        expected = {"step", "skipped_steps", *names}
+        if eight:
+            expected |= {n + "_absmax" for n in names}
+        if config["percentile_clipping"] < 100:
+            expected.add("gnorm_history")
+        missing, unknown = expected - set(st) - {"skipped_steps"}, set(st) - expected
+        if missing or unknown:
+            raise ValueError(f"{where}: missing entries {sorted(missing)}, unexpected entries {sorted(unknown)} "
+                             f"for {type(self).__name__} (expected {sorted(expected)})")
+        nblocks = -(-p.numel() // config["blocksize"])
+        for name in names:
+            _check_entry(where, name, st[name], torch.uint8 if eight else torch.float32, tuple(p.shape))
+            if eight:
+                _check_entry(where, name + "_absmax", st[name + "_absmax"], torch.float32, (nblocks,))
+        if "gnorm_history" in expected:
+            _check_entry(where, "gnorm_history", st["gnorm_history"], torch.float32, (100,))
+        for name in ("step", "skipped_steps"):
+            v = st.get(name, 0)
+            if not (isinstance(v, int) or (isinstance(v, torch.Tensor) and v.numel() == 1 and not v.is_floating_point())):
+                raise ValueError(f"{where}[{name!r}] must be an integer count, got {v!r}")
 
     # ----- step ----------------------------------------------------------------------------------
     @torch.no_grad()
@@ -310,23 +379,38 @@ class Optimizer8bit(torch.optim.Optimizer):
         pf, gf = p.view(-1), g.view(-1)
         flats = [state[nm].view(-1) for nm in names]
         amaxes = [state[nm + "_absmax"] if eight else None for nm in names]
-        fn = functools.partial(update_chunk, self.rule, self.weight_decay_mode, write)
-        kernel = get_kernel("optim_blockwise_update", p.device.type) if n >= FUSED_MIN_NUMEL else None
-        if kernel is not None and any(c is not None and c[3] is None for c in codes):
-            kernel = None
-        if kernel is not None:
-            key = (self.rule.__module__, self.rule.__qualname__, self.weight_decay_mode, write, eight, p.dtype, g.dtype, len(names))
-            compiled = kernel(update_chunk, key)
-            fn = functools.partial(compiled, self.rule, self.weight_decay_mode, write)
+        step = int(state["step"])
+        stochastic = tuple(eight and not signed and bool(config["stochastic_rounding"]) for _, signed in spec)
+        seeds = [step_seed(step, i) if sr else -1 for i, sr in enumerate(stochastic)]
         nfull = n // bs
-        step_blocks = max(1, CHUNK_ELEMENTS // bs)
-        ranges = [(b0, min(nfull, b0 + step_blocks), bs, fn) for b0 in range(0, nfull, step_blocks)]
+        base = (self.rule, self.weight_decay_mode, write, stochastic)
+        eager = functools.partial(update_chunk, *base)
+        fn = eager
+        native = None
+        if write and eight and self.native_update is not None and n >= NATIVE_MIN_NUMEL:
+            native = get_kernel(self.native_update, p.device.type)
+        if native is not None and nfull and native(
+            pf[: nfull * bs].view(nfull, bs), gf[: nfull * bs].view(nfull, bs),
+            [s[: nfull * bs].view(nfull, bs) for s in flats], [a[:nfull] for a in amaxes], codes, hp,
+            self.weight_decay_mode, seeds,
+        ):
+            ranges = []  # full blocks done natively; only the partial last block is left
+        else:
+            kernel = get_kernel("optim_blockwise_update", p.device.type) if n >= FUSED_MIN_NUMEL else None
+            if kernel is not None and any(c is not None and c[3] is None for c in codes):
+                kernel = None
+            if kernel is not None:
+                key = (self.rule.__module__, self.rule.__qualname__, self.weight_decay_mode, write, stochastic, eight,
+                       p.dtype, g.dtype, len(names))
+                fn = functools.partial(kernel(update_chunk, key), *base)
+            step_blocks = max(1, CHUNK_ELEMENTS // bs)
+            ranges = [(b0, min(nfull, b0 + step_blocks), bs, fn) for b0 in range(0, nfull, step_blocks)]
         if n % bs:
-            eager = functools.partial(update_chunk, self.rule, self.weight_decay_mode, write)
             ranges.append((nfull, nfull + 1, n - nfull * bs, eager))
         for b0, b1, width, f in ranges:
             lo, hi = b0 * bs, b0 * bs + (b1 - b0) * width
             nb = b1 - b0
+            rng = torch.tensor([lo, *seeds], dtype=torch.int64, device=p.device) if any(stochastic) else None
             yield f(
                 pf[lo:hi].view(nb, width),
                 gf[lo:hi].view(nb, width),
@@ -334,6 +418,7 @@ class Optimizer8bit(torch.optim.Optimizer):
                 [a[b0:b1] if a is not None else None for a in amaxes],
                 codes,
                 hp,
+                rng,
             )
 
 

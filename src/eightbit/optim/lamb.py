@@ -23,6 +23,7 @@ class LAMB(Adam):
 
     weight_decay_mode = WD_NONE
     rule = staticmethod(lamb_rule)
+    native_update = None  # the native kernel implements adam_rule only
 
     def __init__(self, params, lr: float = 1e-3, *, eps: float = 1e-6, **kwargs) -> None:
         super().__init__(params, lr, eps=eps, **kwargs)

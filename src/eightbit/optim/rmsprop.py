@@ -40,6 +40,7 @@ class RMSprop(Optimizer8bit):
         max_unorm: float = 0.0,
         blocksize: int = 2048,
         nonfinite: str = "skip",
+        stochastic_rounding: bool = True,
     ) -> None:
         if momentum != 0:
             raise ValueError(f"momentum must be 0 (RMSprop with momentum is not supported), got {momentum!r}")
@@ -49,6 +50,7 @@ class RMSprop(Optimizer8bit):
             lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay, optim_bits=optim_bits,
             min_8bit_size=min_8bit_size, percentile_clipping=percentile_clipping, max_unorm=max_unorm,
             blocksize=blocksize, nonfinite=nonfinite,
+            stochastic_rounding=stochastic_rounding,
         ))
 
     def state_spec(self, config: dict[str, Any]):

@@ -1,0 +1,127 @@
+"""Loader of the native CPU kernels in ``csrc/blockwise_cpu.c``: compiled once per machine with the system C
+compiler (the one torch.compile uses on CPU), cached, loaded with ctypes, run on whole blocks split over
+``torch.get_num_threads()`` Python threads (ctypes releases the GIL).
+
+``library()`` returns None when no compiler is found or the build fails (a warning says why, once); every
+caller then falls back to the torch.compile'd or plain-PyTorch path. ``EIGHTBIT_NATIVE=0`` disables it.
+The cache directory is ``$EIGHTBIT_CACHE_DIR`` or ``~/.cache/eightbit``; the file name carries a hash of the
+source, the flags and the compiler, so an edit or another compiler rebuilds.
+"""
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import os
+import shutil
+import subprocess
+import tempfile
+import threading
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+__all__ = ["library", "parallel_blocks", "ptr"]
+
+_SOURCE = Path(__file__).with_name("csrc") / "blockwise_cpu.c"
+_FLAGS = ["-O3", "-march=native", "-ffp-contract=off", "-fno-math-errno", "-fno-strict-aliasing", "-fPIC", "-shared", "-std=c11"]
+_MIN_BLOCKS_PER_THREAD = 16  # below this a thread hand-off costs more than it saves
+
+_i64, _i32, _vp = ctypes.c_int64, ctypes.c_int32, ctypes.c_void_p
+_SIGNATURES = {
+    "eb_quantize_blocks": [_vp, _i64, _i64, _vp, _vp, _vp, _i32, _i32, _i64, _i64, _vp, _vp],
+    "eb_dequantize_blocks": [_vp, _vp, _vp, _i64, _i64, _vp],
+    "eb_adam8_blocks": [_vp, _vp, _vp, _vp, _vp, _vp, _vp, _vp, _vp, _i32, _i32, _vp, _vp, _vp, _i32, _i32,
+                        _vp, _i32, _i64, _i64, _i64, _i64, _i64],
+}
+
+
+def _cache_dir() -> Path:
+    base = os.environ.get("EIGHTBIT_CACHE_DIR") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "eightbit"
+    )
+    return Path(base)
+
+
+def _compiler() -> str | None:
+    for name in (os.environ.get("CC"), "cc", "gcc", "clang"):
+        if name and shutil.which(name):
+            return shutil.which(name)
+    return None
+
+
+def _build(cc: str) -> Path:
+    version = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=60).stdout
+    key = hashlib.sha256(_SOURCE.read_bytes() + " ".join(_FLAGS).encode() + version.encode()).hexdigest()[:16]
+    target = _cache_dir() / f"blockwise_cpu_{key}.so"
+    if target.exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # Build beside the target and rename: concurrent processes never load a half-written library.
+    fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
+    os.close(fd)
+    try:
+        res = subprocess.run([cc, *_FLAGS, str(_SOURCE), "-o", tmp, "-lm"], capture_output=True, text=True, timeout=300)
+        if res.returncode != 0:
+            raise RuntimeError(res.stderr.strip()[-2000:])
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return target
+
+
+@functools.lru_cache(maxsize=None)
+def library() -> ctypes.CDLL | None:
+    """The loaded native library, or None (no compiler, build failure, or ``EIGHTBIT_NATIVE=0``)."""
+    if os.environ.get("EIGHTBIT_NATIVE", "1") == "0":
+        return None
+    cc = _compiler()
+    if cc is None:
+        warnings.warn("eightbit: no C compiler found; native CPU kernels disabled (slower fallback)", RuntimeWarning)
+        return None
+    try:
+        lib = ctypes.CDLL(str(_build(cc)))
+    except Exception as e:  # any build/load problem: fall back, say why once
+        warnings.warn(f"eightbit: native CPU kernels unavailable ({e}); using the fallback", RuntimeWarning)
+        return None
+    for name, argtypes in _SIGNATURES.items():
+        fn = getattr(lib, name)
+        fn.argtypes, fn.restype = argtypes, None
+    return lib
+
+
+def ptr(t: torch.Tensor | None) -> int | None:
+    """Address of a tensor's first element (None for None)."""
+    return None if t is None else t.data_ptr()
+
+
+_pool: ThreadPoolExecutor | None = None
+_pool_lock = threading.Lock()
+
+
+def _executor(n: int) -> ThreadPoolExecutor:
+    global _pool
+    with _pool_lock:
+        if _pool is None or _pool._max_workers != n:
+            if _pool is not None:
+                _pool.shutdown(wait=False)
+            _pool = ThreadPoolExecutor(max_workers=n, thread_name_prefix="eightbit-native")
+        return _pool
+
+
+def parallel_blocks(nblocks: int, run: Callable[[int, int], None]) -> None:
+    """Call ``run(b0, b1)`` over [0, nblocks) split into one contiguous range per torch thread."""
+    nthreads = max(1, min(torch.get_num_threads(), nblocks // _MIN_BLOCKS_PER_THREAD))
+    if nthreads == 1:
+        run(0, nblocks)
+        return
+    bounds = [nblocks * i // nthreads for i in range(nthreads + 1)]
+    pool = _executor(torch.get_num_threads())
+    futures = [pool.submit(run, bounds[i], bounds[i + 1]) for i in range(1, nthreads)]
+    run(bounds[0], bounds[1])
+    for f in futures:
+        f.result()
