@@ -184,3 +184,45 @@ def test_disabled_by_environment(monkeypatch):
     finally:
         monkeypatch.delenv("EIGHTBIT_NATIVE")
         native_cpu.library.cache_clear()
+
+
+@pytest.mark.parametrize("m", [1, 3, 4, 5, 16])
+@pytest.mark.parametrize("k", [1, 31, 32, 33, 1000, 4099])
+def test_int8_small_m_kernel_exact(lib, gen, m, k):
+    from eightbit.functional.int8 import int8_matmul_dequant_reference
+    from eightbit.kernels.int8_cpu import int8_matmul_dequant_small_cpu
+
+    n = 37
+    x = torch.randint(-127, 128, (m, k), dtype=torch.int8, generator=gen)
+    w = torch.randint(-128, 128, (n, k), dtype=torch.int8, generator=gen)
+    x[0, :] = 127  # worst cases for the int16 pair sums: extremes of both signs
+    w[0, :] = -128
+    w[1, :] = 127
+    if m > 1:
+        x[1, :] = -127
+    xa = torch.rand(m, generator=gen) * 10
+    wa = torch.rand(n, generator=gen) * 10
+    got = int8_matmul_dequant_small_cpu(x, xa, w, wa)
+    want = int8_matmul_dequant_reference(x, xa, w, wa)
+    exact = (x.double() @ w.double().T) * (xa.double().unsqueeze(1) / 127) * (wa.double().unsqueeze(0) / 127)
+    assert got.shape == (m, n)
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=0)
+    torch.testing.assert_close(got.double(), exact, rtol=1e-6, atol=0)
+
+
+def test_int8_small_m_kernel_declines_large_m(lib, gen):
+    from eightbit.kernels.int8_cpu import SMALL_M, int8_matmul_dequant_small_cpu
+
+    x = torch.zeros(SMALL_M + 1, 8, dtype=torch.int8)
+    assert int8_matmul_dequant_small_cpu(x, torch.ones(SMALL_M + 1), torch.zeros(4, 8, dtype=torch.int8), torch.ones(4)) is None
+
+
+def test_int8_small_m_kernel_noncontiguous(lib, gen):
+    from eightbit.functional.int8 import int8_matmul_dequant_reference
+    from eightbit.kernels.int8_cpu import int8_matmul_dequant_small_cpu
+
+    x = torch.randint(-127, 128, (130, 3), dtype=torch.int8, generator=gen).T  # (3, 130) strided
+    w = torch.randint(-128, 128, (130, 50), dtype=torch.int8, generator=gen).T  # (50, 130) strided
+    xa, wa = torch.rand(3, generator=gen), torch.rand(50, generator=gen)
+    torch.testing.assert_close(int8_matmul_dequant_small_cpu(x, xa, w, wa),
+                               int8_matmul_dequant_reference(x, xa, w, wa), rtol=1e-6, atol=0)

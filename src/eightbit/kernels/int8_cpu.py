@@ -94,3 +94,41 @@ def int8_matmul_dequant_packed_cpu(
 ) -> torch.Tensor:
     """float32 [M, N] = (x_int8 @ W.T) * outer(x_absmax, w_absmax) / 127**2 on a weight from ``prepack_int8_cpu``."""
     return _split_gemm(x_int8, x_absmax, packed, w_absmax)
+
+
+# ---------------------------------------------------------------- native kernel for a few rows
+SMALL_M = 16  # up to this many rows the native kernel beats the oneDNN GEMM here (it reads the weight once)
+
+
+def _native_small_available() -> bool:
+    from . import native_cpu
+
+    return native_cpu.library() is not None
+
+
+@register_kernel("int8_matmul_dequant_small", "cpu")
+def int8_matmul_dequant_small_cpu(
+    x_int8: torch.Tensor, x_absmax: torch.Tensor, w_int8: torch.Tensor, w_absmax: torch.Tensor
+) -> torch.Tensor | None:
+    """float32 [M, N] = (x_int8 @ w_int8.T) * outer(x_absmax, w_absmax) / 127**2, exact int32 accumulation,
+    for M <= SMALL_M and ``x_int8`` in [-127, 127] (vector-wise quantized activations). Returns None when it
+    does not apply (larger M, no native library, non-CPU tensors) so the caller uses another path."""
+    from . import native_cpu
+
+    m, k = x_int8.shape
+    if m > SMALL_M or m == 0 or not _native_small_available():
+        return None
+    lib = native_cpu.library()
+    n = w_int8.shape[0]
+    x = x_int8.contiguous()
+    w = w_int8.contiguous()
+    xs = (x_absmax.float() / _INT8_MAX).contiguous()
+    ws = (w_absmax.float() / _INT8_MAX).contiguous()
+    out = torch.empty((m, n), dtype=torch.float32)
+    ptr = native_cpu.ptr
+
+    def run(n0: int, n1: int) -> None:
+        lib.eb_int8_gemm_small(ptr(x), ptr(w), ptr(xs), ptr(ws), ptr(out), m, k, n, n0, n1)
+
+    native_cpu.parallel_blocks(n, run)
+    return out

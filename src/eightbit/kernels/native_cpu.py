@@ -36,6 +36,7 @@ _SIGNATURES = {
     "eb_dequantize_blocks": [_vp, _vp, _vp, _i64, _i64, _vp],
     "eb_adam8_blocks": [_vp, _vp, _vp, _vp, _vp, _vp, _vp, _vp, _vp, _i32, _i32, _vp, _vp, _vp, _i32, _i32,
                         _vp, _i32, _i64, _i64, _i64, _i64, _i64],
+    "eb_int8_gemm_small": [_vp, _vp, _vp, _vp, _vp, _i64, _i64, _i64, _i64, _i64],
 }
 
 

@@ -157,3 +157,54 @@ void eb_adam8_blocks(float *restrict p, const float *restrict g, uint8_t *restri
         quantize_block(v, bs, &Lv, seed_v, first + o, qv + o, av + b);
     }
 }
+
+/* ------------------------------------------------------------------ int8 GEMM for a few rows (LLM.int8())
+ * out[m, n] = (sum_k x[m, k] * w[n, k]) * xs[m] * ws[n] for rows n in [n0, n1), exact int32 accumulation.
+ * x: int8 (M, K) with values in [-127, 127] (vector-wise quantized activations); w: int8 (N, K), any value.
+ * AVX2 has no signed x signed byte multiply; vpmaddubsw multiplies unsigned by signed bytes and SATURATES
+ * its int16 pair sums. Feeding it |w| (<= 128) and x * sign(w) (<= 127 in magnitude) bounds every pair
+ * sum by 2 * 128 * 127 = 32512 < 32767, so nothing saturates and the result is exact. The weight, the
+ * big operand, is read once for all M rows: at small M the kernel runs at memory speed. */
+#ifdef __AVX2__
+#include <immintrin.h>
+
+static inline int32_t hsum_epi32(__m256i v) {
+    __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4E));
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0xB1));
+    return _mm_cvtsi128_si32(s);
+}
+#endif
+
+#define GEMV_ROWS 4 /* activation rows per pass over a weight row (accumulators in registers) */
+
+void eb_int8_gemm_small(const int8_t *restrict x, const int8_t *restrict w, const float *restrict xs,
+                        const float *restrict ws, float *restrict out, int64_t M, int64_t K, int64_t N,
+                        int64_t n0, int64_t n1) {
+    for (int64_t n = n0; n < n1; n++) {
+        const int8_t *wn = w + n * K;
+        for (int64_t m0 = 0; m0 < M; m0 += GEMV_ROWS) {
+            const int64_t mr = M - m0 < GEMV_ROWS ? M - m0 : GEMV_ROWS;
+            int32_t acc[GEMV_ROWS] = {0, 0, 0, 0};
+            int64_t k = 0;
+#ifdef __AVX2__
+            const __m256i ones = _mm256_set1_epi16(1);
+            __m256i a[GEMV_ROWS];
+            for (int r = 0; r < GEMV_ROWS; r++) a[r] = _mm256_setzero_si256();
+            for (; k + 32 <= K; k += 32) {
+                const __m256i wv = _mm256_loadu_si256((const __m256i *)(wn + k));
+                const __m256i wabs = _mm256_abs_epi8(wv); /* -128 -> 0x80, read as unsigned 128 */
+                for (int r = 0; r < mr; r++) {
+                    const __m256i xv = _mm256_loadu_si256((const __m256i *)(x + (m0 + r) * K + k));
+                    const __m256i prod = _mm256_maddubs_epi16(wabs, _mm256_sign_epi8(xv, wv));
+                    a[r] = _mm256_add_epi32(a[r], _mm256_madd_epi16(prod, ones));
+                }
+            }
+            for (int r = 0; r < mr; r++) acc[r] = hsum_epi32(a[r]);
+#endif
+            for (; k < K; k++)
+                for (int r = 0; r < mr; r++) acc[r] += (int32_t)x[(m0 + r) * K + k] * (int32_t)wn[k];
+            for (int r = 0; r < mr; r++) out[(m0 + r) * N + n] = ((float)acc[r] * xs[m0 + r]) * ws[n];
+        }
+    }
+}
