@@ -226,3 +226,28 @@ def test_int8_small_m_kernel_noncontiguous(lib, gen):
     xa, wa = torch.rand(3, generator=gen), torch.rand(50, generator=gen)
     torch.testing.assert_close(int8_matmul_dequant_small_cpu(x, xa, w, wa),
                                int8_matmul_dequant_reference(x, xa, w, wa), rtol=1e-6, atol=0)
+
+
+@pytest.mark.parametrize("name", ["e4m3", "e5m2", "e4m3fnuz", "e5m2fnuz"])
+@pytest.mark.parametrize("saturate", [True, False])
+def test_fp8_native_casts_bit_identical(lib, gen, name, saturate):
+    from eightbit.functional import FP8_FORMATS
+    from eightbit.functional.fp8 import _cast_reference
+    from eightbit.kernels.fp8_cpu import dequantize_fp8_cpu, quantize_fp8_cpu
+
+    f = FP8_FORMATS[name]
+    kw = dict(man_bits=f.man_bits, bias=f.bias, max_code=f.max_code, nan_code=f.nan_code,
+              overflow_code=f.overflow_code, saturate=saturate, fnuz=f.fnuz, force=True)
+    x = _hostile(3 * 65536 + 5, gen, nonneg=False)  # crosses the per-thread work units
+    x[::1009] = float("nan")
+    x[3::2003] = float("inf")
+    x[4::2003] = float("-inf")
+    for scale, shape in [(torch.tensor(0.37), x.shape), (torch.rand(5, 1, generator=gen) + 0.5, (5, -1))]:
+        xs = x[: (x.numel() // 5) * 5].reshape(shape) if scale.numel() > 1 else x
+        got = quantize_fp8_cpu(xs, scale, **kw)
+        want = _cast_reference(xs / scale, f, saturate).view(torch.uint8)
+        nan_got, nan_want = got.view(f.dtype).float().isnan(), want.view(f.dtype).float().isnan()
+        assert torch.equal(nan_got, nan_want) and torch.equal(got[~nan_want], want[~nan_want])
+        deq = dequantize_fp8_cpu(got, scale, fp8_dtype=f.dtype, out_dtype=torch.float32, force=True)
+        ref = got.view(f.dtype).float() * scale
+        assert torch.equal(deq.isnan(), ref.isnan()) and torch.equal(deq.nan_to_num(), ref.nan_to_num())

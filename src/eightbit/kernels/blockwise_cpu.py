@@ -102,12 +102,8 @@ def native_quantize(x2d: torch.Tensor, code: torch.Tensor, lut: tuple, zero_idx:
     code = code.to(torch.float32).contiguous()
     table, midp, k = lut
     ptr = native_cpu.ptr
-
-    def run(b0: int, b1: int) -> None:
-        lib.eb_quantize_blocks(ptr(x2d[b0:b1]), b1 - b0, bs, ptr(code), ptr(table), ptr(midp), k, zero_idx,
-                               seed, first + b0 * bs, ptr(q[b0:b1]), ptr(absmax[b0:b1]))
-
-    native_cpu.parallel_blocks(nb, run)
+    lib.eb_quantize_blocks(ptr(x2d), nb, bs, ptr(code), ptr(table), ptr(midp), k, zero_idx, seed, first,
+                           ptr(q), ptr(absmax))
     return q, absmax
 
 
@@ -119,9 +115,5 @@ def native_dequantize(q2d: torch.Tensor, absmax: torch.Tensor, code: torch.Tenso
     absmax = absmax.to(torch.float32).contiguous()
     code = code.to(torch.float32).contiguous()
     ptr = native_cpu.ptr
-
-    def run(b0: int, b1: int) -> None:
-        lib.eb_dequantize_blocks(ptr(q2d[b0:b1]), ptr(absmax[b0:b1]), ptr(code), b1 - b0, bs, ptr(out[b0:b1]))
-
-    native_cpu.parallel_blocks(nb, run)
+    lib.eb_dequantize_blocks(ptr(q2d), ptr(absmax), ptr(code), nb, bs, ptr(out))
     return out

@@ -23,6 +23,7 @@ import warnings
 
 import torch
 
+from . import native_cpu
 from .dispatch import register_kernel
 
 # Below this many elements the reference (PyTorch's own cast) is cheaper than a compiled call.
@@ -101,6 +102,34 @@ def _run(name: str, fn: Callable, *args) -> torch.Tensor | None:
         return None
 
 
+_UNIT = 1 << 16  # elements per work unit when one scale covers everything
+
+
+def _native(x: torch.Tensor, scale: torch.Tensor, call: Callable, out_dtype: torch.dtype) -> torch.Tensor | None:
+    """Run a native row-wise cast ``call(lib, x_ptr, scale_ptr, scale_stride, rows, cols, out_ptr)`` over a
+    contiguous ``x`` whose ``scale`` is one value or one per leading index; None when that does not fit."""
+    lib = native_cpu.library()
+    if lib is None or not x.is_contiguous() or x.dim() == 0 or x.device.type != "cpu":
+        return None
+    scale = scale.to(torch.float32)
+    n = x.numel()
+    out = torch.empty(x.shape, dtype=out_dtype)
+    ptr, xi, oi = native_cpu.ptr, x.element_size(), out.element_size()
+    if scale.numel() == 1:  # one scale: cut the data into rows of _UNIT so the kernel can parallelize
+        s = scale.reshape(1).contiguous()
+        body = n // _UNIT
+        if body:
+            call(lib, ptr(x), ptr(s), 0, body, _UNIT, ptr(out))
+        if n % _UNIT:
+            call(lib, ptr(x) + body * _UNIT * xi, ptr(s), 0, 1, n % _UNIT, ptr(out) + body * _UNIT * oi)
+        return out
+    rows = x.shape[0]
+    if scale.shape[:1] != (rows,) or scale.numel() != rows or scale.dim() != x.dim():
+        return None
+    call(lib, ptr(x), ptr(scale.reshape(rows).contiguous()), 1, rows, n // max(rows, 1), ptr(out))
+    return out
+
+
 _tables: dict[torch.dtype, torch.Tensor] = {}
 
 
@@ -133,6 +162,12 @@ def quantize_fp8_cpu(
     if x.numel() < MIN_NUMEL and not force:
         return None
     magic = _bits_to_float((127 + 24 - bias - man_bits) << 23)
+    if x.dtype == torch.float32:
+        out = _native(x, scale, lambda lib, xs, ss, stride, rows, cols, o: lib.eb_fp32_to_fp8(
+            xs, ss, stride, rows, cols, magic, man_bits, bias, max_code, nan_code, overflow_code,
+            int(bool(saturate)), int(bool(fnuz)), o), torch.uint8)
+        if out is not None:
+            return out
     return _run(
         "q", _quantize_graph, x, scale.to(torch.float32), magic,
         man_bits, bias, max_code, nan_code, overflow_code, bool(saturate), bool(fnuz),
@@ -147,4 +182,8 @@ def dequantize_fp8_cpu(
     if codes.numel() < MIN_NUMEL and not force:
         return None
     table = decode_table(fp8_dtype)
+    out = _native(codes, scale, lambda lib, cs, ss, stride, rows, cols, o: lib.eb_fp8_to_fp32(
+        cs, native_cpu.ptr(table), ss, stride, rows, cols, o), torch.float32)
+    if out is not None:
+        return out.to(out_dtype)
     return _run("dq", _dequantize_graph, codes, table, scale.to(torch.float32), out_dtype)

@@ -126,9 +126,5 @@ def int8_matmul_dequant_small_cpu(
     ws = (w_absmax.float() / _INT8_MAX).contiguous()
     out = torch.empty((m, n), dtype=torch.float32)
     ptr = native_cpu.ptr
-
-    def run(n0: int, n1: int) -> None:
-        lib.eb_int8_gemm_small(ptr(x), ptr(w), ptr(xs), ptr(ws), ptr(out), m, k, n, n0, n1)
-
-    native_cpu.parallel_blocks(n, run)
+    lib.eb_int8_gemm_small(ptr(x), ptr(w), ptr(xs), ptr(ws), ptr(out), m, k, n, 0, n)
     return out

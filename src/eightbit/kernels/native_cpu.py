@@ -1,6 +1,8 @@
 """Loader of the native CPU kernels in ``csrc/blockwise_cpu.c``: compiled once per machine with the system C
-compiler (the one torch.compile uses on CPU), cached, loaded with ctypes, run on whole blocks split over
-``torch.get_num_threads()`` Python threads (ctypes releases the GIL).
+compiler (the one torch.compile uses on CPU), cached, loaded with ctypes. The kernels parallelize with
+OpenMP; built with ``-fopenmp`` they need ``libgomp.so.1``, which resolves to the runtime torch has already
+loaded, so they share torch's threads and honour ``torch.set_num_threads`` (a build without OpenMP support
+falls back to single-threaded kernels).
 
 ``library()`` returns None when no compiler is found or the build fails (a warning says why, once); every
 caller then falls back to the torch.compile'd or plain-PyTorch path. ``EIGHTBIT_NATIVE=0`` disables it.
@@ -16,19 +18,18 @@ import os
 import shutil
 import subprocess
 import tempfile
-import threading
 import warnings
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Callable
 
 import torch
 
-__all__ = ["library", "parallel_blocks", "ptr"]
+__all__ = ["library", "ptr"]
 
 _SOURCE = Path(__file__).with_name("csrc") / "blockwise_cpu.c"
-_FLAGS = ["-O3", "-march=native", "-ffp-contract=off", "-fno-math-errno", "-fno-strict-aliasing", "-fPIC", "-shared", "-std=c11"]
-_MIN_BLOCKS_PER_THREAD = 16  # below this a thread hand-off costs more than it saves
+# No fast-math: results must match the PyTorch references bit for bit (-fno-trapping-math only drops
+# FP-exception semantics, which lets the compiler vectorize branch-free selects).
+_FLAGS = ["-O3", "-march=native", "-ffp-contract=off", "-fno-math-errno", "-fno-trapping-math",
+          "-fno-strict-aliasing", "-fPIC", "-shared", "-std=c11"]
 
 _i64, _i32, _vp = ctypes.c_int64, ctypes.c_int32, ctypes.c_void_p
 _SIGNATURES = {
@@ -37,6 +38,8 @@ _SIGNATURES = {
     "eb_adam8_blocks": [_vp, _vp, _vp, _vp, _vp, _vp, _vp, _vp, _vp, _i32, _i32, _vp, _vp, _vp, _i32, _i32,
                         _vp, _i32, _i64, _i64, _i64, _i64, _i64],
     "eb_int8_gemm_small": [_vp, _vp, _vp, _vp, _vp, _i64, _i64, _i64, _i64, _i64],
+    "eb_fp32_to_fp8": [_vp, _vp, _i64, _i64, _i64, ctypes.c_float, _i32, _i32, _i32, _i32, _i32, _i32, _i32, _vp],
+    "eb_fp8_to_fp32": [_vp, _vp, _vp, _i64, _i64, _i64, _vp],
 }
 
 
@@ -65,7 +68,11 @@ def _build(cc: str) -> Path:
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
     os.close(fd)
     try:
-        res = subprocess.run([cc, *_FLAGS, str(_SOURCE), "-o", tmp, "-lm"], capture_output=True, text=True, timeout=300)
+        for extra in (["-fopenmp"], []):  # without OpenMP support the pragmas are ignored (one thread)
+            res = subprocess.run([cc, *_FLAGS, *extra, str(_SOURCE), "-o", tmp, "-lm"], capture_output=True,
+                                 text=True, timeout=300)
+            if res.returncode == 0:
+                break
         if res.returncode != 0:
             raise RuntimeError(res.stderr.strip()[-2000:])
         os.replace(tmp, target)
@@ -100,29 +107,3 @@ def ptr(t: torch.Tensor | None) -> int | None:
     return None if t is None else t.data_ptr()
 
 
-_pool: ThreadPoolExecutor | None = None
-_pool_lock = threading.Lock()
-
-
-def _executor(n: int) -> ThreadPoolExecutor:
-    global _pool
-    with _pool_lock:
-        if _pool is None or _pool._max_workers != n:
-            if _pool is not None:
-                _pool.shutdown(wait=False)
-            _pool = ThreadPoolExecutor(max_workers=n, thread_name_prefix="eightbit-native")
-        return _pool
-
-
-def parallel_blocks(nblocks: int, run: Callable[[int, int], None]) -> None:
-    """Call ``run(b0, b1)`` over [0, nblocks) split into one contiguous range per torch thread."""
-    nthreads = max(1, min(torch.get_num_threads(), nblocks // _MIN_BLOCKS_PER_THREAD))
-    if nthreads == 1:
-        run(0, nblocks)
-        return
-    bounds = [nblocks * i // nthreads for i in range(nthreads + 1)]
-    pool = _executor(torch.get_num_threads())
-    futures = [pool.submit(run, bounds[i], bounds[i + 1]) for i in range(1, nthreads)]
-    run(bounds[0], bounds[1])
-    for f in futures:
-        f.result()

@@ -35,14 +35,10 @@ def adam8bit_update(p, g, states, absmaxes, codes, hp, wd_mode: int, seeds: list
     cm, cv = [(c[0].contiguous(), c[2], *c[3]) for c in codes]  # (code, zero_idx, table, midp, k)
     hp = hp.contiguous()
     ptr = native_cpu.ptr
-
-    def run(b0: int, b1: int) -> None:
-        lib.eb_adam8_blocks(
-            ptr(p[b0:b1]), ptr(g[b0:b1]), ptr(qm[b0:b1]), ptr(am[b0:b1]), ptr(qv[b0:b1]), ptr(av[b0:b1]),
-            ptr(cm[0]), ptr(cm[2]), ptr(cm[3]), cm[4], cm[1],
-            ptr(cv[0]), ptr(cv[2]), ptr(cv[3]), cv[4], cv[1],
-            ptr(hp), wd_mode, seeds[0], seeds[1], b0 * bs, b1 - b0, bs,
-        )
-
-    native_cpu.parallel_blocks(nb, run)
+    lib.eb_adam8_blocks(
+        ptr(p), ptr(g), ptr(qm), ptr(am), ptr(qv), ptr(av),
+        ptr(cm[0]), ptr(cm[2]), ptr(cm[3]), cm[4], cm[1],
+        ptr(cv[0]), ptr(cv[2]), ptr(cv[3]), cv[4], cv[1],
+        ptr(hp), wd_mode, seeds[0], seeds[1], 0, nb, bs,
+    )
     return True

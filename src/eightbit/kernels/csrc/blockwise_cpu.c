@@ -2,8 +2,9 @@
  *
  * Why C: on AVX2 CPUs inductor lowers the 256-entry code lookups to scalar gathers through int64
  * temporaries (~2.7 ns per element for a dequantize); a plain loop over one block held in L1 runs at
- * memory speed. Every function works on a range of whole blocks so Python can split the blocks over
- * threads (ctypes releases the GIL). No OpenMP: torch's own OpenMP runtime stays the only one.
+ * memory speed. Loops over blocks / rows run in parallel with OpenMP. The library is linked against
+ * "libgomp.so.1", the soname of the runtime torch already loaded, so both share one thread pool:
+ * torch.set_num_threads applies, and no second pool competes with torch's spinning workers.
  *
  * Numerics mirror the plain-PyTorch reference in eightbit.functional.blockwise / eightbit.optim.base
  * operation by operation in float32 (compiled with -ffp-contract=off, no fast-math), so the results
@@ -111,48 +112,67 @@ void eb_quantize_blocks(const float *x, int64_t nblocks, int64_t bs, const float
                         const float *midp, int32_t k, int32_t zero_idx, int64_t seed, int64_t first,
                         uint8_t *q, float *absmax) {
     lut_t L = {code, table, midp, k, zero_idx};
+#pragma omp parallel for schedule(static) if (nblocks >= 16)
     for (int64_t b = 0; b < nblocks; b++)
         quantize_block(x + b * bs, bs, &L, seed, first + b * bs, q + b * bs, absmax + b);
 }
 
+/* Per-block bodies live in functions with restrict parameters: OpenMP outlining of the parallel loops
+ * would otherwise drop the no-alias information and the vectorizer with it. */
+static void dequantize_block(const uint8_t *restrict q, float a, const float *restrict code, int64_t bs,
+                             float *restrict out) {
+    for (int64_t i = 0; i < bs; i++) out[i] = code[q[i]] * a;
+}
+
 void eb_dequantize_blocks(const uint8_t *restrict q, const float *restrict absmax, const float *restrict code,
                           int64_t nblocks, int64_t bs, float *restrict out) {
-    for (int64_t b = 0; b < nblocks; b++) {
-        const float a = absmax[b];
-        const uint8_t *qb = q + b * bs;
-        float *ob = out + b * bs;
-        for (int64_t i = 0; i < bs; i++) ob[i] = code[qb[i]] * a;
-    }
+#pragma omp parallel for schedule(static) if (nblocks >= 16)
+    for (int64_t b = 0; b < nblocks; b++) dequantize_block(q + b * bs, absmax[b], code, bs, out + b * bs);
 }
 
 /* hp layout (float32), shared with eightbit.optim.base / adam.py:
  * LR, WD, GRAD_SCALE, UPDATE_SCALE, b1, 1-b1, b2, 1-b2, eps, bc1, sqrt(bc2). wd_mode: 0 none, 1 L2, 2 decoupled. */
-void eb_adam8_blocks(float *restrict p, const float *restrict g, uint8_t *restrict qm, float *restrict am,
-                     uint8_t *restrict qv, float *restrict av, const float *restrict code_m, const int32_t *table_m, const float *midp_m, int32_t k_m, int32_t zero_m,
-                     const float *restrict code_v, const int32_t *table_v, const float *midp_v, int32_t k_v, int32_t zero_v,
+typedef struct {
+    float lr, wd, gs, b1, c1, b2, c2, eps, bc1, bc2s, decay, step;
+    int32_t wd_mode;
+} adam_hp_t;
+
+/* One block: the 32-bit Adam step from dequantized m, v (new m, v into m_out, v_out), parameter written. */
+static void adam_block(float *restrict p, const float *restrict g, const uint8_t *restrict qm, float am_b,
+                       const uint8_t *restrict qv, float av_b, const float *restrict code_m,
+                       const float *restrict code_v, const adam_hp_t *h, int64_t bs, float *restrict m_out,
+                       float *restrict v_out) {
+    const float wd = h->wd, gs = h->gs, b1 = h->b1, c1 = h->c1, b2 = h->b2, c2 = h->c2, eps = h->eps;
+    const float bc1 = h->bc1, bc2s = h->bc2s, decay = h->decay, step = h->step;
+    const int32_t wd_mode = h->wd_mode;
+    for (int64_t i = 0; i < bs; i++) {
+        float pi = p[i];
+        float gi = g[i] * gs;
+        if (wd_mode == 1) gi = gi + wd * pi;
+        float mi = (code_m[qm[i]] * am_b) * b1 + gi * c1;
+        float vi = (code_v[qv[i]] * av_b) * b2 + gi * gi * c2;
+        float d = (mi / bc1) / (sqrtf(vi) / bc2s + eps);
+        if (wd_mode == 2) pi = pi * decay;
+        p[i] = pi - step * d;
+        m_out[i] = mi;
+        v_out[i] = vi;
+    }
+}
+
+void eb_adam8_blocks(float *p, const float *g, uint8_t *qm, float *am, uint8_t *qv, float *av,
+                     const float *code_m, const int32_t *table_m, const float *midp_m, int32_t k_m, int32_t zero_m,
+                     const float *code_v, const int32_t *table_v, const float *midp_v, int32_t k_v, int32_t zero_v,
                      const float *hp, int32_t wd_mode, int64_t seed_m, int64_t seed_v, int64_t first,
                      int64_t nblocks, int64_t bs) {
     const lut_t Lm = {code_m, table_m, midp_m, k_m, zero_m};
     const lut_t Lv = {code_v, table_v, midp_v, k_v, zero_v};
-    const float lr = hp[0], wd = hp[1], gs = hp[2], us = hp[3];
-    const float b1 = hp[4], c1 = hp[5], b2 = hp[6], c2 = hp[7], eps = hp[8], bc1 = hp[9], bc2s = hp[10];
-    const float decay = 1.0f - lr * wd, step = lr * us;
-    float m[MAX_BLOCK], v[MAX_BLOCK];
+    const adam_hp_t h = {hp[0], hp[1], hp[2], hp[4], hp[5], hp[6], hp[7], hp[8], hp[9], hp[10],
+                         1.0f - hp[0] * hp[1], hp[0] * hp[3], wd_mode};
+#pragma omp parallel for schedule(static) if (nblocks >= 16)
     for (int64_t b = 0; b < nblocks; b++) {
+        float m[MAX_BLOCK], v[MAX_BLOCK];
         const int64_t o = b * bs;
-        const float am_b = am[b], av_b = av[b];
-        for (int64_t i = 0; i < bs; i++) {
-            float pi = p[o + i];
-            float gi = g[o + i] * gs;
-            if (wd_mode == 1) gi = gi + wd * pi;
-            float mi = (code_m[qm[o + i]] * am_b) * b1 + gi * c1;
-            float vi = (code_v[qv[o + i]] * av_b) * b2 + gi * gi * c2;
-            float d = (mi / bc1) / (sqrtf(vi) / bc2s + eps);
-            if (wd_mode == 2) pi = pi * decay;
-            p[o + i] = pi - step * d;
-            m[i] = mi;
-            v[i] = vi;
-        }
+        adam_block(p + o, g + o, qm + o, am[b], qv + o, av[b], code_m, code_v, &h, bs, m, v);
         quantize_block(m, bs, &Lm, seed_m, first + o, qm + o, am + b);
         quantize_block(v, bs, &Lv, seed_v, first + o, qv + o, av + b);
     }
@@ -178,33 +198,96 @@ static inline int32_t hsum_epi32(__m256i v) {
 
 #define GEMV_ROWS 4 /* activation rows per pass over a weight row (accumulators in registers) */
 
-void eb_int8_gemm_small(const int8_t *restrict x, const int8_t *restrict w, const float *restrict xs,
-                        const float *restrict ws, float *restrict out, int64_t M, int64_t K, int64_t N,
-                        int64_t n0, int64_t n1) {
-    for (int64_t n = n0; n < n1; n++) {
-        const int8_t *wn = w + n * K;
-        for (int64_t m0 = 0; m0 < M; m0 += GEMV_ROWS) {
-            const int64_t mr = M - m0 < GEMV_ROWS ? M - m0 : GEMV_ROWS;
-            int32_t acc[GEMV_ROWS] = {0, 0, 0, 0};
-            int64_t k = 0;
+/* One weight row n against all M activation rows. */
+static void gemm_row(const int8_t *restrict x, const int8_t *restrict wn, const float *restrict xs, float wsn,
+                     float *restrict out, int64_t M, int64_t K, int64_t N, int64_t n) {
+    for (int64_t m0 = 0; m0 < M; m0 += GEMV_ROWS) {
+        const int64_t mr = M - m0 < GEMV_ROWS ? M - m0 : GEMV_ROWS;
+        int32_t acc[GEMV_ROWS] = {0, 0, 0, 0};
+        int64_t k = 0;
 #ifdef __AVX2__
-            const __m256i ones = _mm256_set1_epi16(1);
-            __m256i a[GEMV_ROWS];
-            for (int r = 0; r < GEMV_ROWS; r++) a[r] = _mm256_setzero_si256();
-            for (; k + 32 <= K; k += 32) {
-                const __m256i wv = _mm256_loadu_si256((const __m256i *)(wn + k));
-                const __m256i wabs = _mm256_abs_epi8(wv); /* -128 -> 0x80, read as unsigned 128 */
-                for (int r = 0; r < mr; r++) {
-                    const __m256i xv = _mm256_loadu_si256((const __m256i *)(x + (m0 + r) * K + k));
-                    const __m256i prod = _mm256_maddubs_epi16(wabs, _mm256_sign_epi8(xv, wv));
-                    a[r] = _mm256_add_epi32(a[r], _mm256_madd_epi16(prod, ones));
-                }
+        const __m256i ones = _mm256_set1_epi16(1);
+        __m256i a[GEMV_ROWS];
+        for (int r = 0; r < GEMV_ROWS; r++) a[r] = _mm256_setzero_si256();
+        for (; k + 32 <= K; k += 32) {
+            const __m256i wv = _mm256_loadu_si256((const __m256i *)(wn + k));
+            const __m256i wabs = _mm256_abs_epi8(wv); /* -128 -> 0x80, read as unsigned 128 */
+            for (int r = 0; r < mr; r++) {
+                const __m256i xv = _mm256_loadu_si256((const __m256i *)(x + (m0 + r) * K + k));
+                const __m256i prod = _mm256_maddubs_epi16(wabs, _mm256_sign_epi8(xv, wv));
+                a[r] = _mm256_add_epi32(a[r], _mm256_madd_epi16(prod, ones));
             }
-            for (int r = 0; r < mr; r++) acc[r] = hsum_epi32(a[r]);
-#endif
-            for (; k < K; k++)
-                for (int r = 0; r < mr; r++) acc[r] += (int32_t)x[(m0 + r) * K + k] * (int32_t)wn[k];
-            for (int r = 0; r < mr; r++) out[(m0 + r) * N + n] = ((float)acc[r] * xs[m0 + r]) * ws[n];
         }
+        for (int r = 0; r < mr; r++) acc[r] = hsum_epi32(a[r]);
+#endif
+        for (; k < K; k++)
+            for (int r = 0; r < mr; r++) acc[r] += (int32_t)x[(m0 + r) * K + k] * (int32_t)wn[k];
+        for (int r = 0; r < mr; r++) out[(m0 + r) * N + n] = ((float)acc[r] * xs[m0 + r]) * wsn;
     }
+}
+
+void eb_int8_gemm_small(const int8_t *x, const int8_t *w, const float *xs, const float *ws, float *out, int64_t M,
+                        int64_t K, int64_t N, int64_t n0, int64_t n1) {
+#pragma omp parallel for schedule(static) if (n1 - n0 >= 64)
+    for (int64_t n = n0; n < n1; n++) gemm_row(x, w + n * K, xs, ws[n], out, M, K, N, n);
+}
+
+/* ------------------------------------------------------------------ fp8 casts
+ * codes of x / scale in an 8-bit float format, round to nearest even; the same integer steps as
+ * eightbit.kernels.fp8_cpu.fp32_to_fp8_bits (which documents them), one pass, vectorizable.
+ * x: float32 (rows, cols); scale: one value per row (scale_stride 1) or one in all (scale_stride 0). */
+typedef struct {
+    int32_t shift, half, rebias, magic_bits, sub_limit, max_code, over, nan_code, fnuz01;
+    float magic;
+} fp8_params_t;
+
+static void fp8_row(const float *restrict x, float s, int64_t cols, const fp8_params_t *P, uint8_t *restrict o) {
+    const int32_t shift = P->shift, half = P->half, rebias = P->rebias, magic_bits = P->magic_bits;
+    const int32_t sub_limit = P->sub_limit, max_code = P->max_code, over = P->over, nan_code = P->nan_code;
+    const int32_t fnuz01 = P->fnuz01;
+    const float magic = P->magic;
+    for (int64_t c = 0; c < cols; c++) {
+        float y = x[c] / s;
+        int32_t b;
+        memcpy(&b, &y, 4);
+        int32_t sign = (b >> 24) & 0x80;
+        int32_t a = b & 0x7FFFFFFF;
+        int32_t n = a - rebias;
+        n = (n + half + ((n >> shift) & 1)) >> shift;
+        float af, sf;
+        memcpy(&af, &a, 4);
+        sf = af + magic;
+        int32_t sub;
+        memcpy(&sub, &sf, 4);
+        sub -= magic_bits;
+        int32_t u = a < sub_limit ? sub : n;
+        u = u > max_code ? over : u;
+        u = a > 0x7F800000 ? nan_code : u;
+        int32_t res = u | sign;
+        res &= ~(-((int32_t)(u == 0) & fnuz01)); /* fnuz formats have no negative zero */
+        o[c] = (uint8_t)res;
+    }
+}
+
+void eb_fp32_to_fp8(const float *x, const float *scale, int64_t scale_stride, int64_t rows, int64_t cols,
+                    float magic, int32_t man_bits, int32_t bias, int32_t max_code, int32_t nan_code,
+                    int32_t overflow_code, int32_t saturate, int32_t fnuz, uint8_t *out) {
+    const fp8_params_t P = {23 - man_bits, (1 << (22 - man_bits)) - 1, (127 - bias) << 23,
+                            (127 + 24 - bias - man_bits) << 23, (128 - bias) << 23, max_code,
+                            saturate ? max_code : overflow_code, nan_code, fnuz ? 1 : 0, magic};
+#pragma omp parallel for schedule(static) if (rows >= 16)
+    for (int64_t r = 0; r < rows; r++) fp8_row(x + r * cols, scale[r * scale_stride], cols, &P, out + r * cols);
+}
+
+static void fp8_decode_row(const uint8_t *restrict codes, const float *restrict table, float s, int64_t cols,
+                           float *restrict o) {
+    for (int64_t c = 0; c < cols; c++) o[c] = table[codes[c]] * s;
+}
+
+/* out = table[codes] * scale (float32), scale per row or one in all. */
+void eb_fp8_to_fp32(const uint8_t *codes, const float *table, const float *scale, int64_t scale_stride,
+                    int64_t rows, int64_t cols, float *out) {
+#pragma omp parallel for schedule(static) if (rows >= 16)
+    for (int64_t r = 0; r < rows; r++)
+        fp8_decode_row(codes + r * cols, table, scale[r * scale_stride], cols, out + r * cols);
 }
