@@ -251,3 +251,22 @@ def test_fp8_native_casts_bit_identical(lib, gen, name, saturate):
         deq = dequantize_fp8_cpu(got, scale, fp8_dtype=f.dtype, out_dtype=torch.float32, force=True)
         ref = got.view(f.dtype).float() * scale
         assert torch.equal(deq.isnan(), ref.isnan()) and torch.equal(deq.nan_to_num(), ref.nan_to_num())
+
+
+@pytest.mark.parametrize("m", [1, 5])
+def test_int8_small_m_kernel_with_outlier_columns(lib, gen, m):
+    """The fused float outlier part equals the reference decomposition (float32 sums in another order)."""
+    from eightbit.functional.int8 import _int8_linear_forward
+    from eightbit.functional.vectorwise import quantize_vectorwise
+    from eightbit.kernels import reference_only
+
+    w = torch.randn(300, 517, generator=gen)
+    w_int8, w_absmax = quantize_vectorwise(w)
+    x = torch.randn(m, 517, generator=gen)
+    x[:, [3, 100, 516]] *= 40  # three outlier columns
+    got = _int8_linear_forward(x, w_int8, w_absmax, 6.0)
+    with reference_only():
+        want = _int8_linear_forward(x, w_int8, w_absmax, 6.0)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-4)
+    no_decomp = _int8_linear_forward(x, w_int8, w_absmax, 0.0)
+    assert (got - want).abs().max() < 0.01 * (no_decomp - want).abs().max()  # the outlier part is really there

@@ -139,16 +139,17 @@ def _int8_linear_forward(x2: torch.Tensor, w_int8, w_absmax, threshold: float, p
         xq, xabs = quantize_vectorwise(xf.index_fill(1, cols, 0.0))
     else:
         xq, xabs = quantize_vectorwise(xf)
-    out = None
     small = get_kernel("int8_matmul_dequant_small", xq.device.type)
-    if small is not None:  # few rows: a kernel that reads the weight once (None when it does not apply)
-        out = small(xq, xabs, w_int8, w_absmax)  # (T, N)
-    if out is None:
-        kernel = None if packed is None else get_kernel("int8_matmul_dequant_packed", xq.device.type)
-        if kernel is not None:
-            out = kernel(xq, xabs, packed, w_absmax)  # (T, N)
-        else:
-            out = int8_matmul_dequant(xq, xabs, w_int8, w_absmax)  # (T, N)
+    if small is not None:  # few rows: one pass over the weight, outlier columns included (None: not applicable)
+        xo = xf.index_select(1, cols) if cols.numel() else None  # (T, C)
+        out = small(xq, xabs, w_int8, w_absmax, xo, cols if cols.numel() else None)  # (T, N)
+        if out is not None:
+            return out
+    kernel = None if packed is None else get_kernel("int8_matmul_dequant_packed", xq.device.type)
+    if kernel is not None:
+        out = kernel(xq, xabs, packed, w_absmax)  # (T, N)
+    else:
+        out = int8_matmul_dequant(xq, xabs, w_int8, w_absmax)  # (T, N)
     if cols.numel():
         # Outliers in float32: on CPUs without AMX-BF16, fp32 is both faster and more exact than 16-bit.
         out = out + xf.index_select(1, cols) @ dequantize_weight_columns(w_int8, w_absmax, cols).T

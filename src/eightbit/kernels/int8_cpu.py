@@ -108,11 +108,14 @@ def _native_small_available() -> bool:
 
 @register_kernel("int8_matmul_dequant_small", "cpu")
 def int8_matmul_dequant_small_cpu(
-    x_int8: torch.Tensor, x_absmax: torch.Tensor, w_int8: torch.Tensor, w_absmax: torch.Tensor
+    x_int8: torch.Tensor, x_absmax: torch.Tensor, w_int8: torch.Tensor, w_absmax: torch.Tensor,
+    outlier_x: torch.Tensor | None = None, outlier_cols: torch.Tensor | None = None,
 ) -> torch.Tensor | None:
     """float32 [M, N] = (x_int8 @ w_int8.T) * outer(x_absmax, w_absmax) / 127**2, exact int32 accumulation,
-    for M <= SMALL_M and ``x_int8`` in [-127, 127] (vector-wise quantized activations). Returns None when it
-    does not apply (larger M, no native library, non-CPU tensors) so the caller uses another path."""
+    for M <= SMALL_M and ``x_int8`` in [-127, 127] (vector-wise quantized activations). With ``outlier_x``
+    (float32 [M, C]) and ``outlier_cols`` (int64 [C]) it also adds LLM.int8()'s float part,
+    ``outlier_x @ dequantized(w_int8[:, outlier_cols]).T``, while each weight row is in cache. Returns None
+    when it does not apply (larger M, no native library) so the caller uses another path."""
     from . import native_cpu
 
     m, k = x_int8.shape
@@ -124,7 +127,10 @@ def int8_matmul_dequant_small_cpu(
     w = w_int8.contiguous()
     xs = (x_absmax.float() / _INT8_MAX).contiguous()
     ws = (w_absmax.float() / _INT8_MAX).contiguous()
+    n_out = 0 if outlier_cols is None else outlier_cols.numel()
+    xo = outlier_x.float().contiguous() if n_out else None
+    cols = outlier_cols.to(torch.int64).contiguous() if n_out else None
     out = torch.empty((m, n), dtype=torch.float32)
     ptr = native_cpu.ptr
-    lib.eb_int8_gemm_small(ptr(x), ptr(w), ptr(xs), ptr(ws), ptr(out), m, k, n, 0, n)
+    lib.eb_int8_gemm_small(ptr(x), ptr(w), ptr(xs), ptr(ws), ptr(xo), ptr(cols), n_out, ptr(out), m, k, n, 0, n)
     return out

@@ -198,8 +198,10 @@ static inline int32_t hsum_epi32(__m256i v) {
 
 #define GEMV_ROWS 4 /* activation rows per pass over a weight row (accumulators in registers) */
 
-/* One weight row n against all M activation rows. */
+/* One weight row n against all M activation rows; then the float outlier columns (LLM.int8()'s
+ * decomposition): out += sum_j xo[m, j] * (w[n, cols[j]] * ws[n]), while the weight row is in cache. */
 static void gemm_row(const int8_t *restrict x, const int8_t *restrict wn, const float *restrict xs, float wsn,
+                     const float *restrict xo, const int64_t *restrict cols, int64_t n_out,
                      float *restrict out, int64_t M, int64_t K, int64_t N, int64_t n) {
     for (int64_t m0 = 0; m0 < M; m0 += GEMV_ROWS) {
         const int64_t mr = M - m0 < GEMV_ROWS ? M - m0 : GEMV_ROWS;
@@ -222,14 +224,23 @@ static void gemm_row(const int8_t *restrict x, const int8_t *restrict wn, const 
 #endif
         for (; k < K; k++)
             for (int r = 0; r < mr; r++) acc[r] += (int32_t)x[(m0 + r) * K + k] * (int32_t)wn[k];
-        for (int r = 0; r < mr; r++) out[(m0 + r) * N + n] = ((float)acc[r] * xs[m0 + r]) * wsn;
+        for (int r = 0; r < mr; r++) {
+            float y = ((float)acc[r] * xs[m0 + r]) * wsn;
+            if (n_out) {
+                float o = 0.0f;
+                for (int64_t j = 0; j < n_out; j++) o += xo[(m0 + r) * n_out + j] * ((float)wn[cols[j]] * wsn);
+                y = y + o;
+            }
+            out[(m0 + r) * N + n] = y;
+        }
     }
 }
 
-void eb_int8_gemm_small(const int8_t *x, const int8_t *w, const float *xs, const float *ws, float *out, int64_t M,
-                        int64_t K, int64_t N, int64_t n0, int64_t n1) {
+void eb_int8_gemm_small(const int8_t *x, const int8_t *w, const float *xs, const float *ws, const float *xo,
+                        const int64_t *cols, int64_t n_out, float *out, int64_t M, int64_t K, int64_t N, int64_t n0,
+                        int64_t n1) {
 #pragma omp parallel for schedule(static) if (n1 - n0 >= 64)
-    for (int64_t n = n0; n < n1; n++) gemm_row(x, w + n * K, xs, ws[n], out, M, K, N, n);
+    for (int64_t n = n0; n < n1; n++) gemm_row(x, w + n * K, xs, ws[n], xo, cols, n_out, out, M, K, N, n);
 }
 
 /* ------------------------------------------------------------------ fp8 casts
