@@ -95,7 +95,7 @@ def test_to_bfloat16_does_not_requantize(seed):
 
 def test_state_dict_round_trip_identical_outputs(seed):
     layer = Linear8bitLt.from_linear(_linear(), threshold=4.0)
-    x = torch.randn(6, 256)
+    x = torch.randn(20, 256)  # > 16 rows: the packed-weight path
     x[:, 3] = 10.0  # exercises the outlier path too
     y = layer(x)
     sd = layer.state_dict()
@@ -110,13 +110,28 @@ def test_state_dict_round_trip_identical_outputs(seed):
 
 def test_packed_cache_follows_in_place_weight_changes(seed):
     layer = Linear8bitLt.from_linear(_linear(64, 8), threshold=0.0)
-    x = torch.randn(2, 64)
+    x = torch.randn(20, 64)  # > 16 rows: the packed-weight path
     layer(x)
     with torch.no_grad():
         layer.weight_int8.mul_(-1)
     with reference_only():
         ref = layer(x)
     torch.testing.assert_close(layer(x), ref, rtol=1e-5, atol=1e-5)
+
+
+def test_few_rows_make_no_packed_copy(seed):
+    """Decoding-size inputs use the few-row kernel: no packed copy (it would double the weight memory)."""
+    from eightbit.functional.int8 import packed_weight_useful
+
+    layer = Linear8bitLt.from_linear(_linear(), threshold=4.0)
+    x = torch.randn(20, 256).clamp(-3, 3)  # outlier columns must not depend on which rows share a batch
+    x[:, 3] = 10.0
+    y_many = layer(x)
+    layer._packed = None
+    outs = [layer(x[i : i + 1]) for i in range(4)] + [layer(x[4:20])]
+    if not packed_weight_useful(1, "cpu"):  # a few-row kernel exists on this machine
+        assert layer._packed is None
+    torch.testing.assert_close(torch.cat(outs), y_many, rtol=1e-5, atol=1e-5)
 
 
 def test_no_bias_repr_and_errors():

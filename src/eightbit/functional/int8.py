@@ -132,6 +132,13 @@ def prepack_weight(weight_int8: torch.Tensor) -> torch.Tensor | None:
     return None if kernel is None else kernel(weight_int8)
 
 
+def packed_weight_useful(rows: int, device_type: str) -> bool:
+    """Whether ``int8_linear`` on ``rows`` input rows would use a packed weight (so packing is worth its
+    memory: a packed copy is as large as the int8 weight). False when a few-row kernel covers ``rows``."""
+    small = get_kernel("int8_matmul_dequant_small", device_type)
+    return small is None or rows > getattr(small, "max_rows", 0)
+
+
 def _int8_linear_forward(x2: torch.Tensor, w_int8, w_absmax, threshold: float, packed=None) -> torch.Tensor:
     xf = x2.float()  # (T, K)
     cols = outlier_columns(xf, threshold)

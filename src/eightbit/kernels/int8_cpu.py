@@ -134,3 +134,6 @@ def int8_matmul_dequant_small_cpu(
     ptr = native_cpu.ptr
     lib.eb_int8_gemm_small(ptr(x), ptr(w), ptr(xs), ptr(ws), ptr(xo), ptr(cols), n_out, ptr(out), m, k, n, 0, n)
     return out
+
+
+int8_matmul_dequant_small_cpu.max_rows = SMALL_M  # callers skip packing weights for inputs this small

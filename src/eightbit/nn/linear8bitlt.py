@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from .._checks import check_number
-from ..functional.int8 import dequantized_weight_chunks, int8_linear, prepack_weight
+from ..functional.int8 import dequantized_weight_chunks, int8_linear, packed_weight_useful, prepack_weight
 from ..functional.vectorwise import quantize_vectorwise
 from .base import QuantizedLinear
 
@@ -112,7 +112,10 @@ class Linear8bitLt(QuantizedLinear):
         return state
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        packed = self._packed_weight() if self.weight_int8.device.type == "cpu" else None
+        dev = self.weight_int8.device.type
+        rows = x.numel() // max(x.shape[-1], 1) if x.dim() else 1
+        # The packed copy (as large as the int8 weight) is made only once inputs need it (> 16 rows on CPU).
+        packed = self._packed_weight() if dev == "cpu" and packed_weight_useful(rows, dev) else None
         return int8_linear(x, self.weight_int8, self.weight_absmax, self.bias, threshold=self.threshold, packed_weight=packed)
 
     @torch.no_grad()
