@@ -186,11 +186,11 @@ def test_disabled_by_environment(monkeypatch):
         native_cpu.library.cache_clear()
 
 
-@pytest.mark.parametrize("m", [1, 3, 4, 5, 16])
+@pytest.mark.parametrize("m", [1, 3, 4, 5, 16, 70])
 @pytest.mark.parametrize("k", [1, 31, 32, 33, 1000, 4099])
-def test_int8_small_m_kernel_exact(lib, gen, m, k):
+def test_int8_kernel_exact(lib, gen, m, k):
     from eightbit.functional.int8 import int8_matmul_dequant_reference
-    from eightbit.kernels.int8_cpu import int8_matmul_dequant_small_cpu
+    from eightbit.kernels.int8_cpu import int8_matmul_dequant_outliers_cpu
 
     n = 37
     x = torch.randint(-127, 128, (m, k), dtype=torch.int8, generator=gen)
@@ -202,7 +202,7 @@ def test_int8_small_m_kernel_exact(lib, gen, m, k):
         x[1, :] = -127
     xa = torch.rand(m, generator=gen) * 10
     wa = torch.rand(n, generator=gen) * 10
-    got = int8_matmul_dequant_small_cpu(x, xa, w, wa)
+    got = int8_matmul_dequant_outliers_cpu(x, xa, w, wa)
     want = int8_matmul_dequant_reference(x, xa, w, wa)
     exact = (x.double() @ w.double().T) * (xa.double().unsqueeze(1) / 127) * (wa.double().unsqueeze(0) / 127)
     assert got.shape == (m, n)
@@ -210,21 +210,22 @@ def test_int8_small_m_kernel_exact(lib, gen, m, k):
     torch.testing.assert_close(got.double(), exact, rtol=1e-6, atol=0)
 
 
-def test_int8_small_m_kernel_declines_large_m(lib, gen):
-    from eightbit.kernels.int8_cpu import SMALL_M, int8_matmul_dequant_small_cpu
+def test_int8_kernel_declines_k_beyond_exact_range(lib):
+    from eightbit.kernels.int8_cpu import _NATIVE_MAX_K, int8_matmul_dequant_outliers_cpu
 
-    x = torch.zeros(SMALL_M + 1, 8, dtype=torch.int8)
-    assert int8_matmul_dequant_small_cpu(x, torch.ones(SMALL_M + 1), torch.zeros(4, 8, dtype=torch.int8), torch.ones(4)) is None
+    k = _NATIVE_MAX_K + 1
+    x, w = torch.zeros(1, k, dtype=torch.int8), torch.zeros(2, k, dtype=torch.int8)
+    assert int8_matmul_dequant_outliers_cpu(x, torch.ones(1), w, torch.ones(2)) is None
 
 
-def test_int8_small_m_kernel_noncontiguous(lib, gen):
+def test_int8_kernel_noncontiguous(lib, gen):
     from eightbit.functional.int8 import int8_matmul_dequant_reference
-    from eightbit.kernels.int8_cpu import int8_matmul_dequant_small_cpu
+    from eightbit.kernels.int8_cpu import int8_matmul_dequant_outliers_cpu
 
     x = torch.randint(-127, 128, (130, 3), dtype=torch.int8, generator=gen).T  # (3, 130) strided
     w = torch.randint(-128, 128, (130, 50), dtype=torch.int8, generator=gen).T  # (50, 130) strided
     xa, wa = torch.rand(3, generator=gen), torch.rand(50, generator=gen)
-    torch.testing.assert_close(int8_matmul_dequant_small_cpu(x, xa, w, wa),
+    torch.testing.assert_close(int8_matmul_dequant_outliers_cpu(x, xa, w, wa),
                                int8_matmul_dequant_reference(x, xa, w, wa), rtol=1e-6, atol=0)
 
 
@@ -253,8 +254,8 @@ def test_fp8_native_casts_bit_identical(lib, gen, name, saturate):
         assert torch.equal(deq.isnan(), ref.isnan()) and torch.equal(deq.nan_to_num(), ref.nan_to_num())
 
 
-@pytest.mark.parametrize("m", [1, 5])
-def test_int8_small_m_kernel_with_outlier_columns(lib, gen, m):
+@pytest.mark.parametrize("m", [1, 5, 70])
+def test_int8_kernel_with_outlier_columns(lib, gen, m):
     """The fused float outlier part equals the reference decomposition (float32 sums in another order)."""
     from eightbit.functional.int8 import _int8_linear_forward
     from eightbit.functional.vectorwise import quantize_vectorwise

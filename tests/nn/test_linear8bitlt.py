@@ -93,9 +93,19 @@ def test_to_bfloat16_does_not_requantize(seed):
     assert layer._packed is None or layer._packed[1] is not None  # cache rebuilt after .to()
 
 
+@pytest.fixture
+def onednn_path(monkeypatch):
+    """Route Linear8bitLt through the packed oneDNN kernel (the fallback when the native kernel is absent)."""
+    from eightbit.kernels import dispatch, registered_kernels
+
+    if ("int8_matmul_dequant_packed", "cpu") not in registered_kernels():
+        pytest.skip("oneDNN packed kernel not available")
+    monkeypatch.delitem(dispatch._REGISTRY, ("int8_matmul_dequant_outliers", "cpu"), raising=False)
+
+
 def test_state_dict_round_trip_identical_outputs(seed):
     layer = Linear8bitLt.from_linear(_linear(), threshold=4.0)
-    x = torch.randn(20, 256)  # > 16 rows: the packed-weight path
+    x = torch.randn(20, 256)
     x[:, 3] = 10.0  # exercises the outlier path too
     y = layer(x)
     sd = layer.state_dict()
@@ -108,10 +118,11 @@ def test_state_dict_round_trip_identical_outputs(seed):
     assert torch.equal(clone(x), y)
 
 
-def test_packed_cache_follows_in_place_weight_changes(seed):
+def test_packed_cache_follows_in_place_weight_changes(seed, onednn_path):
     layer = Linear8bitLt.from_linear(_linear(64, 8), threshold=0.0)
-    x = torch.randn(20, 64)  # > 16 rows: the packed-weight path
+    x = torch.randn(20, 64)
     layer(x)
+    assert layer._packed is not None
     with torch.no_grad():
         layer.weight_int8.mul_(-1)
     with reference_only():
@@ -119,19 +130,31 @@ def test_packed_cache_follows_in_place_weight_changes(seed):
     torch.testing.assert_close(layer(x), ref, rtol=1e-5, atol=1e-5)
 
 
-def test_few_rows_make_no_packed_copy(seed):
-    """Decoding-size inputs use the few-row kernel: no packed copy (it would double the weight memory)."""
+def test_native_kernel_makes_no_packed_copy(seed):
+    """With the native kernel no packed weight copy is made (it would double the weight memory); its
+    output matches the oneDNN path's."""
     from eightbit.functional.int8 import packed_weight_useful
 
     layer = Linear8bitLt.from_linear(_linear(), threshold=4.0)
-    x = torch.randn(20, 256).clamp(-3, 3)  # outlier columns must not depend on which rows share a batch
+    x = torch.randn(40, 256).clamp(-3, 3)  # outlier columns must not depend on which rows share a batch
     x[:, 3] = 10.0
-    y_many = layer(x)
-    layer._packed = None
-    outs = [layer(x[i : i + 1]) for i in range(4)] + [layer(x[4:20])]
-    if not packed_weight_useful(1, "cpu"):  # a few-row kernel exists on this machine
+    y = layer(x)
+    outs = [layer(x[i : i + 1]) for i in range(4)] + [layer(x[4:40])]
+    if not packed_weight_useful(40, "cpu"):  # the native kernel exists on this machine
         assert layer._packed is None
-    torch.testing.assert_close(torch.cat(outs), y_many, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(torch.cat(outs), y, rtol=1e-5, atol=1e-5)
+    with reference_only():
+        torch.testing.assert_close(layer(x), y, rtol=1e-5, atol=1e-5)
+
+
+def test_onednn_path_matches_native(seed, onednn_path):
+    layer = Linear8bitLt.from_linear(_linear(), threshold=4.0)
+    x = torch.randn(40, 256).clamp(-3, 3)
+    x[:, 3] = 10.0
+    y = layer(x)
+    assert layer._packed is not None
+    with reference_only():
+        torch.testing.assert_close(layer(x), y, rtol=1e-5, atol=1e-5)
 
 
 def test_no_bias_repr_and_errors():

@@ -134,9 +134,9 @@ def prepack_weight(weight_int8: torch.Tensor) -> torch.Tensor | None:
 
 def packed_weight_useful(rows: int, device_type: str) -> bool:
     """Whether ``int8_linear`` on ``rows`` input rows would use a packed weight (so packing is worth its
-    memory: a packed copy is as large as the int8 weight). False when a few-row kernel covers ``rows``."""
-    small = get_kernel("int8_matmul_dequant_small", device_type)
-    return small is None or rows > getattr(small, "max_rows", 0)
+    memory: a packed copy is as large as the int8 weight). False when the fused kernel covers ``rows``."""
+    fused = get_kernel("int8_matmul_dequant_outliers", device_type)
+    return fused is None or rows > getattr(fused, "max_rows", 0)
 
 
 def _int8_linear_forward(x2: torch.Tensor, w_int8, w_absmax, threshold: float, packed=None) -> torch.Tensor:
@@ -146,10 +146,10 @@ def _int8_linear_forward(x2: torch.Tensor, w_int8, w_absmax, threshold: float, p
         xq, xabs = quantize_vectorwise(xf.index_fill(1, cols, 0.0))
     else:
         xq, xabs = quantize_vectorwise(xf)
-    small = get_kernel("int8_matmul_dequant_small", xq.device.type)
-    if small is not None:  # few rows: one pass over the weight, outlier columns included (None: not applicable)
+    fused = get_kernel("int8_matmul_dequant_outliers", xq.device.type)
+    if fused is not None:  # outlier columns in the same pass over the weight (None: not applicable)
         xo = xf.index_select(1, cols) if cols.numel() else None  # (T, C)
-        out = small(xq, xabs, w_int8, w_absmax, xo, cols if cols.numel() else None)  # (T, N)
+        out = fused(xq, xabs, w_int8, w_absmax, xo, cols if cols.numel() else None)  # (T, N)
         if out is not None:
             return out
     kernel = None if packed is None else get_kernel("int8_matmul_dequant_packed", xq.device.type)

@@ -96,30 +96,32 @@ def int8_matmul_dequant_packed_cpu(
     return _split_gemm(x_int8, x_absmax, packed, w_absmax)
 
 
-# ---------------------------------------------------------------- native kernel for a few rows
-SMALL_M = 16  # up to this many rows the native kernel beats the oneDNN GEMM here (it reads the weight once)
+# ---------------------------------------------------------------- native exact kernel (any number of rows)
+_NATIVE_MAX_K = (2**31 - 1) // (128 * 127)  # int32 accumulators stay exact below this many products
 
 
-def _native_small_available() -> bool:
+def _native_available() -> bool:
     from . import native_cpu
 
     return native_cpu.library() is not None
 
 
-@register_kernel("int8_matmul_dequant_small", "cpu")
-def int8_matmul_dequant_small_cpu(
+@register_kernel("int8_matmul_dequant_outliers", "cpu", available=_native_available)
+def int8_matmul_dequant_outliers_cpu(
     x_int8: torch.Tensor, x_absmax: torch.Tensor, w_int8: torch.Tensor, w_absmax: torch.Tensor,
     outlier_x: torch.Tensor | None = None, outlier_cols: torch.Tensor | None = None,
 ) -> torch.Tensor | None:
-    """float32 [M, N] = (x_int8 @ w_int8.T) * outer(x_absmax, w_absmax) / 127**2, exact int32 accumulation,
-    for M <= SMALL_M and ``x_int8`` in [-127, 127] (vector-wise quantized activations). With ``outlier_x``
-    (float32 [M, C]) and ``outlier_cols`` (int64 [C]) it also adds LLM.int8()'s float part,
-    ``outlier_x @ dequantized(w_int8[:, outlier_cols]).T``, while each weight row is in cache. Returns None
-    when it does not apply (larger M, no native library) so the caller uses another path."""
+    """float32 [M, N] = (x_int8 @ w_int8.T) * outer(x_absmax, w_absmax) / 127**2 with exact int32 accumulation,
+    for ``x_int8`` in [-127, 127] (vector-wise quantized activations). With ``outlier_x`` (float32 [M, C]) and
+    ``outlier_cols`` (int64 [C]) it also adds LLM.int8()'s float part, ``outlier_x @ dequantized(w_int8[:,
+    outlier_cols]).T``, while each weight row is in cache. Native C (``eb_int8_gemm``): 4x2 register
+    tiles, x in L2-sized row blocks, weight rows split over torch's OpenMP threads; faster than oneDNN's
+    (sign-split) GEMM at every M measured here and needs no packed weight copy. Returns None when it does not
+    apply (no native library, K beyond the exact int32 range) so the caller uses another path."""
     from . import native_cpu
 
     m, k = x_int8.shape
-    if m > SMALL_M or m == 0 or not _native_small_available():
+    if m == 0 or k > _NATIVE_MAX_K or not _native_available():
         return None
     lib = native_cpu.library()
     n = w_int8.shape[0]
@@ -132,8 +134,8 @@ def int8_matmul_dequant_small_cpu(
     cols = outlier_cols.to(torch.int64).contiguous() if n_out else None
     out = torch.empty((m, n), dtype=torch.float32)
     ptr = native_cpu.ptr
-    lib.eb_int8_gemm_small(ptr(x), ptr(w), ptr(xs), ptr(ws), ptr(xo), ptr(cols), n_out, ptr(out), m, k, n, 0, n)
+    lib.eb_int8_gemm(ptr(x), ptr(w), ptr(xs), ptr(ws), ptr(xo), ptr(cols), n_out, ptr(out), m, k, n, 0, n)
     return out
 
 
-int8_matmul_dequant_small_cpu.max_rows = SMALL_M  # callers skip packing weights for inputs this small
+int8_matmul_dequant_outliers_cpu.max_rows = float("inf")  # callers never need a packed weight beside it

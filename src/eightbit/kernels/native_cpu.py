@@ -37,7 +37,7 @@ _SIGNATURES = {
     "eb_dequantize_blocks": [_vp, _vp, _vp, _i64, _i64, _vp],
     "eb_adam8_blocks": [_vp, _vp, _vp, _vp, _vp, _vp, _vp, _vp, _vp, _i32, _i32, _vp, _vp, _vp, _i32, _i32,
                         _vp, _i32, _i64, _i64, _i64, _i64, _i64],
-    "eb_int8_gemm_small": [_vp, _vp, _vp, _vp, _vp, _vp, _i64, _vp, _i64, _i64, _i64, _i64, _i64],
+    "eb_int8_gemm": [_vp, _vp, _vp, _vp, _vp, _vp, _i64, _vp, _i64, _i64, _i64, _i64, _i64],
     "eb_fp32_to_fp8": [_vp, _vp, _i64, _i64, _i64, ctypes.c_float, _i32, _i32, _i32, _i32, _i32, _i32, _i32, _vp],
     "eb_fp8_to_fp32": [_vp, _vp, _vp, _i64, _i64, _i64, _vp],
 }

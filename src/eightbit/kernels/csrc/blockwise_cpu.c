@@ -178,13 +178,14 @@ void eb_adam8_blocks(float *p, const float *g, uint8_t *qm, float *am, uint8_t *
     }
 }
 
-/* ------------------------------------------------------------------ int8 GEMM for a few rows (LLM.int8())
+/* ------------------------------------------------------------------ exact int8 GEMM (LLM.int8())
  * out[m, n] = (sum_k x[m, k] * w[n, k]) * xs[m] * ws[n] for rows n in [n0, n1), exact int32 accumulation.
  * x: int8 (M, K) with values in [-127, 127] (vector-wise quantized activations); w: int8 (N, K), any value.
  * AVX2 has no signed x signed byte multiply; vpmaddubsw multiplies unsigned by signed bytes and SATURATES
  * its int16 pair sums. Feeding it |w| (<= 128) and x * sign(w) (<= 127 in magnitude) bounds every pair
- * sum by 2 * 128 * 127 = 32512 < 32767, so nothing saturates and the result is exact. The weight, the
- * big operand, is read once for all M rows: at small M the kernel runs at memory speed. */
+ * sum by 2 * 128 * 127 = 32512 < 32767, so nothing saturates and the result is exact. 4x2 register tiles
+ * (4 activation rows x 2 weight rows), activations in L2-sized row blocks: at small M the weight is read
+ * once (memory speed), at large M the kernel is compute bound. */
 #ifdef __AVX2__
 #include <immintrin.h>
 
@@ -196,51 +197,109 @@ static inline int32_t hsum_epi32(__m256i v) {
 }
 #endif
 
-#define GEMV_ROWS 4 /* activation rows per pass over a weight row (accumulators in registers) */
-
-/* One weight row n against all M activation rows; then the float outlier columns (LLM.int8()'s
- * decomposition): out += sum_j xo[m, j] * (w[n, cols[j]] * ws[n]), while the weight row is in cache. */
-static void gemm_row(const int8_t *restrict x, const int8_t *restrict wn, const float *restrict xs, float wsn,
-                     const float *restrict xo, const int64_t *restrict cols, int64_t n_out,
-                     float *restrict out, int64_t M, int64_t K, int64_t N, int64_t n) {
-    for (int64_t m0 = 0; m0 < M; m0 += GEMV_ROWS) {
-        const int64_t mr = M - m0 < GEMV_ROWS ? M - m0 : GEMV_ROWS;
-        int32_t acc[GEMV_ROWS] = {0, 0, 0, 0};
-        int64_t k = 0;
+/* Exact int32 dot product of two int8 rows of length K (x in [-127, 127]). */
+static int32_t dot_1x1(const int8_t *restrict x, const int8_t *restrict w, int64_t K) {
+    int64_t k = 0;
+    int32_t acc = 0;
 #ifdef __AVX2__
-        const __m256i ones = _mm256_set1_epi16(1);
-        __m256i a[GEMV_ROWS];
-        for (int r = 0; r < GEMV_ROWS; r++) a[r] = _mm256_setzero_si256();
-        for (; k + 32 <= K; k += 32) {
-            const __m256i wv = _mm256_loadu_si256((const __m256i *)(wn + k));
-            const __m256i wabs = _mm256_abs_epi8(wv); /* -128 -> 0x80, read as unsigned 128 */
-            for (int r = 0; r < mr; r++) {
-                const __m256i xv = _mm256_loadu_si256((const __m256i *)(x + (m0 + r) * K + k));
-                const __m256i prod = _mm256_maddubs_epi16(wabs, _mm256_sign_epi8(xv, wv));
-                a[r] = _mm256_add_epi32(a[r], _mm256_madd_epi16(prod, ones));
-            }
-        }
-        for (int r = 0; r < mr; r++) acc[r] = hsum_epi32(a[r]);
+    const __m256i ones = _mm256_set1_epi16(1);
+    __m256i a = _mm256_setzero_si256();
+    for (; k + 32 <= K; k += 32) {
+        const __m256i wv = _mm256_loadu_si256((const __m256i *)(w + k));
+        const __m256i xv = _mm256_loadu_si256((const __m256i *)(x + k));
+        a = _mm256_add_epi32(a, _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_abs_epi8(wv), _mm256_sign_epi8(xv, wv)), ones));
+    }
+    acc = hsum_epi32(a);
 #endif
-        for (; k < K; k++)
-            for (int r = 0; r < mr; r++) acc[r] += (int32_t)x[(m0 + r) * K + k] * (int32_t)wn[k];
-        for (int r = 0; r < mr; r++) {
-            float y = ((float)acc[r] * xs[m0 + r]) * wsn;
-            if (n_out) {
-                float o = 0.0f;
-                for (int64_t j = 0; j < n_out; j++) o += xo[(m0 + r) * n_out + j] * ((float)wn[cols[j]] * wsn);
-                y = y + o;
-            }
-            out[(m0 + r) * N + n] = y;
+    for (; k < K; k++) acc += (int32_t)x[k] * (int32_t)w[k];
+    return acc;
+}
+
+#ifdef __AVX2__
+/* acc[r][j] = dot(x_r, w_j) for 4 activation rows and 2 weight rows: 8 accumulators in registers, each
+ * weight vector loaded (and its |w| computed) once for 4 rows, each activation vector once for 2 rows. */
+#define EB_STEP(A, XV, WV, WA) A = _mm256_add_epi32(A, _mm256_madd_epi16(_mm256_maddubs_epi16(WA, _mm256_sign_epi8(XV, WV)), ones))
+static void tile_4x2(const int8_t *restrict x, int64_t K, const int8_t *restrict w0, const int8_t *restrict w1,
+                     int32_t acc[4][2]) {
+    const __m256i ones = _mm256_set1_epi16(1);
+    __m256i a00 = _mm256_setzero_si256(), a01 = a00, a10 = a00, a11 = a00, a20 = a00, a21 = a00, a30 = a00,
+            a31 = a00;
+    int64_t k = 0;
+    for (; k + 32 <= K; k += 32) {
+        const __m256i wv0 = _mm256_loadu_si256((const __m256i *)(w0 + k));
+        const __m256i wv1 = _mm256_loadu_si256((const __m256i *)(w1 + k));
+        const __m256i wa0 = _mm256_abs_epi8(wv0), wa1 = _mm256_abs_epi8(wv1);
+        __m256i xv = _mm256_loadu_si256((const __m256i *)(x + k));
+        EB_STEP(a00, xv, wv0, wa0);
+        EB_STEP(a01, xv, wv1, wa1);
+        xv = _mm256_loadu_si256((const __m256i *)(x + K + k));
+        EB_STEP(a10, xv, wv0, wa0);
+        EB_STEP(a11, xv, wv1, wa1);
+        xv = _mm256_loadu_si256((const __m256i *)(x + 2 * K + k));
+        EB_STEP(a20, xv, wv0, wa0);
+        EB_STEP(a21, xv, wv1, wa1);
+        xv = _mm256_loadu_si256((const __m256i *)(x + 3 * K + k));
+        EB_STEP(a30, xv, wv0, wa0);
+        EB_STEP(a31, xv, wv1, wa1);
+    }
+    acc[0][0] = hsum_epi32(a00), acc[0][1] = hsum_epi32(a01), acc[1][0] = hsum_epi32(a10);
+    acc[1][1] = hsum_epi32(a11), acc[2][0] = hsum_epi32(a20), acc[2][1] = hsum_epi32(a21);
+    acc[3][0] = hsum_epi32(a30), acc[3][1] = hsum_epi32(a31);
+    for (; k < K; k++)
+        for (int r = 0; r < 4; r++) {
+            acc[r][0] += (int32_t)x[r * K + k] * (int32_t)w0[k];
+            acc[r][1] += (int32_t)x[r * K + k] * (int32_t)w1[k];
         }
+}
+#undef EB_STEP
+#endif
+
+/* Output rows m0.. of weight rows n, n+1 (nn of them): the int8 part, then the float outlier columns of
+ * LLM.int8()'s decomposition, out += sum_j xo[m, j] * (w[n, cols[j]] * ws[n]), while the rows are in cache. */
+static void gemm_tile(const int8_t *restrict x, const int8_t *restrict w, const float *restrict xs,
+                      const float *restrict ws, const float *restrict xo, const int64_t *restrict cols,
+                      int64_t n_out, float *restrict out, int64_t M, int64_t K, int64_t N, int64_t n, int nn) {
+    for (int64_t m0 = 0; m0 < M; m0 += 4) {
+        const int64_t mr = M - m0 < 4 ? M - m0 : 4;
+        int32_t acc[4][2];
+#ifdef __AVX2__
+        if (mr == 4 && nn == 2)
+            tile_4x2(x + m0 * K, K, w + n * K, w + (n + 1) * K, acc);
+        else
+#endif
+            for (int r = 0; r < mr; r++)
+                for (int j = 0; j < nn; j++) acc[r][j] = dot_1x1(x + (m0 + r) * K, w + (n + j) * K, K);
+        for (int r = 0; r < mr; r++)
+            for (int j = 0; j < nn; j++) {
+                const float wsn = ws[n + j];
+                const int8_t *wn = w + (n + j) * K;
+                float y = ((float)acc[r][j] * xs[m0 + r]) * wsn;
+                if (n_out) {
+                    float o = 0.0f;
+                    for (int64_t c = 0; c < n_out; c++) o += xo[(m0 + r) * n_out + c] * ((float)wn[cols[c]] * wsn);
+                    y = y + o;
+                }
+                out[(m0 + r) * N + n + j] = y;
+            }
     }
 }
 
-void eb_int8_gemm_small(const int8_t *x, const int8_t *w, const float *xs, const float *ws, const float *xo,
+void eb_int8_gemm(const int8_t *x, const int8_t *w, const float *xs, const float *ws, const float *xo,
                         const int64_t *cols, int64_t n_out, float *out, int64_t M, int64_t K, int64_t N, int64_t n0,
                         int64_t n1) {
-#pragma omp parallel for schedule(static) if (n1 - n0 >= 64)
-    for (int64_t n = n0; n < n1; n++) gemm_row(x, w + n * K, xs, ws[n], xo, cols, n_out, out, M, K, N, n);
+    const int64_t ntiles = (n1 - n0 + 1) / 2;
+    /* Row blocks of x small enough to stay in L2 while every weight tile passes over them. */
+    int64_t mb = (256 * 1024) / (K > 0 ? K : 1);
+    mb = mb < 4 ? 4 : (mb - mb % 4);
+    for (int64_t m0 = 0; m0 < M; m0 += mb) {
+        const int64_t mrows = M - m0 < mb ? M - m0 : mb;
+#pragma omp parallel for schedule(static) if (ntiles >= 32)
+        for (int64_t t = 0; t < ntiles; t++) {
+            const int64_t n = n0 + 2 * t;
+            gemm_tile(x + m0 * K, w, xs + m0, ws, n_out ? xo + m0 * n_out : xo, cols, n_out, out + m0 * N,
+                      mrows, K, N, n, n + 1 < n1 ? 2 : 1);
+        }
+    }
 }
 
 /* ------------------------------------------------------------------ fp8 casts
