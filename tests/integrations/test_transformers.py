@@ -154,6 +154,22 @@ def test_llm_int8_from_pretrained_and_round_trip(arch, tmp_path, gen):
         assert torch.equal(reloaded.state_dict()[key], t), key
 
 
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_streaming_loader_matches_from_pretrained(arch, tmp_path, gen):
+    """from_pretrained_streaming (the streaming loader behind eightbit.load_quantized_from_float) builds the same
+    8-bit model as from_pretrained with EightbitConfig: same layers quantized, identical outputs."""
+    _save_float(arch, tmp_path / "float")
+    _, auto_cls, _, _ = _tiny(arch)
+    via_hf = auto_cls.from_pretrained(tmp_path / "float", quantization_config=ebt.EightbitConfig("llm_int8")).eval()
+    streamed = ebt.from_pretrained_streaming(tmp_path / "float")
+    assert _quantized_names(streamed) == _quantized_names(via_hf)
+    assert len(_quantized_names(streamed)) == PER_BLOCK[arch] * 2
+    inputs = _inputs(gen)
+    assert torch.equal(_out(streamed, inputs), _out(via_hf, inputs))
+    with pytest.raises(TypeError, match="quantization_config"):
+        ebt.from_pretrained_streaming(tmp_path / "float", "llm_int8")
+
+
 def test_gpt2_conv1d_layers_converted_and_counted(tmp_path, gen):
     float_model, _ = _save_float("gpt2", tmp_path / "float")
     model = AutoModelForCausalLM.from_pretrained(tmp_path / "float", quantization_config=ebt.EightbitConfig("llm_int8"))

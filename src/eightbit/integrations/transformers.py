@@ -37,7 +37,7 @@ from ..quantize.convert import as_linear, is_conv1d, is_linear_like, replace_lay
 QUANT_METHOD = "eightbit"
 METHODS = ("llm_int8", "fp8", "int8_static")
 
-__all__ = ["EightbitConfig", "EightbitHfQuantizer", "QUANT_METHOD", "METHODS"]
+__all__ = ["EightbitConfig", "EightbitHfQuantizer", "QUANT_METHOD", "METHODS", "from_pretrained_streaming"]
 
 
 class EightbitConfig(QuantizationConfigMixin):
@@ -90,6 +90,33 @@ class EightbitConfig(QuantizationConfigMixin):
     def is_trainable(self) -> bool:
         """True when adapters can be trained on top of the layers (LLM.int8() passes gradients to its input)."""
         return self.method == "llm_int8"
+
+
+def from_pretrained_streaming(
+    path: Any, quantization_config: "EightbitConfig | QuantConfig | None" = None, *,
+    keep_non_linear_dtype: torch.dtype | None = None,
+) -> nn.Module:
+    """Load a float Hugging Face checkpoint directory straight into 8-bit with a bounded memory peak.
+
+    The transformers-side door to `eightbit.load_quantized_from_float` (the same loader; its peak is
+    measured in the tests and docs/streaming.md): the model is built from ``AutoConfig.from_pretrained(path)``
+    on the meta device and the safetensors shards are read tensor by tensor. ``quantization_config``: an
+    ``EightbitConfig`` (default ``EightbitConfig("llm_int8")``; with ``skip_modules=None`` the output
+    embedding ``lm_head`` stays in float, as through ``from_pretrained``) or any eightbit ``QuantConfig``.
+    Returns the model in eval mode. Raises what `load_quantized_from_float` raises.
+    """
+    from transformers import AutoConfig
+
+    from ..quantize.streaming import load_quantized_from_float
+
+    qc = EightbitConfig("llm_int8") if quantization_config is None else quantization_config
+    if isinstance(qc, EightbitConfig):
+        qc = qc.eightbit_config(["lm_head"] if qc.skip_modules is None else [])
+    elif not isinstance(qc, QuantConfig):
+        raise TypeError(f"quantization_config must be an EightbitConfig or an eightbit QuantConfig, got {type(qc).__name__}")
+    model = load_quantized_from_float(path, AutoConfig.from_pretrained(path), qc,
+                                      keep_non_linear_dtype=keep_non_linear_dtype)
+    return model.eval()
 
 
 def _inner_config(method: str, options: dict[str, Any], skips: tuple[str, ...] | None = None) -> QuantConfig:
