@@ -271,3 +271,37 @@ def test_int8_kernel_with_outlier_columns(lib, gen, m):
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-4)
     no_decomp = _int8_linear_forward(x, w_int8, w_absmax, 0.0)
     assert (got - want).abs().max() < 0.01 * (no_decomp - want).abs().max()  # the outlier part is really there
+
+
+@pytest.mark.parametrize("m,k", [(1, 4096), (3, 33), (70, 257)])
+@pytest.mark.parametrize("threshold", [0.0, 6.0])
+def test_int8_prepare_activations_matches_reference(lib, gen, m, k, threshold):
+    from eightbit.functional.int8 import outlier_columns
+    from eightbit.functional.vectorwise import quantize_vectorwise
+    from eightbit.kernels.int8_cpu import int8_prepare_activations_cpu
+
+    x = torch.randn(m, k, generator=gen) * 2
+    x[:, k // 3] *= 20  # an outlier column
+    x[0, : k // 2] = 0.0  # ties and zeros
+    x[-1] = 0.0  # an all-zero row
+    x[:, 1] = 2.5 * (2 * 127 / 254)  # exact .5 steps after scaling appear often with repeated values
+    got = int8_prepare_activations_cpu(x, threshold)
+    assert got is not None
+    cols = outlier_columns(x, threshold)
+    q, a = quantize_vectorwise(x.index_fill(1, cols, 0.0) if cols.numel() else x)
+    assert torch.equal(got[2], cols) and torch.equal(got[0], q) and torch.equal(got[1], a)
+
+
+def test_int8_prepare_activations_defers_special_rows(lib, gen):
+    from eightbit.kernels.int8_cpu import int8_prepare_activations_cpu
+
+    x = torch.randn(4, 64, generator=gen)
+    for special in (float("nan"), 1e-38):
+        y = x.clone()
+        y[2] = special if special != special else y[2]
+        y[2, 5] = special
+        if special == 1e-38:
+            y[2] = 1e-38  # subnormal step: the reference computes in float64
+        assert int8_prepare_activations_cpu(y, 6.0) is None
+    assert int8_prepare_activations_cpu(x.t(), 6.0) is None  # non-contiguous: reference
+    assert int8_prepare_activations_cpu(x.half(), 6.0) is None

@@ -141,11 +141,16 @@ def packed_weight_useful(rows: int, device_type: str) -> bool:
 
 def _int8_linear_forward(x2: torch.Tensor, w_int8, w_absmax, threshold: float, packed=None) -> torch.Tensor:
     xf = x2.float()  # (T, K)
-    cols = outlier_columns(xf, threshold)
-    if cols.numel():
-        xq, xabs = quantize_vectorwise(xf.index_fill(1, cols, 0.0))
+    prepare = get_kernel("int8_prepare_activations", xf.device.type)
+    prepared = prepare(xf, threshold) if prepare is not None else None
+    if prepared is not None:  # one pass: outlier scan + vector-wise quantization
+        xq, xabs, cols = prepared
     else:
-        xq, xabs = quantize_vectorwise(xf)
+        cols = outlier_columns(xf, threshold)
+        if cols.numel():
+            xq, xabs = quantize_vectorwise(xf.index_fill(1, cols, 0.0))
+        else:
+            xq, xabs = quantize_vectorwise(xf)
     fused = get_kernel("int8_matmul_dequant_outliers", xq.device.type)
     if fused is not None:  # outlier columns in the same pass over the weight (None: not applicable)
         xo = xf.index_select(1, cols) if cols.numel() else None  # (T, C)

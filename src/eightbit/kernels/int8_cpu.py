@@ -139,3 +139,23 @@ def int8_matmul_dequant_outliers_cpu(
 
 
 int8_matmul_dequant_outliers_cpu.max_rows = float("inf")  # callers never need a packed weight beside it
+
+
+@register_kernel("int8_prepare_activations", "cpu", available=_native_available)
+def int8_prepare_activations_cpu(x: torch.Tensor, threshold: float):
+    """LLM.int8()'s activation side in one native pass over float32 ``x`` [M, K]: (int8 codes with the outlier
+    columns zeroed, float32 absmax per row, int64 outlier column indices), equal to ``outlier_columns`` +
+    ``quantize_vectorwise`` of the outlier-zeroed input. None when the reference must run (other dtypes,
+    non-contiguous input, or a row with NaN/Inf or a subnormal scale, which the reference handles specially)."""
+    from . import native_cpu
+
+    if x.dtype != torch.float32 or not x.is_contiguous() or x.dim() != 2 or x.device.type != "cpu":
+        return None
+    m, k = x.shape
+    q = torch.empty((m, k), dtype=torch.int8)
+    absmax = torch.empty(m, dtype=torch.float32)
+    flags = torch.empty(k, dtype=torch.uint8)
+    ptr = native_cpu.ptr
+    if native_cpu.library().eb_int8_prepare(ptr(x), m, k, float(threshold), ptr(q), ptr(absmax), ptr(flags)):
+        return None
+    return q, absmax, flags.nonzero().squeeze(1)

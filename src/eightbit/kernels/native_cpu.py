@@ -38,6 +38,7 @@ _SIGNATURES = {
     "eb_adam8_blocks": [_vp, _vp, _vp, _vp, _vp, _vp, _vp, _vp, _vp, _i32, _i32, _vp, _vp, _vp, _i32, _i32,
                         _vp, _i32, _i64, _i64, _i64, _i64, _i64],
     "eb_int8_gemm": [_vp, _vp, _vp, _vp, _vp, _vp, _i64, _vp, _i64, _i64, _i64, _i64, _i64],
+    "eb_int8_prepare": [_vp, _i64, _i64, ctypes.c_float, _vp, _vp, _vp],
     "eb_fp32_to_fp8": [_vp, _vp, _i64, _i64, _i64, ctypes.c_float, _i32, _i32, _i32, _i32, _i32, _i32, _i32, _vp],
     "eb_fp8_to_fp32": [_vp, _vp, _vp, _i64, _i64, _i64, _vp],
 }
@@ -98,7 +99,7 @@ def library() -> ctypes.CDLL | None:
         return None
     for name, argtypes in _SIGNATURES.items():
         fn = getattr(lib, name)
-        fn.argtypes, fn.restype = argtypes, None
+        fn.argtypes, fn.restype = argtypes, (ctypes.c_int if name == "eb_int8_prepare" else None)
     return lib
 
 

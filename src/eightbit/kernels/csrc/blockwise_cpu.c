@@ -302,6 +302,46 @@ void eb_int8_gemm(const int8_t *x, const int8_t *w, const float *xs, const float
     }
 }
 
+/* LLM.int8() activation preparation for M rows of K float32 values, mirroring the PyTorch reference
+ * (eightbit.functional.int8.outlier_columns + quantize_vectorwise on the outlier-zeroed input):
+ * col_flag[c] = any |x[:, c]| >= threshold (threshold > 0; NaN never counts); per row, absmax over the other
+ * columns, step = absmax / 127, q = clamp(rint(x / step), -127, 127) with NaN (0/0 of a zero row) -> 0 and
+ * flagged columns -> 0. Returns 1 without finishing when a row needs the reference's special handling
+ * (a NaN/Inf left in the row, or a subnormal step: the reference then computes in float64), else 0. */
+static int prepare_row(const float *restrict x, const uint8_t *restrict flag, int64_t K, int8_t *restrict q,
+                       float *restrict absmax) {
+    float amax = 0.0f;
+    int bad = 0;
+    for (int64_t c = 0; c < K; c++) {
+        float a = flag[c] ? 0.0f : fabsf(x[c]);
+        bad |= !(a <= FLT_MAX);
+        amax = a > amax ? a : amax;
+    }
+    if (bad || (amax > 0.0f && amax < 0x1p-100f)) return 1;
+    const float step = amax / 127.0f;
+    for (int64_t c = 0; c < K; c++) {
+        float v = flag[c] ? 0.0f : x[c] / step;
+        v = v != v ? 0.0f : v;
+        v = rintf(v);
+        v = v > 127.0f ? 127.0f : (v < -127.0f ? -127.0f : v);
+        q[c] = (int8_t)v;
+    }
+    *absmax = amax;
+    return 0;
+}
+
+int eb_int8_prepare(const float *x, int64_t M, int64_t K, float threshold, int8_t *q, float *absmax,
+                    uint8_t *col_flag) {
+    memset(col_flag, 0, (size_t)K);
+    if (threshold > 0.0f)
+        for (int64_t m = 0; m < M; m++)
+            for (int64_t c = 0; c < K; c++) col_flag[c] |= fabsf(x[m * K + c]) >= threshold;
+    int fail = 0;
+#pragma omp parallel for schedule(static) reduction(| : fail) if (M >= 64)
+    for (int64_t m = 0; m < M; m++) fail |= prepare_row(x + m * K, col_flag, K, q + m * K, absmax + m);
+    return fail;
+}
+
 /* ------------------------------------------------------------------ fp8 casts
  * codes of x / scale in an 8-bit float format, round to nearest even; the same integer steps as
  * eightbit.kernels.fp8_cpu.fp32_to_fp8_bits (which documents them), one pass, vectorizable.
