@@ -1,4 +1,4 @@
-"""Train the tiny synthetic-grammar LM (tests/optim/tasks.py) with each 8-bit optimizer and its 32-bit
+"""Train the tiny synthetic-grammar LM (eightbit.models.parity) with each 8-bit optimizer and its 32-bit
 counterpart; write a PNG of the loss curves and a markdown table.
 
     python examples/optimizer_parity.py --steps 300 --out optimizer_parity
@@ -6,16 +6,10 @@ counterpart; write a PNG of the loss curves and a markdown table.
 from __future__ import annotations
 
 import argparse
-import pathlib
-import sys
 import time
 
-
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # for tests.optim.tasks
-
-from tests.optim.tasks import PARITY_CASES as CASES  # noqa: E402
-from tests.optim.tasks import tail_mean, train_lm  # noqa: E402
-
+from eightbit.models.parity import PARITY_CASES as CASES
+from eightbit.models.parity import tail_mean, train_lm
 
 
 def main() -> None:

@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 import eightbit.optim as O
-from tests.optim.tasks import tail_mean, train_lm
+from eightbit.models.parity import tail_mean, train_lm
 
 
 @pytest.mark.slow

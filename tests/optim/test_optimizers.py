@@ -8,8 +8,8 @@ from safetensors.torch import load, save
 
 import eightbit.optim as O
 from eightbit.kernels import reference_only
-from tests.optim.tasks import PARITY_CASES as CASES
-from tests.optim.tasks import TinyLM, tail_mean, train_lm, train_mlp
+from eightbit.models.parity import PARITY_CASES as CASES
+from eightbit.models.parity import TinyLM, tail_mean, train_lm, train_mlp
 
 
 

@@ -1,7 +1,14 @@
-"""Small deterministic training tasks for optimizer parity: a tiny transformer LM on a synthetic Markov
-grammar and an MLP classifier on teacher-labelled data. Every weight matrix has >= 4096 elements so that
-8-bit state is really used. Also used by examples/optimizer_parity.py."""
+"""Small deterministic training tasks to compare an 8-bit optimizer with its 32-bit reference: a tiny
+transformer LM on a synthetic Markov grammar and an MLP classifier on teacher-labelled data. Every weight
+matrix has >= 4096 elements so that 8-bit state is really used. Used by the test suite and by
+examples/optimizer_parity.py; handy to check a custom optimizer configuration before a long run::
+
+    from eightbit.models.parity import train_lm, tail_mean
+    loss8 = tail_mean(train_lm(lambda p: eightbit.optim.AdamW8bit(p, lr=3e-3), steps=300))
+"""
 from __future__ import annotations
+
+from typing import Callable, Iterable
 
 import torch
 from torch import nn
@@ -48,7 +55,8 @@ class TinyLM(nn.Module):
         return self.head(self.lnf(x))
 
 
-def train_lm(make_opt, *, steps: int, seed: int = 0, data_seed: int = 0, on_step=None) -> list[float]:
+def train_lm(make_opt: Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer], *, steps: int, seed: int = 0,
+             data_seed: int = 0, on_step: Callable | None = None) -> list[float]:
     """Train a fresh TinyLM (init from ``seed``) with ``make_opt(params)``; returns the loss per step."""
     torch.manual_seed(seed)
     model = TinyLM()
@@ -67,7 +75,8 @@ def train_lm(make_opt, *, steps: int, seed: int = 0, data_seed: int = 0, on_step
     return losses
 
 
-def train_mlp(make_opt, *, steps: int, seed: int = 0) -> list[float]:
+def train_mlp(make_opt: Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer], *, steps: int,
+              seed: int = 0) -> list[float]:
     """MLP 64-128-128-10 on labels from a random teacher network; full-batch-ish minibatches of 128."""
     g = torch.Generator().manual_seed(seed + 99)
     X = torch.randn(4096, 64, generator=g)
@@ -92,7 +101,7 @@ def tail_mean(losses: list[float], n: int = 20) -> float:
     return sum(losses[-n:]) / len(losses[-n:])
 
 
-# Parity cases shared by tests/optim and examples/optimizer_parity.py: name -> (8-bit class, 32-bit reference factory, kwargs)
+# name -> (8-bit class, 32-bit reference factory, kwargs): the cases of the parity table in the README
 PARITY_CASES = {
     "Adam": (O.Adam8bit, torch.optim.Adam, dict(lr=3e-3)),
     "AdamW": (O.AdamW8bit, torch.optim.AdamW, dict(lr=3e-3, weight_decay=0.05)),
