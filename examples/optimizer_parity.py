@@ -6,6 +6,7 @@ counterpart; write a PNG of the loss curves and a markdown table.
 from __future__ import annotations
 
 import argparse
+import pathlib
 import time
 
 from eightbit.models.parity import PARITY_CASES as CASES
