@@ -220,3 +220,17 @@ def test_from_linear_row_chunks_subnormal_row_matches(gen):
     w[30, 1] = float("inf")
     with pytest.raises(ValueError, match="NaN or Inf"):
         quantize_weight_rows(w, chunk_elements=w.shape[1] * 3)
+
+
+def test_from_linear_on_meta_device():
+    """Every config can lay out its layer on the meta device (model skeletons, streaming loads)."""
+    import eightbit
+
+    with torch.device("meta"):
+        lin = nn.Linear(64, 32)
+    for cfg in (eightbit.Int8Config(), eightbit.FP8Config(), eightbit.Int8StaticConfig()):
+        layer = cfg.make_linear(lin, "fc")
+        assert all(t.is_meta for t in layer.state_dict().values()), type(cfg).__name__
+    layer = Linear8bitLt.from_linear(lin)
+    assert layer.weight_int8.shape == (32, 64) and layer.weight_int8.dtype == torch.int8
+    assert layer.weight_absmax.shape == (32,) and layer.weight_absmax.dtype == torch.float32

@@ -27,6 +27,8 @@ def quantize_weight_rows(weight: torch.Tensor, *, chunk_elements: int = CHUNK_EL
     rows = max(1, chunk_elements // max(1, weight.shape[-1]))
     codes = torch.empty(weight.shape, dtype=torch.int8, device=weight.device)
     absmax = torch.empty(weight.shape[0], dtype=torch.float32, device=weight.device)
+    if weight.is_meta:  # a layout only (meta-device model skeletons): nothing to quantize or check
+        return codes, absmax
     for r in range(0, weight.shape[0], rows):
         codes[r : r + rows], absmax[r : r + rows] = quantize_vectorwise(weight[r : r + rows], dim=-1)
     if not torch.isfinite(absmax).all():  # amax propagates NaN/Inf: same test as isfinite(weight).all()
@@ -82,7 +84,8 @@ class Linear8bitLt(QuantizedLinear):
     @torch.no_grad()
     def from_linear(cls, linear: nn.Linear, threshold: float = 6.0) -> "Linear8bitLt":
         """Quantize an ``nn.Linear`` (weight [out, in], any float dtype) row-wise to int8, in row chunks
-        (see ``quantize_weight_rows``). Raises ValueError if the weight holds NaN or Inf."""
+        (see ``quantize_weight_rows``); a meta-device ``linear`` gives a meta-device layer. Raises ValueError
+        if the weight holds NaN or Inf."""
         if not isinstance(linear, nn.Linear):
             raise TypeError(f"linear must be an nn.Linear, got {type(linear).__name__}")
         layer = cls(linear.in_features, linear.out_features, bias=linear.bias is not None, threshold=threshold, device="meta")
