@@ -231,5 +231,11 @@ def int8_linear(
         if t is not None and t.device != x.device:
             raise ValueError(f"{name} is on device {t.device} but x is on {x.device}: all must share one device")
     lead = x.shape[:-1]
-    out = _Int8Linear.apply(x.reshape(-1, k), weight_int8, weight_absmax, bias, threshold, packed_weight)
+    x2 = x.reshape(-1, k)
+    if torch.is_grad_enabled() and (x.requires_grad or (bias is not None and bias.requires_grad)):
+        out = _Int8Linear.apply(x2, weight_int8, weight_absmax, bias, threshold, packed_weight)
+    else:  # inference: no autograd node to build
+        out = _int8_linear_forward(x2, weight_int8, weight_absmax, threshold, packed_weight)
+        if bias is not None:
+            out = out.add_(bias) if bias.dtype == torch.float32 else out + bias.float()
     return out.to(x.dtype).reshape(*lead, n)
