@@ -98,6 +98,7 @@ def int8_matmul_dequant_packed_cpu(
 
 # ---------------------------------------------------------------- native exact kernel (any number of rows)
 _NATIVE_MAX_K = (2**31 - 1) // (128 * 127)  # int32 accumulators stay exact below this many products
+_FUSED_OUTLIER_ROWS = 8
 
 
 def _native_available() -> bool:
@@ -130,11 +131,18 @@ def int8_matmul_dequant_outliers_cpu(
     xs = (x_absmax.float() / _INT8_MAX).contiguous()
     ws = (w_absmax.float() / _INT8_MAX).contiguous()
     n_out = 0 if outlier_cols is None else outlier_cols.numel()
+    # Few rows: the outlier columns are summed inside the weight pass (no second touch of the weight). More
+    # rows: that scalar per-output sum costs more than one small fp32 GEMM over the gathered columns.
+    fused = n_out and m <= _FUSED_OUTLIER_ROWS
     xo = outlier_x.float().contiguous() if n_out else None
     cols = outlier_cols.to(torch.int64).contiguous() if n_out else None
     out = torch.empty((m, n), dtype=torch.float32)
     ptr = native_cpu.ptr
-    lib.eb_int8_gemm(ptr(x), ptr(w), ptr(xs), ptr(ws), ptr(xo), ptr(cols), n_out, ptr(out), m, k, n, 0, n)
+    lib.eb_int8_gemm(ptr(x), ptr(w), ptr(xs), ptr(ws), ptr(xo) if fused else None, ptr(cols) if fused else None,
+                     n_out if fused else 0, ptr(out), m, k, n, 0, n)
+    if n_out and not fused:
+        w_cols = w.index_select(1, cols).float() * (w_absmax.float().unsqueeze(1) / _INT8_MAX)  # (N, C)
+        out += xo @ w_cols.T  # (M, N)
     return out
 
 
