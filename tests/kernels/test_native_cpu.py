@@ -10,7 +10,7 @@ import torch
 import eightbit.optim as O
 from eightbit.functional import create_dynamic_map, create_linear_map
 from eightbit.functional.blockwise import code_midpoints, quantize_blocks
-from eightbit.functional.rounding import stochastic_round, uniform_from_index
+from eightbit.functional.rounding import step_seed, stochastic_round, uniform_from_index
 from eightbit.kernels import native_cpu, reference_only
 from eightbit.kernels.blockwise_cpu import build_lut, native_dequantize, native_quantize
 
@@ -82,8 +82,9 @@ def test_stochastic_rounding_bit_identical_and_unbiased(lib, gen, code_name):
     # unbiased: the mean over many seeds of the dequantized value approaches x (RTN stays biased)
     x1 = torch.rand(1, 2048, generator=gen) * 0.01 + 0.5  # inside one code interval of every map
     x1[0, 0] = 1.0  # pins absmax
-    draws = torch.stack([
-        native_dequantize(native_quantize(x1, code, build_lut(mid), zero_idx, seed=s)[0], torch.ones(1), code)
+    draws = torch.stack([  # seeds as the optimizers make them: a hash of (step, state)
+        native_dequantize(native_quantize(x1, code, build_lut(mid), zero_idx, seed=step_seed(s, 1))[0],
+                          torch.ones(1), code)
         for s in range(200)
     ])
     err_sr = (draws.mean(0) - x1).abs()[0, 1:].mean()

@@ -1,13 +1,13 @@
-"""Stochastic rounding onto a sorted code map, driven by a counter-based hash (no RNG state).
+"""Stochastic rounding onto a sorted code map, driven by counter-based draws (no RNG state).
 
 Why: a slowly changing quantity stored in 8 bits (Adam's second moment decaying by 0.1 % a step, an
 Adagrad sum growing by tiny increments) cannot move under round-to-nearest once each step's change is
 below half a code step: the stored value freezes and its error grows. Rounding up with probability equal
 to the distance from the lower code makes the stored value exact in expectation, so it keeps following.
 
-The random draw of element ``i`` is a hash of ``(i, seed)``: reproducible (same seed, same codes), the
-same in every process and rank, and identical between this reference and the native CPU kernel (which
-implements the same 31-bit integer arithmetic; all products stay below 2**62 so int64 never overflows).
+The draw of element ``i`` is a function of ``(i, seed)`` with ``seed`` a hash of (step, state): no RNG state,
+reproducible (same seed, same codes), the same in every process and rank, and identical between this
+reference and the native CPU kernel (same integer arithmetic; no int64 product overflows).
 """
 from __future__ import annotations
 
@@ -33,10 +33,17 @@ def step_seed(step: int, slot: int) -> int:
     return mix31((step * 8 + slot) & M31)
 
 
+_PHI = 0x9E3779B9  # 2^32 / golden ratio, odd: i * _PHI mod 2^32 visits every residue
+
+
 def uniform_from_index(index: torch.Tensor, seed: int | torch.Tensor) -> torch.Tensor:
-    """float32 uniform draws in [0, 1) (24 random bits) for int64 element indices ``index`` under ``seed``."""
-    h = mix31(mix31((index ^ seed) & M31) ^ seed)
-    return (h >> 7).to(torch.float32) * (1.0 / 16777216.0)
+    """float32 draws in [0, 1) (24 bits) for int64 element indices ``index`` under ``seed`` (< 2**31): the Weyl
+    sequence ``((index mod 2**31) * 0x9E3779B9 + 2 * seed) mod 2**32``, top 24 bits (the seed doubled so that
+    its offsets cover the whole circle: each element's draws over steps are then uniform). One multiply per element (the
+    native kernel does the same in uint32); neighbours get well-spread draws, and an element's draws over steps
+    are uniform because ``seed`` is a hash of the step (:func:`step_seed`). Products stay below 2**63."""
+    h = ((index & M31) * _PHI + (seed << 1)) & 0xFFFFFFFF
+    return (h >> 8).to(torch.float32) * (1.0 / 16777216.0)
 
 
 def stochastic_round(n: torch.Tensor, nearest: torch.Tensor, code: torch.Tensor, u: torch.Tensor) -> torch.Tensor:

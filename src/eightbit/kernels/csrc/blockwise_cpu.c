@@ -39,26 +39,17 @@ static inline int32_t nearest(float n, const lut_t *L) {
     return idx;
 }
 
-/* 31-bit integer hash. The reference computes the products exactly in int64 and keeps the low 31 bits;
- * 32-bit wrapping products have the same low 31 bits, and vectorize. */
-static inline uint32_t mix31(uint32_t x) {
-    x ^= x >> 15;
-    x = (x * 0x2C1B3C6Du) & M31;
-    x ^= x >> 12;
-    x = (x * 0x297A2D39u) & M31;
-    x ^= x >> 15;
-    return x;
-}
-
-/* Stochastic rounding of n[0..bs) between the two codes around each value (nearest index in idx, updated
- * in place): up with probability (n - code[lo]) / (code[lo+1] - code[lo]); element i draws
- * uniform(first + i, seed) = 24 bits of mix31(mix31((first + i) ^ seed) ^ seed) / 2^24. */
+/* Draw of element i under a step's 31-bit seed: a Weyl sequence, (i * 0x9E3779B9 + 2 * seed) mod 2^32, top 24
+ * bits / 2^24 (the seed doubled so its offsets cover the whole circle).
+ * One multiply per element; consecutive elements get well-spread draws and each element's draws over steps
+ * are uniform because the seed is a hash of the step (eightbit.functional.rounding). */
+#define EB_PHI 0x9E3779B9u
 static inline void stochastic_block(const float *restrict n, int64_t bs, const float *restrict code, uint32_t seed,
                                     int64_t first, int32_t *restrict idx) {
     const uint32_t base = (uint32_t)first;
     for (int64_t i = 0; i < bs; i++) {
-        uint32_t h = mix31(mix31(((base + (uint32_t)i) ^ seed) & M31) ^ seed);
-        float u = (float)(int32_t)(h >> 7) * (1.0f / 16777216.0f);
+        uint32_t h = (((base + (uint32_t)i) & M31) * EB_PHI) + (seed << 1);
+        float u = (float)(int32_t)(h >> 8) * (1.0f / 16777216.0f);
         int32_t lo = idx[i] - (code[idx[i]] > n[i] ? 1 : 0);
         lo = lo < 0 ? 0 : (lo > 254 ? 254 : lo);
         float c_lo = code[lo], c_hi = code[lo + 1];
