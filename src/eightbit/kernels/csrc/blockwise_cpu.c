@@ -301,14 +301,16 @@ void eb_int8_gemm(const int8_t *x, const int8_t *w, const float *xs, const float
  * (a NaN/Inf left in the row, or a subnormal step: the reference then computes in float64), else 0. */
 static int prepare_row(const float *restrict x, const uint8_t *restrict flag, int64_t K, int8_t *restrict q,
                        float *restrict absmax) {
-    float amax = 0.0f;
-    int bad = 0;
+    /* |x| compared as integers (monotone for non-negative floats); NaN and Inf show up as bits >= Inf's */
+    const uint32_t *restrict xu = (const uint32_t *)x;
+    uint32_t amax_bits = 0;
     for (int64_t c = 0; c < K; c++) {
-        float a = flag[c] ? 0.0f : fabsf(x[c]);
-        bad |= !(a <= FLT_MAX);
-        amax = a > amax ? a : amax;
+        uint32_t a = (xu[c] & 0x7FFFFFFFu) & ((uint32_t)flag[c] - 1u); /* flagged column: mask 0 */
+        amax_bits = a > amax_bits ? a : amax_bits;
     }
-    if (bad || (amax > 0.0f && amax < 0x1p-100f)) return 1;
+    float amax;
+    memcpy(&amax, &amax_bits, 4);
+    if (amax_bits >= 0x7F800000u || (amax > 0.0f && amax < 0x1p-100f)) return 1;
     const float step = amax / 127.0f;
     for (int64_t c = 0; c < K; c++) {
         float v = flag[c] ? 0.0f : x[c] / step;
@@ -321,14 +323,26 @@ static int prepare_row(const float *restrict x, const uint8_t *restrict flag, in
     return 0;
 }
 
+/* col_flag[c0..c1) |= |x[m, c]| >= threshold over all rows (NaN compares false: never an outlier). */
+static void flag_columns(const float *restrict x, int64_t M, int64_t K, float threshold, int64_t c0, int64_t c1,
+                         uint8_t *restrict col_flag) {
+    for (int64_t m = 0; m < M; m++) {
+        const float *restrict xr = x + m * K;
+        for (int64_t c = c0; c < c1; c++) col_flag[c] |= (uint8_t)(fabsf(xr[c]) >= threshold);
+    }
+}
+
 int eb_int8_prepare(const float *x, int64_t M, int64_t K, float threshold, int8_t *q, float *absmax,
                     uint8_t *col_flag) {
     memset(col_flag, 0, (size_t)K);
-    if (threshold > 0.0f)
-        for (int64_t m = 0; m < M; m++)
-            for (int64_t c = 0; c < K; c++) col_flag[c] |= fabsf(x[m * K + c]) >= threshold;
+    if (threshold > 0.0f) {
+        const int64_t chunks = (K + 255) / 256;
+#pragma omp parallel for schedule(static) if (M * K >= 65536)
+        for (int64_t t = 0; t < chunks; t++)
+            flag_columns(x, M, K, threshold, t * 256, (t + 1) * 256 < K ? (t + 1) * 256 : K, col_flag);
+    }
     int fail = 0;
-#pragma omp parallel for schedule(static) reduction(| : fail) if (M >= 64)
+#pragma omp parallel for schedule(static) reduction(| : fail) if (M * K >= 65536)
     for (int64_t m = 0; m < M; m++) fail |= prepare_row(x + m * K, col_flag, K, q + m * K, absmax + m);
     return fail;
 }
