@@ -132,11 +132,10 @@ def prepack_weight(weight_int8: torch.Tensor) -> torch.Tensor | None:
     return None if kernel is None else kernel(weight_int8)
 
 
-def packed_weight_useful(rows: int, device_type: str) -> bool:
-    """Whether ``int8_linear`` on ``rows`` input rows would use a packed weight (so packing is worth its
-    memory: a packed copy is as large as the int8 weight). False when the fused kernel covers ``rows``."""
-    fused = get_kernel("int8_matmul_dequant_outliers", device_type)
-    return fused is None or rows > getattr(fused, "max_rows", 0)
+def packed_weight_useful(device_type: str) -> bool:
+    """Whether ``int8_linear`` on ``device_type`` would use a packed weight, so that packing is worth its memory
+    (a packed copy is as large as the int8 weight). False where the fused kernel serves every input size."""
+    return get_kernel("int8_matmul_dequant_outliers", device_type) is None
 
 
 def _int8_linear_forward(x2: torch.Tensor, w_int8, w_absmax, threshold: float, packed=None) -> torch.Tensor:

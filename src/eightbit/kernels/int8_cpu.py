@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import torch
 
+from . import native_cpu
 from .dispatch import register_kernel
 
 _EXACT_K = 1024  # 127 * 127 * 1024 < 2**24: exact float32 accumulation
@@ -102,8 +103,6 @@ _FUSED_OUTLIER_ROWS = 8
 
 
 def _native_available() -> bool:
-    from . import native_cpu
-
     return native_cpu.library() is not None
 
 
@@ -118,11 +117,10 @@ def int8_matmul_dequant_outliers_cpu(
     outlier_cols]).T``, while each weight row is in cache. Native C (``eb_int8_gemm``): 4x2 register
     tiles, x in L2-sized row blocks, weight rows split over torch's OpenMP threads; faster than oneDNN's
     (sign-split) GEMM at every M measured here and needs no packed weight copy. Returns None when it does not
-    apply (no native library, K beyond the exact int32 range) so the caller uses another path."""
-    from . import native_cpu
-
+    apply (K beyond the exact int32 range) so the caller uses another path. Registered only where the
+    native library builds."""
     m, k = x_int8.shape
-    if m == 0 or k > _NATIVE_MAX_K or not _native_available():
+    if m == 0 or k > _NATIVE_MAX_K:
         return None
     lib = native_cpu.library()
     n = w_int8.shape[0]
@@ -139,14 +137,11 @@ def int8_matmul_dequant_outliers_cpu(
     out = torch.empty((m, n), dtype=torch.float32)
     ptr = native_cpu.ptr
     lib.eb_int8_gemm(ptr(x), ptr(w), ptr(xs), ptr(ws), ptr(xo) if fused else None, ptr(cols) if fused else None,
-                     n_out if fused else 0, ptr(out), m, k, n, 0, n)
+                     n_out if fused else 0, ptr(out), m, k, n)
     if n_out and not fused:
         w_cols = w.index_select(1, cols).float() * (w_absmax.float().unsqueeze(1) / _INT8_MAX)  # (N, C)
         out += xo @ w_cols.T  # (M, N)
     return out
-
-
-int8_matmul_dequant_outliers_cpu.max_rows = float("inf")  # callers never need a packed weight beside it
 
 
 @register_kernel("int8_prepare_activations", "cpu", available=_native_available)
@@ -155,8 +150,6 @@ def int8_prepare_activations_cpu(x: torch.Tensor, threshold: float):
     columns zeroed, float32 absmax per row, int64 outlier column indices), equal to ``outlier_columns`` +
     ``quantize_vectorwise`` of the outlier-zeroed input. None when the reference must run (other dtypes,
     non-contiguous input, or a row with NaN/Inf or a subnormal scale, which the reference handles specially)."""
-    from . import native_cpu
-
     if x.dtype != torch.float32 or not x.is_contiguous() or x.dim() != 2 or x.device.type != "cpu":
         return None
     m, k = x.shape

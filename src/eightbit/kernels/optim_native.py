@@ -39,6 +39,6 @@ def adam8bit_update(p, g, states, absmaxes, codes, hp, wd_mode: int, seeds: list
         ptr(p), ptr(g), ptr(qm), ptr(am), ptr(qv), ptr(av),
         ptr(cm[0]), ptr(cm[2]), ptr(cm[3]), cm[4], cm[1],
         ptr(cv[0]), ptr(cv[2]), ptr(cv[3]), cv[4], cv[1],
-        ptr(hp), wd_mode, seeds[0], seeds[1], 0, nb, bs,
+        ptr(hp), wd_mode, seeds[0], seeds[1], nb, bs,
     )
     return True

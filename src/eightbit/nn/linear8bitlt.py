@@ -116,9 +116,8 @@ class Linear8bitLt(QuantizedLinear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         dev = self.weight_int8.device.type
-        rows = x.numel() // max(x.shape[-1], 1) if x.dim() else 1
-        # The packed copy (as large as the int8 weight) is made only once inputs need it (> 16 rows on CPU).
-        packed = self._packed_weight() if dev == "cpu" and packed_weight_useful(rows, dev) else None
+        # The packed copy (as large as the int8 weight) is made only where no fused kernel exists.
+        packed = self._packed_weight() if dev == "cpu" and packed_weight_useful(dev) else None
         return int8_linear(x, self.weight_int8, self.weight_absmax, self.bias, threshold=self.threshold, packed_weight=packed)
 
     @torch.no_grad()

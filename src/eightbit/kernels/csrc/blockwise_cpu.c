@@ -153,7 +153,7 @@ static void adam_block(float *restrict p, const float *restrict g, const uint8_t
 void eb_adam8_blocks(float *p, const float *g, uint8_t *qm, float *am, uint8_t *qv, float *av,
                      const float *code_m, const int32_t *table_m, const float *midp_m, int32_t k_m, int32_t zero_m,
                      const float *code_v, const int32_t *table_v, const float *midp_v, int32_t k_v, int32_t zero_v,
-                     const float *hp, int32_t wd_mode, int64_t seed_m, int64_t seed_v, int64_t first,
+                     const float *hp, int32_t wd_mode, int64_t seed_m, int64_t seed_v,
                      int64_t nblocks, int64_t bs) {
     const lut_t Lm = {code_m, table_m, midp_m, k_m, zero_m};
     const lut_t Lv = {code_v, table_v, midp_v, k_v, zero_v};
@@ -164,13 +164,13 @@ void eb_adam8_blocks(float *p, const float *g, uint8_t *qm, float *am, uint8_t *
         float m[MAX_BLOCK], v[MAX_BLOCK];
         const int64_t o = b * bs;
         adam_block(p + o, g + o, qm + o, am[b], qv + o, av[b], code_m, code_v, &h, bs, m, v);
-        quantize_block(m, bs, &Lm, seed_m, first + o, qm + o, am + b);
-        quantize_block(v, bs, &Lv, seed_v, first + o, qv + o, av + b);
+        quantize_block(m, bs, &Lm, seed_m, o, qm + o, am + b);
+        quantize_block(v, bs, &Lv, seed_v, o, qv + o, av + b);
     }
 }
 
 /* ------------------------------------------------------------------ exact int8 GEMM (LLM.int8())
- * out[m, n] = (sum_k x[m, k] * w[n, k]) * xs[m] * ws[n] for rows n in [n0, n1), exact int32 accumulation.
+ * out[m, n] = (sum_k x[m, k] * w[n, k]) * xs[m] * ws[n], exact int32 accumulation.
  * x: int8 (M, K) with values in [-127, 127] (vector-wise quantized activations); w: int8 (N, K), any value.
  * AVX2 has no signed x signed byte multiply; vpmaddubsw multiplies unsigned by signed bytes and SATURATES
  * its int16 pair sums. Feeding it |w| (<= 128) and x * sign(w) (<= 127 in magnitude) bounds every pair
@@ -276,9 +276,8 @@ static void gemm_tile(const int8_t *restrict x, const int8_t *restrict w, const 
 }
 
 void eb_int8_gemm(const int8_t *x, const int8_t *w, const float *xs, const float *ws, const float *xo,
-                        const int64_t *cols, int64_t n_out, float *out, int64_t M, int64_t K, int64_t N, int64_t n0,
-                        int64_t n1) {
-    const int64_t ntiles = (n1 - n0 + 1) / 2;
+                  const int64_t *cols, int64_t n_out, float *out, int64_t M, int64_t K, int64_t N) {
+    const int64_t ntiles = (N + 1) / 2;
     /* Row blocks of x small enough to stay in L2 while every weight tile passes over them. */
     int64_t mb = (256 * 1024) / (K > 0 ? K : 1);
     mb = mb < 4 ? 4 : (mb - mb % 4);
@@ -286,9 +285,9 @@ void eb_int8_gemm(const int8_t *x, const int8_t *w, const float *xs, const float
         const int64_t mrows = M - m0 < mb ? M - m0 : mb;
 #pragma omp parallel for schedule(static) if (ntiles >= 32)
         for (int64_t t = 0; t < ntiles; t++) {
-            const int64_t n = n0 + 2 * t;
+            const int64_t n = 2 * t;
             gemm_tile(x + m0 * K, w, xs + m0, ws, n_out ? xo + m0 * n_out : xo, cols, n_out, out + m0 * N,
-                      mrows, K, N, n, n + 1 < n1 ? 2 : 1);
+                      mrows, K, N, n, n + 1 < N ? 2 : 1);
         }
     }
 }
