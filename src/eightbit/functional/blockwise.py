@@ -60,12 +60,16 @@ def code_midpoints(code: torch.Tensor) -> tuple[torch.Tensor, int]:
 _CODE_CACHE: WeakIdKeyDictionary = WeakIdKeyDictionary()
 
 
-def check_code(code: object) -> torch.Tensor:
-    """Raise TypeError/ValueError unless ``code`` is a 1-D float32 tensor of 256 finite, non-decreasing
-    values (``bucketize`` on its midpoints is only the nearest-code search for a sorted map)."""
+def _check_code_shape(code: object) -> None:
     check_tensor(code, "code", dtypes=(torch.float32,), ndim=1)
     if code.numel() != 256:
         raise ValueError(f"code must have 256 entries, got {code.numel()}")
+
+
+def check_code(code: object) -> torch.Tensor:
+    """Raise TypeError/ValueError unless ``code`` is a 1-D float32 tensor of 256 finite, non-decreasing
+    values (``bucketize`` on its midpoints is only the nearest-code search for a sorted map)."""
+    _check_code_shape(code)
     if code.is_meta:
         return code
     if not bool(torch.isfinite(code).all()):
@@ -79,9 +83,7 @@ def prepare_code(code: torch.Tensor, device: torch.device) -> tuple[torch.Tensor
     """(``code`` on ``device``, midpoints, zero index) after :func:`check_code`. The value checks and the
     midpoints are cached per code tensor, invalidated by in-place changes (``_version``) or a new device;
     the cheap type/shape checks run every time."""
-    check_tensor(code, "code", dtypes=(torch.float32,), ndim=1)
-    if code.numel() != 256:
-        raise ValueError(f"code must have 256 entries, got {code.numel()}")
+    _check_code_shape(code)
     key = (code._version, code.data_ptr(), device)
     hit = _CODE_CACHE.get(code)
     if hit is not None and hit[0] == key:
