@@ -1,4 +1,5 @@
-"""Loader of the native CPU kernels in ``csrc/blockwise_cpu.c``: compiled once per machine with the system C
+"""Loader of the native CPU kernels in ``csrc/*.c`` (block-wise quantization and the 8-bit Adam update,
+the exact int8 GEMM, fp8 casts): compiled together into one library once per machine with the system C
 compiler (the one torch.compile uses on CPU), cached, loaded with ctypes. The kernels parallelize with
 OpenMP; built with ``-fopenmp`` they need ``libgomp.so.1``, which resolves to the runtime torch has already
 loaded, so they share torch's threads and honour ``torch.set_num_threads`` (a build without OpenMP support
@@ -25,7 +26,7 @@ import torch
 
 __all__ = ["library", "ptr"]
 
-_SOURCE = Path(__file__).with_name("csrc") / "blockwise_cpu.c"
+_SOURCES = sorted((Path(__file__).with_name("csrc")).glob("*.c"))
 # No fast-math: results must match the PyTorch references bit for bit (-fno-trapping-math only drops
 # FP-exception semantics, which lets the compiler vectorize branch-free selects).
 _FLAGS = ["-O3", "-march=native", "-ffp-contract=off", "-fno-math-errno", "-fno-trapping-math",
@@ -60,8 +61,9 @@ def _compiler() -> str | None:
 
 def _build(cc: str) -> Path:
     version = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=60).stdout
-    key = hashlib.sha256(_SOURCE.read_bytes() + " ".join(_FLAGS).encode() + version.encode()).hexdigest()[:16]
-    target = _cache_dir() / f"blockwise_cpu_{key}.so"
+    sources = b"".join(p.name.encode() + p.read_bytes() for p in _SOURCES)
+    key = hashlib.sha256(sources + " ".join(_FLAGS).encode() + version.encode()).hexdigest()[:16]
+    target = _cache_dir() / f"eightbit_native_{key}.so"
     if target.exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -70,7 +72,7 @@ def _build(cc: str) -> Path:
     os.close(fd)
     try:
         for extra in (["-fopenmp"], []):  # without OpenMP support the pragmas are ignored (one thread)
-            res = subprocess.run([cc, *_FLAGS, *extra, str(_SOURCE), "-o", tmp, "-lm"], capture_output=True,
+            res = subprocess.run([cc, *_FLAGS, *extra, *map(str, _SOURCES), "-o", tmp, "-lm"], capture_output=True,
                                  text=True, timeout=300)
             if res.returncode == 0:
                 break
