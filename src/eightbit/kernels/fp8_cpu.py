@@ -113,7 +113,7 @@ def _native(x: torch.Tensor, scale: torch.Tensor, call: Callable, out_dtype: tor
         return None
     scale = scale.to(torch.float32)
     n = x.numel()
-    out = torch.empty(x.shape, dtype=out_dtype)
+    out = native_cpu.empty(x.shape, dtype=out_dtype)
     ptr, xi, oi = native_cpu.ptr, x.element_size(), out.element_size()
     if scale.numel() == 1:  # one scale: cut the data into rows of _UNIT so the kernel can parallelize
         s = scale.reshape(1).contiguous()

@@ -134,7 +134,7 @@ def int8_matmul_dequant_outliers_cpu(
     fused = n_out and m <= _FUSED_OUTLIER_ROWS
     xo = outlier_x.float().contiguous() if n_out else None
     cols = outlier_cols.to(torch.int64).contiguous() if n_out else None
-    out = torch.empty((m, n), dtype=torch.float32)
+    out = native_cpu.empty((m, n), dtype=torch.float32)
     ptr = native_cpu.ptr
     lib.eb_int8_gemm(ptr(x), ptr(w), ptr(xs), ptr(ws), ptr(xo) if fused else None, ptr(cols) if fused else None,
                      n_out if fused else 0, ptr(out), m, k, n)

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["library", "ptr"]
+__all__ = ["empty", "library", "ptr"]
 
 _SOURCES = sorted((Path(__file__).with_name("csrc")).glob("*.c"))
 # No fast-math: results must match the PyTorch references bit for bit (-fno-trapping-math only drops
@@ -34,10 +34,10 @@ _FLAGS = ["-O3", "-march=native", "-ffp-contract=off", "-fno-math-errno", "-fno-
 
 _i64, _i32, _vp = ctypes.c_int64, ctypes.c_int32, ctypes.c_void_p
 _SIGNATURES = {
-    "eb_quantize_blocks": [_vp, _i64, _i64, _vp, _vp, _vp, _i32, _i32, _i64, _i64, _vp, _vp],
+    "eb_quantize_blocks": [_vp, _i64, _i64, _vp, _vp, _vp, _i32, _i32, _vp, _vp, _i32, _i32, _i64, _i64, _vp, _vp],
     "eb_dequantize_blocks": [_vp, _vp, _vp, _i64, _i64, _vp],
-    "eb_adam8_blocks": [_vp, _vp, _vp, _vp, _vp, _vp, _vp, _vp, _vp, _i32, _i32, _vp, _vp, _vp, _i32, _i32,
-                        _vp, _i32, _i64, _i64, _i64, _i64],
+    "eb_adam8_blocks": [_vp, _vp, _vp, _vp, _vp, _vp, _vp, _vp, _vp, _i32, _i32, _vp, _vp, _i32, _i32,
+                        _vp, _vp, _vp, _i32, _i32, _vp, _vp, _i32, _i32, _vp, _i32, _i64, _i64, _i64, _i64],
     "eb_int8_gemm": [_vp, _vp, _vp, _vp, _vp, _vp, _i64, _vp, _i64, _i64, _i64],
     "eb_int8_prepare": [_vp, _i64, _i64, ctypes.c_float, _vp, _vp, _vp],
     "eb_fp32_to_fp8": [_vp, _vp, _i64, _i64, _i64, ctypes.c_float, _i32, _i32, _i32, _i32, _i32, _i32, _i32, _vp],
@@ -110,3 +110,42 @@ def ptr(t: torch.Tensor | None) -> int | None:
     return None if t is None else t.data_ptr()
 
 
+
+
+# ---------------------------------------------------------------- output buffers backed by huge pages
+_HUGE = 2 << 20  # x86-64 transparent huge page
+_MADV_HUGEPAGE = 14
+
+
+@functools.lru_cache(maxsize=None)
+def _madvise():
+    """libc's madvise where transparent huge pages can be requested (Linux with THP "madvise" or "always")."""
+    try:
+        mode = Path("/sys/kernel/mm/transparent_hugepage/enabled").read_text()
+    except OSError:
+        return None
+    if "[never]" in mode:
+        return None
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).madvise
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes, fn.restype = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int], ctypes.c_int
+    return fn
+
+
+def empty(shape: tuple[int, ...] | torch.Size, dtype: torch.dtype) -> torch.Tensor:
+    """``torch.empty`` on CPU whose pages, for buffers of 4 MiB and more, are requested as 2 MiB transparent
+    huge pages before anything touches them. Why: a fresh large buffer is a new mapping, and faulting it in
+    4 KiB pages costs more than the kernels writing it (measured on this project's VM: 84 ms to fault 256 MB,
+    the fill itself 15 ms; with huge pages 24 ms). The hint is best effort: without THP support it is
+    plain ``torch.empty``."""
+    out = torch.empty(shape, dtype=dtype)
+    nbytes = out.numel() * out.element_size()
+    madvise = _madvise() if nbytes >= 2 * _HUGE else None
+    if madvise is not None:
+        start = -(-out.data_ptr() // _HUGE) * _HUGE  # whole huge pages inside the buffer only
+        stop = (out.data_ptr() + nbytes) // _HUGE * _HUGE
+        if stop > start:
+            madvise(start, stop - start, _MADV_HUGEPAGE)  # a failure only loses the hint
+    return out

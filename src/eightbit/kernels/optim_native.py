@@ -8,6 +8,7 @@ from __future__ import annotations
 import torch
 
 from . import native_cpu
+from .blockwise_cpu import packed_args
 from .dispatch import register_kernel
 
 _HP_LEN = 11  # LR, WD, GRAD_SCALE, UPDATE_SCALE, b1, 1-b1, b2, 1-b2, eps, bc1, sqrt(bc2)
@@ -37,8 +38,8 @@ def adam8bit_update(p, g, states, absmaxes, codes, hp, wd_mode: int, seeds: list
     ptr = native_cpu.ptr
     lib.eb_adam8_blocks(
         ptr(p), ptr(g), ptr(qm), ptr(am), ptr(qv), ptr(av),
-        ptr(cm[0]), ptr(cm[2]), ptr(cm[3]), cm[4], cm[1],
-        ptr(cv[0]), ptr(cv[2]), ptr(cv[3]), cv[4], cv[1],
+        ptr(cm[0]), ptr(cm[2]), ptr(cm[3]), cm[4], cm[1], *packed_args(cm[0], codes[0][1]),
+        ptr(cv[0]), ptr(cv[2]), ptr(cv[3]), cv[4], cv[1], *packed_args(cv[0], codes[1][1]),
         ptr(hp), wd_mode, seeds[0], seeds[1], nb, bs,
     )
     return True

@@ -24,19 +24,30 @@ typedef struct {
     const float *midp;     /* 255 midpoints + padding of +inf */
     int32_t k;             /* extra comparisons per cell */
     int32_t zero_idx;      /* code used for blocks holding NaN/Inf */
+    const int32_t *near;   /* packed nearest-code table (or NULL), see packed_index */
+    const int32_t *floor_; /* packed floor table: 1 + index of the largest code <= n (or NULL) */
+    int32_t klo, span;     /* smallest magnitude cell of the packed tables; cells per sign */
 } lut_t;
+
+/* Packed tables (eightbit.kernels.blockwise_cpu.packed_lut): one entry per sign and float cell of |n| (the
+ * top 16 bits of |n|, cells below klo merged into klo), entry = (base << 17) | t. The result for n is
+ * base + (r >= t), r being the low 16 bits of |n| in the cell's value order (reversed for negative n): every
+ * cell holds at most one threshold, so one lookup in a table of a few KB (L1) replaces the 256 KB table and
+ * the dependent midpoint lookup. t = 0x10000 means no threshold in the cell. */
+static inline int32_t packed_index(uint32_t bits, const int32_t *restrict tab, uint32_t klo, uint32_t span) {
+    const uint32_t s = bits >> 31, a = bits & 0x7FFFFFFFu;
+    uint32_t ka = a >> 16;
+    ka = ka < klo ? klo : ka;
+    const int32_t j = (int32_t)(ka - klo) + (int32_t)((0u - s) & span);
+    const uint32_t e = (uint32_t)tab[j];
+    const uint32_t r = (a ^ (0u - s)) & 0xFFFFu;
+    return (int32_t)((e >> 17) + (r >= (e & 0x1FFFFu) ? 1u : 0u));
+}
 
 static inline uint32_t bits_of(float f) {
     uint32_t u;
     memcpy(&u, &f, 4);
     return u;
-}
-
-/* == torch.bucketize(n, midpoints): the index of the nearest code (ties to the lower one). */
-static inline int32_t nearest(float n, const lut_t *L) {
-    int32_t idx = L->table[(bits_of(n) >> 16) ^ 0x8000u];
-    for (int j = 0; j < L->k; j++) idx += n > L->midp[idx + j];
-    return idx;
 }
 
 /* Draw of element i under a step's 31-bit seed: a Weyl sequence, (i * 0x9E3779B9 + 2 * seed) mod 2^32, top 24
@@ -58,10 +69,90 @@ static inline void stochastic_block(const float *restrict n, int64_t bs, const f
     }
 }
 
+/* Stochastic rounding straight from the packed floor table: lo = largest code <= n (clamped to [0, 254]),
+ * then the same draw and comparison as stochastic_block (bit-identical: lo is the same index). -0.0 counts
+ * as +0.0 (as float comparisons do) for the lookup. */
+#ifdef __AVX2__
+#include <immintrin.h>
+/* packed_index for 8 lanes (the compiler does not turn the scalar form into a gather). */
+static inline __m256i packed_index8(__m256i bits, const int32_t *tab, __m256i klo, __m256i span) {
+    const __m256i zero = _mm256_setzero_si256();
+    const __m256i neg = _mm256_sub_epi32(zero, _mm256_srli_epi32(bits, 31)); /* all ones for negative n */
+    const __m256i a = _mm256_and_si256(bits, _mm256_set1_epi32(0x7FFFFFFF));
+    const __m256i ka = _mm256_max_epi32(_mm256_srli_epi32(a, 16), klo);
+    const __m256i j = _mm256_add_epi32(_mm256_sub_epi32(ka, klo), _mm256_and_si256(neg, span));
+    const __m256i e = _mm256_i32gather_epi32(tab, j, 4);
+    const __m256i r = _mm256_and_si256(_mm256_xor_si256(a, neg), _mm256_set1_epi32(0xFFFF));
+    const __m256i t = _mm256_and_si256(e, _mm256_set1_epi32(0x1FFFF));
+    const __m256i ge = _mm256_andnot_si256(_mm256_cmpgt_epi32(t, r), _mm256_set1_epi32(1)); /* r >= t */
+    return _mm256_add_epi32(_mm256_srli_epi32(e, 17), ge);
+}
+#endif
+
+static void packed_block(const uint32_t *restrict u, int64_t bs, const int32_t *restrict tab, uint32_t klo,
+                         uint32_t span, int32_t *restrict idx) {
+    int64_t i = 0;
+#ifdef __AVX2__
+    const __m256i vklo = _mm256_set1_epi32((int32_t)klo), vspan = _mm256_set1_epi32((int32_t)span);
+    for (; i + 8 <= bs; i += 8)
+        _mm256_storeu_si256((__m256i *)(idx + i),
+                            packed_index8(_mm256_loadu_si256((const __m256i *)(u + i)), tab, vklo, vspan));
+#endif
+    for (; i < bs; i++) idx[i] = packed_index(u[i], tab, klo, span);
+}
+
+/* Stochastic rounding straight from the packed floor table: lo = largest code <= n (clamped to [0, 254]),
+ * then the same draw and comparison as stochastic_block (bit-identical: lo is the same index). -0.0 counts
+ * as +0.0 (as float comparisons do) for the lookup. */
+static inline void stochastic_floor_block(const float *restrict n, int64_t bs, const lut_t *L, uint32_t seed,
+                                          int64_t first, int32_t *restrict idx) {
+    const uint32_t base = (uint32_t)first;
+    const float *restrict code = L->code;
+    const int32_t *restrict tab = L->floor_;
+    const uint32_t *restrict nb = (const uint32_t *)n; /* type pun: built with -fno-strict-aliasing */
+    const uint32_t klo = (uint32_t)L->klo, span = (uint32_t)L->span;
+    int64_t i = 0;
+#ifdef __AVX2__
+    const __m256i vklo = _mm256_set1_epi32((int32_t)klo), vspan = _mm256_set1_epi32((int32_t)span);
+    const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), m31 = _mm256_set1_epi32((int32_t)M31);
+    const __m256i phi = _mm256_set1_epi32((int32_t)EB_PHI), off = _mm256_set1_epi32((int32_t)(seed << 1));
+    const __m256i negzero = _mm256_set1_epi32((int32_t)0x80000000u), one = _mm256_set1_epi32(1);
+    const __m256i top = _mm256_set1_epi32(254), zero = _mm256_setzero_si256();
+    const __m256 inv24 = _mm256_set1_ps(1.0f / 16777216.0f);
+    for (; i + 8 <= bs; i += 8) {
+        const __m256i k = _mm256_and_si256(_mm256_add_epi32(_mm256_set1_epi32((int32_t)(base + (uint32_t)i)), lane), m31);
+        const __m256i h = _mm256_add_epi32(_mm256_mullo_epi32(k, phi), off);
+        const __m256 u = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_srli_epi32(h, 8)), inv24);
+        __m256i bits = _mm256_loadu_si256((const __m256i *)(nb + i));
+        bits = _mm256_andnot_si256(_mm256_cmpeq_epi32(bits, negzero), bits);
+        __m256i lo = _mm256_sub_epi32(packed_index8(bits, tab, vklo, vspan), one);
+        lo = _mm256_min_epi32(_mm256_max_epi32(lo, zero), top);
+        const __m256 c_lo = _mm256_i32gather_ps(code, lo, 4), c_hi = _mm256_i32gather_ps(code + 1, lo, 4);
+        const __m256 frac = _mm256_div_ps(_mm256_sub_ps(_mm256_loadu_ps(n + i), c_lo), _mm256_sub_ps(c_hi, c_lo));
+        const __m256i up = _mm256_castps_si256(_mm256_cmp_ps(u, frac, _CMP_LT_OQ));
+        _mm256_storeu_si256((__m256i *)(idx + i), _mm256_sub_epi32(lo, up)); /* up is -1 where rounding up */
+    }
+#endif
+    for (; i < bs; i++) {
+        uint32_t h = (((base + (uint32_t)i) & M31) * EB_PHI) + (seed << 1);
+        float u = (float)(int32_t)(h >> 8) * (1.0f / 16777216.0f);
+        const uint32_t bits = nb[i] == 0x80000000u ? 0u : nb[i];
+        int32_t lo = packed_index(bits, tab, klo, span) - 1;
+        lo = lo < 0 ? 0 : (lo > 254 ? 254 : lo);
+        float c_lo = code[lo], c_hi = code[lo + 1];
+        float frac = (n[i] - c_lo) / (c_hi - c_lo);
+        idx[i] = lo + (u < frac ? 1 : 0);
+    }
+}
+
 /* Nearest-code indices of n[0..bs) into idx; written as simple loops so the compiler vectorizes them
  * (AVX2 gathers for the table lookups). */
 static inline void nearest_block(const float *restrict n, int64_t bs, const lut_t *L, int32_t *restrict idx) {
     const uint32_t *restrict u = (const uint32_t *)n; /* type pun: built with -fno-strict-aliasing */
+    if (L->near) {
+        packed_block(u, bs, L->near, (uint32_t)L->klo, (uint32_t)L->span, idx);
+        return;
+    }
     const int32_t *restrict table = L->table;
     const float *restrict midp = L->midp;
     for (int64_t i = 0; i < bs; i++) idx[i] = table[(u[i] >> 16) ^ 0x8000u];
@@ -93,16 +184,20 @@ static void quantize_block(const float *x, int64_t bs, const lut_t *L, int64_t s
     float n[MAX_BLOCK];
     int32_t idx[MAX_BLOCK];
     for (int64_t i = 0; i < bs; i++) n[i] = x[i] / scale;
-    nearest_block(n, bs, L, idx);
-    if (seed >= 0) stochastic_block(n, bs, L->code, (uint32_t)seed, first, idx);
+    if (seed >= 0 && L->floor_) {
+        stochastic_floor_block(n, bs, L, (uint32_t)seed, first, idx);
+    } else {
+        nearest_block(n, bs, L, idx);
+        if (seed >= 0) stochastic_block(n, bs, L->code, (uint32_t)seed, first, idx);
+    }
     for (int64_t i = 0; i < bs; i++) q[i] = (uint8_t)idx[i];
     *absmax = amax;
 }
 
 void eb_quantize_blocks(const float *x, int64_t nblocks, int64_t bs, const float *code, const int32_t *table,
-                        const float *midp, int32_t k, int32_t zero_idx, int64_t seed, int64_t first,
-                        uint8_t *q, float *absmax) {
-    lut_t L = {code, table, midp, k, zero_idx};
+                        const float *midp, int32_t k, int32_t zero_idx, const int32_t *near, const int32_t *floor_,
+                        int32_t klo, int32_t span, int64_t seed, int64_t first, uint8_t *q, float *absmax) {
+    lut_t L = {code, table, midp, k, zero_idx, near, floor_, klo, span};
 #pragma omp parallel for schedule(static) if (nblocks >= 16)
     for (int64_t b = 0; b < nblocks; b++)
         quantize_block(x + b * bs, bs, &L, seed, first + b * bs, q + b * bs, absmax + b);
@@ -152,11 +247,13 @@ static void adam_block(float *restrict p, const float *restrict g, const uint8_t
 
 void eb_adam8_blocks(float *p, const float *g, uint8_t *qm, float *am, uint8_t *qv, float *av,
                      const float *code_m, const int32_t *table_m, const float *midp_m, int32_t k_m, int32_t zero_m,
+                     const int32_t *near_m, const int32_t *floor_m, int32_t klo_m, int32_t span_m,
                      const float *code_v, const int32_t *table_v, const float *midp_v, int32_t k_v, int32_t zero_v,
+                     const int32_t *near_v, const int32_t *floor_v, int32_t klo_v, int32_t span_v,
                      const float *hp, int32_t wd_mode, int64_t seed_m, int64_t seed_v,
                      int64_t nblocks, int64_t bs) {
-    const lut_t Lm = {code_m, table_m, midp_m, k_m, zero_m};
-    const lut_t Lv = {code_v, table_v, midp_v, k_v, zero_v};
+    const lut_t Lm = {code_m, table_m, midp_m, k_m, zero_m, near_m, floor_m, klo_m, span_m};
+    const lut_t Lv = {code_v, table_v, midp_v, k_v, zero_v, near_v, floor_v, klo_v, span_v};
     const adam_hp_t h = {hp[0], hp[1], hp[2], hp[4], hp[5], hp[6], hp[7], hp[8], hp[9], hp[10],
                          1.0f - hp[0] * hp[1], hp[0] * hp[3], wd_mode};
 #pragma omp parallel for schedule(static) if (nblocks >= 16)
