@@ -27,6 +27,7 @@ import math
 import torch
 
 from .._checks import check_bool, check_tensor
+from ..kernels.dispatch import get_kernel
 
 _IN_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
 _TINY = torch.finfo(torch.float32).tiny
@@ -71,11 +72,18 @@ def finite_minmax(x: torch.Tensor, axis: int | None = None) -> tuple[torch.Tenso
 
 def finite_amax(x: torch.Tensor, axis: int | None = None) -> torch.Tensor:
     """max |x| over the finite values, fp32, 0-dim or (C,)."""
+    if axis is None and not x.is_meta:
+        kernel = get_kernel("absmax", x.device.type)
+        m = kernel(x) if kernel is not None else None
+        if m is not None:  # one pass, no temporary; None when x holds NaN/Inf (handled below)
+            return m
     r = _rows(x, axis)
     if r.shape[1] == 0:
         m = torch.zeros(r.shape[0], dtype=torch.float32, device=x.device)
     else:
-        m = r.abs().amax(1)
+        # max |x| without an |x|-sized temporary (a 256 MB one cost 100 ms of page faults); amax and amin
+        # separately: torch.aminmax(dim=1) ran 10x slower than both here
+        m = torch.maximum(r.amax(1), -r.amin(1))
         if r.is_meta or not torch.isfinite(m).all():
             a = r.abs()
             m = torch.where(torch.isfinite(a), a, 0.0).amax(1)

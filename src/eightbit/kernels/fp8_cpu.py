@@ -187,3 +187,18 @@ def dequantize_fp8_cpu(
     if out is not None:
         return out.to(out_dtype)
     return _run("dq", _dequantize_graph, codes, table, scale.to(torch.float32), out_dtype)
+
+
+@register_kernel("absmax", "cpu")
+def absmax_cpu(x: torch.Tensor) -> torch.Tensor | None:
+    """max |x| of a contiguous float32 CPU tensor as a 0-dim float32 tensor, in one native pass without an
+    |x|-sized temporary (``x.abs().amax()`` allocates one: ~100 ms of page faults for 256 MB on this
+    project's VM); None when it does not apply (other dtypes or layouts, no native library, or a NaN/Inf in
+    ``x``: the caller's finite-only path decides then)."""
+    lib = native_cpu.library()
+    if lib is None or x.dtype != torch.float32 or not x.is_contiguous() or x.device.type != "cpu" or x.numel() == 0:
+        return None
+    bits = int(lib.eb_absmax_bits(native_cpu.ptr(x), x.numel()))
+    if bits >= 0x7F800000:
+        return None
+    return torch.tensor(_bits_to_float(bits), dtype=torch.float32)

@@ -42,7 +42,9 @@ _SIGNATURES = {
     "eb_int8_prepare": [_vp, _i64, _i64, ctypes.c_float, _vp, _vp, _vp],
     "eb_fp32_to_fp8": [_vp, _vp, _i64, _i64, _i64, ctypes.c_float, _i32, _i32, _i32, _i32, _i32, _i32, _i32, _vp],
     "eb_fp8_to_fp32": [_vp, _vp, _vp, _i64, _i64, _i64, _vp],
+    "eb_absmax_bits": [_vp, _i64],
 }
+_RESTYPES = {"eb_int8_prepare": ctypes.c_int, "eb_absmax_bits": ctypes.c_uint32}
 
 
 def _cache_dir() -> Path:
@@ -101,7 +103,7 @@ def library() -> ctypes.CDLL | None:
         return None
     for name, argtypes in _SIGNATURES.items():
         fn = getattr(lib, name)
-        fn.argtypes, fn.restype = argtypes, (ctypes.c_int if name == "eb_int8_prepare" else None)
+        fn.argtypes, fn.restype = argtypes, _RESTYPES.get(name)
     return lib
 
 

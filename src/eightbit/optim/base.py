@@ -134,7 +134,8 @@ def _sum_over(groups: list, t: torch.Tensor) -> torch.Tensor:
 def _all_finite(g: torch.Tensor, groups: list) -> bool:
     """Whether the whole gradient is finite; for a sharded one all shards agree (all skip or none)."""
     if not groups:
-        return bool(torch.isfinite(g.abs().amax()))
+        lo, hi = torch.aminmax(g)  # NaN propagates into both; no gradient-sized temporary
+        return bool(torch.isfinite(lo) & torch.isfinite(hi))
     return _sum_over(groups, (~torch.isfinite(g)).sum()).item() == 0
 
 
