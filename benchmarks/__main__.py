@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from .common import Context, Row, describe_exception, log
-    from .machine import machine_info, measure_bandwidth, measure_fp32_gflops
+    from .machine import machine_info, measure_bandwidth, measure_core_ceilings, measure_fp32_gflops
     from .report import render
     from .targets import evaluate
 
@@ -46,9 +46,10 @@ def main(argv: list[str] | None = None) -> int:
     started_utc = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     ctx = Context(quick=args.quick)
     info = machine_info()
-    log("measuring floors (copy bandwidth, fp32 GEMM)")
+    log("measuring floors (copy bandwidth, fp32 GEMM, one core's int8 and gather rates)")
     ctx.bandwidth_gbps = measure_bandwidth(args.quick)
     ctx.fp32_gflops = measure_fp32_gflops(args.quick)
+    ceilings = measure_core_ceilings(args.quick)
     rows: list[Row] = []
 
     def result(complete: bool) -> dict:
@@ -65,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
             "started_utc": started_utc,
             "duration_s": time.perf_counter() - started,
             "machine": info,
-            "floors": {"bandwidth_gbps": ctx.bandwidth_gbps, "fp32_gflops": ctx.fp32_gflops},
+            "floors": {"bandwidth_gbps": ctx.bandwidth_gbps, "fp32_gflops": ctx.fp32_gflops, **ceilings},
             "rows": [r.to_dict() for r in rows],
             "targets": evaluate(rows),
         }

@@ -1,10 +1,15 @@
-"""What machine the numbers come from, and its physical floors (memory bandwidth, fp32 GEMM peak)."""
+"""What machine the numbers come from, and its physical floors (memory bandwidth, fp32 GEMM peak, and the
+int8 multiply-accumulate and gather rates of one core, from ``csrc/probes.c``)."""
 from __future__ import annotations
 
+import ctypes
 import importlib.metadata
 import os
 import platform
+import subprocess
+import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -100,3 +105,32 @@ def measure_fp32_gflops(quick: bool) -> float:
     out = torch.empty(n, n)
     t = _best_of(lambda: torch.mm(a, b, out=out), 3 if quick else 5)
     return 2 * n**3 / t / 1e9
+
+
+def measure_core_ceilings(quick: bool) -> dict[str, float | None]:
+    """One core's int8 multiply-accumulate rate (G products/s) with eightbit's exact AVX2 step and with the
+    saturating u8s8 step of MLAS/ONNX Runtime (the same 4x16 register tile in assembly, data in L1), and its
+    8-lane gather rate from a 256-entry table (G lanes/s). None values where the probe cannot be built."""
+    from eightbit.kernels.native_cpu import _compiler
+
+    cc = _compiler()
+    empty = {"int8_exact_gmacs": None, "int8_saturating_gmacs": None, "gather_glanes": None}
+    if cc is None:
+        return empty
+    src = Path(__file__).with_name("csrc") / "probes.c"
+    with tempfile.TemporaryDirectory() as d:
+        lib_path = Path(d) / "probes.so"
+        res = subprocess.run([cc, "-O2", "-march=native", "-shared", "-fPIC", str(src), "-o", str(lib_path)],
+                             capture_output=True, text=True, timeout=120)
+        if res.returncode != 0:
+            return empty
+        lib = ctypes.CDLL(str(lib_path))
+    lib.eb_probe_int8_tile.argtypes, lib.eb_probe_int8_tile.restype = [ctypes.c_int, ctypes.c_int64], ctypes.c_double
+    lib.eb_probe_gather.argtypes, lib.eb_probe_gather.restype = [ctypes.c_int64], ctypes.c_double
+    reps = 30_000 if quick else 300_000
+    best = lambda f: max(f() for _ in range(3)) or None  # noqa: E731 - best of 3: the VM is noisy
+    return {
+        "int8_exact_gmacs": best(lambda: lib.eb_probe_int8_tile(1, reps)),
+        "int8_saturating_gmacs": best(lambda: lib.eb_probe_int8_tile(0, reps)),
+        "gather_glanes": best(lambda: lib.eb_probe_gather(reps // 15)),
+    }

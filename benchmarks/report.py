@@ -63,6 +63,10 @@ def machine_text(result: dict[str, Any]) -> str:
         f"- Versions: python {m['python']}, {vers}",
         f"- Measured floors: copy bandwidth {_num(f['bandwidth_gbps'], '{:.1f}')} GB/s (read+write), "
         f"fp32 GEMM {_num(f['fp32_gflops'], '{:.0f}')} GFLOP/s",
+        f"- One core's ceilings (benchmarks/csrc/probes.c, data in L1): int8 products "
+        f"{_num(f.get('int8_exact_gmacs'), '{:.0f}')} G/s with eightbit's exact AVX2 step, "
+        f"{_num(f.get('int8_saturating_gmacs'), '{:.0f}')} G/s with the saturating u8s8 step of MLAS/ONNX Runtime; "
+        f"table gathers {_num(f.get('gather_glanes'), '{:.2f}')} G lanes/s",
         f"- Load average (1/5/15 min) at start {load(m.get('loadavg_start'))}, at end {load(m.get('loadavg_end'))}",
     ])
 

@@ -306,3 +306,25 @@ def test_int8_prepare_activations_defers_special_rows(lib, gen):
         assert int8_prepare_activations_cpu(y, 6.0) is None
     assert int8_prepare_activations_cpu(x.t(), 6.0) is None  # non-contiguous: reference
     assert int8_prepare_activations_cpu(x.half(), 6.0) is None
+
+
+def test_native_absmax_matches_torch(lib, gen):
+    """eb_absmax_bits: max |x| in one pass (all sizes around the parallel chunking), None with NaN/Inf present."""
+    from eightbit.functional.affine import finite_amax
+    from eightbit.kernels.fp8_cpu import absmax_cpu
+
+    for n in [1, 7, 65536, 65537, 16 * 65536 + 3]:
+        x = torch.randn(n, generator=gen) * 3
+        x[n // 2] = -x.abs().max() * 2  # the extreme is negative
+        got = absmax_cpu(x)
+        assert got is not None and got.dtype == torch.float32 and got.dim() == 0
+        assert torch.equal(got, x.abs().amax())
+    assert torch.equal(absmax_cpu(torch.tensor([0.0, -0.0])), torch.tensor(0.0))
+    assert torch.equal(absmax_cpu(torch.tensor([1e-45, -3e-45])), torch.tensor(3e-45))
+    for bad in (float("nan"), float("inf"), -float("inf")):
+        x = torch.ones(100_000)
+        x[5] = bad
+        assert absmax_cpu(x) is None
+        assert float(finite_amax(x)) == 1.0  # the finite-only fallback
+    assert absmax_cpu(torch.ones(4, dtype=torch.float64)) is None
+    assert absmax_cpu(torch.ones(8, 4).T) is None  # non-contiguous
