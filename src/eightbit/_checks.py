@@ -67,3 +67,15 @@ def check_bool(value: object, name: str) -> bool:
     if not isinstance(value, bool):
         raise TypeError(f"{name} must be a bool (True or False), got {type(value).__name__} {value!r}")
     return value
+
+
+def check_out(out: object, name: str, *, shape: torch.Size, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """Validate a caller-provided output buffer: a contiguous tensor of exactly ``shape``, ``dtype``, ``device``."""
+    check_tensor(out, name, dtypes=(dtype,))
+    if out.shape != torch.Size(shape):
+        raise ValueError(f"{name} must have shape {tuple(shape)}, got {tuple(out.shape)}")
+    if out.device != torch.device(device):
+        raise ValueError(f"{name} must be on {device}, got {out.device}")
+    if not out.is_contiguous():
+        raise ValueError(f"{name} must be contiguous")
+    return out

@@ -1,6 +1,10 @@
 """Block-wise quantization: nearest-code property vs a float64 reference, kernel == reference, NaN isolation."""
+import contextlib
+
 import pytest
 import torch
+
+import eightbit.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -144,3 +148,42 @@ def test_property_nearest_code(n, log_scale, blocksize, seed):
     x = torch.randn(n, generator=g) * (10.0**log_scale)
     q, s = quantize_blockwise(x, blocksize=blocksize)
     _check_nearest(x, q, s)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("shape", [(5000,), (3, 2048), (7, 11)])
+def test_out_buffers_receive_the_same_result(gen, dtype, shape):
+    """``out=`` (bitsandbytes' spelling) writes into the caller's buffer, bit-identical to the allocating call,
+    for full and partial blocks, every dtype, with the kernels and with the references."""
+    from eightbit.kernels import reference_only
+
+    x = (torch.randn(shape, generator=gen) * 3).to(dtype)
+    x.view(-1)[5] = float("nan")  # one block flagged, the others unaffected
+    for ref in (False, True):
+        with reference_only() if ref else contextlib.nullcontext():
+            q, st = F.quantize_blockwise(x, blocksize=2048)
+            buf = torch.full(shape, 99, dtype=torch.uint8)
+            q2, st2 = F.quantize_blockwise(x, blocksize=2048, out=buf)
+            assert q2 is buf and torch.equal(q2, q)
+            torch.testing.assert_close(st2.absmax, st.absmax, equal_nan=True, rtol=0, atol=0)
+            d = F.dequantize_blockwise(q, st)
+            out = torch.full(shape, 5.0, dtype=dtype)
+            d2 = F.dequantize_blockwise(q, st, out=out)
+            assert d2 is out
+            torch.testing.assert_close(d2, d, equal_nan=True, rtol=0, atol=0)
+
+
+def test_out_buffer_errors_name_the_argument():
+    x = torch.randn(4096)
+    q, st = F.quantize_blockwise(x)
+    for bad, err in [(torch.empty(4096, dtype=torch.int8), TypeError), (torch.empty(4095, dtype=torch.uint8), ValueError),
+                     (torch.empty(8192, dtype=torch.uint8)[::2], ValueError), ("buffer", TypeError),
+                     (torch.empty(4096, dtype=torch.uint8, device="meta"), ValueError)]:
+        with pytest.raises(err, match="out"):
+            F.quantize_blockwise(x, out=bad)
+    with pytest.raises(TypeError, match="out"):
+        F.dequantize_blockwise(q, st, out=torch.empty(4096, dtype=torch.float16))
+    with pytest.raises(ValueError, match="out"):
+        F.dequantize_blockwise(q, st, out=torch.empty(4097))
+    with pytest.raises(TypeError):
+        F.quantize_blockwise(x, None, 2048, torch.empty(4096, dtype=torch.uint8))  # keyword-only: no misbinding

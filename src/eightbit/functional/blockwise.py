@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch.utils.weak import WeakIdKeyDictionary
 
-from .._checks import FLOAT_DTYPES, check_tensor
+from .._checks import FLOAT_DTYPES, check_out, check_tensor
 from ..kernels.dispatch import get_kernel
 from .codes import create_dynamic_map
 
@@ -118,18 +118,22 @@ def dequantize_blocks(q2d: torch.Tensor, absmax: torch.Tensor, code: torch.Tenso
 
 
 def quantize_blockwise(
-    x: torch.Tensor, code: torch.Tensor | None = None, blocksize: int = 2048
+    x: torch.Tensor, code: torch.Tensor | None = None, blocksize: int = 2048, *, out: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, BlockwiseState]:
     """Quantize ``x`` (any shape, fp32/bf16/fp16, contiguous or not) block-wise to uint8 codes.
 
     ``code``: 256 sorted float32 values (default: signed dynamic map). Returns ``(q, state)`` where
     ``q`` is uint8 with ``x``'s shape and ``state.absmax`` has ceil(numel / blocksize) float32 entries
-    (the last block may be partial). Raises TypeError for a non-float tensor or code, ValueError for a bad
-    blocksize or a code that is not 1-D, 256 finite non-decreasing values (checked once per code tensor
-    and version, then cached). A meta ``x`` gives meta ``q`` and ``state.absmax``.
+    (the last block may be partial). ``out``: optional uint8 buffer of ``x``'s shape (contiguous, same
+    device) that receives the codes and is returned as ``q``; reusing one saves the allocation (a fresh
+    large buffer is paid for in page faults). Raises TypeError for a non-float tensor or code, ValueError for
+    a bad blocksize, a bad ``out``, or a code that is not 1-D, 256 finite non-decreasing values (checked once
+    per code tensor and version, then cached). A meta ``x`` gives meta ``q`` and ``state.absmax``.
     """
     check_tensor(x, "x", dtypes=FLOAT_DTYPES)
     blocksize = check_blocksize(blocksize)
+    if out is not None:
+        check_out(out, "out", shape=x.shape, dtype=torch.uint8, device=x.device)
     if code is None:
         code = _default_code(x.device)
     code, mid, zero_idx = prepare_code(code, x.device)
@@ -138,15 +142,26 @@ def quantize_blockwise(
     nfull = n // blocksize
     if n == 0 or x.is_meta:
         absmax = torch.empty(-(-n // blocksize), dtype=torch.float32, device=x.device)
-        return torch.empty(x.shape, dtype=torch.uint8, device=x.device), BlockwiseState(absmax, code, blocksize, x.shape, x.dtype)
+        q = out if out is not None else torch.empty(x.shape, dtype=torch.uint8, device=x.device)
+        return q, BlockwiseState(absmax, code, blocksize, x.shape, x.dtype)
     parts: list[tuple[torch.Tensor, torch.Tensor]] = []
     if nfull:
         body = flat[: nfull * blocksize].view(nfull, blocksize)
         kernel = get_kernel("quantize_blockwise", x.device.type)
-        out = kernel(body, code, mid, zero_idx) if kernel is not None else None
-        parts.append(out if out is not None else quantize_blocks(body, code, mid, zero_idx))
+        q_body = None if out is None else out.view(-1)[: nfull * blocksize].view(nfull, blocksize)
+        res = kernel(body, code, mid, zero_idx, out=q_body) if kernel is not None else None
+        parts.append(res if res is not None else quantize_blocks(body, code, mid, zero_idx))
     if n % blocksize:
         parts.append(quantize_blocks(flat[nfull * blocksize :].view(1, -1), code, mid, zero_idx))
+    if out is not None:  # kernels that could not write into ``out`` returned their own codes: copy them in
+        flat_out, start = out.view(-1), 0
+        for q_part, _ in parts:
+            size = q_part.numel()
+            if q_part.data_ptr() != flat_out[start:].data_ptr():
+                flat_out[start : start + size].copy_(q_part.reshape(-1))
+            start += size
+        absmax = parts[0][1] if len(parts) == 1 else torch.cat([p[1] for p in parts])
+        return out, BlockwiseState(absmax, code, blocksize, x.shape, x.dtype)
     if len(parts) == 1:  # no copy in the common case
         q, absmax = parts[0][0].reshape(-1), parts[0][1]
     else:
@@ -154,10 +169,12 @@ def quantize_blockwise(
     return q.view(x.shape), BlockwiseState(absmax, code, blocksize, x.shape, x.dtype)
 
 
-def dequantize_blockwise(q: torch.Tensor, state: BlockwiseState) -> torch.Tensor:
+def dequantize_blockwise(q: torch.Tensor, state: BlockwiseState, *, out: torch.Tensor | None = None) -> torch.Tensor:
     """Inverse of :func:`quantize_blockwise`: uint8 codes + state -> tensor of ``state.shape``/``state.dtype``.
 
-    Raises TypeError for non-uint8 ``q``, ValueError when ``q`` or ``state.absmax`` has the wrong size."""
+    ``out``: optional buffer of ``state.shape`` and ``state.dtype`` (contiguous, on ``q``'s device) that
+    receives the values and is returned. Raises TypeError for non-uint8 ``q``, ValueError when ``q``,
+    ``state.absmax`` or ``out`` has the wrong size (or ``out`` the wrong dtype/device/layout)."""
     check_tensor(q, "q", dtypes=(torch.uint8,))
     if not isinstance(state, BlockwiseState):
         raise TypeError(f"state must be a BlockwiseState, got {type(state).__name__}")
@@ -167,22 +184,32 @@ def dequantize_blockwise(q: torch.Tensor, state: BlockwiseState) -> torch.Tensor
         raise ValueError(f"q has {n} elements but state.shape is {tuple(state.shape)}")
     if state.absmax.numel() != -(-n // bs):
         raise ValueError(f"state.absmax must have {-(-n // bs)} entries, got {state.absmax.numel()}")
+    if out is not None:
+        check_out(out, "out", shape=torch.Size(state.shape), dtype=state.dtype, device=q.device)
     flat = q.reshape(-1)
     code = state.code.to(q.device)
     absmax = state.absmax.to(q.device, torch.float32)
     nfull = n // bs
     if n == 0:
-        return torch.empty(state.shape, dtype=state.dtype, device=q.device)
+        return out if out is not None else torch.empty(state.shape, dtype=state.dtype, device=q.device)
     parts: list[torch.Tensor] = []
     if nfull:
         body = flat[: nfull * bs].view(nfull, bs)
         kernel = get_kernel("dequantize_blockwise", q.device.type)
         if kernel is not None:
-            parts.append(kernel(body, absmax[:nfull], code, state.dtype).reshape(-1))
+            o_body = None if out is None else out.view(-1)[: nfull * bs].view(nfull, bs)
+            parts.append(kernel(body, absmax[:nfull], code, state.dtype, out=o_body).reshape(-1))
         else:
             parts.append(dequantize_blocks(body, absmax[:nfull], code).to(state.dtype).reshape(-1))
     if n % bs:
         tail = flat[nfull * bs :].view(1, -1)
         parts.append(dequantize_blocks(tail, absmax[nfull:], code).to(state.dtype).reshape(-1))
-    out = parts[0] if len(parts) == 1 else torch.cat(parts)
-    return out.view(state.shape)
+    if out is not None:
+        flat_out, start = out.view(-1), 0
+        for part in parts:
+            if part.data_ptr() != flat_out[start:].data_ptr():
+                flat_out[start : start + part.numel()].copy_(part)
+            start += part.numel()
+        return out
+    result = parts[0] if len(parts) == 1 else torch.cat(parts)
+    return result.view(state.shape)

@@ -177,20 +177,26 @@ _dequantize_compiled = torch.compile(blocks_dequantize, dynamic=True, options=_C
 
 
 @register_kernel("quantize_blockwise", "cpu")
-def quantize_blockwise_cpu(x2d: torch.Tensor, code: torch.Tensor, mid: torch.Tensor, zero_idx: int):
-    """Kernel for full blocks: (nblocks, blocksize) -> (q, absmax); None when the code needs the reference."""
+def quantize_blockwise_cpu(x2d: torch.Tensor, code: torch.Tensor, mid: torch.Tensor, zero_idx: int,
+                           out: torch.Tensor | None = None):
+    """Kernel for full blocks: (nblocks, blocksize) -> (q, absmax); None when the code needs the reference.
+    ``out`` (contiguous uint8, x2d's shape) receives the codes on the native path (the caller copies otherwise)."""
     lut = build_lut(mid)
     if lut is None:
         return None
     if x2d.dtype == torch.float32 and x2d.is_contiguous() and native_cpu.library() is not None:
-        return native_quantize(x2d, code, lut, zero_idx)
+        return native_quantize(x2d, code, lut, zero_idx, out=out)
     return _quantize_compiled(x2d, lut[0], lut[1], lut[2], zero_idx)
 
 
 @register_kernel("dequantize_blockwise", "cpu")
-def dequantize_blockwise_cpu(q2d: torch.Tensor, absmax: torch.Tensor, code: torch.Tensor, dtype: torch.dtype):
-    """Kernel for full blocks: (nblocks, blocksize) uint8 -> (nblocks, blocksize) ``dtype``."""
+def dequantize_blockwise_cpu(q2d: torch.Tensor, absmax: torch.Tensor, code: torch.Tensor, dtype: torch.dtype,
+                             out: torch.Tensor | None = None):
+    """Kernel for full blocks: (nblocks, blocksize) uint8 -> (nblocks, blocksize) ``dtype``. A float32 ``out``
+    (contiguous, q2d's shape) receives the values on the native path (the caller copies otherwise)."""
     if q2d.is_contiguous() and native_cpu.library() is not None:
+        if dtype == torch.float32:
+            return native_dequantize(q2d, absmax, code, out=out)
         return native_dequantize(q2d, absmax, code).to(dtype)
     return _dequantize_compiled(q2d, absmax, code, dtype)
 
@@ -204,12 +210,14 @@ def packed_args(code: torch.Tensor, mid: torch.Tensor) -> tuple:
     return native_cpu.ptr(near), native_cpu.ptr(floor), klo, span
 
 
-def native_quantize(x2d: torch.Tensor, code: torch.Tensor, lut: tuple, zero_idx: int, seed: int = -1, first: int = 0):
+def native_quantize(x2d: torch.Tensor, code: torch.Tensor, lut: tuple, zero_idx: int, seed: int = -1, first: int = 0,
+                    out: torch.Tensor | None = None):
     """Native block quantization of contiguous float32 (nblocks, blocksize) ``x2d``: (uint8 codes, absmax).
-    ``seed >= 0`` rounds stochastically (element i's draw keyed on ``first + i``); -1 rounds to nearest."""
+    ``seed >= 0`` rounds stochastically (element i's draw keyed on ``first + i``); -1 rounds to nearest.
+    ``out``: contiguous uint8 buffer of x2d's shape for the codes (else a new one)."""
     lib = native_cpu.library()
     nb, bs = x2d.shape
-    q = native_cpu.empty((nb, bs), dtype=torch.uint8)
+    q = out if out is not None else native_cpu.empty((nb, bs), dtype=torch.uint8)
     absmax = torch.empty(nb, dtype=torch.float32)
     code = code.to(torch.float32).contiguous()
     table, midp, k = lut
@@ -219,11 +227,13 @@ def native_quantize(x2d: torch.Tensor, code: torch.Tensor, lut: tuple, zero_idx:
     return q, absmax
 
 
-def native_dequantize(q2d: torch.Tensor, absmax: torch.Tensor, code: torch.Tensor) -> torch.Tensor:
-    """Native ``code[q] * absmax`` for contiguous uint8 (nblocks, blocksize) ``q2d``, as float32."""
+def native_dequantize(q2d: torch.Tensor, absmax: torch.Tensor, code: torch.Tensor,
+                      out: torch.Tensor | None = None) -> torch.Tensor:
+    """Native ``code[q] * absmax`` for contiguous uint8 (nblocks, blocksize) ``q2d``, as float32 (into ``out``,
+    a contiguous float32 buffer of q2d's shape, when given)."""
     lib = native_cpu.library()
     nb, bs = q2d.shape
-    out = native_cpu.empty((nb, bs), dtype=torch.float32)
+    out = out if out is not None else native_cpu.empty((nb, bs), dtype=torch.float32)
     absmax = absmax.to(torch.float32).contiguous()
     code = code.to(torch.float32).contiguous()
     ptr = native_cpu.ptr
