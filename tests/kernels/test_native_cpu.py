@@ -1,4 +1,4 @@
-"""Native CPU kernels (kernels/csrc/blockwise_cpu.c) against the plain-PyTorch references: block-wise
+"""Native CPU kernels (kernels/csrc/*.c) against the plain-PyTorch references: block-wise
 quantize/dequantize bit-identical, stochastic rounding bit-identical and unbiased, the fused 8-bit Adam
 update bit-identical in its states (parameters within an ulp of the step: torch's vectorized sqrt is
 not correctly rounded, C's sqrtf is), thread splits that do not change results, and the fallback when no compiler works."""
