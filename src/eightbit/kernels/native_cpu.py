@@ -26,7 +26,8 @@ import torch
 
 __all__ = ["empty", "library", "ptr"]
 
-_SOURCES = sorted((Path(__file__).with_name("csrc")).glob("*.c"))
+_CSRC = Path(__file__).with_name("csrc")
+_SOURCES = sorted(_CSRC.glob("*.c"))
 # No fast-math: results must match the PyTorch references bit for bit (-fno-trapping-math only drops
 # FP-exception semantics, which lets the compiler vectorize branch-free selects).
 _FLAGS = ["-O3", "-march=native", "-ffp-contract=off", "-fno-math-errno", "-fno-trapping-math",
@@ -63,7 +64,7 @@ def _compiler() -> str | None:
 
 def _build(cc: str) -> Path:
     version = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=60).stdout
-    sources = b"".join(p.name.encode() + p.read_bytes() for p in _SOURCES)
+    sources = b"".join(p.name.encode() + p.read_bytes() for p in sorted(_CSRC.glob("*.[ch]")))
     key = hashlib.sha256(sources + " ".join(_FLAGS).encode() + version.encode()).hexdigest()[:16]
     target = _cache_dir() / f"eightbit_native_{key}.so"
     if target.exists():

@@ -15,6 +15,8 @@
 #include <string.h>
 #include <float.h>
 
+#include "lookup.h"
+
 #define MAX_BLOCK 4096
 #define M31 0x7FFFFFFFu
 
@@ -224,7 +226,7 @@ void eb_quantize_blocks(const float *x, int64_t nblocks, int64_t bs, const float
  * would otherwise drop the no-alias information and the vectorizer with it. */
 static void dequantize_block(const uint8_t *restrict q, float a, const float *restrict code, int64_t bs,
                              float *restrict out) {
-    for (int64_t i = 0; i < bs; i++) out[i] = code[q[i]] * a;
+    lookup_scale(q, code, a, bs, out);
 }
 
 void eb_dequantize_blocks(const uint8_t *restrict q, const float *restrict absmax, const float *restrict code,
@@ -240,11 +242,9 @@ typedef struct {
     int32_t wd_mode;
 } adam_hp_t;
 
-/* One block: the 32-bit Adam step from dequantized m, v (new m, v into m_out, v_out), parameter written. */
-static void adam_block(float *restrict p, const float *restrict g, const uint8_t *restrict qm, float am_b,
-                       const uint8_t *restrict qv, float av_b, const float *restrict code_m,
-                       const float *restrict code_v, const adam_hp_t *h, int64_t bs, float *restrict m_out,
-                       float *restrict v_out) {
+/* One block: the 32-bit Adam step from dequantized m, v (replaced by the new m, v), parameter written. */
+static void adam_block(float *restrict p, const float *restrict g, const adam_hp_t *h, int64_t bs,
+                       float *restrict m, float *restrict v) {
     const float wd = h->wd, gs = h->gs, b1 = h->b1, c1 = h->c1, b2 = h->b2, c2 = h->c2, eps = h->eps;
     const float bc1 = h->bc1, bc2s = h->bc2s, decay = h->decay, step = h->step;
     const int32_t wd_mode = h->wd_mode;
@@ -252,13 +252,13 @@ static void adam_block(float *restrict p, const float *restrict g, const uint8_t
         float pi = p[i];
         float gi = g[i] * gs;
         if (wd_mode == 1) gi = gi + wd * pi;
-        float mi = (code_m[qm[i]] * am_b) * b1 + gi * c1;
-        float vi = (code_v[qv[i]] * av_b) * b2 + gi * gi * c2;
+        float mi = m[i] * b1 + gi * c1;
+        float vi = v[i] * b2 + gi * gi * c2;
         float d = (mi / bc1) / (sqrtf(vi) / bc2s + eps);
         if (wd_mode == 2) pi = pi * decay;
         p[i] = pi - step * d;
-        m_out[i] = mi;
-        v_out[i] = vi;
+        m[i] = mi;
+        v[i] = vi;
     }
 }
 
@@ -277,7 +277,9 @@ void eb_adam8_blocks(float *p, const float *g, uint8_t *qm, float *am, uint8_t *
     for (int64_t b = 0; b < nblocks; b++) {
         float m[MAX_BLOCK], v[MAX_BLOCK];
         const int64_t o = b * bs;
-        adam_block(p + o, g + o, qm + o, am[b], qv + o, av[b], code_m, code_v, &h, bs, m, v);
+        lookup_scale(qm + o, code_m, am[b], bs, m);
+        lookup_scale(qv + o, code_v, av[b], bs, v);
+        adam_block(p + o, g + o, &h, bs, m, v);
         /* next block's inputs start loading while this one is requantized (L1-only work) */
         for (int64_t i = 0; i < bs; i += 16) {
             __builtin_prefetch(p + o + bs + i);

@@ -7,6 +7,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "lookup.h"
+
 /* ------------------------------------------------------------------ fp8 casts
  * codes of x / scale in an 8-bit float format, round to nearest even; the same integer steps as
  * eightbit.kernels.fp8_cpu.fp32_to_fp8_bits (which documents them), one pass, vectorizable.
@@ -56,7 +58,7 @@ void eb_fp32_to_fp8(const float *x, const float *scale, int64_t scale_stride, in
 
 static void fp8_decode_row(const uint8_t *restrict codes, const float *restrict table, float s, int64_t cols,
                            float *restrict o) {
-    for (int64_t c = 0; c < cols; c++) o[c] = table[codes[c]] * s;
+    lookup_scale(codes, table, s, cols, o);
 }
 
 /* out = table[codes] * scale (float32), scale per row or one in all. */
