@@ -50,6 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     ctx.bandwidth_gbps = measure_bandwidth(args.quick)
     ctx.fp32_gflops = measure_fp32_gflops(args.quick)
     ceilings = measure_core_ceilings(args.quick)
+    ctx.int8_exact_gmacs = ceilings["int8_exact_gmacs"]
     rows: list[Row] = []
 
     def result(complete: bool) -> dict:

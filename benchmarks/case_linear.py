@@ -150,6 +150,10 @@ def run(ctx: Context) -> list[Row]:
         ]
         floor = None
         if ctx.bandwidth_gbps and ctx.fp32_gflops:
-            floor = max(size * size / (ctx.bandwidth_gbps * 1e9), 2 * m * size * size / (ctx.fp32_gflops * 1e9))
+            # compute: the exact int8 step's measured rate on every core (fp32 GEMM peak if not measured)
+            cores = torch.get_num_threads()
+            compute = (m * size * size / (cores * ctx.int8_exact_gmacs * 1e9) if ctx.int8_exact_gmacs
+                       else 2 * m * size * size / (ctx.fp32_gflops * 1e9))
+            floor = max(size * size / (ctx.bandwidth_gbps * 1e9), compute)
         rows += measure(ctx, "linear", f"{size}x{size}, M={m}", impls, floor_s=floor)
     return rows

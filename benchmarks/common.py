@@ -70,6 +70,7 @@ class Context:
     quick: bool
     bandwidth_gbps: float | None = None  # measured copy bandwidth, bytes read + written per second / 1e9
     fp32_gflops: float | None = None  # measured big fp32 GEMM
+    int8_exact_gmacs: float | None = None  # one core's exact int8 products per second / 1e9 (probes.c)
 
     @property
     def repeats(self) -> int:

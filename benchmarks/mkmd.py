@@ -28,13 +28,13 @@ def main(argv: list[str]) -> str:
 Command (repository root, nothing else running): `{r['command']}` (also `eightbit bench`); started
 {r.get('started_utc', '?')}, load average {la[0]:.2f} at the start. Harness: `docs/benchmarks.md`. The machine is a
 shared 2-core VM: repeated full runs moved individual medians by up to 2x (the measured copy bandwidth ranged
-17-22 GB/s), so read ratios, not absolute times.
+17-25 GB/s), so read ratios, not absolute times.
 
 {render(r)}
 ### Distance from the physical floor (eightbit rows)
 
-Floors: linear = max(int8 weight bytes / copy bandwidth, 2*M*N*K / fp32 GEMM peak) (no AMX/VNNI here, so the
-fp32 peak is the compute reference); optim = (12 B + 2 x state bytes) per parameter / bandwidth; blockwise =
+Floors: linear = max(int8 weight bytes / copy bandwidth, M*N*K / (threads x one core's exact int8 rate from
+probes.c)); optim = (12 B + 2 x state bytes) per parameter / bandwidth; blockwise =
 10 B per value / bandwidth; fp8 = 14 B per value / bandwidth. A result below 1.0x means the data stayed in
 the 32 MB+ L3 cache between repeats (the floor assumes DRAM).
 

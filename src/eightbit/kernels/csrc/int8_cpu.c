@@ -232,6 +232,14 @@ static int gemm_panels(const int8_t *x, const int8_t *w, const float *xs, const 
                 micro_4x16(xr[0], xr[1], xr[2], xr[3], panel, K4, acc);
                 for (int r = 0; r < mr; r++) {
                     const int64_t m = m0 + r;
+                    if (nn == 16 && !n_out) { /* the same two multiplies as finish(), 8 outputs at a time */
+                        const __m256 xsm = _mm256_set1_ps(xs[m]);
+                        for (int j = 0; j < 16; j += 8) {
+                            const __m256 y = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_loadu_si256((const __m256i *)(acc[r] + j))), xsm);
+                            _mm256_storeu_ps(out + m * N + n0 + j, _mm256_mul_ps(y, _mm256_loadu_ps(ws + n0 + j)));
+                        }
+                        continue;
+                    }
                     for (int j = 0; j < nn; j++)
                         out[m * N + n0 + j] = finish(acc[r][j], w + (n0 + j) * K, xs[m], ws[n0 + j],
                                                      xo ? xo + m * n_out : xo, cols, n_out);
