@@ -3,6 +3,7 @@ file with the documented schema, and every case produces rows (peers or eightbit
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -32,6 +33,9 @@ def test_quick_run_writes_schema(tmp_path):
     assert {"avx2", "avx512f", "amx_int8"} <= set(m["flags"])
     assert {"torch", "onnxruntime", "torchao", "bitsandbytes"} <= set(m["versions"])
     assert data["floors"]["bandwidth_gbps"] > 0 and data["floors"]["fp32_gflops"] > 0
+    ceilings = {k: data["floors"][k] for k in ("int8_exact_gmacs", "int8_saturating_gmacs", "gather_glanes")}
+    if m["flags"]["avx2"] and (shutil.which("cc") or shutil.which("gcc")):  # the probes build wherever the kernels do
+        assert all(v is not None and v > 0 for v in ceilings.values()), ceilings
     for row in data["rows"]:
         assert set(row) == ROW_KEYS
         assert row["status"] in ("ok", "unavailable", "error")

@@ -40,32 +40,22 @@ static const int16_t ONES[16] __attribute__((aligned(32))) = {1, 1, 1, 1, 1, 1, 
 #define CLOBBERS "memory", "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", "xmm7", "xmm8", "xmm9", "xmm10", \
                  "xmm11", "xmm12", "xmm13", "xmm14"
 
-static void tile_exact(const int8_t *a, const int8_t *b, int64_t nq) {
-    const int8_t *a3 = a + 3 * EB_K;
-    const int64_t lda = EB_K;
-    __asm__ volatile(ACC_INIT "1:\n\t"
-                     "vmovdqu (%[b]), %%ymm0\n\t vmovdqu 32(%[b]), %%ymm1\n\t"
-                     "vpabsb %%ymm0, %%ymm13\n\t vpabsb %%ymm1, %%ymm14\n\t"
-                     EXACT_ROW("(%[a])", "%%ymm4", "%%ymm5") EXACT_ROW("(%[a],%[lda])", "%%ymm6", "%%ymm7")
-                     EXACT_ROW("(%[a],%[lda],2)", "%%ymm8", "%%ymm9") EXACT_ROW("(%[a3])", "%%ymm10", "%%ymm11")
-                     LOOP_END
-                     : [a] "+r"(a), [a3] "+r"(a3), [b] "+r"(b), [nq] "+r"(nq)
-                     : [lda] "r"(lda), [ones] "r"(ONES)
-                     : CLOBBERS);
-}
-
-static void tile_saturating(const int8_t *a, const int8_t *b, int64_t nq) {
-    const int8_t *a3 = a + 3 * EB_K;
-    const int64_t lda = EB_K;
-    __asm__ volatile(ACC_INIT "1:\n\t"
-                     "vmovdqu (%[b]), %%ymm0\n\t vmovdqu 32(%[b]), %%ymm1\n\t"
-                     SAT_ROW("(%[a])", "%%ymm4", "%%ymm5") SAT_ROW("(%[a],%[lda])", "%%ymm6", "%%ymm7")
-                     SAT_ROW("(%[a],%[lda],2)", "%%ymm8", "%%ymm9") SAT_ROW("(%[a3])", "%%ymm10", "%%ymm11")
-                     LOOP_END
-                     : [a] "+r"(a), [a3] "+r"(a3), [b] "+r"(b), [nq] "+r"(nq)
-                     : [lda] "r"(lda), [ones] "r"(ONES)
-                     : CLOBBERS);
-}
+/* One 4x16 tile over nq k-groups; ROW is the per-row step (exact or saturating), PREP what each k-group needs. */
+#define DEFINE_TILE(NAME, PREP, ROW)                                                                             \
+    static void NAME(const int8_t *a, const int8_t *b, int64_t nq) {                                            \
+        const int8_t *a3 = a + 3 * EB_K;                                                                         \
+        const int64_t lda = EB_K;                                                                                \
+        __asm__ volatile(ACC_INIT "1:\n\t"                                                                       \
+                         "vmovdqu (%[b]), %%ymm0\n\t vmovdqu 32(%[b]), %%ymm1\n\t" PREP                         \
+                         ROW("(%[a])", "%%ymm4", "%%ymm5") ROW("(%[a],%[lda])", "%%ymm6", "%%ymm7")             \
+                         ROW("(%[a],%[lda],2)", "%%ymm8", "%%ymm9") ROW("(%[a3])", "%%ymm10", "%%ymm11")        \
+                         LOOP_END                                                                               \
+                         : [a] "+r"(a), [a3] "+r"(a3), [b] "+r"(b), [nq] "+r"(nq)                               \
+                         : [lda] "r"(lda), [ones] "r"(ONES)                                                     \
+                         : CLOBBERS);                                                                           \
+    }
+DEFINE_TILE(tile_exact, "vpabsb %%ymm0, %%ymm13\n\t vpabsb %%ymm1, %%ymm14\n\t", EXACT_ROW)
+DEFINE_TILE(tile_saturating, "", SAT_ROW)
 
 /* Products per second (x 1e9) of the 4x16 tile over K = 256, repeated ``reps`` times. */
 double eb_probe_int8_tile(int exact, int64_t reps) {
