@@ -114,11 +114,11 @@ def int8_matmul_dequant_outliers_cpu(
     """float32 [M, N] = (x_int8 @ w_int8.T) * outer(x_absmax, w_absmax) / 127**2 with exact int32 accumulation,
     for ``x_int8`` in [-127, 127] (vector-wise quantized activations). With ``outlier_x`` (float32 [M, C]) and
     ``outlier_cols`` (int64 [C]) it also adds LLM.int8()'s float part, ``outlier_x @ dequantized(w_int8[:,
-    outlier_cols]).T``, while each weight row is in cache. Native C (``eb_int8_gemm``): 4x2 register
-    tiles, x in L2-sized row blocks, weight rows split over torch's OpenMP threads; faster than oneDNN's
-    (sign-split) GEMM at every M measured here and needs no packed weight copy. Returns None when it does not
-    apply (K beyond the exact int32 range) so the caller uses another path. Registered only where the
-    native library builds."""
+    outlier_cols]).T``, while each weight row is in cache. Native C (``eb_int8_gemm`` in csrc/int8_cpu.c): up
+    to 3 rows a memory-bound pass over the weight rows in place; from 4 rows per-thread packed 16-column panels
+    under a vertically accumulating 4x16 register tile (the panel is per call: no packed weight copy is kept).
+    Returns None when it does not apply (K beyond the exact int32 range) so the caller uses another path.
+    Registered only where the native library builds."""
     m, k = x_int8.shape
     if m == 0 or k > _NATIVE_MAX_K:
         return None

@@ -15,7 +15,8 @@
  * int16 pair sums. Feeding it |w| (<= 128) and x * sign(w) (<= 127 in magnitude) bounds every pair sum by
  * 2 * 128 * 127 = 32512 < 32767, so nothing saturates and the result is exact. That costs one vpsignb per
  * 32 products on top of a saturating u8s8 kernel's three ops (vpmaddubsw, vpmaddwd, vpaddd); measured on this
- * project's Zen 3 machine, register-resident: 72 GMAC/s per core for the exact step vs 92 for the saturating one.
+ * project's Zen 3 machine, register-resident (benchmarks/csrc/probes.c): ~70 G products/s per core for the exact
+ * step vs ~100 G/s for the saturating one.
  *
  * Two loop nests. Few rows (M < EB_PANEL_MIN_ROWS): each weight row is read in place once and dotted with every
  * activation row (memory bound: the weight read is the cost). More rows (compute bound): each thread packs 16
