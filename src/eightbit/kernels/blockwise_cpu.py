@@ -60,25 +60,27 @@ def _r(bits: torch.Tensor) -> torch.Tensor:
 
 
 def _as_float(bits: torch.Tensor) -> torch.Tensor:
-    return bits.to(torch.int64).to(torch.int32).view(torch.float32) if bits.dtype != torch.int32 else bits.view(torch.float32)
+    """float32 values of int64 tensors holding unsigned 32-bit patterns."""
+    return torch.where(bits >= 2**31, bits - 2**32, bits).to(torch.int32).view(torch.float32)
 
 
 def _packed_table(thr: torch.Tensor, klo: int, floor: bool) -> torch.Tensor | None:
     """Entries ``(base << 17) | t`` over (sign, cell) for the packed lookup of csrc/blockwise_cpu.c, counting
     thresholds ``< n`` (nearest: midpoints) or ``<= n`` (floor: codes); None if a cell holds two thresholds."""
-    right = floor
     ka = torch.arange(klo, _KHI + 1, dtype=torch.int64)
     tables = []
     for sign in (0, 1):
-        hi_low = 0xFFFF * (1 - sign)  # low bits of the cell's largest value (smallest magnitude if negative)
+        # each cell's smallest and largest value (for negative n the magnitude order is reversed)
         lowest = (sign << 31) | (ka << 16) | (0xFFFF * sign)
-        highest = (sign << 31) | (ka << 16) | hi_low
+        highest = (sign << 31) | (ka << 16) | (0xFFFF * (1 - sign))
+        # the bottom cell also holds every smaller magnitude: down to +0.0, or up to the smallest negative
+        # subnormal (-0.0 counts as +0.0)
         if sign == 0:
-            lowest[0] = 0  # the merged bottom cell starts at +0.0
+            lowest[0] = 0
         else:
-            highest[0] = highest[0] if klo > 0 else (1 << 31) | 1  # -0.0 counts as +0.0: not in this cell
-        base = torch.searchsorted(thr, _as_float(lowest), right=right)
-        top = torch.searchsorted(thr, _as_float(highest), right=right)
+            highest[0] = (1 << 31) | 1
+        base = torch.searchsorted(thr, _as_float(lowest), right=floor)
+        top = torch.searchsorted(thr, _as_float(highest), right=floor)
         if int((top - base).max()) > 1:
             return None
         th = thr[base.clamp(max=thr.numel() - 1)].view(torch.int32).to(torch.int64) & 0xFFFFFFFF

@@ -113,8 +113,6 @@ def ptr(t: torch.Tensor | None) -> int | None:
     return None if t is None else t.data_ptr()
 
 
-
-
 # ---------------------------------------------------------------- output buffers backed by huge pages
 _HUGE = 2 << 20  # x86-64 transparent huge page
 _MADV_HUGEPAGE = 14

@@ -15,7 +15,7 @@
 #include <string.h>
 #include <float.h>
 
-#include "lookup.h"
+#include "common.h"
 
 #define MAX_BLOCK 4096
 #define M31 0x7FFFFFFFu
@@ -46,34 +46,31 @@ static inline int32_t packed_index(uint32_t bits, const int32_t *restrict tab, u
     return (int32_t)((e >> 17) + (r >= (e & 0x1FFFFu) ? 1u : 0u));
 }
 
-static inline uint32_t bits_of(float f) {
-    uint32_t u;
-    memcpy(&u, &f, 4);
-    return u;
-}
-
 /* Draw of element i under a step's 31-bit seed: a Weyl sequence, (i * 0x9E3779B9 + 2 * seed) mod 2^32, top 24
  * bits / 2^24 (the seed doubled so its offsets cover the whole circle).
  * One multiply per element; consecutive elements get well-spread draws and each element's draws over steps
  * are uniform because the seed is a hash of the step (eightbit.functional.rounding). */
 #define EB_PHI 0x9E3779B9u
+static inline float draw(uint32_t base, int64_t i, uint32_t seed) {
+    const uint32_t h = (((base + (uint32_t)i) & M31) * EB_PHI) + (seed << 1);
+    return (float)(int32_t)(h >> 8) * (1.0f / 16777216.0f);
+}
+
+/* Round n between code[lo] and code[lo + 1] (lo clamped to [0, 254]) up with probability of its fraction. */
+static inline int32_t round_between(float n, int32_t lo, const float *restrict code, float u) {
+    lo = lo < 0 ? 0 : (lo > 254 ? 254 : lo);
+    const float c_lo = code[lo], c_hi = code[lo + 1];
+    const float frac = (n - c_lo) / (c_hi - c_lo);
+    return lo + (u < frac ? 1 : 0);
+}
+
 static inline void stochastic_block(const float *restrict n, int64_t bs, const float *restrict code, uint32_t seed,
                                     int64_t first, int32_t *restrict idx) {
     const uint32_t base = (uint32_t)first;
-    for (int64_t i = 0; i < bs; i++) {
-        uint32_t h = (((base + (uint32_t)i) & M31) * EB_PHI) + (seed << 1);
-        float u = (float)(int32_t)(h >> 8) * (1.0f / 16777216.0f);
-        int32_t lo = idx[i] - (code[idx[i]] > n[i] ? 1 : 0);
-        lo = lo < 0 ? 0 : (lo > 254 ? 254 : lo);
-        float c_lo = code[lo], c_hi = code[lo + 1];
-        float frac = (n[i] - c_lo) / (c_hi - c_lo);
-        idx[i] = lo + (u < frac ? 1 : 0);
-    }
+    for (int64_t i = 0; i < bs; i++)
+        idx[i] = round_between(n[i], idx[i] - (code[idx[i]] > n[i] ? 1 : 0), code, draw(base, i, seed));
 }
 
-/* Stochastic rounding straight from the packed floor table: lo = largest code <= n (clamped to [0, 254]),
- * then the same draw and comparison as stochastic_block (bit-identical: lo is the same index). -0.0 counts
- * as +0.0 (as float comparisons do) for the lookup. */
 #ifdef __AVX2__
 #include <immintrin.h>
 /* packed_index for 8 lanes (the compiler does not turn the scalar form into a gather). */
@@ -88,6 +85,17 @@ static inline __m256i packed_index8(__m256i bits, const int32_t *tab, __m256i kl
     const __m256i t = _mm256_and_si256(e, _mm256_set1_epi32(0x1FFFF));
     const __m256i ge = _mm256_andnot_si256(_mm256_cmpgt_epi32(t, r), _mm256_set1_epi32(1)); /* r >= t */
     return _mm256_add_epi32(_mm256_srli_epi32(e, 17), ge);
+}
+#endif
+
+#ifdef __AVX2__
+/* q[0..8) = nearest codes of x[0..8) / scale (vs: scale broadcast): divide, packed lookup, narrow, store. */
+static inline void nearest_store8(const float *x, __m256 vs, const lut_t *L, __m256i vklo, __m256i vspan,
+                                  uint8_t *q) {
+    const __m256 nv = _mm256_div_ps(_mm256_loadu_ps(x), vs);
+    const __m256i idx = packed_index8(_mm256_castps_si256(nv), L->near, vklo, vspan);
+    const __m128i w = _mm_packus_epi32(_mm256_castsi256_si128(idx), _mm256_extracti128_si256(idx, 1));
+    _mm_storel_epi64((__m128i *)q, _mm_packus_epi16(w, w));
 }
 #endif
 
@@ -136,14 +144,8 @@ static inline void stochastic_floor_block(const float *restrict n, int64_t bs, c
     }
 #endif
     for (; i < bs; i++) {
-        uint32_t h = (((base + (uint32_t)i) & M31) * EB_PHI) + (seed << 1);
-        float u = (float)(int32_t)(h >> 8) * (1.0f / 16777216.0f);
         const uint32_t bits = nb[i] == 0x80000000u ? 0u : nb[i];
-        int32_t lo = packed_index(bits, tab, klo, span) - 1;
-        lo = lo < 0 ? 0 : (lo > 254 ? 254 : lo);
-        float c_lo = code[lo], c_hi = code[lo + 1];
-        float frac = (n[i] - c_lo) / (c_hi - c_lo);
-        idx[i] = lo + (u < frac ? 1 : 0);
+        idx[i] = round_between(n[i], packed_index(bits, tab, klo, span) - 1, code, draw(base, i, seed));
     }
 }
 
@@ -168,13 +170,7 @@ static inline void nearest_block(const float *restrict n, int64_t bs, const lut_
 /* Quantize one block of ``bs`` float32 values; seed < 0 means round to nearest. */
 static void quantize_block(const float *x, int64_t bs, const lut_t *L, int64_t seed, int64_t first,
                            uint8_t *q, float *absmax) {
-    /* |x| compared as integers (monotone for non-negative floats): NaN and Inf show up as bits >= Inf's. */
-    const uint32_t *restrict xu = (const uint32_t *)x;
-    uint32_t amax_bits = 0;
-    for (int64_t i = 0; i < bs; i++) {
-        uint32_t a = xu[i] & 0x7FFFFFFFu;
-        amax_bits = a > amax_bits ? a : amax_bits;
-    }
+    const uint32_t amax_bits = absmax_bits(x, bs); /* NaN and Inf show up as bits >= Inf's */
     float amax;
     memcpy(&amax, &amax_bits, 4);
     if (amax_bits >= 0x7F800000u) {
@@ -190,12 +186,7 @@ static void quantize_block(const float *x, int64_t bs, const lut_t *L, int64_t s
     if (seed < 0 && L->near && bs % 8 == 0) { /* nearest code in one pass: divide, look up, narrow, store */
         const __m256 vs = _mm256_set1_ps(scale);
         const __m256i vklo = _mm256_set1_epi32(L->klo), vspan = _mm256_set1_epi32(L->span);
-        for (int64_t i = 0; i < bs; i += 8) {
-            const __m256 nv = _mm256_div_ps(_mm256_loadu_ps(x + i), vs);
-            const __m256i idx = packed_index8(_mm256_castps_si256(nv), L->near, vklo, vspan);
-            const __m128i w = _mm_packus_epi32(_mm256_castsi256_si128(idx), _mm256_extracti128_si256(idx, 1));
-            _mm_storel_epi64((__m128i *)(q + i), _mm_packus_epi16(w, w));
-        }
+        for (int64_t i = 0; i < bs; i += 8) nearest_store8(x + i, vs, L, vklo, vspan, q + i);
         *absmax = amax;
         return;
     }
@@ -214,6 +205,11 @@ static void quantize_block(const float *x, int64_t bs, const lut_t *L, int64_t s
 }
 
 #ifdef __AVX2__
+/* acc = max(acc, |x[0..8)| as integers), the vector step of absmax_bits. */
+static inline __m256i absmax_step8(__m256i acc, const float *x) {
+    return _mm256_max_epu32(acc, _mm256_and_si256(_mm256_loadu_si256((const __m256i *)x), _mm256_set1_epi32(0x7FFFFFFF)));
+}
+
 static inline uint32_t hmax_epu32(__m256i v) {
     __m128i m = _mm_max_epu32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
     m = _mm_max_epu32(m, _mm_shuffle_epi32(m, 0x4E));
@@ -225,11 +221,8 @@ static inline uint32_t hmax_epu32(__m256i v) {
  * looked up (L1-only work), the same loop reads block b + 1 for its absmax, so the memory stream and the
  * lookups overlap instead of alternating. Same results as quantize_block. */
 static void quantize_run_nearest(const float *x, int64_t nb, int64_t bs, const lut_t *L, uint8_t *q, float *absmax) {
-    const __m256i mask = _mm256_set1_epi32(0x7FFFFFFF);
     const __m256i vklo = _mm256_set1_epi32(L->klo), vspan = _mm256_set1_epi32(L->span);
-    __m256i a = _mm256_setzero_si256();
-    for (int64_t i = 0; i < bs; i += 8) a = _mm256_max_epu32(a, _mm256_and_si256(_mm256_loadu_si256((const __m256i *)(x + i)), mask));
-    uint32_t amax_bits = hmax_epu32(a);
+    uint32_t amax_bits = absmax_bits(x, bs);
     for (int64_t b = 0; b < nb; b++) {
         const float *xb = x + b * bs;
         const float *xn = b + 1 < nb ? xb + bs : xb; /* the last block re-reads itself (result unused) */
@@ -238,18 +231,14 @@ static void quantize_run_nearest(const float *x, int64_t nb, int64_t bs, const l
         if (amax_bits >= 0x7F800000u) { /* NaN/Inf in the block: flagged, codes zero_idx */
             memset(qb, L->zero_idx, (size_t)bs);
             absmax[b] = NAN;
-            for (int64_t i = 0; i < bs; i += 8)
-                an = _mm256_max_epu32(an, _mm256_and_si256(_mm256_loadu_si256((const __m256i *)(xn + i)), mask));
+            for (int64_t i = 0; i < bs; i += 8) an = absmax_step8(an, xn + i);
         } else {
             float amax;
             memcpy(&amax, &amax_bits, 4);
             const __m256 vs = _mm256_set1_ps(amax > 0.0f ? amax : 1.0f);
             for (int64_t i = 0; i < bs; i += 8) {
-                an = _mm256_max_epu32(an, _mm256_and_si256(_mm256_loadu_si256((const __m256i *)(xn + i)), mask));
-                const __m256 nv = _mm256_div_ps(_mm256_loadu_ps(xb + i), vs);
-                const __m256i idx = packed_index8(_mm256_castps_si256(nv), L->near, vklo, vspan);
-                const __m128i w = _mm_packus_epi32(_mm256_castsi256_si128(idx), _mm256_extracti128_si256(idx, 1));
-                _mm_storel_epi64((__m128i *)(qb + i), _mm_packus_epi16(w, w));
+                an = absmax_step8(an, xn + i);
+                nearest_store8(xb + i, vs, L, vklo, vspan, qb + i);
             }
             absmax[b] = amax;
         }

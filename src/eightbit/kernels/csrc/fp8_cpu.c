@@ -7,7 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "lookup.h"
+#include "common.h"
 
 /* ------------------------------------------------------------------ fp8 casts
  * codes of x / scale in an 8-bit float format, round to nearest even; the same integer steps as
@@ -73,23 +73,13 @@ void eb_fp8_to_fp32(const uint8_t *codes, const float *table, const float *scale
  * Bits of max |x[i]| over n float32 values, compared as integers (monotone for non-negative floats), so
  * NaN and Inf show up as results >= 0x7F800000 (the caller then takes its finite-only path). One read of x,
  * no |x|-sized temporary. */
-static uint32_t absmax_chunk(const uint32_t *restrict u, int64_t n) {
-    uint32_t m = 0;
-    for (int64_t i = 0; i < n; i++) {
-        const uint32_t a = u[i] & 0x7FFFFFFFu;
-        m = a > m ? a : m;
-    }
-    return m;
-}
-
 uint32_t eb_absmax_bits(const float *x, int64_t n) {
-    const uint32_t *u = (const uint32_t *)x; /* type pun: built with -fno-strict-aliasing */
     const int64_t chunk = 1 << 16, chunks = (n + chunk - 1) / chunk;
     uint32_t m = 0;
 #pragma omp parallel for schedule(static) reduction(max : m) if (chunks >= 16)
     for (int64_t c = 0; c < chunks; c++) {
         const int64_t start = c * chunk, len = n - start < chunk ? n - start : chunk;
-        const uint32_t r = absmax_chunk(u + start, len);
+        const uint32_t r = absmax_bits(x + start, len);
         m = r > m ? r : m;
     }
     return m;
