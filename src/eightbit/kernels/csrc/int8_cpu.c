@@ -28,6 +28,12 @@
 
 #define EB_PANEL_MIN_ROWS 4
 
+/* acc += the exact products of 32 byte pairs, summed in fours: |w| (unsigned, <= 128) times x * sign(w)
+ * (|.| <= 127), so no int16 pair sum exceeds 32512 (the exactness argument above). wabs = |w|. */
+static inline __m256i exact_step(__m256i acc, __m256i x, __m256i w, __m256i wabs, __m256i ones) {
+    return _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(wabs, _mm256_sign_epi8(x, w)), ones));
+}
+
 static inline int32_t hsum_epi32(__m256i v) {
     __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
     s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4E));
@@ -59,7 +65,7 @@ static int32_t dot_1x1(const int8_t *restrict x, const int8_t *restrict w, int64
     for (; k + 32 <= K; k += 32) {
         const __m256i wv = _mm256_loadu_si256((const __m256i *)(w + k));
         const __m256i xv = _mm256_loadu_si256((const __m256i *)(x + k));
-        a = _mm256_add_epi32(a, _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_abs_epi8(wv), _mm256_sign_epi8(xv, wv)), ones));
+        a = exact_step(a, xv, wv, _mm256_abs_epi8(wv), ones);
     }
     acc = hsum_epi32(a);
 #endif
@@ -79,7 +85,7 @@ static void dot_1x4(const int8_t *restrict x, const int8_t *restrict w0, const i
 #define EB_DOT(A, W)                                                                                              \
     do {                                                                                                          \
         const __m256i wv = _mm256_loadu_si256((const __m256i *)((W) + k));                                       \
-        A = _mm256_add_epi32(A, _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_abs_epi8(wv), _mm256_sign_epi8(xv, wv)), ones)); \
+        A = exact_step(A, xv, wv, _mm256_abs_epi8(wv), ones);                                                   \
     } while (0)
         EB_DOT(a0, w0);
         EB_DOT(a1, w1);
@@ -171,8 +177,8 @@ static void pack_panel(const int8_t *restrict w, int64_t K, int64_t n0, int nn, 
 #define EB_ROW(A0, A1, XP)                                                                                         \
     do {                                                                                                           \
         const __m256i xb = _mm256_set1_epi32(*(const int32_t *)(XP));                                              \
-        A0 = _mm256_add_epi32(A0, _mm256_madd_epi16(_mm256_maddubs_epi16(wa0, _mm256_sign_epi8(xb, w0)), ones));  \
-        A1 = _mm256_add_epi32(A1, _mm256_madd_epi16(_mm256_maddubs_epi16(wa1, _mm256_sign_epi8(xb, w1)), ones));  \
+        A0 = exact_step(A0, xb, w0, wa0, ones);                                                                  \
+        A1 = exact_step(A1, xb, w1, wa1, ones);                                                                  \
     } while (0)
 static void micro_4x16(const int8_t *restrict x0, const int8_t *restrict x1, const int8_t *restrict x2,
                        const int8_t *restrict x3, const int8_t *restrict panel, int64_t K4, int32_t acc[4][16]) {
