@@ -117,6 +117,17 @@ def dequantize_blocks(q2d: torch.Tensor, absmax: torch.Tensor, code: torch.Tenso
     return code[q2d.long()] * absmax.unsqueeze(1)
 
 
+def _fill(out: torch.Tensor, parts: list[torch.Tensor]) -> torch.Tensor:
+    """Write ``parts`` one after another into contiguous ``out``; a part a kernel already wrote in place is
+    not copied."""
+    flat_out, start = out.view(-1), 0
+    for part in parts:
+        if part.data_ptr() != flat_out[start:].data_ptr():
+            flat_out[start : start + part.numel()].copy_(part.reshape(-1))
+        start += part.numel()
+    return out
+
+
 def quantize_blockwise(
     x: torch.Tensor, code: torch.Tensor | None = None, blocksize: int = 2048, *, out: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, BlockwiseState]:
@@ -153,20 +164,12 @@ def quantize_blockwise(
         parts.append(res if res is not None else quantize_blocks(body, code, mid, zero_idx))
     if n % blocksize:
         parts.append(quantize_blocks(flat[nfull * blocksize :].view(1, -1), code, mid, zero_idx))
-    if out is not None:  # kernels that could not write into ``out`` returned their own codes: copy them in
-        flat_out, start = out.view(-1), 0
-        for q_part, _ in parts:
-            size = q_part.numel()
-            if q_part.data_ptr() != flat_out[start:].data_ptr():
-                flat_out[start : start + size].copy_(q_part.reshape(-1))
-            start += size
-        absmax = parts[0][1] if len(parts) == 1 else torch.cat([p[1] for p in parts])
-        return out, BlockwiseState(absmax, code, blocksize, x.shape, x.dtype)
-    if len(parts) == 1:  # no copy in the common case
-        q, absmax = parts[0][0].reshape(-1), parts[0][1]
-    else:
-        q, absmax = torch.cat([p[0].reshape(-1) for p in parts]), torch.cat([p[1] for p in parts])
-    return q.view(x.shape), BlockwiseState(absmax, code, blocksize, x.shape, x.dtype)
+    absmax = parts[0][1] if len(parts) == 1 else torch.cat([p[1] for p in parts])
+    state = BlockwiseState(absmax, code, blocksize, x.shape, x.dtype)
+    if out is not None:
+        return _fill(out, [p[0] for p in parts]), state
+    q = parts[0][0].reshape(-1) if len(parts) == 1 else torch.cat([p[0].reshape(-1) for p in parts])
+    return q.view(x.shape), state  # no copy in the common case (one part)
 
 
 def dequantize_blockwise(q: torch.Tensor, state: BlockwiseState, *, out: torch.Tensor | None = None) -> torch.Tensor:
@@ -205,11 +208,6 @@ def dequantize_blockwise(q: torch.Tensor, state: BlockwiseState, *, out: torch.T
         tail = flat[nfull * bs :].view(1, -1)
         parts.append(dequantize_blocks(tail, absmax[nfull:], code).to(state.dtype).reshape(-1))
     if out is not None:
-        flat_out, start = out.view(-1), 0
-        for part in parts:
-            if part.data_ptr() != flat_out[start:].data_ptr():
-                flat_out[start : start + part.numel()].copy_(part)
-            start += part.numel()
-        return out
+        return _fill(out, parts)
     result = parts[0] if len(parts) == 1 else torch.cat(parts)
     return result.view(state.shape)
