@@ -18,17 +18,22 @@ def numel(quick: bool) -> int:
     return (4 if quick else 64) * 2**20
 
 
-def _eightbit(x: torch.Tensor, reuse: bool = False) -> Built:
-    from eightbit.functional import dequantize_blockwise, quantize_blockwise
-
+def _round_trip(quantize, dequantize, x: torch.Tensor, reuse: bool) -> Built:
+    """Quantize + dequantize with one library's functions (same keywords in both), optionally into reused buffers."""
     q_buf = torch.empty(x.shape, dtype=torch.uint8) if reuse else None
     out_buf = torch.empty_like(x) if reuse else None
 
     def fn():
-        q, state = quantize_blockwise(x, blocksize=BLOCKSIZE, out=q_buf)
-        return dequantize_blockwise(q, state, out=out_buf)
+        q, state = quantize(x, blocksize=BLOCKSIZE, out=q_buf)
+        return dequantize(q, state, out=out_buf)
 
     return Built(fn, rel_error=rel_error(fn(), x))
+
+
+def _eightbit(x: torch.Tensor, reuse: bool = False) -> Built:
+    from eightbit.functional import dequantize_blockwise, quantize_blockwise
+
+    return _round_trip(quantize_blockwise, dequantize_blockwise, x, reuse)
 
 
 def _bitsandbytes(x: torch.Tensor, reuse: bool = False) -> Built:
@@ -36,15 +41,7 @@ def _bitsandbytes(x: torch.Tensor, reuse: bool = False) -> Built:
         import bitsandbytes.functional as F
     except ImportError as e:
         raise Unavailable("bitsandbytes not installed") from e
-
-    q_buf = torch.empty(x.shape, dtype=torch.uint8) if reuse else None
-    out_buf = torch.empty_like(x) if reuse else None
-
-    def fn():
-        q, state = F.quantize_blockwise(x, blocksize=BLOCKSIZE, out=q_buf)
-        return F.dequantize_blockwise(q, state, out=out_buf)
-
-    return Built(fn, rel_error=rel_error(fn(), x))
+    return _round_trip(F.quantize_blockwise, F.dequantize_blockwise, x, reuse)
 
 
 def run(ctx: Context) -> list[Row]:
