@@ -111,7 +111,7 @@ def measure_core_ceilings(quick: bool) -> dict[str, float | None]:
     """One core's int8 multiply-accumulate rate (G products/s) with eightbit's exact AVX2 step and with the
     saturating u8s8 step of MLAS/ONNX Runtime (the same 4x16 register tile in assembly, data in L1), and its
     8-lane gather rate from a 256-entry table (G lanes/s). None values where the probe cannot be built."""
-    from eightbit.kernels.native_cpu import _compiler
+    from eightbit.kernels.cpu.native import _compiler
 
     cc = _compiler()
     empty = {"int8_exact_gmacs": None, "int8_saturating_gmacs": None, "gather_glanes": None}

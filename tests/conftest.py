@@ -10,6 +10,28 @@ import torch
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
+try:  # property tests: a failure prints the blob that replays it (@reproduce_failure), and the run's seed
+    from hypothesis import settings as _hsettings
+
+    _hsettings.register_profile("eightbit", print_blob=True)
+    _hsettings.load_profile("eightbit")
+except ImportError:  # pragma: no cover - hypothesis is a test dependency
+    pass
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_configure(config):
+    """One hypothesis seed per run, chosen here (EIGHTBIT_HYPOTHESIS_SEED or --hypothesis-seed replays it) so
+    that it can be printed: a red CI run is replayed with the seed from its log."""
+    if getattr(config.option, "hypothesis_seed", None) is None:
+        env = os.environ.get("EIGHTBIT_HYPOTHESIS_SEED")
+        config.option.hypothesis_seed = int(env) if env else random.SystemRandom().randrange(2**32)
+
+
+def pytest_report_header(config):
+    seed = getattr(config.option, "hypothesis_seed", None)
+    return f"hypothesis seed {seed}: replay with EIGHTBIT_HYPOTHESIS_SEED={seed} (or --hypothesis-seed={seed})"
+
 
 @pytest.fixture
 def seed(request) -> int:
@@ -35,3 +57,7 @@ def pytest_runtest_makereport(item, call):
         for k, v in item.user_properties:
             if k == "seed":
                 rep.sections.append(("seed", f"EIGHTBIT_TEST_SEED={v} reproduces this run"))
+        if getattr(item.obj, "is_hypothesis_test", False):
+            seed = item.config.option.hypothesis_seed
+            rep.sections.append(("hypothesis seed", f"EIGHTBIT_HYPOTHESIS_SEED={seed} replays this run (the "
+                                 "falsifying example and its @reproduce_failure blob are printed above)"))

@@ -27,7 +27,7 @@ __getattr__, __dir__ = lazy_exports(
         "Int8Config": ".quantize.llm_int8",
         "FP8Config": ".quantize.ptq",
         "Int8StaticConfig": ".quantize.ptq",
-        "calibrate": ".quantize.calibrate",
+        "calibrate": ".quantize.calibration",
         "save_quantized": ".quantize.serialization",
         "load_quantized": ".quantize.serialization",
         "load_quantized_from_float": ".quantize.streaming",

@@ -8,6 +8,15 @@ import torch
 FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
+def values_checkable(*tensors: object) -> bool:
+    """Whether checks that read tensor values may run: not under ``torch.compile``/``torch.export`` tracing
+    (there they would be data-dependent branches) and not on meta tensors (which hold no values). Shapes and
+    dtypes are always checked; the ops check the values they depend on at run time."""
+    if torch.compiler.is_compiling():
+        return False
+    return not any(isinstance(t, torch.Tensor) and t.is_meta for t in tensors)
+
+
 def check_tensor(
     x: object,
     name: str,

@@ -56,8 +56,12 @@ def _errors(fn: Callable[..., Any]) -> Callable[..., Any]:
         except KeyboardInterrupt:
             err_console.print("interrupted")
             raise typer.Exit(130)
-        except (CLIError, ModelDirError, FileNotFoundError, NotADirectoryError, PermissionError, ValueError, TypeError, ImportError) as e:
-            msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        except (CLIError, ModelDirError, OSError, ValueError, TypeError, ImportError) as e:
+            # OSError covers every file-system failure (read-only --out, full disk, missing parent...)
+            text = str(e).strip()
+            if isinstance(e, OSError) and e.filename is not None and e.strerror:
+                text = f"{e.filename}: {e.strerror}"
+            msg = text.splitlines()[0] if text else type(e).__name__
             err_console.print(f"error: {msg}", markup=False, highlight=False, soft_wrap=True)
             raise typer.Exit(1)
 
@@ -157,9 +161,12 @@ def quantize(
     threshold: float = typer.Option(6.0, help="LLM.int8() outlier threshold (0 = pure vector-wise int8)."),
     calibration_data: Optional[Path] = typer.Option(None, "--calibration-data", help="Text file, one sentence per line (default: the built-in calibration sentences)."),
     calibration: str = typer.Option("minmax", help="int8-static calibrator: minmax, percentile, entropy or mse."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace OUT if it already holds files."),
 ) -> None:
     """Quantize a model and write it to OUT: model.safetensors + eightbit_config.json (with the source
-    model recorded) + the float model's config.json and tokenizer files."""
+    model recorded) + the float model's config.json and tokenizer files. Everything is written to a temporary
+    directory beside OUT and renamed into place when complete: an interrupted run leaves no partial OUT, and
+    no file of an earlier model survives in it."""
     from .models.local import load_float_model, make_batches, read_sentences, save_source_files
     from .quantize.convert import memory_footprint, quantize_model
     from .quantize.serialization import save_quantized
@@ -170,18 +177,46 @@ def quantize(
     sentences = read_sentences(calibration_data, default="calibration") if config.needs_calibration else None
     if out.exists() and not out.is_dir():
         raise CLIError(f"{out}: exists and is not a directory")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise CLIError(f"{out}: directory is not empty (pass --overwrite to replace it)")
+    if not out.parent.is_dir():
+        raise CLIError(f"{out.parent}: no such directory")
     with console.status(f"loading {model_dir}"):
         model, tokenizer, info = load_float_model(model_dir)
     fp32 = memory_footprint(model)
     quantize_model(model, config)
     if config.needs_calibration:
         calibrate_model(model, make_batches(sentences, tokenizer, model))
-    save_quantized(model, out)
-    save_source_files(out, model, tokenizer, info)
+    _write_atomically(out, lambda tmp: (save_quantized(model, tmp), save_source_files(tmp, model, tokenizer, info)))
     stored = memory_footprint(model)
     console.print(f"{info['architecture']} ({info['model']}) -> {out}: {method.value}, "
                   f"{sum(map(_is_quantized, model.modules()))} layers quantized, "
                   f"{_mib(stored)} (fp32 {_mib(fp32)}, {stored / fp32:.2f}x)", highlight=False)
+
+
+def _write_atomically(out: Path, write: Callable[[Path], Any]) -> None:
+    """Run ``write(tmp)`` into a fresh directory beside ``out``, then rename it to ``out`` (replacing what was
+    there only after the new one is complete). On any failure or interrupt the temporary directory is removed
+    and ``out`` is as it was."""
+    import shutil
+    import tempfile
+
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    old = None
+    try:
+        write(tmp)
+        if out.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+            os.replace(out, old / "previous")
+        os.replace(tmp, out)
+    except BaseException:
+        if old is not None and not out.exists():  # put the earlier output back
+            os.replace(old / "previous", out)
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    finally:
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
 
 
 def _is_quantized(module: Any) -> bool:

@@ -1,4 +1,4 @@
-"""The packed single-lookup code tables (kernels/blockwise_cpu.packed_lut) against torch.searchsorted, and the
+"""The packed single-lookup code tables (kernels/cpu/tables.packed_lut) against torch.searchsorted, and the
 native kernels that use them against the kernels that do not (the 65536-entry table path)."""
 from __future__ import annotations
 
@@ -6,8 +6,10 @@ import pytest
 import torch
 
 from eightbit.functional import create_dynamic_map, create_linear_map
-from eightbit.kernels import native_cpu
-from eightbit.kernels.blockwise_cpu import _packed_lookup, native_quantize, packed_lut
+from eightbit.functional.codes import codebook
+from eightbit.kernels.cpu import native
+from eightbit.kernels.cpu.blockwise import quantize_into
+from eightbit.kernels.cpu.tables import Lut, _packed_lookup, native_tables, packed_lut
 
 
 def _mid(code: torch.Tensor) -> torch.Tensor:
@@ -66,32 +68,34 @@ def test_packed_tables_refuse_codes_outside_unit_range():
     assert packed_lut(code, _mid(code)) is None
 
 
-@pytest.mark.skipif(native_cpu.library() is None, reason="native library unavailable")
+@pytest.mark.skipif(native.library() is None, reason="native library unavailable")
 @pytest.mark.parametrize("seed", [-1, 12345])
 def test_native_quantize_packed_equals_unpacked(monkeypatch, seed):
     """The packed-table kernel and the 65536-entry-table kernel give identical codes (nearest and stochastic)."""
-    import eightbit.kernels.blockwise_cpu as bc
-    from eightbit.kernels.blockwise_cpu import build_lut
-
     gen = torch.Generator().manual_seed(3)
     x = torch.randn(64, 2048, generator=gen) * torch.rand(64, 1, generator=gen) * 10
     x[0, :5] = torch.tensor([0.0, -0.0, 1e-40, -1e-40, 3.0])
     x[1] = 0.0
     x[2, 7] = float("nan")
+    def run(code, lut):
+        q, a = torch.empty(x.shape, dtype=torch.uint8), torch.empty(x.shape[0])
+        assert quantize_into(x, code, x.shape[1], q, a, seed, 0, lut)
+        return q, a
+
     for name, code in CODES.items():
         code = code.float()
-        lut = build_lut(_mid(code))
-        q1, a1 = native_quantize(x, code, lut, 127, seed=seed)
-        monkeypatch.setattr(bc, "packed_args", lambda c, m: (None, None, 0, 0))
-        q2, a2 = native_quantize(x, code, lut, 127, seed=seed)
-        monkeypatch.undo()
+        full = native_tables(codebook(code)).lut
+        assert full.near and full.floor_  # the packed tables exist for these codes
+        unpacked = Lut(full.code, full.table, full.midp, full.k, full.zero_idx, None, None, 0, 0)
+        q1, a1 = run(code, full)
+        q2, a2 = run(code, unpacked)
         assert torch.equal(q1, q2), name
         torch.testing.assert_close(a1, a2, equal_nan=True)
 
 
 def test_empty_buffers_are_plain_tensors():
     for shape, dtype in [((3, 5), torch.float32), ((8 << 20,), torch.uint8), ((2 << 20,), torch.float32)]:
-        t = native_cpu.empty(shape, dtype=dtype)
+        t = native.empty(shape, dtype=dtype)
         assert t.shape == torch.Size(shape) and t.dtype == dtype and t.is_contiguous()
         t.fill_(1)
         assert int(t.sum()) == t.numel()

@@ -283,28 +283,3 @@ def test_memory_adam8bit_vs_torch():
     ratio = nbytes(o8) / nbytes(o32)
     print(f"Adam8bit state = {ratio:.4f} of torch Adam's")
     assert ratio <= 0.27
-
-
-def test_fused_kernel_matches_eager(gen):
-    from eightbit.kernels import registered_kernels
-
-    if ("optim_blockwise_update", "cpu") not in registered_kernels():
-        pytest.skip("no fused kernel on this machine")
-    n = 2**20 + 3 * 2048 + 77  # fused chunks + partial block
-    for cls in (O.AdamW8bit, O.Lion8bit):
-        p1 = torch.nn.Parameter(torch.randn(n, generator=gen))
-        p2 = torch.nn.Parameter(p1.detach().clone())
-        o1, o2 = cls([p1], lr=1e-3), cls([p2], lr=1e-3)
-        for _ in range(3):
-            g = torch.randn(n, generator=gen)
-            p1.grad, p2.grad = g.clone(), g.clone()
-            o1.step()
-            with reference_only():
-                o2.step()
-        assert (p1 - p2).abs().max() < 1e-5
-        for k, v in o1.state[p1].items():
-            w = o2.state[p2][k]
-            if v.dtype == torch.uint8:
-                assert (v.int() - w.int()).abs().max() <= 1 and (v != w).float().mean() < 1e-3
-            else:
-                torch.testing.assert_close(v, w, rtol=1e-5, atol=1e-7)

@@ -121,7 +121,7 @@ CORRUPTIONS = {
                   ValueError, "threshold|format"),
     "ill-typed-value": (lambda p, k: _edit_json(p, lambda m: _cfg(m, threshold="high") if k == "int8" else _cfg(m, percentile="x")),
                         ValueError, "threshold|percentile"),
-    "format-version": (lambda p, k: _edit_json(p, lambda m: _set(m, "format_version", 2)), ValueError, "format_version"),
+    "format-version": (lambda p, k: _edit_json(p, lambda m: _set(m, "format_version", 99)), ValueError, "format_version"),
     "format-version-str": (lambda p, k: _edit_json(p, lambda m: _set(m, "format_version", "1")), ValueError, "format_version"),
     "config-list": (lambda p, k: _edit_json(p, lambda m: _set(m, "config", [m["config"]])), ValueError, "config|JSON object"),
     "meta-list": (lambda p, k: _edit_json(p, lambda m: [m]), ValueError, "eightbit checkpoint"),

@@ -70,7 +70,7 @@ FUNCTIONAL = [
     pytest.param(lambda: int8_mm(I8.to(META), I8), ValueError, "device", id="mm-a-meta"),
     # ---- int8_linear
     pytest.param(lambda: int8_linear(X.int(), Q8, A8), TypeError, "x", id="lin-x-int"),
-    pytest.param(lambda: int8_linear(X.double(), Q8, A8), TypeError, "x", id="lin-x-float64"),
+    pytest.param(lambda: int8_linear(X.to(torch.complex64), Q8, A8), TypeError, "x", id="lin-x-complex"),
     pytest.param(lambda: int8_linear(X[:, :7], Q8, A8), ValueError, "x|last dim", id="lin-x-features"),
     pytest.param(lambda: int8_linear(X, Q8.float(), A8), TypeError, "weight_int8", id="lin-w-float"),
     pytest.param(lambda: int8_linear(X, Q8[0], A8), ValueError, "weight_int8", id="lin-w-1d"),

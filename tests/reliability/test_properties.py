@@ -428,6 +428,9 @@ def test_int8_linear_vs_float64(tokens, k, n, threshold, dtype, layout, log10_sc
     wsum = w.abs().sum(1).unsqueeze(0)  # (1, N)
     mag = xr.abs() @ w.abs().T + (bias.double().abs() if bias is not None else 0)
     out_eps = torch.finfo(dtype).eps if dtype != torch.float32 else 0.0
-    bound = cx / 254 * wsum * (1 + 1e-5) + 1e-5 * mag + out_eps * ref[finite_rows].abs() + 1e-30
+    # rounding to the output dtype: relative eps for normal outputs, and half the smallest subnormal step
+    # (smallest_normal * eps) absolute, since near zero that dtype's spacing is absolute
+    half_subnormal = 0.5 * torch.finfo(dtype).smallest_normal * torch.finfo(dtype).eps
+    bound = cx / 254 * wsum * (1 + 1e-5) + 1e-5 * mag + out_eps * ref[finite_rows].abs() + half_subnormal + 1e-30
     err = (y.double()[finite_rows] - ref[finite_rows]).abs()
     assert bool((err <= bound).all()), float((err / bound).max())

@@ -1,29 +1,24 @@
-"""Pure tensor functions: quantize/dequantize (vector-wise, block-wise, fp8, affine int8), int8 matmul,
-LLM.int8() matmul, code maps. Reference versions in plain PyTorch; fast paths come from `eightbit.kernels`.
-Nothing here knows about modules."""
-from .._lazy import lazy_exports
+"""Pure tensor functions: quantize/dequantize (vector-wise, block-wise, fp8, affine int8), int8 matmul, the
+LLM.int8() linear, code maps and the optimizer step. Each runs through an op of :mod:`.ops` (schema, fake
+implementation, plain-PyTorch reference); the device kernels of ``eightbit.kernels`` register against those
+ops when this package is imported. Nothing here knows about modules."""
+import importlib
 
-__getattr__, __dir__ = lazy_exports(
-    __name__,
-    {
-        # vector-wise int8 (LLM.int8())
-        "quantize_vectorwise": ".vectorwise",
-        "dequantize_vectorwise": ".vectorwise",
-        "int8_mm": ".int8",
-        "int8_linear": ".int8",
-        "outlier_columns": ".int8",
-        # block-wise (8-bit optimizers)
-        "create_dynamic_map": ".codes",
-        "create_linear_map": ".codes",
-        "create_quantile_map": ".codes",
-        "quantize_blockwise": ".blockwise",
-        "dequantize_blockwise": ".blockwise",
-        "BlockwiseState": ".blockwise",
-        # fp8 and affine int8 (post-training quantization)
-        "quantize_fp8": ".fp8",
-        "dequantize_fp8": ".fp8",
-        "FP8_FORMATS": ".fp8",
-        "quantize_int8": ".affine",
-        "dequantize_int8": ".affine",
-    },
-)
+from . import affine, blockwise, codes, fp8, int8, ops, optimizer, vectorwise  # noqa: F401  (declares the ops)
+from .affine import dequantize_int8, quantize_int8
+from .blockwise import BlockwiseState, dequantize_blockwise, quantize_blockwise
+from .codes import create_dynamic_map, create_linear_map, create_quantile_map
+from .fp8 import FP8_FORMATS, dequantize_fp8, quantize_fp8
+from .int8 import int8_linear, int8_matmul_dequant, int8_mm, outlier_columns
+from .vectorwise import dequantize_vectorwise, int8_vectorwise_quant_columns, quantize_vectorwise
+
+# Kernels register themselves against the ops declared above (imported by name: kernels depend on functional,
+# never the other way round).
+importlib.import_module("eightbit.kernels")
+
+__all__ = [
+    "quantize_vectorwise", "dequantize_vectorwise", "int8_vectorwise_quant_columns", "int8_mm",
+    "int8_matmul_dequant", "int8_linear", "outlier_columns", "create_dynamic_map", "create_linear_map",
+    "create_quantile_map", "quantize_blockwise", "dequantize_blockwise", "BlockwiseState", "quantize_fp8",
+    "dequantize_fp8", "FP8_FORMATS", "quantize_int8", "dequantize_int8",
+]

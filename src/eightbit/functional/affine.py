@@ -21,13 +21,13 @@ right shapes and dtypes, so quantized layers can be built on the meta device.
 """
 from __future__ import annotations
 
-import functools
 import math
+import struct
 
 import torch
 
-from .._checks import check_bool, check_tensor
-from ..kernels.dispatch import get_kernel
+from .._checks import check_bool, check_tensor, values_checkable
+from . import ops
 
 _IN_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
 _TINY = torch.finfo(torch.float32).tiny
@@ -52,15 +52,16 @@ def _rows(x: torch.Tensor, axis: int | None) -> torch.Tensor:
     return x.movedim(axis, 0).reshape(x.shape[axis], n)
 
 
-def finite_minmax(x: torch.Tensor, axis: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """(min, max) over the finite values of ``x``, fp32, 0-dim or (C,); empty/all non-finite slices give 0."""
+@ops.reference("finite_minmax")
+def finite_minmax_reference(x: torch.Tensor, axis: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Reference of the ``finite_minmax`` op (see :func:`finite_minmax`)."""
     r = _rows(x, axis)
     if r.shape[1] == 0:
         z = torch.zeros(r.shape[0], dtype=torch.float32, device=x.device)
         lo, hi = z, z.clone()
     else:
         lo, hi = r.amin(1), r.amax(1)
-        if r.is_meta or not (torch.isfinite(lo).all() and torch.isfinite(hi).all()):
+        if not (torch.isfinite(lo).all() and torch.isfinite(hi).all()):
             finite = torch.isfinite(r)
             lo = torch.where(finite, r, torch.inf).amin(1)
             hi = torch.where(finite, r, -torch.inf).amax(1)
@@ -70,13 +71,9 @@ def finite_minmax(x: torch.Tensor, axis: int | None = None) -> tuple[torch.Tenso
     return (lo[0], hi[0]) if axis is None else (lo, hi)
 
 
-def finite_amax(x: torch.Tensor, axis: int | None = None) -> torch.Tensor:
-    """max |x| over the finite values, fp32, 0-dim or (C,)."""
-    if axis is None and not x.is_meta:
-        kernel = get_kernel("absmax", x.device.type)
-        m = kernel(x) if kernel is not None else None
-        if m is not None:  # one pass, no temporary; None when x holds NaN/Inf (handled below)
-            return m
+@ops.reference("finite_amax")
+def finite_amax_reference(x: torch.Tensor, axis: int | None) -> torch.Tensor:
+    """Reference of the ``finite_amax`` op (see :func:`finite_amax`)."""
     r = _rows(x, axis)
     if r.shape[1] == 0:
         m = torch.zeros(r.shape[0], dtype=torch.float32, device=x.device)
@@ -84,21 +81,34 @@ def finite_amax(x: torch.Tensor, axis: int | None = None) -> torch.Tensor:
         # max |x| without an |x|-sized temporary (a 256 MB one cost 100 ms of page faults); amax and amin
         # separately: torch.aminmax(dim=1) ran 10x slower than both here
         m = torch.maximum(r.amax(1), -r.amin(1))
-        if r.is_meta or not torch.isfinite(m).all():
+        if not torch.isfinite(m).all():
             a = r.abs()
             m = torch.where(torch.isfinite(a), a, 0.0).amax(1)
         m = m.float()
     return m[0] if axis is None else m
 
 
-@functools.lru_cache(maxsize=None)
+def finite_minmax(x: torch.Tensor, axis: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(min, max) over the finite values of ``x``, fp32, 0-dim or (C,); empty/all non-finite slices give 0."""
+    return ops.finite_minmax(x.contiguous(), axis)
+
+
+def finite_amax(x: torch.Tensor, axis: int | None = None) -> torch.Tensor:
+    """max |x| over the finite values, fp32, 0-dim or (C,); empty/all non-finite slices give 0."""
+    return ops.finite_amax(x.contiguous(), axis)
+
+
+_F32_OVERFLOW = 2.0**128 - 2.0**103  # smallest real that rounds to inf in float32 (the tie rounds to even: inf)
+
+
 def max_scale(qmax: float) -> float:
     """Largest float32 scale ``s`` with ``qmax * s`` finite in float32 (so dequantizing the extreme code
-    of a computed scale never overflows to inf)."""
-    s = torch.tensor(torch.finfo(torch.float32).max / qmax, dtype=torch.float32)
-    while torch.isinf(s * qmax):
-        s = torch.nextafter(s, torch.zeros_like(s))
-    return float(s)
+    of a computed scale never overflows to inf). Plain Python arithmetic (no tensors), so that it is a constant
+    under ``torch.compile``: ``s * qmax`` is exact in float64 for float32 ``s`` and the small ``qmax`` used here."""
+    s = struct.unpack("<f", struct.pack("<f", _FMAX / qmax))[0]
+    while s * qmax >= _F32_OVERFLOW:
+        s = struct.unpack("<f", struct.pack("<I", struct.unpack("<I", struct.pack("<f", s))[0] - 1))[0]
+    return s
 
 
 def scale_from_amax(amax: torch.Tensor, qmax: float) -> torch.Tensor:
@@ -126,7 +136,7 @@ def check_scale(scale: torch.Tensor | float, x: torch.Tensor, axis: int | None, 
     elif axis is None or s.shape != (x.shape[axis],):
         want = "one element" if axis is None else f"one element or shape ({x.shape[axis]},)"
         raise ValueError(f"{name} must have {want}, got shape {tuple(s.shape)}")
-    if not s.is_meta and not bool(((s > 0) & torch.isfinite(s)).all()):
+    if values_checkable(s) and not bool(((s > 0) & torch.isfinite(s)).all()):
         raise ValueError(f"{name} must be positive and finite")
     return s
 
@@ -169,7 +179,7 @@ def quantize_int8(
         scale = check_scale(scale, x, axis)
     if symmetric:
         zp = torch.zeros(scale.shape, dtype=torch.int32, device=x.device)
-        if zero_point is not None and not _is_meta(zero_point) and bool((torch.as_tensor(zero_point) != 0).any()):
+        if zero_point is not None and values_checkable(zero_point) and bool((torch.as_tensor(zero_point) != 0).any()):
             raise ValueError("zero_point must be 0 (or None) when symmetric=True")
     else:
         if zero_point is None:
@@ -197,10 +207,6 @@ def affine_params(lo: torch.Tensor, hi: torch.Tensor) -> tuple[torch.Tensor, tor
     return scale, zp
 
 
-def _is_meta(t: object) -> bool:
-    return isinstance(t, torch.Tensor) and t.is_meta
-
-
 def _check_zero_point(zero_point: torch.Tensor | int, scale: torch.Tensor) -> torch.Tensor:
     zp = torch.as_tensor(zero_point, device=scale.device)
     if zp.is_floating_point() or zp.dtype == torch.bool:
@@ -210,7 +216,7 @@ def _check_zero_point(zero_point: torch.Tensor | int, scale: torch.Tensor) -> to
         zp = zp.reshape(()).expand(scale.shape).contiguous()
     if zp.shape != scale.shape:
         raise ValueError(f"zero_point shape {tuple(zp.shape)} does not match scale shape {tuple(scale.shape)}")
-    if not zp.is_meta and bool(((zp < 0) | (zp > 255)).any()):
+    if values_checkable(zp) and bool(((zp < 0) | (zp > 255)).any()):
         raise ValueError("zero_point must be in [0, 255]")
     return zp
 

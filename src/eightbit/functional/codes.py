@@ -5,11 +5,89 @@ default for optimizer states: signed for first moments / momentum, unsigned for 
 """
 from __future__ import annotations
 
+import dataclasses
+import functools
+from typing import Any, Callable
+
 import torch
 
-from .._checks import FLOAT_DTYPES, check_bool, check_number, check_tensor
+from .._checks import FLOAT_DTYPES, check_bool, check_tensor
 
-__all__ = ["create_dynamic_map", "create_linear_map", "create_quantile_map"]
+__all__ = ["Codebook", "codebook", "dynamic_codebook", "create_dynamic_map", "create_linear_map",
+           "create_quantile_map"]
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Codebook:
+    """A validated 256-entry code map with what quantizing onto it needs, built once per code tensor.
+
+    ``values``: the 256 sorted float32 codes (on the code tensor's device); ``midpoints``: the 255 float32
+    midpoints between neighbours (nearest code of ``n`` = number of midpoints below ``n``, ties to the lower
+    code); ``zero_index``: index of the code nearest 0 (what a block holding NaN/Inf is filled with);
+    ``signed``: whether the map has negative codes. Kernels keep the derived lookup tables they need in
+    ``table(name, build)``, built on first use and kept with the codebook.
+    """
+
+    values: torch.Tensor
+    midpoints: torch.Tensor
+    zero_index: int
+    signed: bool
+    _tables: dict = dataclasses.field(default_factory=dict, repr=False)
+
+    def table(self, name: str, build: Callable[["Codebook"], Any]) -> Any:
+        """The derived object ``name`` of this codebook, ``build(self)`` on first request (kernel tables)."""
+        hit = self._tables.get(name, self)
+        if hit is self:
+            hit = self._tables[name] = build(self)
+        return hit
+
+    def to(self, device: torch.device | str) -> "Codebook":
+        """This codebook on ``device`` (cached: the same object on every call)."""
+        device = torch.device(device)
+        if self.values.device == device:
+            return self
+        return self.table(("device", str(device)), lambda cb: codebook(cb.values.to(device)))
+
+
+def _check_code_shape(code: object) -> None:
+    check_tensor(code, "code", dtypes=(torch.float32,), ndim=1)
+    if code.numel() != 256:
+        raise ValueError(f"code must have 256 entries, got {code.numel()}")
+
+
+def _build_codebook(code: torch.Tensor) -> Codebook:
+    if code.is_meta:
+        return Codebook(code, torch.empty(255, dtype=torch.float32, device=code.device), 0, True)
+    if not bool(torch.isfinite(code).all()):
+        raise ValueError("code must hold finite values only (got NaN or Inf)")
+    if not bool((code[1:] >= code[:-1]).all()):
+        raise ValueError("code must be sorted in non-decreasing order")
+    c = code.double()
+    mid = ((c[1:] + c[:-1]) / 2).float()
+    return Codebook(code, mid, int(c.abs().argmin()), bool(c[0] < 0))
+
+
+def codebook(code: object) -> Codebook:
+    """The :class:`Codebook` of ``code`` (1-D float32, 256 finite non-decreasing values), validated and built
+    once per tensor; an in-place change of ``code`` (``_version``) builds it anew. Raises TypeError for a
+    non-float32 tensor, ValueError for a wrong size, NaN/Inf, or unsorted values.
+
+    The codebook is kept on the tensor object itself (not in a global cache), so it lives exactly as long as
+    the code tensor: the reference cycle code -> codebook -> code is collected with it."""
+    _check_code_shape(code)
+    key = (code._version, code.data_ptr())
+    hit = code.__dict__.get("_eightbit_codebook")
+    if hit is not None and hit[0] == key:
+        return hit[1]
+    cb = _build_codebook(code)
+    code._eightbit_codebook = (key, cb)
+    return cb
+
+
+@functools.lru_cache(maxsize=None)
+def dynamic_codebook(signed: bool, device: torch.device | str = "cpu") -> Codebook:
+    """The codebook of the default dynamic map (``create_dynamic_map(signed)``) on ``device`` (cached)."""
+    return codebook(create_dynamic_map(signed=signed).to(device))
 
 
 def create_dynamic_map(signed: bool = True, max_exponent_bits: int = 7, total_bits: int = 8) -> torch.Tensor:

@@ -30,7 +30,7 @@ import dataclasses
 import torch
 
 from .._checks import check_bool, check_choice, check_tensor
-from ..kernels.dispatch import get_kernel
+from . import ops
 from .affine import absmax_scale, broadcast_scale, check_axis, check_scale
 
 _IN_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
@@ -87,6 +87,7 @@ FP8_FORMATS: dict[str, FP8Format] = {
 }
 _ALIASES = {"e4m3fn": "e4m3"}
 FORMAT_NAMES = tuple(FP8_FORMATS) + tuple(_ALIASES)
+FORMAT_OF_DTYPE: dict[torch.dtype, FP8Format] = {f.dtype: f for f in FP8_FORMATS.values()}
 
 
 def get_format(format: str | FP8Format) -> FP8Format:
@@ -107,6 +108,33 @@ def _cast_reference(y: torch.Tensor, fmt: FP8Format, saturate: bool) -> torch.Te
         over = y.abs() >= fmt.overflow_threshold
         q = torch.where(over, torch.tensor(float("nan")).to(fmt.dtype), q)
     return q
+
+
+@ops.reference("quantize_fp8")
+def quantize_fp8_reference(x: torch.Tensor, scale: torch.Tensor, fp8_dtype: torch.dtype, saturate: bool) -> torch.Tensor:
+    """Reference of the ``quantize_fp8`` op: uint8 bit patterns of the ``fp8_dtype`` codes of ``x / scale``
+    (``scale`` float32, broadcastable to ``x``)."""
+    return _cast_reference(x.to(torch.float32) / scale, FORMAT_OF_DTYPE[fp8_dtype], saturate).view(torch.uint8)
+
+
+@ops.reference("dequantize_fp8")
+def dequantize_fp8_reference(q: torch.Tensor, scale: torch.Tensor, fp8_dtype: torch.dtype,
+                             dtype: torch.dtype) -> torch.Tensor:
+    """Reference of the ``dequantize_fp8`` op: ``q * scale`` in ``dtype`` for uint8 bit patterns ``q`` of
+    ``fp8_dtype`` codes."""
+    return (q.view(fp8_dtype).to(torch.float32) * scale).to(dtype)
+
+
+def fp8_cast(x: torch.Tensor, fmt: FP8Format, scale: torch.Tensor, axis: int | None, saturate: bool) -> torch.Tensor:
+    """Codes of ``x / scale`` without argument checks (callers pass a scale they built or validated)."""
+    bits = ops.quantize_fp8(x.contiguous(), broadcast_scale(scale, x, axis).contiguous(), fmt.dtype, saturate)
+    return bits.view(fmt.dtype)
+
+
+def fp8_decode(q: torch.Tensor, fmt: FP8Format, scale: torch.Tensor, axis: int | None, dtype: torch.dtype) -> torch.Tensor:
+    """``q * scale`` in ``dtype`` without argument checks (``q`` in ``fmt``'s dtype or its uint8 bit patterns)."""
+    bits = q if q.dtype == torch.uint8 else q.view(torch.uint8)
+    return ops.dequantize_fp8(bits.contiguous(), broadcast_scale(scale, q, axis).contiguous(), fmt.dtype, dtype)
 
 
 def quantize_fp8(
@@ -130,16 +158,7 @@ def quantize_fp8(
     if axis is not None:
         axis = check_axis(axis, x)
     scale = absmax_scale(x, fmt.max, axis) if scale is None else check_scale(scale, x, axis)
-    s = broadcast_scale(scale, x, axis)
-    kernel = get_kernel("quantize_fp8", x.device.type)
-    if kernel is not None:
-        codes = kernel(
-            x, s, man_bits=fmt.man_bits, bias=fmt.bias, max_code=fmt.max_code, nan_code=fmt.nan_code,
-            overflow_code=fmt.overflow_code, saturate=saturate, fnuz=fmt.fnuz,
-        )
-        if codes is not None:
-            return codes.view(fmt.dtype), scale
-    return _cast_reference(x.to(torch.float32) / s, fmt, saturate), scale
+    return fp8_cast(x, fmt, scale, axis, saturate), scale
 
 
 def dequantize_fp8(
@@ -156,14 +175,7 @@ def dequantize_fp8(
     check_choice(dtype, "dtype", _IN_DTYPES)
     if axis is not None:
         axis = check_axis(axis, q)
-    s = broadcast_scale(check_scale(scale, q, axis), q, axis)
-    codes = q if q.dtype == torch.uint8 else q.view(torch.uint8)
-    kernel = get_kernel("dequantize_fp8", q.device.type)
-    if kernel is not None:
-        out = kernel(codes, s, fp8_dtype=fmt.dtype, out_dtype=dtype)
-        if out is not None:
-            return out
-    return (codes.view(fmt.dtype).to(torch.float32) * s).to(dtype)
+    return fp8_decode(q, fmt, check_scale(scale, q, axis), axis, dtype)
 
 
 def fp8_values(format: str = "e4m3") -> torch.Tensor:

@@ -5,17 +5,21 @@ Notation (SPEC §1): activations X [tokens, K], weight W [N, K] (PyTorch layout)
 ``outer(absmax_x, absmax_w) / 127**2``. Hidden dimensions (columns of X) where any ``|x| >= threshold``
 are outlier columns: they and the matching columns of W are multiplied in floating point and added.
 
-Ops are declared once with ``torch.library.custom_op`` (schema + fake implementation, so they trace
-under ``torch.compile``); each op body runs a fast kernel from ``eightbit.kernels`` when one is
-registered for the device, else the plain-PyTorch reference below.
+The whole LLM.int8() forward is one op (``eightbit::int8_linear``), so the data-dependent number of outlier
+columns never leaves it: ``torch.compile`` and ``torch.export`` see fixed output shapes. Its autograd formula
+(gradient w.r.t. the input and the bias; the weight is frozen) is registered on the op.
 """
 from __future__ import annotations
+
+import math
 
 import torch
 
 from .._checks import FLOAT_DTYPES, check_number, check_tensor
-from ..kernels.dispatch import get_kernel
-from .vectorwise import INT8_MAX, quantize_vectorwise
+from . import ops
+from .vectorwise import INT8_MAX, int8_vectorwise_quant_reference
+
+LINEAR_DTYPES = FLOAT_DTYPES + (torch.float64,)  # int8_linear's input and bias (after a module's .double())
 
 # |sum of K int8 products| <= 128*128*K (the -128 code included) must fit in int32.
 MAX_K = (2**31 - 1) // (128 * 128)
@@ -32,32 +36,14 @@ def _check_int8_pair(a: torch.Tensor, b: torch.Tensor, a_name: str, b_name: str)
         raise ValueError(f"{a_name} and {b_name} must be on the same device, got {a.device} and {b.device}")
 
 
-# ---------------------------------------------------------------- int8_mm
+# ---------------------------------------------------------------- references
+@ops.reference("int8_mm")
 def int8_mm_reference(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Plain-PyTorch reference of ``int8_mm``: float64 products of int8 values are exact for any K <= MAX_K."""
     return (a.double() @ b.double().T).to(torch.int32)
 
 
-@torch.library.custom_op("eightbit::int8_mm", mutates_args=())
-def _int8_mm_op(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    kernel = get_kernel("int8_mm", a.device.type)
-    return kernel(a, b) if kernel is not None else int8_mm_reference(a, b)
-
-
-@_int8_mm_op.register_fake
-def _(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    return a.new_empty((a.shape[0], b.shape[0]), dtype=torch.int32)
-
-
-def int8_mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Exact int32 ``a @ b.T`` for int8 ``a`` [M, K] and int8 ``b`` [N, K] (any M >= 0).
-
-    Raises TypeError for non-int8 inputs and ValueError for mismatched shapes, devices or K > MAX_K."""
-    _check_int8_pair(a, b, "a", "b")
-    return _int8_mm_op(a.contiguous(), b.contiguous())
-
-
-# ---------------------------------------------------------------- int8 matmul with dequantization
+@ops.reference("int8_matmul_dequant")
 def int8_matmul_dequant_reference(
     x_int8: torch.Tensor, x_absmax: torch.Tensor, w_int8: torch.Tensor, w_absmax: torch.Tensor
 ) -> torch.Tensor:
@@ -66,19 +52,85 @@ def int8_matmul_dequant_reference(
     return acc * (x_absmax.unsqueeze(1) / INT8_MAX) * (w_absmax.unsqueeze(0) / INT8_MAX)
 
 
-@torch.library.custom_op("eightbit::int8_matmul_dequant", mutates_args=())
-def _int8_matmul_dequant_op(
-    x_int8: torch.Tensor, x_absmax: torch.Tensor, w_int8: torch.Tensor, w_absmax: torch.Tensor
-) -> torch.Tensor:
-    kernel = get_kernel("int8_matmul_dequant", x_int8.device.type)
-    if kernel is not None:
-        return kernel(x_int8, x_absmax, w_int8, w_absmax)
-    return int8_matmul_dequant_reference(x_int8, x_absmax, w_int8, w_absmax)
+def dequantize_weight_columns(w_int8: torch.Tensor, w_absmax: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+    """Float32 [N, len(cols)] dequantized columns of an int8 weight (only those columns are materialized)."""
+    return w_int8.index_select(1, cols).float() * (w_absmax.unsqueeze(1) / INT8_MAX)
 
 
-@_int8_matmul_dequant_op.register_fake
-def _(x_int8, x_absmax, w_int8, w_absmax):
-    return x_int8.new_empty((x_int8.shape[0], w_int8.shape[0]), dtype=torch.float32)
+@ops.reference("int8_linear")
+def int8_linear_reference(x: torch.Tensor, weight: torch.Tensor, weight_absmax: torch.Tensor,
+                          bias: torch.Tensor | None, threshold: float) -> torch.Tensor:
+    """Reference of the ``int8_linear`` op: LLM.int8() for float ``x`` [M, K] and int8 ``weight`` [N, K],
+    returning ``x.dtype`` [M, N]. Outlier columns run in float32: on CPUs without AMX-BF16 fp32 is both faster
+    and more exact than 16-bit."""
+    xf = x.float()
+    q, x_absmax, mask = int8_vectorwise_quant_reference(xf, threshold)
+    out = int8_matmul_dequant_reference(q, x_absmax, weight, weight_absmax)
+    cols = mask.nonzero().squeeze(1)
+    if cols.numel():
+        out = out + xf.index_select(1, cols) @ dequantize_weight_columns(weight, weight_absmax, cols).T
+    if bias is not None:
+        out = out + bias.float()
+    return out.to(x.dtype)
+
+
+# ---------------------------------------------------------------- autograd of int8_linear
+def dequantized_weight_chunks(w_int8: torch.Tensor, w_absmax: torch.Tensor, rows: int):
+    """Yield ``(start, W[start:start+rows] as float32)``: bounded float copies of an int8 weight."""
+    for start in range(0, w_int8.shape[0], rows):
+        stop = min(start + rows, w_int8.shape[0])
+        yield start, w_int8[start:stop].float() * (w_absmax[start:stop].unsqueeze(1) / INT8_MAX)
+
+
+def _chunk_rows(k: int) -> int:
+    return max(1, (2 << 20) // (4 * max(k, 1)))  # about 2 MB of float32 per chunk
+
+
+class _Int8LinearFunction(torch.autograd.Function):
+    """Forward: the op below autograd; backward: gradient of the dequantized linear w.r.t. x and the bias."""
+
+    @staticmethod
+    def forward(ctx, x, weight, weight_absmax, bias, threshold):
+        ctx.save_for_backward(weight, weight_absmax)
+        ctx.x_dtype = x.dtype
+        ctx.bias_dtype = None if bias is None else bias.dtype
+        with torch._C._AutoDispatchBelowAutograd():
+            return ops.int8_linear(x, weight, weight_absmax, bias, threshold)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        weight, weight_absmax = ctx.saved_tensors
+        grad_x = grad_bias = None
+        g = grad_out.float()  # (M, N)
+        if ctx.needs_input_grad[0]:
+            grad_x = g.new_zeros((g.shape[0], weight.shape[1]))
+            for start, w in dequantized_weight_chunks(weight, weight_absmax, _chunk_rows(weight.shape[1])):
+                grad_x = grad_x + g[:, start : start + w.shape[0]] @ w
+            grad_x = grad_x.to(ctx.x_dtype)
+        if ctx.bias_dtype is not None and ctx.needs_input_grad[3]:
+            grad_bias = g.sum(0).to(ctx.bias_dtype)
+        return grad_x, None, None, grad_bias, None
+
+
+def _int8_linear_autograd(x, weight, weight_absmax, bias, threshold):
+    if torch.is_grad_enabled() and (x.requires_grad or (bias is not None and bias.requires_grad)):
+        return _Int8LinearFunction.apply(x, weight, weight_absmax, bias, threshold)
+    with torch._C._AutoDispatchBelowAutograd():  # inference: no autograd node to build
+        return ops.int8_linear(x, weight, weight_absmax, bias, threshold)
+
+
+# A hand-written Autograd kernel instead of torch.library.register_autograd: the same formula at about half the
+# per-call overhead (~9 us against ~18 us measured), which counts for small layers.
+ops.LIB.impl("int8_linear", _int8_linear_autograd, "Autograd")
+
+
+# ---------------------------------------------------------------- public functions
+def int8_mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Exact int32 ``a @ b.T`` for int8 ``a`` [M, K] and int8 ``b`` [N, K] (any M >= 0).
+
+    Raises TypeError for non-int8 inputs and ValueError for mismatched shapes, devices or K > MAX_K."""
+    _check_int8_pair(a, b, "a", "b")
+    return ops.int8_mm(a.contiguous(), b.contiguous())
 
 
 def int8_matmul_dequant(
@@ -91,10 +143,12 @@ def int8_matmul_dequant(
     check_tensor(w_absmax, "w_absmax", dtypes=(torch.float32,), ndim=1)
     if x_absmax.shape[0] != x_int8.shape[0] or w_absmax.shape[0] != w_int8.shape[0]:
         raise ValueError("x_absmax must have one value per row of x_int8 and w_absmax one per row of w_int8")
-    return _int8_matmul_dequant_op(x_int8.contiguous(), x_absmax.contiguous(), w_int8.contiguous(), w_absmax.contiguous())
+    for name, t in (("x_absmax", x_absmax), ("w_absmax", w_absmax)):
+        if t.device != x_int8.device:
+            raise ValueError(f"{name} is on device {t.device} but x_int8 is on {x_int8.device}")
+    return ops.int8_matmul_dequant(x_int8.contiguous(), x_absmax.contiguous(), w_int8.contiguous(), w_absmax.contiguous())
 
 
-# ---------------------------------------------------------------- LLM.int8() linear
 def outlier_columns(x: torch.Tensor, threshold: float) -> torch.Tensor:
     """Indices (int64, sorted) of the hidden dims (last dim of ``x``) where any ``|x| >= threshold``.
 
@@ -107,111 +161,23 @@ def outlier_columns(x: torch.Tensor, threshold: float) -> torch.Tensor:
     return hits.nonzero().squeeze(1)
 
 
-def dequantize_weight_columns(w_int8: torch.Tensor, w_absmax: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
-    """Float32 [N, len(cols)] dequantized columns of an int8 weight (only those columns are materialized)."""
-    return w_int8.index_select(1, cols).float() * (w_absmax.unsqueeze(1) / INT8_MAX)
-
-
-def dequantized_weight_chunks(w_int8: torch.Tensor, w_absmax: torch.Tensor, rows: int):
-    """Yield ``(start, W[start:start+rows] as float32)``: bounded float copies of an int8 weight."""
-    for start in range(0, w_int8.shape[0], rows):
-        stop = min(start + rows, w_int8.shape[0])
-        yield start, w_int8[start:stop].float() * (w_absmax[start:stop].unsqueeze(1) / INT8_MAX)
-
-
-def _chunk_rows(k: int) -> int:
-    return max(1, (2 << 20) // (4 * max(k, 1)))  # about 2 MB of float32 per chunk
-
-
-def prepack_weight(weight_int8: torch.Tensor) -> torch.Tensor | None:
-    """A device-specific packed copy of ``weight_int8`` [N, K] for ``int8_linear(..., packed_weight=)``,
-    or None when this device has no packed kernel (or references are forced). Pack once per weight and
-    cache it outside the state_dict (``Linear8bitLt`` does); packing a 4096x4096 weight takes ~70 ms on CPU."""
-    check_tensor(weight_int8, "weight_int8", dtypes=(torch.int8,), ndim=2)
-    kernel = get_kernel("int8_prepack", weight_int8.device.type)
-    return None if kernel is None else kernel(weight_int8)
-
-
-def packed_weight_useful(device_type: str) -> bool:
-    """Whether ``int8_linear`` on ``device_type`` would use a packed weight, so that packing is worth its memory
-    (a packed copy is as large as the int8 weight). False where the fused kernel serves every input size."""
-    return get_kernel("int8_matmul_dequant_outliers", device_type) is None
-
-
-def _int8_linear_forward(x2: torch.Tensor, w_int8, w_absmax, threshold: float, packed=None) -> torch.Tensor:
-    xf = x2.float()  # (T, K)
-    prepare = get_kernel("int8_prepare_activations", xf.device.type)
-    prepared = prepare(xf, threshold) if prepare is not None else None
-    if prepared is not None:  # one pass: outlier scan + vector-wise quantization
-        xq, xabs, cols = prepared
-    else:
-        cols = outlier_columns(xf, threshold)
-        if cols.numel():
-            xq, xabs = quantize_vectorwise(xf.index_fill(1, cols, 0.0))
-        else:
-            xq, xabs = quantize_vectorwise(xf)
-    fused = get_kernel("int8_matmul_dequant_outliers", xq.device.type)
-    if fused is not None:  # outlier columns in the same pass over the weight (None: not applicable)
-        xo = xf.index_select(1, cols) if cols.numel() else None  # (T, C)
-        out = fused(xq, xabs, w_int8, w_absmax, xo, cols if cols.numel() else None)  # (T, N)
-        if out is not None:
-            return out
-    kernel = None if packed is None else get_kernel("int8_matmul_dequant_packed", xq.device.type)
-    if kernel is not None:
-        out = kernel(xq, xabs, packed, w_absmax)  # (T, N)
-    else:
-        out = int8_matmul_dequant(xq, xabs, w_int8, w_absmax)  # (T, N)
-    if cols.numel():
-        # Outliers in float32: on CPUs without AMX-BF16, fp32 is both faster and more exact than 16-bit.
-        out = out + xf.index_select(1, cols) @ dequantize_weight_columns(w_int8, w_absmax, cols).T
-    return out
-
-
-class _Int8Linear(torch.autograd.Function):
-    """Forward: LLM.int8(); backward: gradient of the dequantized linear w.r.t. x (weight frozen)."""
-
-    @staticmethod
-    def forward(ctx, x2, w_int8, w_absmax, bias, threshold, packed):
-        ctx.save_for_backward(w_int8, w_absmax)
-        ctx.has_bias = bias is not None
-        out = _int8_linear_forward(x2, w_int8, w_absmax, threshold, packed)
-        if bias is not None:
-            out = out + bias.float()
-        return out
-
-    @staticmethod
-    def backward(ctx, grad_out):
-        w_int8, w_absmax = ctx.saved_tensors
-        grad_x = grad_bias = None
-        if ctx.needs_input_grad[0]:
-            g = grad_out.float()  # (T, N)
-            grad_x = g.new_zeros((g.shape[0], w_int8.shape[1]))
-            for start, w in dequantized_weight_chunks(w_int8, w_absmax, _chunk_rows(w_int8.shape[1])):
-                grad_x += g[:, start : start + w.shape[0]] @ w
-        if ctx.has_bias and ctx.needs_input_grad[3]:
-            grad_bias = grad_out.float().sum(0)
-        return grad_x, None, None, grad_bias, None, None
-
-
 def int8_linear(
     x: torch.Tensor,
     weight_int8: torch.Tensor,
     weight_absmax: torch.Tensor,
     bias: torch.Tensor | None = None,
     threshold: float = 6.0,
-    *,
-    packed_weight: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """LLM.int8() linear: ``y = x @ W.T + bias`` with vector-wise int8 and outlier decomposition.
 
-    ``x``: fp32/bf16/fp16 [..., K]; ``weight_int8``: int8 [N, K]; ``weight_absmax``: float32 [N];
-    ``bias``: float [N] or None. Columns of ``x`` with any ``|x| >= threshold`` run in float32
+    ``x``: fp32/bf16/fp16/fp64 [..., K]; ``weight_int8``: int8 [N, K]; ``weight_absmax``: float32 [N];
+    ``bias``: float [N] or None (any of those dtypes). The int8 product and the outlier part run in float32
+    whatever the input dtype (a float64 input is quantized from its float32 rounding). Columns of ``x`` with any ``|x| >= threshold`` run in float32
     (``threshold=0`` disables decomposition). Returns ``x.dtype`` [..., N]. Differentiable w.r.t. ``x``
     and ``bias`` (the weight is frozen). A row of ``x`` holding NaN gives a NaN output row; other rows
-    are unaffected. ``packed_weight``: optional ``prepack_weight(weight_int8)`` result (must match
-    ``weight_int8``), enabling the fastest kernel. Raises TypeError/ValueError on bad dtypes or shapes.
+    are unaffected. Raises TypeError/ValueError on bad dtypes, shapes or devices.
     """
-    check_tensor(x, "x", dtypes=FLOAT_DTYPES, min_ndim=1)
+    check_tensor(x, "x", dtypes=LINEAR_DTYPES, min_ndim=1)
     check_tensor(weight_int8, "weight_int8", dtypes=(torch.int8,), ndim=2)
     check_tensor(weight_absmax, "weight_absmax", dtypes=(torch.float32,), ndim=1)
     threshold = check_number(threshold, "threshold", low=0.0)
@@ -220,21 +186,18 @@ def int8_linear(
         raise ValueError(f"x has {x.shape[-1]} features in its last dim, weight_int8 expects {k}")
     if k == 0:
         raise ValueError("weight_int8 must have at least one input feature (K >= 1), got shape (N, 0)")
+    if k > MAX_K:
+        raise ValueError(f"K={k} exceeds {MAX_K}: the int32 accumulator could overflow")
     if weight_absmax.shape[0] != n:
         raise ValueError(f"weight_absmax must have shape ({n},), got {tuple(weight_absmax.shape)}")
     if bias is not None:
-        check_tensor(bias, "bias", dtypes=FLOAT_DTYPES, ndim=1)
+        check_tensor(bias, "bias", dtypes=LINEAR_DTYPES, ndim=1)
         if bias.shape[0] != n:
             raise ValueError(f"bias must have shape ({n},), got {tuple(bias.shape)}")
     for name, t in (("weight_int8", weight_int8), ("weight_absmax", weight_absmax), ("bias", bias)):
         if t is not None and t.device != x.device:
             raise ValueError(f"{name} is on device {t.device} but x is on {x.device}: all must share one device")
     lead = x.shape[:-1]
-    x2 = x.reshape(-1, k)
-    if torch.is_grad_enabled() and (x.requires_grad or (bias is not None and bias.requires_grad)):
-        out = _Int8Linear.apply(x2, weight_int8, weight_absmax, bias, threshold, packed_weight)
-    else:  # inference: no autograd node to build
-        out = _int8_linear_forward(x2, weight_int8, weight_absmax, threshold, packed_weight)
-        if bias is not None:
-            out = out.add_(bias) if bias.dtype == torch.float32 else out + bias.float()
-    return out.to(x.dtype).reshape(*lead, n)
+    x2 = x.reshape(math.prod(lead), k).contiguous()
+    out = ops.int8_linear(x2, weight_int8.contiguous(), weight_absmax.contiguous(), bias, threshold)
+    return out.view(*lead, n)

@@ -1,18 +1,11 @@
-"""Fast paths per device, registered with `eightbit.kernels.dispatch`. Each kernel module registers itself
-on import; a module that fails to import (missing op in this torch build) leaves the reference in place."""
-import importlib
-import warnings
+"""Device kernels registered against the eightbit ops (``eightbit.functional.ops``) with ``torch.library``.
 
-from .dispatch import get_kernel, reference_only, register_kernel, registered_kernels
+Imported by ``eightbit.functional`` so that every op has its fastest kernel from the first call. The CPU kernels
+are always imported (they register only what builds here); GPU kernels only where that device exists.
+``reference_only()`` / ``EIGHTBIT_REFERENCE=1`` force the plain-PyTorch references; ``registered_kernels()``
+lists what serves which device.
+"""
+from .registry import forced_reference, reference_only, register, registered_kernels
+from . import cpu  # noqa: F401,E402  (registration)
 
-__all__ = ["get_kernel", "reference_only", "register_kernel", "registered_kernels"]
-
-# Kernel modules; each owner adds its module name here.
-_KERNEL_MODULES = ["int8_cpu", "blockwise_cpu", "fp8_cpu", "optim_fused", "optim_native"]
-
-for _name in _KERNEL_MODULES:
-    try:
-        importlib.import_module(f".{_name}", __name__)
-    except ModuleNotFoundError as e:  # module not written yet or optional dependency missing
-        if e.name != f"{__name__}.{_name}":
-            warnings.warn(f"eightbit kernel module {_name!r} unavailable: {e}", RuntimeWarning, stacklevel=2)
+__all__ = ["forced_reference", "reference_only", "register", "registered_kernels"]

@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from .._checks import check_number
-from ..functional.int8 import dequantized_weight_chunks, int8_linear, packed_weight_useful, prepack_weight
+from ..functional.int8 import dequantized_weight_chunks, int8_linear
 from ..functional.vectorwise import quantize_vectorwise
 from .base import QuantizedLinear
 
@@ -45,16 +45,19 @@ class Linear8bitLt(QuantizedLinear):
     """Linear layer with an int8 weight (one float32 absmax per output row) running LLM.int8().
 
     Buffers: ``weight_int8`` int8 [out_features, in_features], ``weight_absmax`` float32 [out_features];
-    ``bias`` a float Parameter or None. About a quarter of the fp32 memory. Input: fp32/bf16/fp16
+    ``bias`` a float Parameter or None. About a quarter of the fp32 memory. Input: fp32/bf16/fp16/fp64
     [..., in_features]; output has the input's dtype. The weight is frozen; gradients flow to the input
     (and the bias), so adapters such as LoRA can train on top.
 
     ``.to(dtype)`` casts only the bias (the int8 codes and float32 absmax keep their dtypes);
-    ``.to(device)`` moves everything. Nothing is re-quantized by ``.to``.
+    ``.to(device)`` moves everything. Nothing is re-quantized by ``.to``. A layer built with ``device="meta"``
+    can be materialized with ``.to_empty(device=...)`` and then loaded from a state_dict.
 
-    On CPU the weight is packed for oneDNN on the first forward and cached on the module (not in the
-    state_dict); the cache is dropped by ``.to()``/``load_state_dict`` and rebuilt when ``weight_int8`` changes.
+    The forward is one op (``eightbit::int8_linear``): it compiles with ``torch.compile(fullgraph=True)`` and
+    exports with ``torch.export``, the data-dependent outlier columns staying inside the op.
     """
+
+    fixed_dtype_buffers = ("weight_absmax",)  # float32 scales: bf16 ones would cost accuracy
 
     def __init__(
         self,
@@ -78,7 +81,6 @@ class Linear8bitLt(QuantizedLinear):
             self.bias = nn.Parameter(torch.zeros(out_features, dtype=dtype or torch.float32, device=device))
         else:
             self.register_parameter("bias", None)
-        self._packed: tuple[tuple, torch.Tensor | None] | None = None
 
     @classmethod
     @torch.no_grad()
@@ -99,26 +101,8 @@ class Linear8bitLt(QuantizedLinear):
         """The int8 weight codes [out_features, in_features] (as bitsandbytes' ``Linear8bitLt.weight``)."""
         return self.weight_int8
 
-    def _packed_weight(self) -> torch.Tensor | None:
-        w = self.weight_int8
-        key = (w.device, w.data_ptr(), w._version)
-        if self._packed is not None and self._packed[0] == key:
-            return self._packed[1]
-        packed = prepack_weight(w)
-        if packed is not None:  # None under reference_only(): do not cache, the fast path may come back
-            self._packed = (key, packed)
-        return packed
-
-    def __getstate__(self):
-        state = super().__getstate__().copy()
-        state["_packed"] = None  # opaque oneDNN tensor: rebuilt on demand, never copied or pickled
-        return state
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        dev = self.weight_int8.device.type
-        # The packed copy (as large as the int8 weight) is made only where no fused kernel exists.
-        packed = self._packed_weight() if dev == "cpu" and packed_weight_useful(dev) else None
-        return int8_linear(x, self.weight_int8, self.weight_absmax, self.bias, threshold=self.threshold, packed_weight=packed)
+        return int8_linear(x, self.weight_int8, self.weight_absmax, self.bias, threshold=self.threshold)
 
     @torch.no_grad()
     def dequantized_weight(self) -> torch.Tensor:
@@ -127,19 +111,6 @@ class Linear8bitLt(QuantizedLinear):
         for start, w in dequantized_weight_chunks(self.weight_int8, self.weight_absmax, 1024):
             out[start : start + w.shape[0]] = w
         return out
-
-    def _apply(self, fn, recurse=True):
-        # Keep the absmax in float32 whatever dtype the module is cast to: bf16 scales would cost accuracy.
-        absmax = self.weight_absmax
-        self._packed = None
-        super()._apply(fn, recurse)
-        moved = self.weight_absmax
-        self.weight_absmax = absmax.to(device=moved.device, dtype=torch.float32)
-        return self
-
-    def _load_from_state_dict(self, *args, **kwargs):
-        self._packed = None
-        super()._load_from_state_dict(*args, **kwargs)
 
     def extra_repr(self) -> str:
         return (

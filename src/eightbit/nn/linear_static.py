@@ -38,6 +38,8 @@ class LinearStatic(QuantizedLinear):
     Input (..., in_features) float; output (..., out_features) in the input dtype.
     """
 
+    fixed_dtype_buffers = ("weight", "weight_scale", "input_scale")  # codes and float32 scales
+
     def __init__(
         self,
         in_features: int,
@@ -73,6 +75,8 @@ class LinearStatic(QuantizedLinear):
             self.register_buffer("input_scale", torch.ones((), dtype=torch.float32, device=device))
             self.register_buffer("input_zero_point", torch.zeros((), dtype=torch.int32, device=device))
             self.register_buffer("calibrated", torch.zeros((), dtype=torch.bool, device=device))
+        # Python copy of the ``calibrated`` buffer: read under torch.compile (a guard, not a data-dependent branch)
+        self._calibrated_flag = False
         self._observer: Observer | None = None
 
     # construction ---------------------------------------------------------------------------------
@@ -116,7 +120,18 @@ class LinearStatic(QuantizedLinear):
     @property
     def is_calibrated(self) -> bool:
         """True when the static activation scale is set (always True for dynamic activations)."""
-        return not self.needs_calibration or bool(self.calibrated)
+        return not self.needs_calibration or self._calibrated_now()
+
+    def _calibrated_now(self) -> bool:
+        if torch.compiler.is_compiling() or self.calibrated.is_meta:
+            return self._calibrated_flag
+        self._calibrated_flag = bool(self.calibrated)  # eager: the buffer is the truth (it may be set directly)
+        return self._calibrated_flag
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        super()._load_from_state_dict(*args, **kwargs)
+        if self.needs_calibration and not self.calibrated.is_meta:
+            self._calibrated_flag = bool(self.calibrated)
 
     def start_observing(self) -> None:
         """Enter observing mode: forward records inputs and runs with unquantized activations."""
@@ -134,6 +149,7 @@ class LinearStatic(QuantizedLinear):
         self.input_scale.copy_(scale)
         self.input_zero_point.copy_(zero_point)
         self.calibrated.fill_(True)
+        self._calibrated_flag = True
         return True
 
     # compute --------------------------------------------------------------------------------------
@@ -149,7 +165,7 @@ class LinearStatic(QuantizedLinear):
     def _quantize_input(self, x: torch.Tensor) -> torch.Tensor:
         cd = self.compute_dtype
         if self.activation == "static":
-            if not bool(self.calibrated):
+            if not self._calibrated_now():
                 raise RuntimeError(
                     "static activation scales are not calibrated: run eightbit.calibrate(model, batches) after "
                     "quantize_model (or load a calibrated checkpoint) before running the model"

@@ -3,26 +3,17 @@ from __future__ import annotations
 
 from typing import Any, Iterable
 
-import torch
 
-from .base import LR, RULE, WD_L2, Optimizer8bit, bit_variants
+from .base import WD_L2, Optimizer8bit, bit_variants
 
-__all__ = ["Adagrad", "Adagrad8bit", "Adagrad32bit", "adagrad_rule"]
-
-
-def adagrad_rule(g: torch.Tensor, p: torch.Tensor, s: list[torch.Tensor], hp: torch.Tensor):
-    """sum += g^2; direction = g / (sqrt(sum) + eps) * decay, decay = 1 / (1 + (step-1) * lr_decay).
-    hp[RULE:] = eps, decay."""
-    eps, decay = hp[RULE], hp[RULE + 1]
-    acc = s[0] + g * g
-    return g / (acc.sqrt() + eps) * decay, [acc]
+__all__ = ["Adagrad", "Adagrad8bit", "Adagrad32bit"]
 
 
 class Adagrad(Optimizer8bit):
     """Adagrad; the accumulated squared gradient (unsigned dynamic code) is 8-bit when optim_bits=8."""
 
     weight_decay_mode = WD_L2
-    rule = staticmethod(adagrad_rule)
+    update_rule = "adagrad"
 
     def __init__(
         self,
@@ -53,8 +44,8 @@ class Adagrad(Optimizer8bit):
     def state_spec(self, config: dict[str, Any]):
         return (("sum", False),)
 
-    def hyper(self, config: dict[str, Any], step: int) -> list[float]:
-        return [config["eps"], 1.0 / (1.0 + (step - 1) * config["lr_decay"])]
+    def hyper(self, config: dict[str, Any], step: int) -> dict[str, float]:
+        return dict(eps=config["eps"], lr_decay=1.0 / (1.0 + (step - 1) * config["lr_decay"]))
 
 
 Adagrad8bit, Adagrad32bit = bit_variants(Adagrad)

@@ -3,20 +3,10 @@ from __future__ import annotations
 
 from typing import Any, Iterable
 
-import torch
 
-from .base import RULE, WD_L2, Optimizer8bit, bit_variants
+from .base import WD_L2, Optimizer8bit, bit_variants
 
-__all__ = ["Adam", "Adam8bit", "Adam32bit", "adam_rule"]
-
-
-def adam_rule(g: torch.Tensor, p: torch.Tensor, s: list[torch.Tensor], hp: torch.Tensor):
-    """m, v moments; direction = (m / bc1) / (sqrt(v) / sqrt(bc2) + eps).
-    hp[RULE:] = b1, 1 - b1, b2, 1 - b2, eps, bc1, sqrt(bc2) (complements computed in float64)."""
-    b1, c1, b2, c2, eps, bc1, bc2_sqrt = (hp[RULE + i] for i in range(7))
-    m = s[0] * b1 + g * c1
-    v = s[1] * b2 + g * g * c2
-    return (m / bc1) / (v.sqrt() / bc2_sqrt + eps), [m, v]
+__all__ = ["Adam", "Adam8bit", "Adam32bit"]
 
 
 class Adam(Optimizer8bit):
@@ -26,8 +16,7 @@ class Adam(Optimizer8bit):
     shared options). weight_decay is L2 (added to the gradient) as in torch.optim.Adam."""
 
     weight_decay_mode = WD_L2
-    rule = staticmethod(adam_rule)
-    native_update = "optim_adam8bit_update"  # kernels/optim_native.py implements adam_rule natively
+    update_rule = "adam"
 
     def __init__(
         self,
@@ -55,9 +44,10 @@ class Adam(Optimizer8bit):
     def state_spec(self, config: dict[str, Any]):
         return (("exp_avg", True), ("exp_avg_sq", False))
 
-    def hyper(self, config: dict[str, Any], step: int) -> list[float]:
-        b1, b2 = config["betas"]
-        return [b1, 1 - b1, b2, 1 - b2, config["eps"], 1 - b1**step, (1 - b2**step) ** 0.5]
+    def hyper(self, config: dict[str, Any], step: int) -> dict[str, float]:
+        b1, b2 = config["betas"]  # complements and bias corrections in float64, rounded once by the op
+        return dict(beta1=b1, one_minus_beta1=1 - b1, beta2=b2, one_minus_beta2=1 - b2, eps=config["eps"],
+                    bias_correction1=1 - b1**step, bias_correction2_sqrt=(1 - b2**step) ** 0.5)
 
 
 Adam8bit, Adam32bit = bit_variants(Adam)

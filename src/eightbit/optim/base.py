@@ -1,26 +1,27 @@
 """`Optimizer8bit`: the one base class of every eightbit optimizer (8-bit and 32-bit state).
 
-A subclass supplies only its per-element update rule (``rule``), its state names and signedness
+A subclass names its update rule (``update_rule``, a rule of `eightbit.functional.optimizer`, whose op runs the
+step: block-wise dequantize -> 32-bit update -> requantize, natively on CPU), its state names and signedness
 (``state_spec``) and its scalar hyperparameters per step (``hyper``). The base class owns everything else:
-state creation (one method), block-wise dequantize -> 32-bit update -> requantize in chunks of blocks
-(a full 32-bit copy of a state is never made), percentile clipping, update-norm capping (max_unorm, as
+state creation (one method), percentile clipping, update-norm capping (max_unorm, as
 in bitsandbytes), non-finite gradient policy, per-parameter overrides via `GlobalOptimManager`,
-bf16/fp16 parameters (update in fp32, written back rounded), DTensor parameters (local shards) and
+bf16/fp16 parameters (update in fp32, written back rounded), float64 parameters (update and 32-bit
+states in float64), DTensor parameters (local shards) and
 a state_dict made of plain tensors and numbers (safetensors-friendly).
 """
 from __future__ import annotations
 
-import functools
+import dataclasses
 from typing import Any, Callable, Iterable
 
 import torch
 
 from .._checks import check_choice, check_number
-from ..functional.blockwise import check_blocksize, code_midpoints, quantize_blocks
-from ..functional.codes import create_dynamic_map
-from ..functional.rounding import step_seed, stochastic_round, uniform_from_index
-from ..kernels.blockwise_cpu import build_lut, lut_index
-from ..kernels.dispatch import get_kernel
+from ..functional.blockwise import check_blocksize
+from ..functional.codes import dynamic_codebook
+from ..functional.optimizer import (WD_DECOUPLED, WD_L2, WD_NONE, OptimHyper, compute_dtype, optimizer_update,
+                                    optimizer_update_norm)
+from ..functional.rounding import step_seed
 from .manager import GlobalOptimManager
 
 try:  # DTensor parameters (FSDP2): the step works on local shards
@@ -28,79 +29,9 @@ try:  # DTensor parameters (FSDP2): the step works on local shards
 except Exception:  # pragma: no cover - torch built without distributed
     DTensor = ()
 
-__all__ = ["Optimizer8bit", "bit_variants"]
+__all__ = ["Optimizer8bit", "bit_variants", "WD_NONE", "WD_L2", "WD_DECOUPLED"]
 
-# Positions in the per-step hyperparameter tensor shared by all rules; rule-specific values follow.
-LR, WD, GRAD_SCALE, UPDATE_SCALE, RULE = 0, 1, 2, 3, 4
-WD_NONE, WD_L2, WD_DECOUPLED = 0, 1, 2
-
-CHUNK_ELEMENTS = 2**18  # elements per chunk: intermediates stay ~1 MB per state
-FUSED_MIN_NUMEL = 2**20  # smaller tensors run eagerly (compiling is not worth it)
-NATIVE_MIN_NUMEL = 2**14  # the native kernel has no compile cost: worth it from a few blocks
 NONFINITE_CHOICES = ("skip", "raise", "propagate")
-
-
-@functools.lru_cache(maxsize=None)
-def _code(signed: bool, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, int, tuple | None]:
-    """(code, midpoints, zero index, LUT on the device or None) of the dynamic map, cached."""
-    code = create_dynamic_map(signed=signed)
-    mid, zero_idx = code_midpoints(code)
-    lut = build_lut(mid)
-    if lut is not None:
-        lut = (lut[0].to(device), lut[1].to(device), lut[2])
-    return code.to(device), mid.to(device), zero_idx, lut
-
-
-def _requantize(x: torch.Tensor, code_info: tuple, seed: torch.Tensor | None = None, first: torch.Tensor | None = None):
-    """(nb, bs) float32 -> (uint8 codes, absmax); LUT search when available, bucketize otherwise (same result).
-    ``seed`` (int64 0-d tensor) rounds stochastically, element (r, c) drawing with index ``first + r * bs + c``."""
-    code, mid, zero_idx, lut = code_info
-    if lut is None and seed is None:
-        return quantize_blocks(x, code, mid, zero_idx)
-    absmax = x.abs().amax(1, keepdim=True)
-    ok = torch.isfinite(absmax)
-    scale = torch.where(ok & (absmax > 0), absmax, torch.ones_like(absmax))
-    n = x / scale
-    idx = lut_index(n, lut[0], lut[1], lut[2]) if lut is not None else torch.bucketize(n, mid).to(torch.int32)
-    if seed is not None:
-        index = first + torch.arange(x.numel(), device=x.device, dtype=torch.int64).view(x.shape)
-        idx = stochastic_round(n, idx, code, uniform_from_index(index, seed))
-    q = torch.where(ok, idx, torch.full_like(idx, zero_idx)).to(torch.uint8)
-    return q, torch.where(ok, absmax, torch.full_like(absmax, float("nan"))).squeeze(1)
-
-
-def update_chunk(rule, wd_mode: int, write: bool, stochastic: tuple, p, g, states, absmaxes, codes, hp, rng):
-    """One chunk of blocks: dequantize states, 32-bit update, requantize, write back in place.
-
-    p, g: (nb, bs) views of the parameter / gradient (any float dtype); states[i]: (nb, bs) uint8 codes
-    (absmaxes[i]: (nb,) float32) or float32 (absmaxes[i] None); codes[i]: (code, mid, zero_idx, lut) or
-    None; hp: float32 hyperparameters (LR, WD, GRAD_SCALE, UPDATE_SCALE, rule's own...).
-    stochastic[i]: whether state i is rounded stochastically; rng: int64 tensor [first element index of the
-    chunk, seed of state 0, seed of state 1, ...] (None when nothing is stochastic).
-    ``write=False`` only returns the squared norm of the update direction (for max_unorm / trust ratio).
-    """
-    p32 = p.float()
-    g32 = g.float() * hp[GRAD_SCALE]
-    if wd_mode == WD_L2:
-        g32 = g32 + hp[WD] * p32
-    s32 = [
-        s.float() if a is None else c[0][s.int()] * a.unsqueeze(1)  # (nb, bs) per chunk only
-        for s, a, c in zip(states, absmaxes, codes)
-    ]
-    d, new_states = rule(g32, p32, s32, hp)
-    if not write:
-        return d.square().sum()
-    for i, (s, a, c, new) in enumerate(zip(states, absmaxes, codes, new_states)):
-        if a is None:
-            s.copy_(new)
-        else:
-            q, amax = _requantize(new, c, rng[i + 1], rng[0]) if stochastic[i] else _requantize(new, c)
-            s.copy_(q)
-            a.copy_(amax)
-    if wd_mode == WD_DECOUPLED:
-        p32 = p32 * (1 - hp[LR] * hp[WD])
-    p.copy_(p32 - (hp[LR] * hp[UPDATE_SCALE]) * d)
-    return None
 
 
 def _check_entry(where: str, name: str, t: Any, dtype: torch.dtype, shape: tuple) -> None:
@@ -110,7 +41,10 @@ def _check_entry(where: str, name: str, t: Any, dtype: torch.dtype, shape: tuple
 
 
 def _local(t: torch.Tensor) -> torch.Tensor:
-    return t.to_local() if DTensor and isinstance(t, DTensor) else t
+    """The local shard of a DTensor, as a real tensor: complex values are stepped as (real, imag) pairs, as
+    torch's optimizers do (``view_as_real``), so both parts get the same per-element update and state."""
+    t = t.to_local() if DTensor and isinstance(t, DTensor) else t
+    return torch.view_as_real(t) if t.is_complex() else t
 
 
 def _shard_groups(p: torch.Tensor) -> list:
@@ -144,9 +78,10 @@ class Optimizer8bit(torch.optim.Optimizer):
 
     - ``state_spec(config) -> tuple[(name, signed), ...]``: the per-element states (signed dynamic code
       for first moments / momentum, unsigned for second moments);
-    - ``rule(g, p, states, hp) -> (direction, new_states)``: the 32-bit per-element update on fp32 chunks
-      (the base applies ``p -= lr * update_scale * direction``);
-    - ``hyper(config, step) -> list[float]``: the rule's scalars for this step (``hp[RULE:]``);
+    - ``update_rule``: the name of its rule in `eightbit.functional.optimizer.RULES` (the base applies
+      ``p -= lr * update_scale * direction``);
+    - ``hyper(config, step) -> dict``: the rule's fields of `OptimHyper` for this step (lr, weight_decay and
+      grad_scale are filled in by the base);
     - ``weight_decay_mode``: WD_L2 (added to the gradient), WD_DECOUPLED (AdamW-style) or WD_NONE.
 
     Keyword options common to all: ``optim_bits`` (8 or 32), ``min_8bit_size`` (tensors with fewer elements
@@ -163,8 +98,7 @@ class Optimizer8bit(torch.optim.Optimizer):
 
     weight_decay_mode: int = WD_L2
     default_optim_bits: int = 32
-    rule: Callable  # staticmethod in subclasses
-    native_update: str | None = None  # dispatcher op of a native whole-update kernel for ``rule``, if any
+    update_rule: str  # a rule of eightbit.functional.optimizer.RULES
 
     def __init__(self, params: Iterable, defaults: dict[str, Any]) -> None:
         d = dict(defaults)
@@ -176,8 +110,19 @@ class Optimizer8bit(torch.optim.Optimizer):
         GlobalOptimManager.get_instance()._register_optimizer_params(self)
 
     # ----- configuration -------------------------------------------------------------------------
-    @staticmethod
-    def _validate(d: dict[str, Any]) -> None:
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """torch's ``add_param_group`` plus the constructor's validation of the group's settings (a bad lr,
+        blocksize, optim_bits, betas or nonfinite raises ValueError/TypeError and the group is not added)."""
+        super().add_param_group(param_group)
+        try:
+            self._validate(self.param_groups[-1])
+        except Exception:
+            self.param_groups.pop()
+            raise
+
+    def _validate(self, d: dict[str, Any]) -> None:
+        """Raise ValueError/TypeError unless the settings ``d`` (defaults, a param group, or a group with a
+        parameter's overrides) are valid for this optimizer."""
         check_number(d["lr"], "lr", low=0.0)
         if "betas" in d:
             betas = d["betas"]
@@ -198,6 +143,8 @@ class Optimizer8bit(torch.optim.Optimizer):
         check_choice(d["nonfinite"], "nonfinite", NONFINITE_CHOICES)
         if not isinstance(d.get("stochastic_rounding", True), bool):
             raise TypeError(f"stochastic_rounding must be a bool, got {d['stochastic_rounding']!r}")
+        if d.get("nesterov") and (d.get("momentum", 0) <= 0 or d.get("dampening", 0) != 0):
+            raise ValueError("nesterov needs momentum > 0 and dampening == 0")
 
     def _config(self, p: torch.Tensor, group: dict[str, Any]) -> dict[str, Any]:
         """The group's settings with this parameter's GlobalOptimManager overrides applied."""
@@ -211,7 +158,7 @@ class Optimizer8bit(torch.optim.Optimizer):
     def state_spec(self, config: dict[str, Any]) -> tuple[tuple[str, bool], ...]:
         raise NotImplementedError
 
-    def hyper(self, config: dict[str, Any], step: int) -> list[float]:
+    def hyper(self, config: dict[str, Any], step: int) -> dict[str, float]:
         raise NotImplementedError
 
     def needs_update_norm(self, config: dict[str, Any]) -> bool:
@@ -238,11 +185,11 @@ class Optimizer8bit(torch.optim.Optimizer):
             state["gnorm_history"] = torch.zeros(100, dtype=torch.float32, device=dev)
         for name, signed in self.state_spec(config):
             if eight:
-                zero_idx = _code(signed, dev)[2]
+                zero_idx = dynamic_codebook(signed, dev).zero_index
                 state[name] = torch.full(p_local.shape, zero_idx, dtype=torch.uint8, device=dev)
                 state[name + "_absmax"] = torch.zeros(nblocks, dtype=torch.float32, device=dev)
-            else:
-                state[name] = torch.zeros(p_local.shape, dtype=torch.float32, device=dev)
+            else:  # float64 parameters keep float64 states (their precision is the point of float64)
+                state[name] = torch.zeros(p_local.shape, dtype=compute_dtype(p_local), device=dev)
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """torch's loader, except that state tensors keep their exact dtypes (torch would cast uint8 codes
@@ -294,7 +241,7 @@ class Optimizer8bit(torch.optim.Optimizer):
                              f"for {type(self).__name__} (expected {sorted(expected)})")
         nblocks = -(-p.numel() // config["blocksize"])
         for name in names:
-            _check_entry(where, name, st[name], torch.uint8 if eight else torch.float32, tuple(p.shape))
+            _check_entry(where, name, st[name], torch.uint8 if eight else compute_dtype(p), tuple(p.shape))
             if eight:
                 _check_entry(where, name + "_absmax", st[name + "_absmax"], torch.float32, (nblocks,))
         if "gnorm_history" in expected:
@@ -328,7 +275,7 @@ class Optimizer8bit(torch.optim.Optimizer):
             return
         state = self.state[p]
         if not state:
-            self._init_state(pl, state, config, p.numel())
+            self._init_state(pl, state, config, p.numel() * (2 if p.is_complex() else 1))
         if config["nonfinite"] != "propagate" and not _all_finite(gl, groups):
             if config["nonfinite"] == "raise":
                 raise FloatingPointError(f"non-finite gradient for a parameter of shape {tuple(p.shape)}")
@@ -339,20 +286,20 @@ class Optimizer8bit(torch.optim.Optimizer):
         grad_scale = self._percentile_scale(gl, state, config, step, groups)
         work = pl if pl.is_contiguous() else pl.contiguous()
         g = gl.contiguous()
-        hp = [config["lr"], config.get("weight_decay", 0.0), grad_scale, 1.0, *self.hyper(config, step)]
+        h = OptimHyper(lr=config["lr"], weight_decay=config.get("weight_decay", 0.0), grad_scale=grad_scale,
+                       **self.hyper(config, step))
+        args = self._op_args(work, g, state, config)
         if self.needs_update_norm(config):
-            hp_t = torch.tensor(hp, dtype=torch.float32, device=pl.device)
-            usq = sum(self._run_chunks(work, g, state, config, hp_t, write=False))
+            usq = optimizer_update_norm(self.update_rule, work, g, *args[:3], h, wd_mode=self.weight_decay_mode,
+                                        blocksize=config["blocksize"])
             if groups:  # norms of the whole parameter, not of this shard
-                usq = torch.as_tensor(usq, dtype=torch.float32, device=work.device)
-                sq = _sum_over(groups, torch.stack([usq, work.float().square().sum()]))
+                sq = _sum_over(groups, torch.stack([usq.to(work.device), work.float().square().sum()]))
                 unorm, pnorm = float(sq[0]) ** 0.5, float(sq[1]) ** 0.5
             else:
                 unorm, pnorm = float(usq) ** 0.5, float(work.float().norm())
-            hp[UPDATE_SCALE] = self.update_scale(unorm, pnorm, config)
-        hp_t = torch.tensor(hp, dtype=torch.float32, device=pl.device)
-        for _ in self._run_chunks(work, g, state, config, hp_t, write=True):
-            pass
+            h = dataclasses.replace(h, update_scale=self.update_scale(unorm, pnorm, config))
+        optimizer_update(self.update_rule, work, g, *args[:3], h, wd_mode=self.weight_decay_mode,
+                         blocksize=config["blocksize"], seeds=args[3])
         if work is not pl:
             pl.copy_(work)
 
@@ -369,58 +316,19 @@ class Optimizer8bit(torch.optim.Optimizer):
         gnorm, clip = float(gnorm), float(clip)
         return clip / gnorm if gnorm > clip else 1.0
 
-    def _run_chunks(self, p, g, state, config, hp, *, write: bool):
-        """Apply ``update_chunk`` over chunks of whole blocks, then the partial last block."""
+    def _op_args(self, p: torch.Tensor, g: torch.Tensor, state: dict, config: dict) -> tuple:
+        """(states, absmaxes, codes, seeds) of ``optimizer_update`` for this parameter's state (absmaxes and codes
+        empty for 32-bit state). Unsigned 8-bit states round stochastically when ``stochastic_rounding``."""
         spec = self.state_spec(config)
         names = [n for n, _ in spec]
         eight = bool(names) and state[names[0]].dtype == torch.uint8
-        codes = [_code(signed, p.device) if eight else None for _, signed in spec]
-        bs = config["blocksize"]
-        n = p.numel()
-        pf, gf = p.view(-1), g.view(-1)
-        flats = [state[nm].view(-1) for nm in names]
-        amaxes = [state[nm + "_absmax"] if eight else None for nm in names]
+        states = [state[n] for n in names]
+        absmaxes = [state[n + "_absmax"] for n in names] if eight else []
+        codes = [dynamic_codebook(signed, p.device).values for _, signed in spec] if eight else []
         step = int(state["step"])
-        stochastic = tuple(eight and not signed and bool(config["stochastic_rounding"]) for _, signed in spec)
+        stochastic = [eight and not signed and bool(config["stochastic_rounding"]) for _, signed in spec]
         seeds = [step_seed(step, i) if sr else -1 for i, sr in enumerate(stochastic)]
-        nfull = n // bs
-        base = (self.rule, self.weight_decay_mode, write, stochastic)
-        eager = functools.partial(update_chunk, *base)
-        fn = eager
-        native = None
-        if write and eight and self.native_update is not None and n >= NATIVE_MIN_NUMEL:
-            native = get_kernel(self.native_update, p.device.type)
-        if native is not None and nfull and native(
-            pf[: nfull * bs].view(nfull, bs), gf[: nfull * bs].view(nfull, bs),
-            [s[: nfull * bs].view(nfull, bs) for s in flats], [a[:nfull] for a in amaxes], codes, hp,
-            self.weight_decay_mode, seeds,
-        ):
-            ranges = []  # full blocks done natively; only the partial last block is left
-        else:
-            kernel = get_kernel("optim_blockwise_update", p.device.type) if n >= FUSED_MIN_NUMEL else None
-            if kernel is not None and any(c is not None and c[3] is None for c in codes):
-                kernel = None
-            if kernel is not None:
-                key = (self.rule.__module__, self.rule.__qualname__, self.weight_decay_mode, write, stochastic, eight,
-                       p.dtype, g.dtype, len(names))
-                fn = functools.partial(kernel(update_chunk, key), *base)
-            step_blocks = max(1, CHUNK_ELEMENTS // bs)
-            ranges = [(b0, min(nfull, b0 + step_blocks), bs, fn) for b0 in range(0, nfull, step_blocks)]
-        if n % bs:
-            ranges.append((nfull, nfull + 1, n - nfull * bs, eager))
-        for b0, b1, width, f in ranges:
-            lo, hi = b0 * bs, b0 * bs + (b1 - b0) * width
-            nb = b1 - b0
-            rng = torch.tensor([lo, *seeds], dtype=torch.int64, device=p.device) if any(stochastic) else None
-            yield f(
-                pf[lo:hi].view(nb, width),
-                gf[lo:hi].view(nb, width),
-                [s[lo:hi].view(nb, width) for s in flats],
-                [a[b0:b1] if a is not None else None for a in amaxes],
-                codes,
-                hp,
-                rng,
-            )
+        return states, absmaxes, codes, seeds
 
 
 def bit_variants(cls: type) -> tuple[type, type]:

@@ -4,26 +4,18 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
 
-from .adam import Adam, adam_rule
-from .base import WD, WD_NONE, bit_variants
+from .adam import Adam
+from .base import WD_NONE, bit_variants
 
-__all__ = ["LAMB", "LAMB8bit", "LAMB32bit", "lamb_rule"]
-
-
-def lamb_rule(g: torch.Tensor, p: torch.Tensor, s: list[torch.Tensor], hp: torch.Tensor):
-    """Adam's bias-corrected direction + weight_decay * p (same hp layout as Adam)."""
-    d, new = adam_rule(g, p, s, hp)
-    return d + hp[WD] * p, new
+__all__ = ["LAMB", "LAMB8bit", "LAMB32bit"]
 
 
 class LAMB(Adam):
     """LAMB with Adam's keyword options (betas, eps, weight_decay, ...); moments as in Adam/Adam8bit."""
 
     weight_decay_mode = WD_NONE
-    rule = staticmethod(lamb_rule)
-    native_update = None  # the native kernel implements adam_rule only
+    update_rule = "lamb"  # Adam's direction + weight_decay * p, scaled by the trust ratio
 
     def __init__(self, params, lr: float = 1e-3, *, eps: float = 1e-6, **kwargs) -> None:
         super().__init__(params, lr, eps=eps, **kwargs)

@@ -19,5 +19,10 @@ class LARS(SGD):
             raise ValueError(f"momentum must be > 0 for LARS, got {momentum!r}")
         super().__init__(params, lr, momentum=momentum, max_unorm=max_unorm, **kwargs)
 
+    def _validate(self, d) -> None:
+        super()._validate(d)
+        if d["momentum"] <= 0:
+            raise ValueError(f"momentum must be > 0 for LARS, got {d['momentum']!r}")
+
 
 LARS8bit, LARS32bit = bit_variants(LARS)

@@ -3,25 +3,17 @@ from __future__ import annotations
 
 from typing import Any, Iterable
 
-import torch
 
-from .base import RULE, WD_DECOUPLED, Optimizer8bit, bit_variants
+from .base import WD_DECOUPLED, Optimizer8bit, bit_variants
 
-__all__ = ["Lion", "Lion8bit", "Lion32bit", "lion_rule"]
-
-
-def lion_rule(g: torch.Tensor, p: torch.Tensor, s: list[torch.Tensor], hp: torch.Tensor):
-    """direction = sign(b1 * m + (1 - b1) * g); m = b2 * m + (1 - b2) * g. hp[RULE:] = b1, 1 - b1, b2, 1 - b2."""
-    b1, c1, b2, c2 = (hp[RULE + i] for i in range(4))
-    d = torch.sign(s[0] * b1 + g * c1)
-    return d, [s[0] * b2 + g * c2]
+__all__ = ["Lion", "Lion8bit", "Lion32bit"]
 
 
 class Lion(Optimizer8bit):
     """Lion; the momentum (signed dynamic code) is 8-bit when optim_bits=8."""
 
     weight_decay_mode = WD_DECOUPLED
-    rule = staticmethod(lion_rule)
+    update_rule = "lion"
 
     def __init__(
         self,
@@ -46,9 +38,9 @@ class Lion(Optimizer8bit):
     def state_spec(self, config: dict[str, Any]):
         return (("exp_avg", True),)
 
-    def hyper(self, config: dict[str, Any], step: int) -> list[float]:
+    def hyper(self, config: dict[str, Any], step: int) -> dict[str, float]:
         b1, b2 = config["betas"]
-        return [b1, 1 - b1, b2, 1 - b2]
+        return dict(beta1=b1, one_minus_beta1=1 - b1, beta2=b2, one_minus_beta2=1 - b2)
 
 
 Lion8bit, Lion32bit = bit_variants(Lion)

@@ -3,18 +3,10 @@ from __future__ import annotations
 
 from typing import Any, Iterable
 
-import torch
 
-from .base import RULE, WD_L2, Optimizer8bit, bit_variants
+from .base import WD_L2, Optimizer8bit, bit_variants
 
-__all__ = ["RMSprop", "RMSprop8bit", "RMSprop32bit", "rmsprop_rule"]
-
-
-def rmsprop_rule(g: torch.Tensor, p: torch.Tensor, s: list[torch.Tensor], hp: torch.Tensor):
-    """v = alpha * v + (1 - alpha) * g^2; direction = g / (sqrt(v) + eps). hp[RULE:] = alpha, eps, 1 - alpha."""
-    alpha, eps, c = hp[RULE], hp[RULE + 1], hp[RULE + 2]
-    v = s[0] * alpha + g * g * c
-    return g / (v.sqrt() + eps), [v]
+__all__ = ["RMSprop", "RMSprop8bit", "RMSprop32bit"]
 
 
 class RMSprop(Optimizer8bit):
@@ -22,7 +14,7 @@ class RMSprop(Optimizer8bit):
     momentum and centered are not supported (ValueError), as in bitsandbytes."""
 
     weight_decay_mode = WD_L2
-    rule = staticmethod(rmsprop_rule)
+    update_rule = "rmsprop"
 
     def __init__(
         self,
@@ -56,8 +48,8 @@ class RMSprop(Optimizer8bit):
     def state_spec(self, config: dict[str, Any]):
         return (("square_avg", False),)
 
-    def hyper(self, config: dict[str, Any], step: int) -> list[float]:
-        return [config["alpha"], config["eps"], 1 - config["alpha"]]
+    def hyper(self, config: dict[str, Any], step: int) -> dict[str, float]:
+        return dict(beta2=config["alpha"], one_minus_beta2=1 - config["alpha"], eps=config["eps"])
 
 
 RMSprop8bit, RMSprop32bit = bit_variants(RMSprop)

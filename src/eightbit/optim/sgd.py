@@ -3,21 +3,10 @@ from __future__ import annotations
 
 from typing import Any, Iterable
 
-import torch
 
-from .base import RULE, WD_L2, Optimizer8bit, bit_variants
+from .base import WD_L2, Optimizer8bit, bit_variants
 
-__all__ = ["SGD", "SGD8bit", "SGD32bit", "momentum_rule"]
-
-
-def momentum_rule(g: torch.Tensor, p: torch.Tensor, s: list[torch.Tensor], hp: torch.Tensor):
-    """buf = momentum * buf + c * g (c = 1 on the first step, else 1 - dampening); direction = buf, or
-    g + momentum * buf with Nesterov. hp[RULE:] = momentum, c, nesterov (0/1). No state: direction = g."""
-    if not s:
-        return g, []
-    momentum, c, nesterov = hp[RULE], hp[RULE + 1], hp[RULE + 2]
-    buf = s[0] * momentum + g * c
-    return buf + nesterov * (g + momentum * buf - buf), [buf]
+__all__ = ["SGD", "SGD8bit", "SGD32bit"]
 
 
 class SGD(Optimizer8bit):
@@ -25,7 +14,7 @@ class SGD(Optimizer8bit):
     weight_decay is L2 as in torch.optim.SGD."""
 
     weight_decay_mode = WD_L2
-    rule = staticmethod(momentum_rule)
+    update_rule = "momentum"
 
     def __init__(
         self,
@@ -54,9 +43,9 @@ class SGD(Optimizer8bit):
     def state_spec(self, config: dict[str, Any]):
         return (("momentum_buffer", True),) if config["momentum"] > 0 else ()
 
-    def hyper(self, config: dict[str, Any], step: int) -> list[float]:
-        c = 1.0 if step == 1 else 1.0 - config["dampening"]
-        return [config["momentum"], c, float(config["nesterov"])]
+    def hyper(self, config: dict[str, Any], step: int) -> dict[str, float]:
+        c = 1.0 if step == 1 else 1.0 - config["dampening"]  # torch: the first step stores g undamped
+        return dict(beta1=config["momentum"], one_minus_beta1=c, nesterov=float(config["nesterov"]))
 
 
 SGD8bit, SGD32bit = bit_variants(SGD)

@@ -11,7 +11,7 @@ __getattr__, __dir__ = lazy_exports(
         "Int8Config": ".llm_int8",
         "FP8Config": ".ptq",
         "Int8StaticConfig": ".ptq",
-        "calibrate": ".calibrate",
+        "calibrate": ".calibration",
         "save_quantized": ".serialization",
         "load_quantized": ".serialization",
         "load_quantized_from_float": ".streaming",

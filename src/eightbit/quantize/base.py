@@ -71,11 +71,13 @@ class QuantConfig:
         unknown = sorted(set(data) - names)
         if unknown:
             raise ValueError(f"unknown field(s) {unknown} for {cls.__name__}; expected a subset of {sorted(names)}")
-        kwargs = {k: _from_json(v) for k, v in data.items()}
         try:
+            kwargs = {k: _from_json(v) for k, v in data.items()}
             return cls(**kwargs)
-        except TypeError as e:
-            raise ValueError(f"invalid {cls.__name__} fields: {e}") from e
+        except (TypeError, OverflowError, RecursionError) as e:
+            # OverflowError: a number too large for a float (a 400-digit threshold); RecursionError: nesting
+            # deeper than any config has. Both are a damaged config, reported like every other one.
+            raise ValueError(f"invalid {cls.__name__} fields: {type(e).__name__}: {str(e)[:200]}") from None
 
 
 def config_from_dict(data: dict[str, Any]) -> QuantConfig:

@@ -48,9 +48,12 @@ def find_linear_layers(model: nn.Module, config: QuantConfig | None = None) -> l
 def replace_layers(model: nn.Module, config: QuantConfig, names: Iterable[str]) -> list[tuple[nn.Module, str, nn.Module]]:
     """Replace the named linear layers; return an undo log of (parent, attribute, original module).
 
-    Raises ValueError (and changes nothing) when a name is missing or not a linear layer."""
+    A module registered under several names (the same object used twice) is converted once and the one
+    replacement is set at every place it is registered, so sharing survives conversion (and memory is not
+    doubled by a float alias left behind). Raises ValueError (and changes nothing) when a name is missing or
+    not a linear layer."""
     names = list(names)
-    modules = dict(model.named_modules())
+    modules = dict(model.named_modules(remove_duplicate=False))
     for name in names:
         if name == "":
             raise ValueError("the model itself is a linear layer: call config.make_linear(model, '') instead")
@@ -58,15 +61,23 @@ def replace_layers(model: nn.Module, config: QuantConfig, names: Iterable[str]) 
             raise ValueError(f"module {name!r} not found in the model")
         if not is_linear_like(modules[name]):
             raise ValueError(f"module {name!r} is {type(modules[name]).__name__}, not nn.Linear or Conv1D")
+    places: dict[int, list[str]] = {}  # id(module) -> every dotted name it is registered under
+    for name, m in modules.items():
+        places.setdefault(id(m), []).append(name)
     undo: list[tuple[nn.Module, str, nn.Module]] = []
+    done: set[int] = set()
     try:
         for name in names:
-            parent_name, _, attr = name.rpartition(".")
-            parent = modules[parent_name]
             original = modules[name]
+            if id(original) in done:
+                continue
+            done.add(id(original))
             new = config.make_linear(as_linear(original), name)
-            setattr(parent, attr, new)
-            undo.append((parent, attr, original))
+            for place in places[id(original)]:
+                parent_name, _, attr = place.rpartition(".")
+                parent = modules[parent_name]
+                setattr(parent, attr, new)
+                undo.append((parent, attr, original))
     except BaseException:
         undo_replacements(undo)
         raise
@@ -98,8 +109,30 @@ def quantize_model(model: nn.Module, config: QuantConfig, *, modules: Iterable[s
         return config.make_linear(as_linear(model), "")
     names = find_linear_layers(model, config) if modules is None else list(modules)
     replace_layers(model, config, names)
-    model._eightbit_config = config
+    record_configs(model, config, names)
     return model
+
+
+def record_configs(model: nn.Module, config: QuantConfig, names: Iterable[str]) -> None:
+    """Remember which config made which layer (``model._eightbit_layer_configs``), so that a model quantized
+    in several calls with different methods saves and loads every layer as what it is."""
+    from ..nn.base import QuantizedLinear
+
+    per_layer = dict(getattr(model, "_eightbit_layer_configs", {}))
+    modules = dict(model.named_modules(remove_duplicate=False))
+    previous = getattr(model, "_eightbit_config", None)
+    if previous is not None:  # layers quantized earlier by a path that recorded one config for the whole model
+        new = set(names)
+        for name, m in modules.items():
+            if isinstance(m, QuantizedLinear) and name not in new:
+                per_layer.setdefault(name, previous)
+    for name in names:
+        target = modules.get(name)
+        for other, m in modules.items():  # aliases of a shared layer carry the same config
+            if m is target:
+                per_layer[other] = config
+    model._eightbit_layer_configs = per_layer
+    model._eightbit_config = config
 
 
 def memory_footprint(model: nn.Module) -> int:

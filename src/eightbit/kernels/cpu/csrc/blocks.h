@@ -1,15 +1,8 @@
-/* eightbit native CPU kernels: block-wise 8-bit quantize / dequantize and the fused 8-bit Adam update.
- *
- * Why C: on AVX2 CPUs inductor lowers the 256-entry code lookups to scalar gathers through int64
- * temporaries (~2.7 ns per element for a dequantize); a plain loop over one block held in L1 runs at
- * memory speed. Loops over blocks / rows run in parallel with OpenMP. The library is linked against
- * "libgomp.so.1", the soname of the runtime torch already loaded, so both share one thread pool:
- * torch.set_num_threads applies, and no second pool competes with torch's spinning workers.
- *
- * Numerics mirror the plain-PyTorch reference in eightbit.functional.blockwise / eightbit.optim.base
- * operation by operation in float32 (compiled with -ffp-contract=off, no fast-math), so the results
- * are bit-identical to it; tests/kernels/test_native_cpu.py checks that.
- */
+/* Block quantization shared by the native kernels (blockwise_cpu.c, optim_cpu.c): the code-table
+ * lookups (packed and 65536-entry), stochastic rounding and the one-block quantizer. Mirrors the reference
+ * eightbit.functional.blockwise.quantize_blocks operation by operation in float32. */
+#ifndef EIGHTBIT_BLOCKS_H
+#define EIGHTBIT_BLOCKS_H
 #include <math.h>
 #include <stdint.h>
 #include <string.h>
@@ -20,6 +13,7 @@
 #define MAX_BLOCK 4096
 #define M31 0x7FFFFFFFu
 
+/* Mirrored by eightbit.kernels.cpu.tables.Lut (ctypes.Structure): keep the field order. */
 typedef struct {
     const float *code;     /* 256 sorted values */
     const int32_t *table;  /* 65536 entries: midpoints below each float cell */
@@ -31,7 +25,7 @@ typedef struct {
     int32_t klo, span;     /* smallest magnitude cell of the packed tables; cells per sign */
 } lut_t;
 
-/* Packed tables (eightbit.kernels.blockwise_cpu.packed_lut): one entry per sign and float cell of |n| (the
+/* Packed tables (eightbit.kernels.cpu.tables.packed_lut): one entry per sign and float cell of |n| (the
  * top 16 bits of |n|, cells below klo merged into klo), entry = (base << 17) | t. The result for n is
  * base + (r >= t), r being the low 16 bits of |n| in the cell's value order (reversed for negative n): every
  * cell holds at most one threshold, so one lookup in a table of a few KB (L1) replaces the 256 KB table and
@@ -203,138 +197,4 @@ static void quantize_block(const float *x, int64_t bs, const lut_t *L, int64_t s
     for (int64_t i = 0; i < bs; i++) q[i] = (uint8_t)idx[i];
     *absmax = amax;
 }
-
-#ifdef __AVX2__
-/* acc = max(acc, |x[0..8)| as integers), the vector step of absmax_bits. */
-static inline __m256i absmax_step8(__m256i acc, const float *x) {
-    return _mm256_max_epu32(acc, _mm256_and_si256(_mm256_loadu_si256((const __m256i *)x), _mm256_set1_epi32(0x7FFFFFFF)));
-}
-
-static inline uint32_t hmax_epu32(__m256i v) {
-    __m128i m = _mm_max_epu32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
-    m = _mm_max_epu32(m, _mm_shuffle_epi32(m, 0x4E));
-    m = _mm_max_epu32(m, _mm_shuffle_epi32(m, 0xB1));
-    return (uint32_t)_mm_cvtsi128_si32(m);
-}
-
-/* Round-to-nearest quantization of nb consecutive blocks, software-pipelined: while block b is divided and
- * looked up (L1-only work), the same loop reads block b + 1 for its absmax, so the memory stream and the
- * lookups overlap instead of alternating. Same results as quantize_block. */
-static void quantize_run_nearest(const float *x, int64_t nb, int64_t bs, const lut_t *L, uint8_t *q, float *absmax) {
-    const __m256i vklo = _mm256_set1_epi32(L->klo), vspan = _mm256_set1_epi32(L->span);
-    uint32_t amax_bits = absmax_bits(x, bs);
-    for (int64_t b = 0; b < nb; b++) {
-        const float *xb = x + b * bs;
-        const float *xn = b + 1 < nb ? xb + bs : xb; /* the last block re-reads itself (result unused) */
-        uint8_t *qb = q + b * bs;
-        __m256i an = _mm256_setzero_si256();
-        if (amax_bits >= 0x7F800000u) { /* NaN/Inf in the block: flagged, codes zero_idx */
-            memset(qb, L->zero_idx, (size_t)bs);
-            absmax[b] = NAN;
-            for (int64_t i = 0; i < bs; i += 8) an = absmax_step8(an, xn + i);
-        } else {
-            float amax;
-            memcpy(&amax, &amax_bits, 4);
-            const __m256 vs = _mm256_set1_ps(amax > 0.0f ? amax : 1.0f);
-            for (int64_t i = 0; i < bs; i += 8) {
-                an = absmax_step8(an, xn + i);
-                nearest_store8(xb + i, vs, L, vklo, vspan, qb + i);
-            }
-            absmax[b] = amax;
-        }
-        amax_bits = hmax_epu32(an);
-    }
-}
 #endif
-
-void eb_quantize_blocks(const float *x, int64_t nblocks, int64_t bs, const float *code, const int32_t *table,
-                        const float *midp, int32_t k, int32_t zero_idx, const int32_t *near, const int32_t *floor_,
-                        int32_t klo, int32_t span, int64_t seed, int64_t first, uint8_t *q, float *absmax) {
-    lut_t L = {code, table, midp, k, zero_idx, near, floor_, klo, span};
-#ifdef __AVX2__
-    if (seed < 0 && near && bs % 8 == 0) { /* runs of 16 blocks (128 KB of x for 2048-value blocks) per task */
-        const int64_t run = 16, runs = (nblocks + run - 1) / run;
-#pragma omp parallel for schedule(static) if (runs >= 2)
-        for (int64_t r = 0; r < runs; r++) {
-            const int64_t b0 = r * run, nb = nblocks - b0 < run ? nblocks - b0 : run;
-            quantize_run_nearest(x + b0 * bs, nb, bs, &L, q + b0 * bs, absmax + b0);
-        }
-        return;
-    }
-#endif
-#pragma omp parallel for schedule(static) if (nblocks >= 16)
-    for (int64_t b = 0; b < nblocks; b++)
-        quantize_block(x + b * bs, bs, &L, seed, first + b * bs, q + b * bs, absmax + b);
-}
-
-/* Per-block bodies live in functions with restrict parameters: OpenMP outlining of the parallel loops
- * would otherwise drop the no-alias information and the vectorizer with it. */
-static void dequantize_block(const uint8_t *restrict q, float a, const float *restrict code, int64_t bs,
-                             float *restrict out) {
-    lookup_scale(q, code, a, bs, out);
-}
-
-void eb_dequantize_blocks(const uint8_t *restrict q, const float *restrict absmax, const float *restrict code,
-                          int64_t nblocks, int64_t bs, float *restrict out) {
-#pragma omp parallel for schedule(static) if (nblocks >= 16)
-    for (int64_t b = 0; b < nblocks; b++) dequantize_block(q + b * bs, absmax[b], code, bs, out + b * bs);
-}
-
-/* hp layout (float32), shared with eightbit.optim.base / adam.py:
- * LR, WD, GRAD_SCALE, UPDATE_SCALE, b1, 1-b1, b2, 1-b2, eps, bc1, sqrt(bc2). wd_mode: 0 none, 1 L2, 2 decoupled. */
-typedef struct {
-    float lr, wd, gs, b1, c1, b2, c2, eps, bc1, bc2s, decay, step;
-    int32_t wd_mode;
-} adam_hp_t;
-
-/* One block: the 32-bit Adam step from dequantized m, v (replaced by the new m, v), parameter written. */
-static void adam_block(float *restrict p, const float *restrict g, const adam_hp_t *h, int64_t bs,
-                       float *restrict m, float *restrict v) {
-    const float wd = h->wd, gs = h->gs, b1 = h->b1, c1 = h->c1, b2 = h->b2, c2 = h->c2, eps = h->eps;
-    const float bc1 = h->bc1, bc2s = h->bc2s, decay = h->decay, step = h->step;
-    const int32_t wd_mode = h->wd_mode;
-    for (int64_t i = 0; i < bs; i++) {
-        float pi = p[i];
-        float gi = g[i] * gs;
-        if (wd_mode == 1) gi = gi + wd * pi;
-        float mi = m[i] * b1 + gi * c1;
-        float vi = v[i] * b2 + gi * gi * c2;
-        float d = (mi / bc1) / (sqrtf(vi) / bc2s + eps);
-        if (wd_mode == 2) pi = pi * decay;
-        p[i] = pi - step * d;
-        m[i] = mi;
-        v[i] = vi;
-    }
-}
-
-void eb_adam8_blocks(float *p, const float *g, uint8_t *qm, float *am, uint8_t *qv, float *av,
-                     const float *code_m, const int32_t *table_m, const float *midp_m, int32_t k_m, int32_t zero_m,
-                     const int32_t *near_m, const int32_t *floor_m, int32_t klo_m, int32_t span_m,
-                     const float *code_v, const int32_t *table_v, const float *midp_v, int32_t k_v, int32_t zero_v,
-                     const int32_t *near_v, const int32_t *floor_v, int32_t klo_v, int32_t span_v,
-                     const float *hp, int32_t wd_mode, int64_t seed_m, int64_t seed_v,
-                     int64_t nblocks, int64_t bs) {
-    const lut_t Lm = {code_m, table_m, midp_m, k_m, zero_m, near_m, floor_m, klo_m, span_m};
-    const lut_t Lv = {code_v, table_v, midp_v, k_v, zero_v, near_v, floor_v, klo_v, span_v};
-    const adam_hp_t h = {hp[0], hp[1], hp[2], hp[4], hp[5], hp[6], hp[7], hp[8], hp[9], hp[10],
-                         1.0f - hp[0] * hp[1], hp[0] * hp[3], wd_mode};
-#pragma omp parallel for schedule(static) if (nblocks >= 16)
-    for (int64_t b = 0; b < nblocks; b++) {
-        float m[MAX_BLOCK], v[MAX_BLOCK];
-        const int64_t o = b * bs;
-        lookup_scale(qm + o, code_m, am[b], bs, m);
-        lookup_scale(qv + o, code_v, av[b], bs, v);
-        adam_block(p + o, g + o, &h, bs, m, v);
-        /* next block's inputs start loading while this one is requantized (L1-only work) */
-        for (int64_t i = 0; i < bs; i += 16) {
-            __builtin_prefetch(p + o + bs + i);
-            __builtin_prefetch(g + o + bs + i);
-        }
-        for (int64_t i = 0; i < bs; i += 64) {
-            __builtin_prefetch(qm + o + bs + i);
-            __builtin_prefetch(qv + o + bs + i);
-        }
-        quantize_block(m, bs, &Lm, seed_m, o, qm + o, am + b);
-        quantize_block(v, bs, &Lv, seed_v, o, qv + o, av + b);
-    }
-}

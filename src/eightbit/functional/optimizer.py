@@ -1,0 +1,250 @@
+"""One optimizer step of one parameter with block-wise 8-bit (or float32) state: the update rules and the
+reference of the ``optimizer_update`` / ``optimizer_update_norm`` ops.
+
+A rule is a pure per-element function ``rule(g, p, states, h) -> (direction, new_states)`` on float chunks;
+the step around it is shared: dequantize the states of a chunk of blocks, apply the rule, requantize (round to
+nearest, or stochastically with a seed), then ``p = p * decay - lr * update_scale * direction``. A full
+32-bit copy of a state is never made: the reference works on chunks of ``CHUNK_ELEMENTS`` values.
+
+Rules (``RULES``) and their states, in order:
+
+* ``"adam"``: m (signed code), v (unsigned); direction ``(m / bc1) / (sqrt(v) / sqrt(bc2) + eps)``.
+* ``"lamb"``: Adam's direction plus ``weight_decay * p`` (the optimizer scales it by the trust ratio).
+* ``"momentum"``: SGD's buffer (signed) or no state; direction ``buf`` (Nesterov: ``g + momentum * buf``).
+* ``"rmsprop"``: v (unsigned); direction ``g / (sqrt(v) + eps)``.
+* ``"adagrad"``: the sum of squares (unsigned); direction ``g / (sqrt(sum) + eps) * lr_decay``.
+* ``"lion"``: m (signed); direction ``sign(beta1 * m + (1 - beta1) * g)``, then ``m = beta2 * m + (1 - beta2) g``.
+
+Hyperparameters travel as :class:`OptimHyper`, whose field order is the ``float[] hyper`` of the op schema and
+the C struct of the native kernels (mirrored field by field, checked when the library loads). Complements
+such as ``1 - beta1`` are computed in float64 by the optimizer and passed, so every kernel rounds them alike.
+
+Parameters of any float dtype: the update runs in float32, or in float64 for float64 parameters (so their
+precision is kept), and is written back in the parameter's dtype.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable, NamedTuple
+
+import torch
+
+from . import ops
+from .blockwise import quantize_blocks
+from .codes import codebook
+
+__all__ = ["OptimHyper", "RULES", "STATE_COUNTS", "optimizer_update", "optimizer_update_norm",
+           "WD_NONE", "WD_L2", "WD_DECOUPLED"]
+
+WD_NONE, WD_L2, WD_DECOUPLED = 0, 1, 2  # weight decay: none, added to the gradient, decoupled (AdamW)
+CHUNK_ELEMENTS = 2**18  # elements per chunk of the reference: intermediates stay ~1 MB per state
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimHyper:
+    """The scalars of one step. Which a rule reads is in its docstring; the rest keep their defaults.
+
+    ``beta1``/``one_minus_beta1``: Adam/Lion beta1, or SGD's momentum and its gradient factor (1 on the first
+    step, else 1 - dampening). ``beta2``/``one_minus_beta2``: Adam/Lion beta2, RMSprop's alpha.
+    ``beta3``/``one_minus_beta3``/``alpha``: AdEMAMix's slow EMA and its weight. ``bias_correction1`` =
+    1 - beta1**step, ``bias_correction2_sqrt`` = sqrt(1 - beta2**step). ``lr_decay``: Adagrad's factor
+    1 / (1 + (step - 1) * lr_decay). ``nesterov``: 1.0 or 0.0. ``grad_scale`` multiplies the gradient
+    (percentile clipping), ``update_scale`` the step (max_unorm, trust ratios)."""
+
+    lr: float = 0.0
+    weight_decay: float = 0.0
+    grad_scale: float = 1.0
+    update_scale: float = 1.0
+    beta1: float = 0.0
+    one_minus_beta1: float = 1.0
+    beta2: float = 0.0
+    one_minus_beta2: float = 1.0
+    beta3: float = 0.0
+    one_minus_beta3: float = 1.0
+    alpha: float = 0.0
+    eps: float = 0.0
+    bias_correction1: float = 1.0
+    bias_correction2_sqrt: float = 1.0
+    lr_decay: float = 1.0
+    nesterov: float = 0.0
+
+    def as_list(self) -> list[float]:
+        """The values in field order (the op's ``hyper`` argument)."""
+        return [float(getattr(self, f.name)) for f in dataclasses.fields(self)]
+
+
+FIELDS = tuple(f.name for f in dataclasses.fields(OptimHyper))
+_Scalars = NamedTuple("_Scalars", [(name, torch.Tensor) for name in FIELDS])
+
+
+def _scalars(hyper: list[float], dtype: torch.dtype, device: torch.device) -> _Scalars:
+    # 0-dim tensors of the compute dtype: arithmetic with them rounds exactly as the native kernels' float math
+    return _Scalars(*torch.tensor(hyper, dtype=dtype, device=device).unbind())
+
+
+# ---------------------------------------------------------------- rules
+def adam_rule(g, p, s, h):
+    """m = b1 m + (1 - b1) g; v = b2 v + (1 - b2) g^2; direction (m / bc1) / (sqrt(v) / sqrt(bc2) + eps)."""
+    m = s[0] * h.beta1 + g * h.one_minus_beta1
+    v = s[1] * h.beta2 + g * g * h.one_minus_beta2
+    return (m / h.bias_correction1) / (v.sqrt() / h.bias_correction2_sqrt + h.eps), [m, v]
+
+
+def lamb_rule(g, p, s, h):
+    """Adam's direction + weight_decay * p (the trust ratio is applied through update_scale)."""
+    d, new = adam_rule(g, p, s, h)
+    return d + h.weight_decay * p, new
+
+
+def momentum_rule(g, p, s, h):
+    """buf = momentum buf + c g (beta1 = momentum, one_minus_beta1 = c); direction buf, or g + momentum buf
+    with Nesterov. No state: direction g."""
+    if not s:
+        return g, []
+    buf = s[0] * h.beta1 + g * h.one_minus_beta1
+    return buf + h.nesterov * (g + h.beta1 * buf - buf), [buf]
+
+
+def rmsprop_rule(g, p, s, h):
+    """v = alpha v + (1 - alpha) g^2 (beta2 = alpha); direction g / (sqrt(v) + eps)."""
+    v = s[0] * h.beta2 + g * g * h.one_minus_beta2
+    return g / (v.sqrt() + h.eps), [v]
+
+
+def adagrad_rule(g, p, s, h):
+    """sum += g^2; direction g / (sqrt(sum) + eps) * lr_decay."""
+    acc = s[0] + g * g
+    return g / (acc.sqrt() + h.eps) * h.lr_decay, [acc]
+
+
+def lion_rule(g, p, s, h):
+    """direction sign(b1 m + (1 - b1) g); m = b2 m + (1 - b2) g."""
+    d = torch.sign(s[0] * h.beta1 + g * h.one_minus_beta1)
+    return d, [s[0] * h.beta2 + g * h.one_minus_beta2]
+
+
+RULES: dict[str, Callable] = {
+    "adam": adam_rule, "lamb": lamb_rule, "momentum": momentum_rule, "rmsprop": rmsprop_rule,
+    "adagrad": adagrad_rule, "lion": lion_rule,
+}
+STATE_COUNTS: dict[str, tuple[int, ...]] = {
+    "adam": (2,), "lamb": (2,), "momentum": (0, 1), "rmsprop": (1,), "adagrad": (1,), "lion": (1,),
+}
+
+
+# ---------------------------------------------------------------- the reference step
+def compute_dtype(p: torch.Tensor) -> torch.dtype:
+    """float64 for float64 parameters, else float32."""
+    return torch.float64 if p.dtype == torch.float64 else torch.float32
+
+
+def _chunks(n: int, blocksize: int):
+    """(start, stop, width) of runs of whole blocks (about CHUNK_ELEMENTS values), then the partial last block."""
+    nfull = n // blocksize
+    step = max(1, CHUNK_ELEMENTS // blocksize) * blocksize
+    for lo in range(0, nfull * blocksize, step):
+        yield lo, min(nfull * blocksize, lo + step), blocksize
+    if n % blocksize:
+        yield nfull * blocksize, n, n - nfull * blocksize
+
+
+def _steps(rule, p, g, states, absmaxes, codes, hyper, wd_mode, blocksize, seeds, write):
+    fn = RULES[rule]
+    cd = compute_dtype(p)
+    h = _scalars(hyper, cd, p.device)
+    eight = len(absmaxes) > 0
+    cbs = [codebook(c) for c in codes] if eight else []
+    pf, gf = p.view(-1), g.view(-1)
+    flats = [s.view(-1) for s in states]
+    total = torch.zeros((), dtype=torch.float32, device=p.device)
+    for lo, hi, width in _chunks(pf.numel(), blocksize):
+        nb = (hi - lo) // width
+        b0 = lo // blocksize
+        p32 = pf[lo:hi].view(nb, width).to(cd)
+        g32 = gf[lo:hi].view(nb, width).to(cd) * h.grad_scale
+        if wd_mode == WD_L2:
+            g32 = g32 + h.weight_decay * p32
+        if eight:
+            s32 = [(cb.values[f[lo:hi].view(nb, width).long()] * a[b0 : b0 + nb].unsqueeze(1)).to(cd)
+                   for f, a, cb in zip(flats, absmaxes, cbs)]
+        else:
+            s32 = [f[lo:hi].view(nb, width).to(cd) for f in flats]
+        d, new = fn(g32, p32, s32, h)
+        if not write:
+            total += d.float().square().sum()
+            continue
+        for i, (f, s) in enumerate(zip(flats, new)):
+            if eight:
+                q, a = quantize_blocks(s.float(), cbs[i], seeds[i], lo)
+                f[lo:hi] = q.view(-1)
+                absmaxes[i][b0 : b0 + nb] = a
+            else:
+                f[lo:hi] = s.reshape(-1).to(f.dtype)
+        if wd_mode == WD_DECOUPLED:
+            p32 = p32 * (1 - h.lr * h.weight_decay)
+        pf[lo:hi] = (p32 - (h.lr * h.update_scale) * d).view(-1).to(p.dtype)
+    return total
+
+
+@ops.reference("optimizer_update")
+def optimizer_update_reference(rule: str, p: torch.Tensor, g: torch.Tensor, states: list[torch.Tensor],
+                               absmaxes: list[torch.Tensor], codes: list[torch.Tensor], hyper: list[float],
+                               wd_mode: int, blocksize: int, seeds: list[int]) -> None:
+    """Reference of the ``optimizer_update`` op: one step of ``rule`` in place on ``p`` and its ``states``."""
+    _steps(rule, p, g, states, absmaxes, codes, hyper, wd_mode, blocksize, seeds, True)
+
+
+@ops.reference("optimizer_update_norm")
+def optimizer_update_norm_reference(rule: str, p: torch.Tensor, g: torch.Tensor, states: list[torch.Tensor],
+                                    absmaxes: list[torch.Tensor], codes: list[torch.Tensor], hyper: list[float],
+                                    wd_mode: int, blocksize: int) -> torch.Tensor:
+    """Reference of the ``optimizer_update_norm`` op: the squared norm (float32, 0-dim) of the step's direction,
+    nothing written."""
+    return _steps(rule, p, g, states, absmaxes, codes, hyper, wd_mode, blocksize, [], False)
+
+
+# ---------------------------------------------------------------- public functions
+def _check_update_args(rule, p, g, states, absmaxes, codes, blocksize) -> None:
+    if rule not in RULES:
+        raise ValueError(f"rule must be one of {sorted(RULES)}, got {rule!r}")
+    if len(states) not in STATE_COUNTS[rule]:
+        raise ValueError(f"rule {rule!r} takes {' or '.join(map(str, STATE_COUNTS[rule]))} states, got {len(states)}")
+    if g.shape != p.shape or g.device != p.device:
+        raise ValueError(f"g must match p in shape and device, got {tuple(g.shape)} on {g.device} for "
+                         f"{tuple(p.shape)} on {p.device}")
+    if len(absmaxes) not in (0, len(states)) or len(codes) != len(absmaxes):
+        raise ValueError("absmaxes and codes must be empty (32-bit states) or one per state (8-bit states)")
+    nblocks = -(-p.numel() // blocksize)
+    for i, s in enumerate(states):
+        want = torch.uint8 if absmaxes else (torch.float64 if p.dtype == torch.float64 else torch.float32)
+        if s.shape != p.shape or s.dtype != want or not s.is_contiguous():
+            raise ValueError(f"states[{i}] must be contiguous {want} of shape {tuple(p.shape)}, got {s.dtype} "
+                             f"{tuple(s.shape)}")
+        if absmaxes and (absmaxes[i].shape != (nblocks,) or absmaxes[i].dtype != torch.float32):
+            raise ValueError(f"absmaxes[{i}] must be float32 of shape ({nblocks},)")
+
+
+def optimizer_update(rule: str, p: torch.Tensor, g: torch.Tensor, states: list[torch.Tensor],
+                     absmaxes: list[torch.Tensor], codes: list[torch.Tensor], hyper: OptimHyper, *,
+                     wd_mode: int, blocksize: int, seeds: list[int]) -> None:
+    """One step of ``rule`` (see ``RULES``) on contiguous parameter ``p`` with gradient ``g``, in place.
+
+    ``states``: the rule's states, uint8 codes (8-bit: ``absmaxes`` float32 (ceil(numel / blocksize),) and
+    ``codes`` 256-entry code maps, one per state) or float32 (float64 for float64 ``p``; ``absmaxes`` and
+    ``codes`` empty). ``seeds[i] >= 0`` rounds 8-bit state i stochastically with that seed, ``-1`` to nearest.
+    Raises ValueError for an unknown rule or mismatched states."""
+    _check_update_args(rule, p, g, states, absmaxes, codes, blocksize)
+    if len(seeds) != len(states):
+        raise ValueError(f"seeds must have one entry per state, got {len(seeds)} for {len(states)} states")
+    ops.optimizer_update(rule, p, g.contiguous(), states, absmaxes, codes, hyper.as_list(), wd_mode, blocksize,
+                         [int(s) for s in seeds])
+
+
+def optimizer_update_norm(rule: str, p: torch.Tensor, g: torch.Tensor, states: list[torch.Tensor],
+                          absmaxes: list[torch.Tensor], codes: list[torch.Tensor], hyper: OptimHyper, *,
+                          wd_mode: int, blocksize: int) -> torch.Tensor:
+    """Squared norm (float32 0-dim tensor) of the direction :func:`optimizer_update` would step along, with
+    nothing written (for update-norm caps and trust ratios). Arguments as there."""
+    _check_update_args(rule, p, g, states, absmaxes, codes, blocksize)
+    return ops.optimizer_update_norm(rule, p, g.contiguous(), states, absmaxes, codes, hyper.as_list(), wd_mode,
+                                     blocksize)

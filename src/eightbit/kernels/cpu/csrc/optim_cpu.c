@@ -1,0 +1,121 @@
+/* eightbit native CPU kernel of the 8-bit optimizer step: per block, dequantize the states into L1, apply the
+ * rule, write the parameter and requantize the states, in one pass over the data.
+ *
+ * One kernel serves every rule of eightbit.functional.optimizer that has 8-bit states (adam, lamb, momentum,
+ * rmsprop, adagrad, lion); the rule is chosen per call, so each rule's element loop is compiled and vectorized
+ * on its own. Numerics mirror the reference (eightbit.functional.optimizer._steps) operation by operation in
+ * float32 (no fast-math, no FMA contraction): states bit-identical, parameters equal.
+ */
+#include "blocks.h"
+
+/* Field order of eightbit.functional.optimizer.OptimHyper (checked against the ctypes mirror at load). */
+typedef struct {
+    float lr, weight_decay, grad_scale, update_scale, beta1, one_minus_beta1, beta2, one_minus_beta2;
+    float beta3, one_minus_beta3, alpha, eps, bias_correction1, bias_correction2_sqrt, lr_decay, nesterov;
+} eb_hyper_t;
+
+enum { RULE_ADAM = 0, RULE_LAMB = 1, RULE_MOMENTUM = 2, RULE_RMSPROP = 3, RULE_ADAGRAD = 4, RULE_LION = 5 };
+enum { WD_NONE = 0, WD_L2 = 1, WD_DECOUPLED = 2 };
+
+int64_t eb_hyper_size(void) { return (int64_t)sizeof(eb_hyper_t); }
+int64_t eb_lut_size(void) { return (int64_t)sizeof(lut_t); }
+
+/* The rule on one block: s0, s1 hold the dequantized states and receive the new ones; d the direction. */
+static void rule_block(int32_t rule, const float *restrict p, const float *restrict g, const eb_hyper_t *h,
+                       int32_t wd_mode, int64_t bs, float *restrict s0, float *restrict s1, float *restrict d) {
+    const float gs = h->grad_scale, wd = h->weight_decay, b1 = h->beta1, c1 = h->one_minus_beta1;
+    const float b2 = h->beta2, c2 = h->one_minus_beta2, eps = h->eps;
+    const float l2 = wd_mode == WD_L2 ? wd : 0.0f;
+#define GRAD(i) (wd_mode == WD_L2 ? g[i] * gs + l2 * p[i] : g[i] * gs)
+    switch (rule) {
+    case RULE_ADAM:
+    case RULE_LAMB: {
+        const float bc1 = h->bias_correction1, bc2s = h->bias_correction2_sqrt;
+        const float lamb = rule == RULE_LAMB ? 1.0f : 0.0f;
+        for (int64_t i = 0; i < bs; i++) {
+            const float gi = GRAD(i);
+            const float m = s0[i] * b1 + gi * c1;
+            const float v = s1[i] * b2 + gi * gi * c2;
+            const float a = (m / bc1) / (sqrtf(v) / bc2s + eps);
+            d[i] = lamb != 0.0f ? a + wd * p[i] : a;
+            s0[i] = m;
+            s1[i] = v;
+        }
+        break;
+    }
+    case RULE_MOMENTUM: {
+        const float nesterov = h->nesterov;
+        for (int64_t i = 0; i < bs; i++) {
+            const float gi = GRAD(i);
+            const float buf = s0[i] * b1 + gi * c1;
+            d[i] = buf + nesterov * (gi + b1 * buf - buf);
+            s0[i] = buf;
+        }
+        break;
+    }
+    case RULE_RMSPROP:
+        for (int64_t i = 0; i < bs; i++) {
+            const float gi = GRAD(i);
+            const float v = s0[i] * b2 + gi * gi * c2;
+            d[i] = gi / (sqrtf(v) + eps);
+            s0[i] = v;
+        }
+        break;
+    case RULE_ADAGRAD: {
+        const float decay = h->lr_decay;
+        for (int64_t i = 0; i < bs; i++) {
+            const float gi = GRAD(i);
+            const float acc = s0[i] + gi * gi;
+            d[i] = gi / (sqrtf(acc) + eps) * decay;
+            s0[i] = acc;
+        }
+        break;
+    }
+    case RULE_LION:
+        for (int64_t i = 0; i < bs; i++) {
+            const float gi = GRAD(i);
+            const float u = s0[i] * b1 + gi * c1;
+            d[i] = u > 0.0f ? 1.0f : (u < 0.0f ? -1.0f : 0.0f); /* torch.sign: 0 for +-0 and NaN */
+            s0[i] = s0[i] * b2 + gi * c2;
+        }
+        break;
+    }
+#undef GRAD
+}
+
+/* p = p * (1 - lr * wd) (decoupled only) - lr * update_scale * d, as the reference rounds it. */
+static void write_param(float *restrict p, const float *restrict d, const eb_hyper_t *h, int32_t wd_mode, int64_t bs) {
+    const float decay = 1.0f - h->lr * h->weight_decay, step = h->lr * h->update_scale;
+    if (wd_mode == WD_DECOUPLED)
+        for (int64_t i = 0; i < bs; i++) p[i] = p[i] * decay - step * d[i];
+    else
+        for (int64_t i = 0; i < bs; i++) p[i] = p[i] - step * d[i];
+}
+
+/* One step over nblocks blocks of bs values. q[s], absmax[s], luts[s], seeds[s] for each of the nstates
+ * (1 or 2) 8-bit states; seeds[s] < 0 rounds state s to nearest. ``first``: the index of the first element
+ * passed within the whole tensor (the stochastic draws are keyed on it), so a partial last block can be
+ * passed on its own. */
+void eb_optim_blocks(int32_t rule, float *p, const float *g, int32_t nstates, uint8_t *const *q, float *const *absmax,
+                     const lut_t *luts, const eb_hyper_t *h, int32_t wd_mode, const int64_t *seeds, int64_t first,
+                     int64_t nblocks, int64_t bs) {
+    const eb_hyper_t hv = *h;
+#pragma omp parallel for schedule(static) if (nblocks >= 16)
+    for (int64_t b = 0; b < nblocks; b++) {
+        float s0[MAX_BLOCK], s1[MAX_BLOCK], d[MAX_BLOCK];
+        float *s[2] = {s0, s1};
+        const int64_t o = b * bs;
+        for (int32_t k = 0; k < nstates; k++) lookup_scale(q[k] + o, luts[k].code, absmax[k][b], bs, s[k]);
+        rule_block(rule, p + o, g + o, &hv, wd_mode, bs, s0, s1, d);
+        write_param(p + o, d, &hv, wd_mode, bs);
+        /* the next block's inputs start loading while this one is requantized (L1-only work) */
+        for (int64_t i = 0; i < bs; i += 16) {
+            __builtin_prefetch(p + o + bs + i);
+            __builtin_prefetch(g + o + bs + i);
+        }
+        for (int32_t k = 0; k < nstates; k++) {
+            for (int64_t i = 0; i < bs; i += 64) __builtin_prefetch(q[k] + o + bs + i);
+            quantize_block(s[k], bs, &luts[k], seeds[k], first + o, q[k] + o, absmax[k] + b);
+        }
+    }
+}

@@ -1,0 +1,127 @@
+"""CPU kernels of the LLM.int8() ops.
+
+Measured on this project's 2-core AVX2 machine (no VNNI/AMX), 4096x4096 weight: ``torch._int_mm`` runs at
+8.9 / 223 / 3828 ms for M = 1 / 32 / 512, far slower than fp32, and oneDNN's u8s8 GEMM saturates its int16 pair
+sums on AVX2. Two exact routes are used instead:
+
+* ``eb_int8_gemm`` (native C, csrc/int8_cpu.c): exact int32 accumulation for activations in [-127, 127]; up to 3
+  rows a memory-bound pass over the weight rows in place, from 4 rows per-thread packed 16-column panels under
+  a 4x16 register tile. With LLM.int8()'s outlier columns it adds their float part while each weight row is in
+  cache (few rows) or as one small fp32 GEMM over the gathered columns (more rows).
+* Without the native library (or for the -128 code the native GEMM does not take): int8 values converted to
+  float32 in K chunks of 1024 and multiplied with the fp32 GEMM: products of int8 values are exact in float32
+  and a sum of 1024 of them stays below 2**24, so the int32 result is exact.
+
+``int8_linear`` is the whole LLM.int8() forward in one op: ``eb_int8_prepare`` (outlier scan + vector-wise
+quantization in one pass), the GEMM with the outliers, the bias and the output cast. Rows holding NaN/Inf or a
+subnormal scale go to the reference, which handles them specially.
+"""
+from __future__ import annotations
+
+import torch
+
+from ..registry import register
+from . import native
+
+_EXACT_K = 1024  # 127 * 128 * 1024 < 2**24: exact float32 accumulation
+_INT8_MAX = 127.0
+_NATIVE_MAX_K = (2**31 - 1) // (128 * 127)  # int32 accumulators stay exact below this many products
+_FUSED_OUTLIER_ROWS = 8
+
+
+def _native_available() -> bool:
+    return native.library() is not None
+
+
+@register("int8_mm", "cpu")
+def int8_mm_cpu(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Exact int32 a @ b.T for int8 a [M, K], b [N, K] via exact float32 GEMMs over K chunks."""
+    m, k = a.shape
+    out = torch.zeros((m, b.shape[0]), dtype=torch.int32)
+    for k0 in range(0, k, _EXACT_K):
+        part = a[:, k0 : k0 + _EXACT_K].float() @ b[:, k0 : k0 + _EXACT_K].float().T
+        out += part.to(torch.int32)
+    return out
+
+
+def native_gemm(x: torch.Tensor, x_absmax: torch.Tensor, w: torch.Tensor, w_absmax: torch.Tensor,
+                outlier_x: torch.Tensor | None = None, outlier_cols: torch.Tensor | None = None) -> torch.Tensor:
+    """float32 [M, N] = (x @ w.T) * outer(x_absmax, w_absmax) / 127**2 with exact int32 accumulation, for int8
+    ``x`` in [-127, 127] and K <= _NATIVE_MAX_K, plus ``outlier_x`` (float32 [M, C]) times the dequantized
+    ``w[:, outlier_cols]`` when given."""
+    lib = native.library()
+    m, k = x.shape
+    n = w.shape[0]
+    xs = (x_absmax.float() / _INT8_MAX).contiguous()
+    ws = (w_absmax.float() / _INT8_MAX).contiguous()
+    n_out = 0 if outlier_cols is None else outlier_cols.numel()
+    # Few rows: the outlier columns are summed inside the weight pass (no second touch of the weight). More
+    # rows: that scalar per-output sum costs more than one small fp32 GEMM over the gathered columns.
+    fused = n_out and m <= _FUSED_OUTLIER_ROWS
+    xo = outlier_x.float().contiguous() if n_out else None
+    cols = outlier_cols.to(torch.int64).contiguous() if n_out else None
+    out = native.empty((m, n), dtype=torch.float32)
+    p = native.ptr
+    lib.eb_int8_gemm(p(x), p(w), p(xs), p(ws), p(xo) if fused else None, p(cols) if fused else None,
+                     n_out if fused else 0, p(out), m, k, n)
+    if n_out and not fused:
+        w_cols = w.index_select(1, cols).float() * (w_absmax.float().unsqueeze(1) / _INT8_MAX)  # (N, C)
+        out.addmm_(xo, w_cols.T)  # (M, N)
+    return out
+
+
+@register("int8_matmul_dequant", "cpu")
+def int8_matmul_dequant_cpu(x_int8, x_absmax, w_int8, w_absmax) -> torch.Tensor:
+    """float32 [M, N] = (x_int8 @ w_int8.T) * outer(x_absmax, w_absmax) / 127**2, exact int32 products."""
+    m, k = x_int8.shape
+    if m and k <= _NATIVE_MAX_K and native.library() is not None and bool(x_int8.min() > -128):
+        return native_gemm(x_int8.contiguous(), x_absmax, w_int8.contiguous(), w_absmax)
+    acc = int8_mm_cpu(x_int8, w_int8).float()
+    return acc * (x_absmax.unsqueeze(1) / _INT8_MAX) * (w_absmax.unsqueeze(0) / _INT8_MAX)
+
+
+def prepare(x: torch.Tensor, threshold: float):
+    """``eb_int8_prepare`` on float32 ``x`` [M, K]: (int8 codes, outlier columns zeroed; float32 absmax [M]; uint8
+    outlier flags [K]), or None when the reference must run (a row with NaN/Inf or a subnormal scale)."""
+    xf = (x if x.dtype == torch.float32 else x.float()).contiguous()
+    m, k = xf.shape
+    q = torch.empty((m, k), dtype=torch.int8)
+    absmax = torch.empty(m, dtype=torch.float32)
+    flags = torch.empty(k, dtype=torch.uint8)
+    p = native.ptr
+    if native.library().eb_int8_prepare(p(xf), m, k, float(threshold), p(q), p(absmax), p(flags)):
+        return None
+    return q, absmax, flags
+
+
+@register("int8_vectorwise_quant", "cpu", available=_native_available)
+def int8_vectorwise_quant_cpu(x: torch.Tensor, threshold: float):
+    """Kernel of ``int8_vectorwise_quant``: one native pass for the outlier scan and the row quantization."""
+    if x.numel() == 0 or native.library() is None:
+        return NotImplemented
+    prepared = prepare(x, threshold)
+    if prepared is None:
+        return NotImplemented
+    q, absmax, flags = prepared
+    return q, absmax, flags.view(torch.bool)
+
+
+@register("int8_linear", "cpu", available=_native_available)
+def int8_linear_cpu(x, weight, weight_absmax, bias, threshold):
+    """Kernel of ``int8_linear`` (LLM.int8() forward): prepare, exact GEMM with the outlier columns, bias, cast."""
+    m, k = x.shape
+    if m == 0 or k > _NATIVE_MAX_K or native.library() is None:
+        return NotImplemented
+    xf = (x if x.dtype == torch.float32 else x.float()).contiguous()
+    prepared = prepare(xf, threshold)
+    if prepared is None:
+        return NotImplemented
+    q, absmax, flags = prepared
+    cols = flags.nonzero().squeeze(1) if threshold > 0 else None
+    if cols is not None and cols.numel() == 0:
+        cols = None
+    xo = xf.index_select(1, cols) if cols is not None else None  # (M, C)
+    out = native_gemm(q, absmax, weight, weight_absmax, xo, cols)
+    if bias is not None:
+        out.add_(bias if bias.dtype == torch.float32 else bias.float())
+    return out if x.dtype == torch.float32 else out.to(x.dtype)
