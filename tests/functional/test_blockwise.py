@@ -195,3 +195,13 @@ def test_out_buffer_errors_name_the_argument():
         F.dequantize_blockwise(q, st, out=torch.empty(4097))
     with pytest.raises(TypeError):
         F.quantize_blockwise(x, None, 2048, torch.empty(4096, dtype=torch.uint8))  # keyword-only: no misbinding
+
+
+def test_works_under_inference_mode(gen):
+    """Inference tensors keep no version counter: codes made or first used under inference_mode still work."""
+    x = torch.randn(5000, generator=gen)
+    want_q, want_s = quantize_blockwise(x)
+    with torch.inference_mode():
+        code = create_dynamic_map(True)  # an inference tensor
+        q, s = quantize_blockwise(x, code=code)
+        assert torch.equal(q, want_q) and torch.equal(dequantize_blockwise(q, s), dequantize_blockwise(want_q, want_s))

@@ -194,7 +194,7 @@ def _state_dtypes(opt: torch.optim.Optimizer, model: nn.Module) -> dict[str, str
     names = {id(p): n.removeprefix("module.") for n, p in model.named_parameters()}
     out = {}
     for p, st in inner.state.items():
-        for k in ("exp_avg", "momentum_buffer", "exp_avg_sq"):
+        for k in ("state1", "exp_avg", "momentum_buffer", "exp_avg_sq"):
             if k in st:
                 out[names[id(p)]] = str(st[k].dtype).removeprefix("torch.")
                 break
@@ -403,7 +403,7 @@ def scenario_lora(rank: int, world: int, seed: int):
         "n_int8_buffers": len(before),
         "lora_layers": sorted(type(m).__name__ for m in model.modules() if type(m).__name__ == "LoraLinear8bitLt"),
         "losses": losses,
-        "state_dtypes": sorted({str(st["exp_avg"].dtype).removeprefix("torch.") for st in opt.state.values()}),
+        "state_dtypes": sorted({str(st.get("state1", st.get("exp_avg")).dtype).removeprefix("torch.") for st in opt.state.values()}),
     }
     return res, {f"lora.{k}": v for k, v in trainable.items()}
 

@@ -45,8 +45,8 @@ def test_adamw8bit_10k_steps_bounded_quantization_error():
                 v.mul_(0.999).addcmul_(w.grad.double(), w.grad.double(), value=0.001)
                 if (i + 1) % 1000 == 0:
                     st = opt.state[w]
-                    em = _dequant(st["exp_avg"], st["exp_avg_absmax"], True)
-                    ev = _dequant(st["exp_avg_sq"], st["exp_avg_sq_absmax"], False)
+                    em = _dequant(st["state1"], st["absmax1"], True)
+                    ev = _dequant(st["state2"], st["absmax2"], False)
                     errors.append((((em - m).norm() / m.norm()).item(), ((ev - v).norm() / v.norm()).item()))
         return losses, errors
 

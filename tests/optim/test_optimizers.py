@@ -62,8 +62,8 @@ def test_state_kinds_and_small_tensors():
     w.grad, b.grad = torch.randn_like(w), torch.randn_like(b)
     opt.step()
     s = opt.state[w]
-    assert s["exp_avg"].dtype == s["exp_avg_sq"].dtype == torch.uint8
-    assert s["exp_avg_absmax"].shape == (4,)
+    assert s["state1"].dtype == s["state2"].dtype == torch.uint8 and "exp_avg" not in s
+    assert s["absmax1"].shape == (4,) and s["qmap1"].shape == (256,) and s["blocksize"] == 2048
     # unsigned code for v: every code index of v maps to a value >= 0
     assert opt.state[b]["exp_avg"].dtype == torch.float32  # 100 < min_8bit_size
     opt2 = O.Adam([w], lr=1e-3, optim_bits=32)
@@ -108,7 +108,7 @@ def test_state_dict_resume_bit_identical(tmp_path, gen):
     resumed, opt = make_run(10, 100, resume=True)
     for a, b in zip(straight, resumed):
         assert torch.equal(a, b)
-    assert all(v.dtype == torch.uint8 for st in opt.state.values() for k, v in st.items() if k == "exp_avg" and v.numel() >= 4096)
+    assert all(v.dtype == torch.uint8 for st in opt.state.values() for k, v in st.items() if k == "state1" and v.numel() >= 4096)
 
 
 @pytest.mark.parametrize("cls", [O.Adam8bit, O.Lion8bit, O.SGD8bit])
@@ -132,7 +132,7 @@ def test_nonfinite_propagate_isolated_to_block(cls, gen):
     other = torch.ones(8, dtype=torch.bool)
     other[5] = False
     for k, v in opt.state[p].items():
-        if k.endswith("_absmax"):
+        if k.startswith("absmax"):
             assert torch.isnan(v[5]) and torch.equal(v[other], ref.state[rp][k][other])
         elif v.shape == p.shape:
             assert torch.equal(v.view(8, 256)[other], ref.state[rp][k].view(8, 256)[other])
@@ -193,8 +193,18 @@ def test_other_construction_errors():
         O.LARS8bit(p, lr=0.1, momentum=0)
     with pytest.raises(ValueError, match="momentum"):
         O.RMSprop8bit(p, lr=0.1, momentum=0.9)
+    # positional arguments bind as in torch and bitsandbytes (betas, eps, weight_decay); options beyond are
+    # keyword-only
+    opt = O.Adam8bit(p, 1e-3, (0.8, 0.99), 1e-6, 0.1)
+    assert opt.defaults["betas"] == (0.8, 0.99) and opt.defaults["eps"] == 1e-6 and opt.defaults["weight_decay"] == 0.1
     with pytest.raises(TypeError):
-        O.Adam8bit(p, 1e-3, (0.9, 0.99))  # betas is keyword-only
+        O.Adam8bit(p, 1e-3, (0.9, 0.99), 1e-8, 0.0, False, 8)  # optim_bits is keyword-only
+    with pytest.raises(ValueError, match="amsgrad"):
+        O.Adam8bit(p, 1e-3, amsgrad=True)
+    with pytest.raises(ValueError, match="optim_bits"):
+        O.Adam8bit(p, 1e-3, optim_bits=16)
+    with pytest.raises(ValueError, match="optim_bits"):
+        O.Adam32bit(p, 1e-3, optim_bits=8)
 
 
 def test_determinism():
@@ -213,7 +223,7 @@ def test_low_precision_params(dtype, gen):
         p.grad, ref.grad = g.to(dtype), g.to(dtype).float()
         opt.step()
         opt_ref.step()
-    assert p.dtype == dtype and opt.state[p]["exp_avg_absmax"].dtype == torch.float32
+    assert p.dtype == dtype and opt.state[p]["absmax1"].dtype == torch.float32
     # same math in fp32, only the rounding of the written-back parameter differs
     eps = torch.finfo(dtype).eps  # 5 roundings of half an ulp each at most
     assert torch.all((p.float() - ref).abs() <= 3 * eps * (ref.abs() + 5 * 1e-2))  # |p| may shrink by 5 lr
@@ -250,7 +260,7 @@ def test_global_optim_manager_override_before_and_after():
     opt2 = O.Adam8bit(other.parameters(), lr=1e-3)
     other(torch.randn(4, 100)).sum().backward()
     opt2.step()
-    assert opt2.state[other.weight]["exp_avg"].dtype == torch.uint8
+    assert opt2.state[other.weight]["state1"].dtype == torch.uint8
 
 
 def test_percentile_clipping_and_max_unorm(gen):

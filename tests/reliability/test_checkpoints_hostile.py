@@ -186,13 +186,17 @@ def _adamw8bit_state():
 
 
 OPT_CORRUPTIONS = {
-    "exp_avg-too-short": lambda st: st.__setitem__("exp_avg", st["exp_avg"][:32].clone()),
-    "exp_avg-too-long": lambda st: st.__setitem__("exp_avg", torch.zeros(64 * 128 + 512, dtype=torch.uint8)),
-    "absmax-too-few": lambda st: st.__setitem__("exp_avg_absmax", st["exp_avg_absmax"][:3].clone()),
-    "absmax-too-many": lambda st: st.__setitem__("exp_avg_absmax", torch.ones(100)),
-    "exp_avg-float32-codes": lambda st: st.__setitem__("exp_avg", st["exp_avg"].float()),
-    "absmax-float16": lambda st: st.__setitem__("exp_avg_absmax", st["exp_avg_absmax"].half()),
-    "exp_avg_sq-missing": lambda st: st.pop("exp_avg_sq"),
+    "state1-too-short": lambda st: st.__setitem__("state1", st["state1"][:32].clone()),
+    "state1-too-long": lambda st: st.__setitem__("state1", torch.zeros(64 * 128 + 512, dtype=torch.uint8)),
+    "absmax-too-few": lambda st: st.__setitem__("absmax1", st["absmax1"][:3].clone()),
+    "absmax-too-many": lambda st: st.__setitem__("absmax1", torch.ones(100)),
+    "state1-float32-codes": lambda st: st.__setitem__("state1", st["state1"].float()),
+    "absmax-float16": lambda st: st.__setitem__("absmax1", st["absmax1"].half()),
+    "state2-missing": lambda st: st.pop("state2"),
+    "qmap-unsorted": lambda st: st.__setitem__("qmap1", st["qmap1"].flip(0)),
+    "qmap-short": lambda st: st.__setitem__("qmap2", st["qmap2"][:100].clone()),
+    "blocksize-bad": lambda st: st.__setitem__("blocksize", 100),
+    "blocksize-mismatch": lambda st: st.__setitem__("blocksize", 2048),
 }
 
 
@@ -205,7 +209,7 @@ def test_optimizer_state_dict_with_wrong_shapes_is_refused(corruption):
     p2.grad = torch.randn_like(p2)
     opt.step()
     before = {k: v.clone() for k, v in opt.state[p2].items()}
-    with pytest.raises(ValueError, match="exp_avg"):
+    with pytest.raises(ValueError, match="state|absmax|qmap|blocksize|exp_avg"):
         opt.load_state_dict(sd)
     # the optimizer is left exactly as it was
     assert opt.param_groups[0]["lr"] == 5e-4

@@ -229,7 +229,7 @@ BAD_HYPER = [
     ("blocksize", 100, "blocksize"), ("optim_bits", 4, "optim_bits"), ("nonfinite", "ignore", "nonfinite"),
     ("percentile_clipping", 0, "percentile_clipping"), ("max_unorm", -1.0, "max_unorm"),
 ]
-_VALID = {"lr": 1e-3, "betas": (0.9, 0.99), "eps": 1e-8, "weight_decay": 0.0, "blocksize": 256, "optim_bits": 8,
+_VALID = {"lr": 1e-3, "betas": (0.9, 0.99), "eps": 1e-8, "weight_decay": 0.0, "blocksize": 256, "optim_bits": 32,
           "nonfinite": "skip", "percentile_clipping": 100, "max_unorm": 0.02}
 
 

@@ -182,7 +182,7 @@ def test_complex_parameters_8bit_update_both_parts(nonfinite):
     opt.step()
     delta = p.detach() - before
     assert (delta.real != 0).float().mean() > 0.9 and (delta.imag != 0).float().mean() > 0.9
-    assert opt.state[p]["exp_avg"].dtype == torch.uint8  # 16384 real values: 8-bit state
+    assert opt.state[p]["state1"].dtype == torch.uint8  # 16384 real values: 8-bit state
 
 
 # 6 ---------------------------------------------------------------- add_param_group validates like the constructor

@@ -75,7 +75,8 @@ def codebook(code: object) -> Codebook:
     The codebook is kept on the tensor object itself (not in a global cache), so it lives exactly as long as
     the code tensor: the reference cycle code -> codebook -> code is collected with it."""
     _check_code_shape(code)
-    key = (code._version, code.data_ptr())
+    # inference tensors keep no version counter (and cannot be changed outside inference mode): key on the address
+    key = (-1 if code.is_inference() else code._version, code.data_ptr())
     hit = code.__dict__.get("_eightbit_codebook")
     if hit is not None and hit[0] == key:
         return hit[1]
@@ -86,8 +87,10 @@ def codebook(code: object) -> Codebook:
 
 @functools.lru_cache(maxsize=None)
 def dynamic_codebook(signed: bool, device: torch.device | str = "cpu") -> Codebook:
-    """The codebook of the default dynamic map (``create_dynamic_map(signed)``) on ``device`` (cached)."""
-    return codebook(create_dynamic_map(signed=signed).to(device))
+    """The codebook of the default dynamic map (``create_dynamic_map(signed)``) on ``device`` (cached; built as a
+    normal tensor even when first asked for under ``torch.inference_mode``)."""
+    with torch.inference_mode(False):
+        return codebook(create_dynamic_map(signed=signed).to(device))
 
 
 def create_dynamic_map(signed: bool = True, max_exponent_bits: int = 7, total_bits: int = 8) -> torch.Tensor:

@@ -201,3 +201,45 @@ def int8_linear(
     x2 = x.reshape(math.prod(lead), k).contiguous()
     out = ops.int8_linear(x2, weight_int8.contiguous(), weight_absmax.contiguous(), bias, threshold)
     return out.view(*lead, n)
+
+
+class _Int8LinearFloatWeight(torch.autograd.Function):
+    """LLM.int8() with a float weight that trains: forward quantizes the weight rows and runs the int8 op;
+    backward uses the float weight (gradients for x, the weight and the bias), as bitsandbytes'
+    ``has_fp16_weights=True``."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, threshold):
+        w_int8, w_absmax, _ = ops.int8_vectorwise_quant(weight.detach().float().contiguous(), 0.0)
+        ctx.save_for_backward(x, weight)
+        ctx.bias_dtype = None if bias is None else bias.dtype
+        return ops.int8_linear(x, w_int8, w_absmax, bias, threshold)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        x, weight = ctx.saved_tensors
+        g = grad_out.float()  # (M, N)
+        grad_x = (g @ weight.float()).to(x.dtype) if ctx.needs_input_grad[0] else None
+        grad_w = (g.T @ x.float()).to(weight.dtype) if ctx.needs_input_grad[1] else None
+        grad_b = g.sum(0).to(ctx.bias_dtype) if ctx.bias_dtype is not None and ctx.needs_input_grad[2] else None
+        return grad_x, grad_w, grad_b, None
+
+
+def int8_linear_float_weight(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
+                             threshold: float = 6.0) -> torch.Tensor:
+    """LLM.int8() forward with a float ``weight`` [N, K] (fp32/bf16/fp16/fp64) quantized row-wise on every call;
+    differentiable w.r.t. ``x``, ``weight`` and ``bias`` through the float weight. Shapes and dtypes as
+    :func:`int8_linear`."""
+    check_tensor(weight, "weight", dtypes=LINEAR_DTYPES, ndim=2)
+    check_tensor(x, "x", dtypes=LINEAR_DTYPES, min_ndim=1)
+    threshold = check_number(threshold, "threshold", low=0.0)
+    n, k = weight.shape
+    if x.shape[-1] != k:
+        raise ValueError(f"x has {x.shape[-1]} features in its last dim, weight expects {k}")
+    if bias is not None:
+        check_tensor(bias, "bias", dtypes=LINEAR_DTYPES, ndim=1)
+        if bias.shape[0] != n:
+            raise ValueError(f"bias must have shape ({n},), got {tuple(bias.shape)}")
+    lead = x.shape[:-1]
+    x2 = x.reshape(math.prod(lead), k).contiguous()
+    return _Int8LinearFloatWeight.apply(x2, weight, bias, threshold).view(*lead, n)

@@ -4,8 +4,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .._checks import check_number
-from ..functional.int8 import dequantized_weight_chunks, int8_linear
+from .._checks import check_bool, check_number
+from ..functional.int8 import dequantized_weight_chunks, int8_linear, int8_linear_float_weight
 from ..functional.vectorwise import quantize_vectorwise
 from .base import QuantizedLinear
 
@@ -42,19 +42,29 @@ def quantize_weight_rows(weight: torch.Tensor, *, chunk_elements: int = CHUNK_EL
 
 
 class Linear8bitLt(QuantizedLinear):
-    """Linear layer with an int8 weight (one float32 absmax per output row) running LLM.int8().
+    """Linear layer running LLM.int8(): int8 weight rows (one float32 absmax each), vector-wise int8
+    activations, outlier columns (any ``|x| >= threshold``) in float. A drop-in for ``nn.Linear`` and for
+    ``bitsandbytes.nn.Linear8bitLt``, whose arguments bind the same way:
+    ``Linear8bitLt(in_features, out_features, bias=True, has_fp16_weights=False, threshold=6.0, index=None,
+    device=None, dtype=None)``.
 
-    Buffers: ``weight_int8`` int8 [out_features, in_features], ``weight_absmax`` float32 [out_features];
-    ``bias`` a float Parameter or None. About a quarter of the fp32 memory. Input: fp32/bf16/fp16/fp64
-    [..., in_features]; output has the input's dtype. The weight is frozen; gradients flow to the input
-    (and the bias), so adapters such as LoRA can train on top.
+    ``has_fp16_weights=False`` (default; bitsandbytes' default is True, see docs/migrating_from_bitsandbytes.md):
+    buffers ``weight_int8`` int8 [out, in] and ``weight_absmax`` float32 [out], about a quarter of the fp32
+    memory. The weight is frozen; gradients flow to the input and the bias (LoRA can train on top).
+    ``has_fp16_weights=True``: ``weight`` is a float Parameter that trains; every forward quantizes it row-wise
+    and runs the int8 product, the backward uses the float weight (as bitsandbytes does).
 
-    ``.to(dtype)`` casts only the bias (the int8 codes and float32 absmax keep their dtypes);
-    ``.to(device)`` moves everything. Nothing is re-quantized by ``.to``. A layer built with ``device="meta"``
-    can be materialized with ``.to_empty(device=...)`` and then loaded from a state_dict.
+    Loading (``load_state_dict``), as a bitsandbytes user expects: a float ``weight`` (an ``nn.Linear``'s
+    state_dict) is quantized at load time; bitsandbytes' 8-bit layout (``weight`` int8, ``SCB`` float32,
+    ``weight_format``, as HF ``save_pretrained`` of a ``load_in_8bit`` model writes it) loads as is; eightbit's own
+    ``weight_int8`` / ``weight_absmax`` too. ``is_quantized`` says whether the layer holds int8 weights, and the
+    repr shows it. Nothing is quantized by ``.to(device)``: a float state_dict is already quantized on load.
 
-    The forward is one op (``eightbit::int8_linear``): it compiles with ``torch.compile(fullgraph=True)`` and
-    exports with ``torch.export``, the data-dependent outlier columns staying inside the op.
+    Input: fp32/bf16/fp16/fp64 [..., in_features]; output has the input's dtype. ``.to(dtype)`` casts only the
+    bias (and a float ``weight``); codes and absmax keep their dtypes. A layer built with ``device="meta"`` can be
+    materialized with ``.to_empty(device=...)`` and then loaded. The forward is one op
+    (``eightbit::int8_linear``): it compiles with ``torch.compile(fullgraph=True)`` and exports with
+    ``torch.export``. ``index`` (bitsandbytes' weight reordering) must be None.
     """
 
     fixed_dtype_buffers = ("weight_absmax",)  # float32 scales: bf16 ones would cost accuracy
@@ -64,7 +74,9 @@ class Linear8bitLt(QuantizedLinear):
         in_features: int,
         out_features: int,
         bias: bool = True,
+        has_fp16_weights: bool = False,
         threshold: float = 6.0,
+        index: None = None,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
@@ -72,11 +84,22 @@ class Linear8bitLt(QuantizedLinear):
         for name, v in (("in_features", in_features), ("out_features", out_features)):
             if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
                 raise ValueError(f"{name} must be a positive int, got {v!r}")
+        check_bool(bias, "bias")
+        check_bool(has_fp16_weights, "has_fp16_weights")
+        if index is not None:
+            raise ValueError("index (bitsandbytes' column reordering of old weight formats) is not supported: "
+                             "eightbit stores row-major weights; pass index=None")
         self.in_features = in_features
         self.out_features = out_features
         self.threshold = check_number(threshold, "threshold", low=0.0)
-        self.register_buffer("weight_int8", torch.zeros((out_features, in_features), dtype=torch.int8, device=device))
-        self.register_buffer("weight_absmax", torch.zeros(out_features, dtype=torch.float32, device=device))
+        self.has_fp16_weights = has_fp16_weights
+        if has_fp16_weights:
+            init = nn.Linear(in_features, out_features, bias=False, device=device, dtype=dtype)
+            self.weight = nn.Parameter(init.weight.detach())  # nn.Linear's initialization
+        else:
+            self.register_buffer("weight_int8", torch.zeros((out_features, in_features), dtype=torch.int8,
+                                                            device=device))
+            self.register_buffer("weight_absmax", torch.zeros(out_features, dtype=torch.float32, device=device))
         if bias:
             self.bias = nn.Parameter(torch.zeros(out_features, dtype=dtype or torch.float32, device=device))
         else:
@@ -84,37 +107,97 @@ class Linear8bitLt(QuantizedLinear):
 
     @classmethod
     @torch.no_grad()
-    def from_linear(cls, linear: nn.Linear, threshold: float = 6.0) -> "Linear8bitLt":
+    def from_linear(cls, linear: nn.Linear, threshold: float = 6.0, *, has_fp16_weights: bool = False) -> "Linear8bitLt":
         """Quantize an ``nn.Linear`` (weight [out, in], any float dtype) row-wise to int8, in row chunks
-        (see ``quantize_weight_rows``); a meta-device ``linear`` gives a meta-device layer. Raises ValueError
-        if the weight holds NaN or Inf."""
+        (see ``quantize_weight_rows``); a meta-device ``linear`` gives a meta-device layer. With
+        ``has_fp16_weights=True`` the float weight is kept (copied). Raises ValueError if the weight holds NaN
+        or Inf."""
         if not isinstance(linear, nn.Linear):
             raise TypeError(f"linear must be an nn.Linear, got {type(linear).__name__}")
-        layer = cls(linear.in_features, linear.out_features, bias=linear.bias is not None, threshold=threshold, device="meta")
-        layer.weight_int8, layer.weight_absmax = quantize_weight_rows(linear.weight.detach())
+        layer = cls(linear.in_features, linear.out_features, bias=linear.bias is not None,
+                    has_fp16_weights=has_fp16_weights, threshold=threshold, device="meta")
+        if has_fp16_weights:
+            layer.weight = nn.Parameter(linear.weight.detach().clone(), requires_grad=linear.weight.requires_grad)
+        else:
+            layer.weight_int8, layer.weight_absmax = quantize_weight_rows(linear.weight.detach())
         if linear.bias is not None:
             layer.bias = nn.Parameter(linear.bias.detach().clone(), requires_grad=linear.bias.requires_grad)
         return layer
 
+    def __getattr__(self, name: str):
+        # bitsandbytes' ``layer.weight`` is the int8 matrix: the same here when the layer holds int8 weights
+        if name == "weight" and "weight_int8" in self.__dict__.get("_buffers", {}):
+            return self._buffers["weight_int8"]
+        return super().__getattr__(name)
+
     @property
-    def weight(self) -> torch.Tensor:
-        """The int8 weight codes [out_features, in_features] (as bitsandbytes' ``Linear8bitLt.weight``)."""
-        return self.weight_int8
+    def is_quantized(self) -> bool:
+        """True when the layer holds int8 weights (``has_fp16_weights=False``); False for a float ``weight``."""
+        return not self.has_fp16_weights
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.has_fp16_weights:
+            return int8_linear_float_weight(x, self.weight, self.bias, threshold=self.threshold)
         return int8_linear(x, self.weight_int8, self.weight_absmax, self.bias, threshold=self.threshold)
 
     @torch.no_grad()
     def dequantized_weight(self) -> torch.Tensor:
         """The weight as float32 [out_features, in_features] (allocates a full float copy)."""
+        if self.has_fp16_weights:
+            return self.weight.detach().float().clone()
         out = torch.empty(self.weight_int8.shape, dtype=torch.float32, device=self.weight_int8.device)
         for start, w in dequantized_weight_chunks(self.weight_int8, self.weight_absmax, 1024):
             out[start : start + w.shape[0]] = w
         return out
 
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs):
+        translate_state_dict(state_dict, prefix, self)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
+
     def extra_repr(self) -> str:
+        held = "int8" if self.is_quantized else f"{self.weight.dtype} (int8 forward)".replace("torch.", "")
         return (
             f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
-            f"threshold={self.threshold}, memory={self.storage_bytes() / 2**20:.2f} MiB "
+            f"threshold={self.threshold}, weights={held}, memory={self.storage_bytes() / 2**20:.2f} MiB "
             f"(fp32 {self.in_features * self.out_features * 4 / 2**20:.2f} MiB)"
         )
+
+
+_ROW_FORMATS = (0, "row")  # bitsandbytes' weight_format: only the row-major layout exists since 0.45
+
+
+@torch.no_grad()
+def translate_state_dict(state_dict: dict, prefix: str, layer: Linear8bitLt) -> None:
+    """Rewrite, in place, the entries of ``layer`` (under ``prefix``) in a state_dict into what ``layer`` holds:
+    a float ``weight`` is quantized (int8 layer), bitsandbytes' ``weight`` + ``SCB`` (+ ``weight_format``)
+    become ``weight_int8`` + ``weight_absmax`` (int8 layer) or the dequantized float weight (float layer).
+    Raises ValueError for a bitsandbytes weight without its ``SCB``, a format other than row-major, or a shape
+    that does not match."""
+    w_key, scb_key, fmt_key = prefix + "weight", prefix + "SCB", prefix + "weight_format"
+    fmt = state_dict.pop(fmt_key, 0)
+    fmt = fmt.item() if isinstance(fmt, torch.Tensor) else fmt
+    if fmt not in _ROW_FORMATS:
+        raise ValueError(f"{fmt_key}: only bitsandbytes' row-major weight format (0) can be loaded, got {fmt!r}")
+    weight = state_dict.get(w_key)
+    if weight is None:
+        return
+    shape = (layer.out_features, layer.in_features)
+    if tuple(weight.shape) != shape:
+        raise ValueError(f"{w_key} has shape {tuple(weight.shape)}, the layer expects {shape}")
+    if weight.dtype == torch.int8:
+        scb = state_dict.pop(scb_key, None)
+        if scb is None:
+            raise ValueError(f"{w_key} is int8 but {scb_key} (its row scales) is missing")
+        if tuple(scb.shape) != (layer.out_features,):
+            raise ValueError(f"{scb_key} has shape {tuple(scb.shape)}, expected ({layer.out_features},)")
+        if layer.has_fp16_weights:
+            state_dict[w_key] = (weight.float() * (scb.float().unsqueeze(1) / 127.0)).to(layer.weight.dtype)
+        else:
+            del state_dict[w_key]
+            state_dict[prefix + "weight_int8"] = weight
+            state_dict[prefix + "weight_absmax"] = scb.float()
+    elif weight.is_floating_point() and not layer.has_fp16_weights:
+        del state_dict[w_key]
+        state_dict[prefix + "weight_int8"], state_dict[prefix + "weight_absmax"] = quantize_weight_rows(weight)

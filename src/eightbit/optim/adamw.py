@@ -14,8 +14,9 @@ class AdamW(Adam):
 
     weight_decay_mode = WD_DECOUPLED
 
-    def __init__(self, params: Iterable, lr: float = 1e-3, *, weight_decay: float = 1e-2, **kwargs) -> None:
-        super().__init__(params, lr, weight_decay=weight_decay, **kwargs)
+    def __init__(self, params: Iterable, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-8, weight_decay: float = 1e-2, amsgrad: bool = False, **kwargs) -> None:
+        super().__init__(params, lr, betas, eps, weight_decay, amsgrad, **kwargs)
 
 
 AdamW8bit, AdamW32bit = bit_variants(AdamW)

@@ -17,12 +17,13 @@ from typing import Any, Callable, Iterable
 import torch
 
 from .._checks import check_choice, check_number
-from ..functional.blockwise import check_blocksize
-from ..functional.codes import dynamic_codebook
+from ..functional.blockwise import VALID_BLOCKSIZES, check_blocksize
+from ..functional.codes import codebook, dynamic_codebook
 from ..functional.optimizer import (WD_DECOUPLED, WD_L2, WD_NONE, OptimHyper, compute_dtype, optimizer_update,
                                     optimizer_update_norm)
 from ..functional.rounding import step_seed
 from .manager import GlobalOptimManager
+from .state import shared_code, slot, translate_state
 
 try:  # DTensor parameters (FSDP2): the step works on local shards
     from torch.distributed.tensor import DTensor
@@ -100,9 +101,18 @@ class Optimizer8bit(torch.optim.Optimizer):
     default_optim_bits: int = 32
     update_rule: str  # a rule of eightbit.functional.optimizer.RULES
 
+    fixed_bits: int | None = None  # set on the <Name>8bit / <Name>32bit variants
+
     def __init__(self, params: Iterable, defaults: dict[str, Any]) -> None:
-        d = dict(defaults)
+        d = {**dict(defaults), **self._defaults_extra()}
         d.setdefault("stochastic_rounding", True)
+        if self.fixed_bits is not None:
+            # as bitsandbytes: its 8-bit classes take optim_bits=32 "for compatibility" and mean 8-bit state
+            allowed = (None, 8, 32) if self.fixed_bits == 8 else (None, 32)
+            if d.get("optim_bits") not in allowed:
+                raise ValueError(f"{type(self).__name__} keeps {self.fixed_bits}-bit state: optim_bits must be one of "
+                                 f"{allowed} (use the generic class to choose), got {d.get('optim_bits')!r}")
+            d["optim_bits"] = self.fixed_bits
         if d.get("optim_bits") is None:
             d["optim_bits"] = self.default_optim_bits
         self._validate(d)
@@ -155,6 +165,14 @@ class Optimizer8bit(torch.optim.Optimizer):
         self._validate(cfg)
         return cfg
 
+    def _defaults_extra(self) -> dict[str, Any]:
+        """Extra group settings a subclass adds to the defaults (LAMB's bias_correction, adam_w_mode)."""
+        return {}
+
+    def rule_for(self, config: dict[str, Any]) -> tuple[str, int]:
+        """(rule name, weight-decay mode) for these settings: the class's by default."""
+        return self.update_rule, self.weight_decay_mode
+
     def state_spec(self, config: dict[str, Any]) -> tuple[tuple[str, bool], ...]:
         raise NotImplementedError
 
@@ -183,17 +201,33 @@ class Optimizer8bit(torch.optim.Optimizer):
         state["skipped_steps"] = torch.zeros((), dtype=torch.int64)
         if config["percentile_clipping"] < 100:
             state["gnorm_history"] = torch.zeros(100, dtype=torch.float32, device=dev)
-        for name, signed in self.state_spec(config):
-            if eight:
-                zero_idx = dynamic_codebook(signed, dev).zero_index
-                state[name] = torch.full(p_local.shape, zero_idx, dtype=torch.uint8, device=dev)
-                state[name + "_absmax"] = torch.zeros(nblocks, dtype=torch.float32, device=dev)
+        if eight and self.state_spec(config):
+            state["blocksize"] = torch.tensor(bs, dtype=torch.int64)  # a tensor: state_dicts stay all-tensor
+        for i, (name, signed) in enumerate(self.state_spec(config)):
+            if eight:  # bitsandbytes' names (see optim/state.py)
+                cb = dynamic_codebook(signed, dev)
+                state[slot("state", i)] = torch.full(p_local.shape, cb.zero_index, dtype=torch.uint8, device=dev)
+                state[slot("absmax", i)] = torch.zeros(nblocks, dtype=torch.float32, device=dev)
+                state[slot("qmap", i)] = cb.values  # shared by every parameter (tables built once)
             else:  # float64 parameters keep float64 states (their precision is the point of float64)
                 state[name] = torch.zeros(p_local.shape, dtype=compute_dtype(p_local), device=dev)
 
+    def state_dict(self) -> dict[str, Any]:
+        """torch's ``state_dict``, with each parameter's code maps (``qmap1``, ``qmap2``: one shared tensor in
+        memory) as its own copy, so the result saves with safetensors (which refuses shared storage)."""
+        sd = super().state_dict()
+        for st in sd["state"].values():
+            for k, v in list(st.items()):
+                if k.startswith("qmap") and isinstance(v, torch.Tensor):
+                    st[k] = v.clone()
+        return sd
+
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """torch's loader, except that state tensors keep their exact dtypes (torch would cast uint8 codes
-        and float32 absmax to the parameter's dtype) and are copied, never aliased.
+        and float32 absmax to the parameter's dtype) and are copied, never aliased. Reads eightbit's layout, the
+        layout of earlier eightbit versions and bitsandbytes' 8-bit and 32-bit optimizer states
+        (``optim/state.py``); settings a saved group lacks (a bitsandbytes group has no ``blocksize``) keep this
+        optimizer's values.
 
         Every parameter's state is checked first against the parameter and the saved group's settings:
         the state names of this optimizer, uint8 codes (8-bit) or float32 values (32-bit) of the
@@ -207,43 +241,74 @@ class Optimizer8bit(torch.optim.Optimizer):
         ):
             raise ValueError("state_dict has a different number of parameter groups or parameters per group "
                              "than this optimizer")
+        translated = dict(state_dict["state"])
         for saved, group in zip(groups, self.param_groups):
             merged = {**group, **{k: v for k, v in saved.items() if k != "params"}}
             for pid, p in zip(saved["params"], group["params"]):
-                if pid in state_dict["state"]:
-                    self._check_state(pid, state_dict["state"][pid], _local(p), self._config(p, merged))
-        super().load_state_dict(state_dict)
+                if pid in translated:
+                    config = self._config(p, merged)
+                    pl = _local(p)
+                    translated[pid] = translate_state(translated[pid], self.state_spec(config), pl.numel(),
+                                                      config["blocksize"])
+                    self._check_state(pid, translated[pid], pl, config)
+        own = [dict(g) for g in self.param_groups]
+        super().load_state_dict({**state_dict, "state": translated})
+        for group, before in zip(self.param_groups, own):
+            for key, value in before.items():
+                group.setdefault(key, value)
         saved_ids = [i for g in groups for i in g["params"]]
         params = [p for g in self.param_groups for p in g["params"]]
         for pid, p in zip(saved_ids, params):
-            if pid in state_dict["state"]:
+            if pid in translated:
                 dev = _local(p).device
-                self.state[p] = {
-                    k: v.detach().to(dev, copy=True).contiguous() if isinstance(v, torch.Tensor) else v
-                    for k, v in state_dict["state"][pid].items()
-                }
+                spec = self.state_spec(self._config(p, self.param_groups[0]))
+                st = {}
+                for k, v in translated[pid].items():
+                    if k.startswith("qmap") and isinstance(v, torch.Tensor):
+                        st[k] = shared_code(v, spec[int(k[4:]) - 1][1], dev)
+                    elif isinstance(v, torch.Tensor):
+                        st[k] = v.detach().to(dev, copy=True).contiguous()
+                    else:
+                        st[k] = v
+                self.state[p] = st
 
     def _check_state(self, pid: Any, st: Any, p: torch.Tensor, config: dict[str, Any]) -> None:
         """Raise ValueError unless ``st`` is a well-formed state of local parameter ``p`` under ``config``."""
         where = f"state_dict['state'][{pid!r}]"
         if not isinstance(st, dict):
             raise ValueError(f"{where} must be a dict, got {type(st).__name__}")
-        names = [n for n, _ in self.state_spec(config)]
-        eight = bool(names) and isinstance(st.get(names[0]), torch.Tensor) and st[names[0]].dtype == torch.uint8
-        expected = {"step", "skipped_steps", *names}
+        spec = self.state_spec(config)
+        names = [n for n, _ in spec]
+        eight = bool(names) and "state1" in st
+        expected = {"step", "skipped_steps"}
         if eight:
-            expected |= {n + "_absmax" for n in names}
+            expected |= {slot(k, i) for i in range(len(names)) for k in ("state", "absmax", "qmap")} | {"blocksize"}
+        else:
+            expected |= set(names)
         if config["percentile_clipping"] < 100:
             expected.add("gnorm_history")
         missing, unknown = expected - set(st) - {"skipped_steps"}, set(st) - expected
         if missing or unknown:
             raise ValueError(f"{where}: missing entries {sorted(missing)}, unexpected entries {sorted(unknown)} "
                              f"for {type(self).__name__} (expected {sorted(expected)})")
-        nblocks = -(-p.numel() // config["blocksize"])
-        for name in names:
-            _check_entry(where, name, st[name], torch.uint8 if eight else compute_dtype(p), tuple(p.shape))
-            if eight:
-                _check_entry(where, name + "_absmax", st[name + "_absmax"], torch.float32, (nblocks,))
+        if eight:
+            bs = st["blocksize"]
+            bs = int(bs) if isinstance(bs, torch.Tensor) and bs.numel() == 1 and not bs.is_floating_point() else bs
+            if isinstance(bs, bool) or not isinstance(bs, int) or bs not in VALID_BLOCKSIZES:
+                raise ValueError(f"{where}['blocksize'] must be one of {VALID_BLOCKSIZES}, got {st['blocksize']!r}")
+            st["blocksize"] = torch.tensor(bs, dtype=torch.int64)
+            nblocks = -(-p.numel() // bs)
+            for i in range(len(names)):
+                _check_entry(where, slot("state", i), st[slot("state", i)], torch.uint8, tuple(p.shape))
+                _check_entry(where, slot("absmax", i), st[slot("absmax", i)], torch.float32, (nblocks,))
+                _check_entry(where, slot("qmap", i), st[slot("qmap", i)], torch.float32, (256,))
+                try:
+                    codebook(st[slot("qmap", i)])
+                except (TypeError, ValueError) as e:
+                    raise ValueError(f"{where}[{slot('qmap', i)!r}]: {e}") from None
+        else:
+            for name in names:
+                _check_entry(where, name, st[name], compute_dtype(p), tuple(p.shape))
         if "gnorm_history" in expected:
             _check_entry(where, "gnorm_history", st["gnorm_history"], torch.float32, (100,))
         for name in ("step", "skipped_steps"):
@@ -289,17 +354,18 @@ class Optimizer8bit(torch.optim.Optimizer):
         h = OptimHyper(lr=config["lr"], weight_decay=config.get("weight_decay", 0.0), grad_scale=grad_scale,
                        **self.hyper(config, step))
         args = self._op_args(work, g, state, config)
+        rule, wd_mode = self.rule_for(config)
         if self.needs_update_norm(config):
-            usq = optimizer_update_norm(self.update_rule, work, g, *args[:3], h, wd_mode=self.weight_decay_mode,
-                                        blocksize=config["blocksize"])
+            usq = optimizer_update_norm(rule, work, g, *args[:3], h, wd_mode=wd_mode,
+                                        blocksize=int(state.get("blocksize", config["blocksize"])))
             if groups:  # norms of the whole parameter, not of this shard
                 sq = _sum_over(groups, torch.stack([usq.to(work.device), work.float().square().sum()]))
                 unorm, pnorm = float(sq[0]) ** 0.5, float(sq[1]) ** 0.5
             else:
                 unorm, pnorm = float(usq) ** 0.5, float(work.float().norm())
             h = dataclasses.replace(h, update_scale=self.update_scale(unorm, pnorm, config))
-        optimizer_update(self.update_rule, work, g, *args[:3], h, wd_mode=self.weight_decay_mode,
-                         blocksize=config["blocksize"], seeds=args[3])
+        optimizer_update(rule, work, g, *args[:3], h, wd_mode=wd_mode,
+                         blocksize=int(state.get("blocksize", config["blocksize"])), seeds=args[3])
         if work is not pl:
             pl.copy_(work)
 
@@ -321,10 +387,11 @@ class Optimizer8bit(torch.optim.Optimizer):
         empty for 32-bit state). Unsigned 8-bit states round stochastically when ``stochastic_rounding``."""
         spec = self.state_spec(config)
         names = [n for n, _ in spec]
-        eight = bool(names) and state[names[0]].dtype == torch.uint8
-        states = [state[n] for n in names]
-        absmaxes = [state[n + "_absmax"] for n in names] if eight else []
-        codes = [dynamic_codebook(signed, p.device).values for _, signed in spec] if eight else []
+        eight = bool(names) and "state1" in state
+        k = range(len(names))
+        states = [state[slot("state", i)] for i in k] if eight else [state[n] for n in names]
+        absmaxes = [state[slot("absmax", i)] for i in k] if eight else []
+        codes = [state[slot("qmap", i)] for i in k] if eight else []
         step = int(state["step"])
         stochastic = [eight and not signed and bool(config["stochastic_rounding"]) for _, signed in spec]
         seeds = [step_seed(step, i) if sr else -1 for i, sr in enumerate(stochastic)]
@@ -337,5 +404,6 @@ def bit_variants(cls: type) -> tuple[type, type]:
     for bits in (8, 32):
         name = f"{cls.__name__}{bits}bit"
         doc = f"{cls.__name__} with {bits}-bit optimizer state by default (see :class:`{cls.__name__}`)."
-        out.append(type(name, (cls,), {"default_optim_bits": bits, "__doc__": doc, "__module__": cls.__module__}))
+        out.append(type(name, (cls,), {"default_optim_bits": bits, "fixed_bits": bits, "__doc__": doc,
+                                       "__module__": cls.__module__}))
     return out[0], out[1]

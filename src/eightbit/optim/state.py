@@ -1,0 +1,80 @@
+"""Per-parameter optimizer state: its names, and reading other layouts into them.
+
+Names. 32-bit states keep torch's names (``exp_avg``, ``exp_avg_sq``, ``momentum_buffer``, ``square_avg``,
+``sum``): they hold the same float moments as torch's optimizers. 8-bit states use bitsandbytes' names, which no
+float optimizer reads: ``state1``/``state2`` (uint8 codes), ``absmax1``/``absmax2`` (float32, one per block),
+``qmap1``/``qmap2`` (the 256-entry code maps) and ``blocksize``. So ``torch.optim.AdamW.load_state_dict`` of an
+8-bit state fails on its first step (no ``exp_avg``) instead of moving parameters by 1e4 with uint8 codes read
+as moments.
+
+Layouts read by :func:`translate_state`: eightbit's own; eightbit before 0.2 (``exp_avg`` uint8 +
+``exp_avg_absmax``, the block size of the group); bitsandbytes' (its 8-bit entries nested under
+``__bnb_optimizer_quant_state__`` as its ``state_dict()`` writes them, or flat as in ``optimizer.state``; its
+32-bit ``state1``/``state2``; block size inferred from the number of absmax values, 256 for its block-wise
+optimizers).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from ..functional.blockwise import VALID_BLOCKSIZES
+from ..functional.codes import dynamic_codebook
+
+__all__ = ["slot", "translate_state", "shared_code"]
+
+BNB_NESTED = "__bnb_optimizer_quant_state__"
+
+
+def slot(kind: str, i: int) -> str:
+    """Name of 8-bit entry ``kind`` ("state", "absmax" or "qmap") of state ``i`` (0-based)."""
+    return f"{kind}{i + 1}"
+
+
+def shared_code(code: torch.Tensor, signed: bool, device: torch.device) -> torch.Tensor:
+    """``code`` on ``device``, or the one shared default dynamic map when it holds the same values (its lookup
+    tables are then built once for every parameter, not once per loaded tensor)."""
+    default = dynamic_codebook(signed, device).values
+    code = code.detach().to(device, torch.float32)
+    return default if code.shape == default.shape and torch.equal(code, default) else code.clone().contiguous()
+
+
+def _infer_blocksize(numel: int, nblocks: int) -> int | None:
+    for bs in VALID_BLOCKSIZES:
+        if -(-numel // bs) == nblocks:
+            return bs
+    return None
+
+
+def translate_state(st: Any, spec: tuple[tuple[str, bool], ...], numel: int, group_blocksize: int) -> Any:
+    """``st`` (one parameter's state, any layout above) in eightbit's names; other values pass through for the
+    checks to judge. ``spec``: the optimizer's (32-bit name, signed) pairs; ``numel``: the parameter's size."""
+    if not isinstance(st, dict):
+        return st
+    st = dict(st)
+    nested = st.pop(BNB_NESTED, None)
+    if isinstance(nested, dict):
+        st.update(nested)
+    names = [n for n, _ in spec]
+    first = st.get(names[0]) if names else None
+    if isinstance(first, torch.Tensor) and first.dtype == torch.uint8:  # eightbit before 0.2
+        for i, name in enumerate(names):
+            if name in st:
+                st[slot("state", i)] = st.pop(name)
+            if name + "_absmax" in st:
+                st[slot("absmax", i)] = st.pop(name + "_absmax")
+            st.setdefault(slot("qmap", i), dynamic_codebook(spec[i][1]).values)
+        st.setdefault("blocksize", group_blocksize)
+    s1 = st.get("state1")
+    if isinstance(s1, torch.Tensor) and s1.is_floating_point():  # bitsandbytes' 32-bit state
+        for i, name in enumerate(names):
+            if slot("state", i) in st:
+                st[name] = st.pop(slot("state", i))
+    elif isinstance(s1, torch.Tensor) and "blocksize" not in st and isinstance(st.get("absmax1"), torch.Tensor):
+        bs = _infer_blocksize(numel, st["absmax1"].numel())  # bitsandbytes' 8-bit state
+        if bs is not None:
+            st["blocksize"] = bs
+    for key in ("unorm_vec", "gnorm_vec"):  # bitsandbytes' clipping buffers: eightbit keeps its own history
+        st.pop(key, None)
+    return st
