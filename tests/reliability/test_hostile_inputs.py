@@ -88,7 +88,7 @@ FUNCTIONAL = [
     # ---- block-wise
     pytest.param(lambda: quantize_blockwise(X, blocksize=100), ValueError, "blocksize", id="bw-blocksize-100"),
     pytest.param(lambda: quantize_blockwise(X, blocksize=32), ValueError, "blocksize", id="bw-blocksize-32"),
-    pytest.param(lambda: quantize_blockwise(X, blocksize=8192), ValueError, "blocksize", id="bw-blocksize-8192"),
+    pytest.param(lambda: quantize_blockwise(X, blocksize=32768), ValueError, "blocksize", id="bw-blocksize-32768"),
     pytest.param(lambda: quantize_blockwise(X, blocksize=2048.0), ValueError, "blocksize", id="bw-blocksize-float"),
     pytest.param(lambda: quantize_blockwise(X, blocksize=-64), ValueError, "blocksize", id="bw-blocksize-negative"),
     pytest.param(lambda: quantize_blockwise(X.long()), TypeError, "x", id="bw-x-int64"),

@@ -24,9 +24,11 @@ from . import ops
 from .codes import Codebook, codebook, dynamic_codebook
 from .rounding import stochastic_round, uniform_from_index
 
-__all__ = ["BlockwiseState", "quantize_blockwise", "dequantize_blockwise", "quantize_blocks", "check_blocksize"]
+__all__ = ["BlockwiseState", "QuantState", "quantize_blockwise", "dequantize_blockwise", "quantize_blocks",
+           "check_blocksize"]
 
-VALID_BLOCKSIZES = tuple(2**i for i in range(6, 13))  # 64 .. 4096
+# 64 .. 16384, as bitsandbytes allows; the native kernels take blocks up to 4096, larger ones run the reference
+VALID_BLOCKSIZES = tuple(2**i for i in range(6, 15))
 
 
 @dataclass
@@ -40,11 +42,39 @@ class BlockwiseState:
     shape: torch.Size
     dtype: torch.dtype
 
+    def as_dict(self) -> dict:
+        """bitsandbytes' ``QuantState.as_dict()`` layout: ``absmax``, ``quant_map`` (the code), ``blocksize``,
+        ``dtype`` (a name such as "float32"), ``shape`` (a tuple) and ``quant_type`` (None for 8-bit)."""
+        return {"quant_type": None, "absmax": self.absmax, "blocksize": self.blocksize, "quant_map": self.code,
+                "dtype": str(self.dtype).removeprefix("torch."), "shape": tuple(self.shape)}
+
+    @classmethod
+    def from_dict(cls, qs_dict: dict, device: torch.device | str | None = None) -> "BlockwiseState":
+        """Inverse of :meth:`as_dict` (also reads bitsandbytes' dict of an 8-bit state). ValueError on a
+        nested (double-quantized) or 4-bit state, a bad dtype name, or a missing key."""
+        if not isinstance(qs_dict, dict):
+            raise TypeError(f"qs_dict must be a dict, got {type(qs_dict).__name__}")
+        if qs_dict.get("quant_type") is not None or any(k.startswith("nested_") for k in qs_dict):
+            raise ValueError("only 8-bit block-wise states without nested quantization can be read")
+        missing = {"absmax", "blocksize", "quant_map", "dtype", "shape"} - set(qs_dict)
+        if missing:
+            raise ValueError(f"qs_dict lacks {sorted(missing)}")
+        dtype = getattr(torch, str(qs_dict["dtype"]), None)
+        if dtype not in FLOAT_DTYPES:
+            raise ValueError(f"qs_dict['dtype'] must name float32/bfloat16/float16, got {qs_dict['dtype']!r}")
+        absmax, code = qs_dict["absmax"], qs_dict["quant_map"]
+        if device is not None:
+            absmax, code = absmax.to(device), code.to(device)
+        return cls(absmax, code, check_blocksize(int(qs_dict["blocksize"])), torch.Size(qs_dict["shape"]), dtype)
+
+
+QuantState = BlockwiseState  # bitsandbytes' name for the same state
+
 
 def check_blocksize(blocksize: object) -> int:
-    """Raise ValueError unless ``blocksize`` is a power of two in 64..4096."""
+    """Raise ValueError unless ``blocksize`` is a power of two in 64..16384."""
     if not isinstance(blocksize, int) or isinstance(blocksize, bool) or blocksize not in VALID_BLOCKSIZES:
-        raise ValueError(f"blocksize must be a power of two in 64..4096, got {blocksize!r}")
+        raise ValueError(f"blocksize must be a power of two in 64..16384, got {blocksize!r}")
     return int(blocksize)
 
 
@@ -137,9 +167,13 @@ def code_on(code: torch.Tensor | None, device: torch.device) -> torch.Tensor:
 
 
 def quantize_blockwise(
-    x: torch.Tensor, code: torch.Tensor | None = None, blocksize: int = 2048, *, out: torch.Tensor | None = None
+    x: torch.Tensor, code: torch.Tensor | None = None, absmax: torch.Tensor | None = None,
+    out: torch.Tensor | None = None, blocksize: int = 2048, nested: bool = False,
 ) -> tuple[torch.Tensor, BlockwiseState]:
-    """Quantize ``x`` (any shape, fp32/bf16/fp16, contiguous or not) block-wise to uint8 codes.
+    """Quantize ``x`` (any shape, fp32/bf16/fp16, contiguous or not) block-wise to uint8 codes. Arguments bind as
+    bitsandbytes' ``quantize_blockwise(A, code, absmax, out, blocksize, nested)``; ``absmax``: optional float32
+    buffer of ceil(numel / blocksize) entries for the scales; ``nested=True`` (double quantization) is not
+    supported (ValueError). The default block size is 2048 (bitsandbytes: 4096).
 
     ``code``: 256 sorted float32 values (default: signed dynamic map). Returns ``(q, state)`` where
     ``q`` is uint8 with ``x``'s shape and ``state.absmax`` has ceil(numel / blocksize) float32 entries
@@ -151,26 +185,45 @@ def quantize_blockwise(
     """
     check_tensor(x, "x", dtypes=FLOAT_DTYPES)
     blocksize = check_blocksize(blocksize)
+    if nested:
+        raise ValueError("nested=True (double quantization of the absmax) is not supported")
     if out is not None:
         check_out(out, "out", shape=x.shape, dtype=torch.uint8, device=x.device)
+    nblocks = -(-x.numel() // blocksize)
+    if absmax is not None:
+        check_out(absmax, "absmax", shape=torch.Size((nblocks,)), dtype=torch.float32, device=x.device)
     code = code_on(code, x.device)
     xc = x.contiguous()
-    if out is None:
+    if out is None and absmax is None:
         q, absmax = ops.quantize_blockwise(xc, code, blocksize)
     else:
-        absmax = torch.empty(-(-x.numel() // blocksize), dtype=torch.float32, device=x.device)
-        ops.quantize_blockwise_out(xc, code, blocksize, out=out, absmax=absmax)
-        q = out
+        q = out if out is not None else torch.empty(x.shape, dtype=torch.uint8, device=x.device)
+        absmax = absmax if absmax is not None else torch.empty(nblocks, dtype=torch.float32, device=x.device)
+        ops.quantize_blockwise_out(xc, code, blocksize, out=q, absmax=absmax)
     return q, BlockwiseState(absmax, code, blocksize, x.shape, x.dtype)
 
 
-def dequantize_blockwise(q: torch.Tensor, state: BlockwiseState, *, out: torch.Tensor | None = None) -> torch.Tensor:
+def dequantize_blockwise(
+    q: torch.Tensor, state: BlockwiseState | None = None, absmax: torch.Tensor | None = None,
+    code: torch.Tensor | None = None, out: torch.Tensor | None = None, blocksize: int = 2048, nested: bool = False,
+) -> torch.Tensor:
     """Inverse of :func:`quantize_blockwise`: uint8 codes + state -> tensor of ``state.shape``/``state.dtype``.
+    Arguments bind as bitsandbytes' ``dequantize_blockwise(A, quant_state, absmax, code, out, blocksize, nested)``:
+    without ``state``, ``absmax`` (and optionally ``code``, default the signed dynamic map, and ``blocksize``)
+    describe a float32 result of ``q``'s shape.
 
     ``out``: optional buffer of ``state.shape`` and ``state.dtype`` (contiguous, on ``q``'s device) that
     receives the values and is returned. Raises TypeError for non-uint8 ``q``, ValueError when ``q``,
     ``state.absmax`` or ``out`` has the wrong size (or ``out`` the wrong dtype/device/layout)."""
     check_tensor(q, "q", dtypes=(torch.uint8,))
+    if nested:
+        raise ValueError("nested=True (double quantization of the absmax) is not supported")
+    if state is None:
+        if absmax is None:
+            raise ValueError("pass either state (a BlockwiseState) or absmax")
+        check_tensor(absmax, "absmax")
+        state = BlockwiseState(absmax, code if code is not None else dynamic_codebook(True, q.device).values,
+                               blocksize, q.shape, torch.float32)
     if not isinstance(state, BlockwiseState):
         raise TypeError(f"state must be a BlockwiseState, got {type(state).__name__}")
     bs = check_blocksize(state.blocksize)

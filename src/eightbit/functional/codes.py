@@ -134,14 +134,22 @@ def _decade(scale: float, n: int, signed: bool) -> list[float]:
     return out + (-scale * means).tolist() if signed else out
 
 
-def create_linear_map(signed: bool = True) -> torch.Tensor:
-    """256 evenly spaced float32 codes: 255 values over [-1, 1] plus one extra 0 (signed, so 0 is exact),
-    or 256 values over [0, 1] (unsigned). Sorted. TypeError for a non-bool ``signed``."""
+def create_linear_map(signed: bool = True, total_bits: int = 8, add_zero: bool = True) -> torch.Tensor:
+    """Evenly spaced float32 codes, as bitsandbytes' ``create_linear_map``: ``2**total_bits`` values over [-1, 1]
+    (signed) or [0, 1]; with ``add_zero`` (or fewer than 8 bits) a signed map spends one value on an exact 0
+    (255 values over [-1, 1] plus 0). Fewer bits are simulated by padding with zeros to 256 entries. Returned
+    sorted (bitsandbytes places the padding in the middle; the set of values is the same). TypeError for a
+    non-bool ``signed``/``add_zero``, ValueError for ``total_bits`` outside 1..8."""
     check_bool(signed, "signed")
-    if signed:
-        v = torch.linspace(-1.0, 1.0, 255, dtype=torch.float32)
-        return torch.cat([v, torch.zeros(1)]).sort().values
-    return torch.linspace(0.0, 1.0, 256, dtype=torch.float32)
+    check_bool(add_zero, "add_zero")
+    if isinstance(total_bits, bool) or not isinstance(total_bits, int) or not 1 <= total_bits <= 8:
+        raise ValueError(f"total_bits must be an int in [1, 8], got {total_bits!r}")
+    n = 2**total_bits
+    if signed and (add_zero or total_bits < 8):
+        n -= 1
+    values = torch.linspace(-1.0 if signed else 0.0, 1.0, n, dtype=torch.float32)
+    values = torch.cat([values, torch.zeros(256 - n)])
+    return values.sort().values
 
 
 def create_quantile_map(x: torch.Tensor, signed: bool = True) -> torch.Tensor:

@@ -14,6 +14,7 @@ Rules (``RULES``) and their states, in order:
 * ``"rmsprop"``: v (unsigned); direction ``g / (sqrt(v) + eps)``.
 * ``"adagrad"``: the sum of squares (unsigned); direction ``g / (sqrt(sum) + eps) * lr_decay``.
 * ``"lion"``: m (signed); direction ``sign(beta1 * m + (1 - beta1) * g)``, then ``m = beta2 * m + (1 - beta2) g``.
+* ``"ademamix"``: m1, m2 (signed), nu (unsigned); Adam's direction with ``alpha * m2`` (a slow EMA) added.
 
 Hyperparameters travel as :class:`OptimHyper`, whose field order is the ``float[] hyper`` of the op schema and
 the C struct of the native kernels (mirrored field by field, checked when the library loads). Complements
@@ -123,12 +124,22 @@ def lion_rule(g, p, s, h):
     return d, [s[0] * h.beta2 + g * h.one_minus_beta2]
 
 
+def ademamix_rule(g, p, s, h):
+    """AdEMAMix (Pagliardini et al., 2024): m1 = b1 m1 + (1 - b1) g; m2 = b3 m2 + (1 - b3) g (slow EMA);
+    nu = b2 nu + (1 - b2) g^2; direction (m1 / bc1 + alpha m2) / (sqrt(nu) / sqrt(bc2) + eps)."""
+    m1 = s[0] * h.beta1 + g * h.one_minus_beta1
+    m2 = s[1] * h.beta3 + g * h.one_minus_beta3
+    nu = s[2] * h.beta2 + g * g * h.one_minus_beta2
+    return (m1 / h.bias_correction1 + h.alpha * m2) / (nu.sqrt() / h.bias_correction2_sqrt + h.eps), [m1, m2, nu]
+
+
 RULES: dict[str, Callable] = {
     "adam": adam_rule, "lamb": lamb_rule, "momentum": momentum_rule, "rmsprop": rmsprop_rule,
-    "adagrad": adagrad_rule, "lion": lion_rule,
+    "adagrad": adagrad_rule, "lion": lion_rule, "ademamix": ademamix_rule,
 }
 STATE_COUNTS: dict[str, tuple[int, ...]] = {
     "adam": (2,), "lamb": (2,), "momentum": (0, 1), "rmsprop": (1,), "adagrad": (1,), "lion": (1,),
+    "ademamix": (3,),
 }
 
 

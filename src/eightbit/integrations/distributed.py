@@ -36,15 +36,21 @@ __all__ = ["get_state_dict", "set_state_dict", "optimizer_state_bytes"]
 
 
 def optimizer_state_bytes(optimizer: torch.optim.Optimizer) -> int:
-    """Bytes of optimizer state held by this rank (local shards of DTensors; counters included).
+    """Bytes of optimizer state held by this rank (local shards of DTensors; counters included; a tensor shared by
+    several parameters, such as eightbit's code maps, counted once).
 
     Works for any optimizer, including ``ZeroRedundancyOptimizer`` (its wrapped local optimizer)."""
     inner = getattr(optimizer, "optim", optimizer)  # ZeroRedundancyOptimizer keeps its shard here
     total = 0
+    seen: set[tuple[int, int]] = set()
     for st in inner.state.values():
         for v in st.values():
             if isinstance(v, torch.Tensor):
                 t = v.to_local() if isinstance(v, DTensor) else v
+                key = (t.untyped_storage().data_ptr(), t.storage_offset())
+                if key in seen and t.numel():
+                    continue
+                seen.add(key)
                 total += t.numel() * t.element_size()
     return total
 

@@ -1,5 +1,5 @@
 """Drop-in modules: `Linear8bitLt` (LLM.int8()), `LinearFP8` / `LinearInt8Static` (post-training
-quantization), `StableEmbedding`."""
+quantization), `StableEmbedding`, `Embedding8bit`, `Embedding`."""
 from .._lazy import lazy_exports
 
 __getattr__, __dir__ = lazy_exports(
@@ -10,5 +10,7 @@ __getattr__, __dir__ = lazy_exports(
         "LinearFP8": ".linear_static",
         "LinearInt8Static": ".linear_static",
         "StableEmbedding": ".embedding",
+        "Embedding8bit": ".embedding8bit",
+        "Embedding": ".embedding8bit",
     },
 )

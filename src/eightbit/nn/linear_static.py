@@ -21,7 +21,7 @@ from torch import nn
 
 from .._checks import FLOAT_DTYPES, check_choice, check_number
 from ..functional.affine import finite_minmax
-from ..quantize.observers import OBSERVERS, MinMaxObserver, Observer, QuantSpec, make_observer
+from .observers import OBSERVERS, MinMaxObserver, Observer, QuantSpec, make_observer
 from .base import QuantizedLinear
 
 CHUNK_ELEMENTS = 1 << 22

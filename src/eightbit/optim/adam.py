@@ -4,9 +4,9 @@ from __future__ import annotations
 from typing import Any, Iterable
 
 
-from .base import WD_L2, Optimizer8bit, bit_variants
+from .base import WD_L2, Optimizer8bit, bit_variants, paged_variants
 
-__all__ = ["Adam", "Adam8bit", "Adam32bit"]
+__all__ = ["Adam", "Adam8bit", "Adam32bit", "PagedAdam", "PagedAdam8bit", "PagedAdam32bit"]
 
 
 class Adam(Optimizer8bit):
@@ -57,3 +57,4 @@ class Adam(Optimizer8bit):
 
 
 Adam8bit, Adam32bit = bit_variants(Adam)
+PagedAdam, PagedAdam8bit, PagedAdam32bit = paged_variants(Adam, Adam8bit, Adam32bit)

@@ -4,9 +4,9 @@ from __future__ import annotations
 from typing import Iterable
 
 from .adam import Adam
-from .base import WD_DECOUPLED, bit_variants
+from .base import WD_DECOUPLED, bit_variants, paged_variants
 
-__all__ = ["AdamW", "AdamW8bit", "AdamW32bit"]
+__all__ = ["AdamW", "AdamW8bit", "AdamW32bit", "PagedAdamW", "PagedAdamW8bit", "PagedAdamW32bit"]
 
 
 class AdamW(Adam):
@@ -20,3 +20,4 @@ class AdamW(Adam):
 
 
 AdamW8bit, AdamW32bit = bit_variants(AdamW)
+PagedAdamW, PagedAdamW8bit, PagedAdamW32bit = paged_variants(AdamW, AdamW8bit, AdamW32bit)

@@ -102,6 +102,8 @@ class Optimizer8bit(torch.optim.Optimizer):
     update_rule: str  # a rule of eightbit.functional.optimizer.RULES
 
     fixed_bits: int | None = None  # set on the <Name>8bit / <Name>32bit variants
+    n_betas: int = 2
+    is_paged: bool = False  # Paged<Name>: see paged_variants
 
     def __init__(self, params: Iterable, defaults: dict[str, Any]) -> None:
         d = {**dict(defaults), **self._defaults_extra()}
@@ -136,8 +138,8 @@ class Optimizer8bit(torch.optim.Optimizer):
         check_number(d["lr"], "lr", low=0.0)
         if "betas" in d:
             betas = d["betas"]
-            if not isinstance(betas, (tuple, list)) or len(betas) != 2:
-                raise ValueError(f"betas must be a pair of numbers, got {betas!r}")
+            if not isinstance(betas, (tuple, list)) or len(betas) != self.n_betas:
+                raise ValueError(f"betas must be {self.n_betas} numbers, got {betas!r}")
             for i, b in enumerate(betas):
                 check_number(b, f"betas[{i}]", low=0.0, high=1.0, high_inclusive=False)
         for key in ("eps", "weight_decay", "max_unorm"):
@@ -407,3 +409,16 @@ def bit_variants(cls: type) -> tuple[type, type]:
         out.append(type(name, (cls,), {"default_optim_bits": bits, "fixed_bits": bits, "__doc__": doc,
                                        "__module__": cls.__module__}))
     return out[0], out[1]
+
+
+def paged_variants(*classes: type) -> tuple[type, ...]:
+    """``Paged<Name>`` classes (bitsandbytes' names): the same optimizer with ``is_paged = True``. On CPU a paged
+    optimizer is the plain one (host memory is all there is). On a GPU eightbit has no paged state yet: the
+    state lives on the parameter's device, as for the plain optimizer (see docs/migrating_from_bitsandbytes.md)."""
+    out = []
+    for cls in classes:
+        doc = f"Paged {cls.__name__} (bitsandbytes' name): the same as :class:`{cls.__name__}` on CPU."
+        out.append(type(f"Paged{cls.__name__}", (cls,), {"is_paged": True, "__doc__": doc,
+                                                         "__module__": cls.__module__}))
+    return tuple(out)
+

@@ -4,9 +4,9 @@ from __future__ import annotations
 from typing import Any, Iterable
 
 
-from .base import WD_DECOUPLED, Optimizer8bit, bit_variants
+from .base import WD_DECOUPLED, Optimizer8bit, bit_variants, paged_variants
 
-__all__ = ["Lion", "Lion8bit", "Lion32bit"]
+__all__ = ["Lion", "Lion8bit", "Lion32bit", "PagedLion", "PagedLion8bit", "PagedLion32bit"]
 
 
 class Lion(Optimizer8bit):
@@ -44,3 +44,4 @@ class Lion(Optimizer8bit):
 
 
 Lion8bit, Lion32bit = bit_variants(Lion)
+PagedLion, PagedLion8bit, PagedLion32bit = paged_variants(Lion, Lion8bit, Lion32bit)

@@ -16,7 +16,7 @@ from torch import nn
 from .._checks import FLOAT_DTYPES, check_choice, check_number
 from ..functional.fp8 import FORMAT_NAMES
 from .base import QuantConfig, register_config
-from .observers import OBSERVERS
+from ..nn.observers import OBSERVERS
 
 _GRANULARITIES = ("channel", "tensor")
 

@@ -106,22 +106,47 @@ def int8_vectorwise_quant_cpu(x: torch.Tensor, threshold: float):
     return q, absmax, flags.view(torch.bool)
 
 
+_XO_CAP = 32  # outlier columns the one-call path gathers (more: one fp32 GEMM over them, as for many rows)
+
+
+def _align(n: int) -> int:
+    return -(-n // 64) * 64
+
+
 @register("int8_linear", "cpu", available=_native_available)
 def int8_linear_cpu(x, weight, weight_absmax, bias, threshold):
-    """Kernel of ``int8_linear`` (LLM.int8() forward): prepare, exact GEMM with the outlier columns, bias, cast."""
+    """Kernel of ``int8_linear`` (LLM.int8() forward): one native call (``eb_int8_linear``: prepare, scales, exact
+    GEMM with the outlier columns fused for few rows, bias) into one scratch buffer; with many rows and outliers,
+    one fp32 GEMM over the gathered outlier columns is added here. Output cast to ``x.dtype``."""
     m, k = x.shape
-    if m == 0 or k > _NATIVE_MAX_K or native.library() is None:
+    lib = native.library()
+    if m == 0 or k > _NATIVE_MAX_K or lib is None:
         return NotImplemented
+    n = weight.shape[0]
     xf = (x if x.dtype == torch.float32 else x.float()).contiguous()
-    prepared = prepare(xf, threshold)
-    if prepared is None:
+    cap = min(k, _XO_CAP)
+    # one scratch allocation: q (m*k int8) | xs (m f32) | ws (n f32) | flags (k u8) | cols (k i64) | xo (m*cap f32)
+    sizes = [m * k, 4 * m, 4 * n, k, 8 * k, 4 * m * cap]
+    offsets = [0]
+    for size in sizes[:-1]:
+        offsets.append(offsets[-1] + _align(size))
+    scratch = torch.empty(offsets[-1] + sizes[-1], dtype=torch.uint8)
+    base = scratch.data_ptr()
+    q_p, xs_p, ws_p, fl_p, cols_p, xo_p = (base + o for o in offsets)
+    out = native.empty((m, n), dtype=torch.float32)
+    w = weight.contiguous()
+    wa = weight_absmax if weight_absmax.dtype == torch.float32 else weight_absmax.float()
+    wa = wa.contiguous()
+    b = None if bias is None else (bias if bias.dtype == torch.float32 else bias.float()).contiguous()
+    c = lib.eb_int8_linear(xf.data_ptr(), m, k, w.data_ptr(), wa.data_ptr(), None if b is None else b.data_ptr(), n,
+                           float(threshold), _FUSED_OUTLIER_ROWS, cap, q_p, xs_p, ws_p, fl_p, cols_p, xo_p,
+                           out.data_ptr())
+    if c < 0:
         return NotImplemented
-    q, absmax, flags = prepared
-    cols = flags.nonzero().squeeze(1) if threshold > 0 else None
-    if cols is not None and cols.numel() == 0:
-        cols = None
-    xo = xf.index_select(1, cols) if cols is not None else None  # (M, C)
-    out = native_gemm(q, absmax, weight, weight_absmax, xo, cols)
-    if bias is not None:
-        out.add_(bias if bias.dtype == torch.float32 else bias.float())
+    if c > 0 and (m > _FUSED_OUTLIER_ROWS or c > cap):  # the outlier part as one small fp32 GEMM
+        cols = scratch[offsets[4] : offsets[4] + 8 * c].view(torch.int64)
+        w_cols = w.index_select(1, cols).float() * (wa.unsqueeze(1) / _INT8_MAX)  # (N, C)
+        out.addmm_(xf.index_select(1, cols), w_cols.T)  # (M, N)
+        if b is not None:
+            out.add_(b)
     return out if x.dtype == torch.float32 else out.to(x.dtype)

@@ -322,3 +322,31 @@ int eb_int8_prepare(const float *x, int64_t M, int64_t K, float threshold, int8_
     return fail;
 }
 
+
+/* The whole LLM.int8() forward of float32 x [M, K] with int8 w [N, K] (row absmax w_absmax [N]) in one call, so
+ * that a small layer pays one foreign call instead of a dozen tensor ops: eb_int8_prepare, the scales
+ * (absmax / 127, as the Python path divides), the outlier columns gathered (up to xo_cap of them: xo is M x xo_cap),
+ * eb_int8_gemm with them fused when M <= fused_rows, then the bias. Returns -1 when a row needs the reference
+ * (nothing usable written); otherwise C, the number of outlier columns (indices in cols). When C > 0 and the
+ * outliers were not fused (M > fused_rows or C > xo_cap) the returned out holds the int8 part only and the
+ * caller adds the outlier product and then the bias; else out is complete. */
+int64_t eb_int8_linear(const float *x, int64_t M, int64_t K, const int8_t *w, const float *w_absmax,
+                       const float *bias, int64_t N, float threshold, int64_t fused_rows, int64_t xo_cap,
+                       int8_t *q, float *xs, float *ws, uint8_t *flags, int64_t *cols, float *xo, float *out) {
+    if (eb_int8_prepare(x, M, K, threshold, q, xs, flags)) return -1;
+    int64_t C = 0;
+    for (int64_t c = 0; c < K; c++)
+        if (flags[c]) cols[C++] = c;
+    for (int64_t m = 0; m < M; m++) xs[m] = xs[m] / 127.0f;
+    for (int64_t n = 0; n < N; n++) ws[n] = w_absmax[n] / 127.0f;
+    const int fused = C > 0 && M <= fused_rows && C <= xo_cap;
+    if (fused)
+        for (int64_t m = 0; m < M; m++)
+            for (int64_t j = 0; j < C; j++) xo[m * C + j] = x[m * K + cols[j]];
+    eb_int8_gemm(q, w, xs, ws, fused ? xo : NULL, fused ? cols : NULL, fused ? C : 0, out, M, K, N);
+    if (C > 0 && !fused) return C;
+    if (bias)
+        for (int64_t m = 0; m < M; m++)
+            for (int64_t n = 0; n < N; n++) out[m * N + n] += bias[n];
+    return C;
+}

@@ -20,13 +20,17 @@ enum { WD_NONE = 0, WD_L2 = 1, WD_DECOUPLED = 2 };
 int64_t eb_hyper_size(void) { return (int64_t)sizeof(eb_hyper_t); }
 int64_t eb_lut_size(void) { return (int64_t)sizeof(lut_t); }
 
-/* The rule on one block: s0, s1 hold the dequantized states and receive the new ones; d the direction. */
-static void rule_block(int32_t rule, const float *restrict p, const float *restrict g, const eb_hyper_t *h,
-                       int32_t wd_mode, int64_t bs, float *restrict s0, float *restrict s1, float *restrict d) {
+/* The rule on one block: s0, s1 hold the dequantized states and receive the new ones; the parameter is written in
+ * the same loop (p = p * (1 - lr * wd) (decoupled only) - lr * update_scale * d, as the reference rounds it). */
+static void rule_block(int32_t rule, float *restrict p, const float *restrict g, const eb_hyper_t *h,
+                       int32_t wd_mode, int64_t bs, float *restrict s0, float *restrict s1) {
     const float gs = h->grad_scale, wd = h->weight_decay, b1 = h->beta1, c1 = h->one_minus_beta1;
     const float b2 = h->beta2, c2 = h->one_minus_beta2, eps = h->eps;
     const float l2 = wd_mode == WD_L2 ? wd : 0.0f;
+    const float decay = 1.0f - h->lr * h->weight_decay, step = h->lr * h->update_scale;
+    const int decoupled = wd_mode == WD_DECOUPLED;
 #define GRAD(i) (wd_mode == WD_L2 ? g[i] * gs + l2 * p[i] : g[i] * gs)
+#define WRITE(i, d) (p[i] = (decoupled ? p[i] * decay : p[i]) - step * (d))
     switch (rule) {
     case RULE_ADAM:
     case RULE_LAMB: {
@@ -37,7 +41,7 @@ static void rule_block(int32_t rule, const float *restrict p, const float *restr
             const float m = s0[i] * b1 + gi * c1;
             const float v = s1[i] * b2 + gi * gi * c2;
             const float a = (m / bc1) / (sqrtf(v) / bc2s + eps);
-            d[i] = lamb != 0.0f ? a + wd * p[i] : a;
+            WRITE(i, lamb != 0.0f ? a + wd * p[i] : a);
             s0[i] = m;
             s1[i] = v;
         }
@@ -48,7 +52,7 @@ static void rule_block(int32_t rule, const float *restrict p, const float *restr
         for (int64_t i = 0; i < bs; i++) {
             const float gi = GRAD(i);
             const float buf = s0[i] * b1 + gi * c1;
-            d[i] = buf + nesterov * (gi + b1 * buf - buf);
+            WRITE(i, buf + nesterov * (gi + b1 * buf - buf));
             s0[i] = buf;
         }
         break;
@@ -57,16 +61,16 @@ static void rule_block(int32_t rule, const float *restrict p, const float *restr
         for (int64_t i = 0; i < bs; i++) {
             const float gi = GRAD(i);
             const float v = s0[i] * b2 + gi * gi * c2;
-            d[i] = gi / (sqrtf(v) + eps);
+            WRITE(i, gi / (sqrtf(v) + eps));
             s0[i] = v;
         }
         break;
     case RULE_ADAGRAD: {
-        const float decay = h->lr_decay;
+        const float lr_decay = h->lr_decay;
         for (int64_t i = 0; i < bs; i++) {
             const float gi = GRAD(i);
             const float acc = s0[i] + gi * gi;
-            d[i] = gi / (sqrtf(acc) + eps) * decay;
+            WRITE(i, gi / (sqrtf(acc) + eps) * lr_decay);
             s0[i] = acc;
         }
         break;
@@ -75,21 +79,13 @@ static void rule_block(int32_t rule, const float *restrict p, const float *restr
         for (int64_t i = 0; i < bs; i++) {
             const float gi = GRAD(i);
             const float u = s0[i] * b1 + gi * c1;
-            d[i] = u > 0.0f ? 1.0f : (u < 0.0f ? -1.0f : 0.0f); /* torch.sign: 0 for +-0 and NaN */
+            WRITE(i, u > 0.0f ? 1.0f : (u < 0.0f ? -1.0f : 0.0f)); /* torch.sign: 0 for +-0 and NaN */
             s0[i] = s0[i] * b2 + gi * c2;
         }
         break;
     }
 #undef GRAD
-}
-
-/* p = p * (1 - lr * wd) (decoupled only) - lr * update_scale * d, as the reference rounds it. */
-static void write_param(float *restrict p, const float *restrict d, const eb_hyper_t *h, int32_t wd_mode, int64_t bs) {
-    const float decay = 1.0f - h->lr * h->weight_decay, step = h->lr * h->update_scale;
-    if (wd_mode == WD_DECOUPLED)
-        for (int64_t i = 0; i < bs; i++) p[i] = p[i] * decay - step * d[i];
-    else
-        for (int64_t i = 0; i < bs; i++) p[i] = p[i] - step * d[i];
+#undef WRITE
 }
 
 /* One step over nblocks blocks of bs values. q[s], absmax[s], luts[s], seeds[s] for each of the nstates
@@ -102,12 +98,11 @@ void eb_optim_blocks(int32_t rule, float *p, const float *g, int32_t nstates, ui
     const eb_hyper_t hv = *h;
 #pragma omp parallel for schedule(static) if (nblocks >= 16)
     for (int64_t b = 0; b < nblocks; b++) {
-        float s0[MAX_BLOCK], s1[MAX_BLOCK], d[MAX_BLOCK];
+        float s0[MAX_BLOCK], s1[MAX_BLOCK];
         float *s[2] = {s0, s1};
         const int64_t o = b * bs;
         for (int32_t k = 0; k < nstates; k++) lookup_scale(q[k] + o, luts[k].code, absmax[k][b], bs, s[k]);
-        rule_block(rule, p + o, g + o, &hv, wd_mode, bs, s0, s1, d);
-        write_param(p + o, d, &hv, wd_mode, bs);
+        rule_block(rule, p + o, g + o, &hv, wd_mode, bs, s0, s1);
         /* the next block's inputs start loading while this one is requantized (L1-only work) */
         for (int64_t i = 0; i < bs; i += 16) {
             __builtin_prefetch(p + o + bs + i);

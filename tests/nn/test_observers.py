@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from eightbit.quantize.observers import (
+from eightbit.nn.observers import (
     EntropyObserver,
     MinMaxObserver,
     MSEObserver,
