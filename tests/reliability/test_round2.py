@@ -3,8 +3,6 @@ failed before their fix."""
 from __future__ import annotations
 
 import json
-import os
-import stat
 from pathlib import Path
 
 import pytest
@@ -251,15 +249,7 @@ def test_double_keeps_codes_and_accepts_float64_inputs(make):
 
 
 # 9 ---------------------------------------------------------------- CLI output written atomically
-@pytest.fixture(scope="module")
-def gpt2_dir(tmp_path_factory):
-    from transformers import GPT2Config, GPT2LMHeadModel
-
-    torch.manual_seed(0)
-    cfg = GPT2Config(vocab_size=128, n_positions=64, n_embd=64, n_layer=1, n_head=2, bos_token_id=0, eos_token_id=0)
-    path = tmp_path_factory.mktemp("gpt2")
-    GPT2LMHeadModel(cfg).save_pretrained(path)
-    return path
+from tests.cli.test_cli import gpt2_dir  # noqa: E402,F401  (the CLI tests' tiny GPT-2 directory fixture)
 
 
 def _cli(*args):
@@ -283,16 +273,17 @@ def test_cli_refuses_non_empty_out_and_overwrite_leaves_no_stale_files(gpt2_dir,
     assert _cli("inspect", out).exit_code == 0
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root ignores directory permissions")
-def test_cli_read_only_out_is_one_line(gpt2_dir, tmp_path):
-    parent = tmp_path / "ro"
-    parent.mkdir()
-    parent.chmod(stat.S_IRUSR | stat.S_IXUSR)
-    try:
-        res = _cli("quantize", gpt2_dir, "--out", parent / "q")
-    finally:
-        parent.chmod(stat.S_IRWXU)
+def test_cli_read_only_out_is_one_line(gpt2_dir, tmp_path, monkeypatch):
+    """A read-only parent of --out (simulated: this suite may run as root, which ignores permissions)."""
+    import tempfile
+
+    def denied(*a, dir=None, **k):
+        raise PermissionError(13, "Permission denied", str(dir))
+
+    monkeypatch.setattr(tempfile, "mkdtemp", denied)
+    res = _cli("quantize", gpt2_dir, "--out", tmp_path / "q")
     assert res.exit_code == 1 and res.output.strip().startswith("error:") and len(res.output.strip().splitlines()) == 1
+    assert "Permission denied" in res.output and not (tmp_path / "q").exists()
 
 
 def test_cli_any_os_error_is_one_line(gpt2_dir, tmp_path, monkeypatch):
