@@ -14,11 +14,7 @@ from ..registry import register
 from . import native
 from .tables import Lut, native_tables
 
-MAX_BLOCK = 4096  # the C kernels' per-block scratch (csrc/blocks.h)
 
-
-def _available() -> bool:
-    return native.library() is not None
 
 
 def quantize_into(x: torch.Tensor, code: torch.Tensor, blocksize: int, out: torch.Tensor, absmax: torch.Tensor,
@@ -28,7 +24,7 @@ def quantize_into(x: torch.Tensor, code: torch.Tensor, blocksize: int, out: torc
     index ``first + i``. ``lut``: tables to use instead of the code's own (tests compare table variants)."""
     lib = native.library()
     tables = native_tables(codebook(code)) if lut is None else None
-    if lib is None or (lut is None and tables is None) or blocksize > MAX_BLOCK:
+    if lib is None or (lut is None and tables is None) or blocksize > native.MAX_BLOCK:
         return False
     if not (out.is_contiguous() and absmax.is_contiguous()):
         return False
@@ -46,7 +42,7 @@ def quantize_into(x: torch.Tensor, code: torch.Tensor, blocksize: int, out: torc
     return True
 
 
-@register("quantize_blockwise", "cpu", available=_available)
+@register("quantize_blockwise", "cpu", available=native.available)
 def quantize_blockwise_cpu(x: torch.Tensor, code: torch.Tensor, blocksize: int):
     """Kernel of ``quantize_blockwise``: (uint8 codes of x's shape, float32 absmax per block)."""
     out = native.empty(x.shape, torch.uint8)
@@ -56,7 +52,7 @@ def quantize_blockwise_cpu(x: torch.Tensor, code: torch.Tensor, blocksize: int):
     return out, absmax
 
 
-@register("quantize_blockwise.out", "cpu", available=_available)
+@register("quantize_blockwise.out", "cpu", available=native.available)
 def quantize_blockwise_out_cpu(x, code, blocksize, *, out, absmax):
     """Kernel of ``quantize_blockwise.out`` (codes into ``out``, scales into ``absmax``)."""
     if not quantize_into(x, code, blocksize, out, absmax):
@@ -68,7 +64,7 @@ def dequantize_into(q: torch.Tensor, absmax: torch.Tensor, code: torch.Tensor, b
                     out: torch.Tensor) -> bool:
     """``code[q] * absmax`` per block into contiguous float32 ``out``; False when the kernel does not apply."""
     lib = native.library()
-    if lib is None or out.dtype != torch.float32 or not out.is_contiguous() or blocksize > MAX_BLOCK:
+    if lib is None or out.dtype != torch.float32 or not out.is_contiguous() or blocksize > native.MAX_BLOCK:
         return False
     q, absmax, code = q.contiguous(), absmax.contiguous(), code.contiguous()
     n = q.numel()
@@ -82,7 +78,7 @@ def dequantize_into(q: torch.Tensor, absmax: torch.Tensor, code: torch.Tensor, b
     return True
 
 
-@register("dequantize_blockwise", "cpu", available=_available)
+@register("dequantize_blockwise", "cpu", available=native.available)
 def dequantize_blockwise_cpu(q, absmax, code, blocksize, dtype):
     """Kernel of ``dequantize_blockwise``: values in ``dtype`` (computed in float32, then cast)."""
     out = native.empty(q.shape, torch.float32)
@@ -91,7 +87,7 @@ def dequantize_blockwise_cpu(q, absmax, code, blocksize, dtype):
     return out if dtype == torch.float32 else out.to(dtype)
 
 
-@register("dequantize_blockwise.out", "cpu", available=_available)
+@register("dequantize_blockwise.out", "cpu", available=native.available)
 def dequantize_blockwise_out_cpu(q, absmax, code, blocksize, dtype, *, out):
     """Kernel of ``dequantize_blockwise.out``."""
     if out.dtype == torch.float32:

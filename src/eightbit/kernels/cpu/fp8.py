@@ -20,9 +20,6 @@ from . import native
 _UNIT = 1 << 16  # elements per work unit when one scale covers everything
 
 
-def _available() -> bool:
-    return native.library() is not None
-
 
 def _bits_to_float(bits: int) -> float:
     return struct.unpack("<f", struct.pack("<i", bits))[0]
@@ -64,7 +61,7 @@ def decode_table(fp8_dtype: torch.dtype) -> torch.Tensor:
     return t
 
 
-@register("quantize_fp8", "cpu", available=_available)
+@register("quantize_fp8", "cpu", available=native.available)
 def quantize_fp8_cpu(x: torch.Tensor, scale: torch.Tensor, fp8_dtype: torch.dtype, saturate: bool):
     """Kernel of ``quantize_fp8``: uint8 bit patterns of the ``fp8_dtype`` codes of ``x / scale``."""
     f = FORMAT_OF_DTYPE[fp8_dtype]
@@ -76,7 +73,7 @@ def quantize_fp8_cpu(x: torch.Tensor, scale: torch.Tensor, fp8_dtype: torch.dtyp
     return NotImplemented if out is None else out
 
 
-@register("dequantize_fp8", "cpu", available=_available)
+@register("dequantize_fp8", "cpu", available=native.available)
 def dequantize_fp8_cpu(q: torch.Tensor, scale: torch.Tensor, fp8_dtype: torch.dtype, dtype: torch.dtype):
     """Kernel of ``dequantize_fp8``: ``table[q] * scale`` in float32 for uint8 bit patterns ``q``, then cast."""
     table = decode_table(fp8_dtype)
@@ -88,7 +85,7 @@ def dequantize_fp8_cpu(q: torch.Tensor, scale: torch.Tensor, fp8_dtype: torch.dt
     return out if dtype == torch.float32 else out.to(dtype)
 
 
-@register("finite_amax", "cpu", available=_available)
+@register("finite_amax", "cpu", available=native.available)
 def finite_amax_cpu(x: torch.Tensor, axis: int | None):
     """Kernel of ``finite_amax`` for a whole float32 tensor: max |x| in one native pass without an |x|-sized
     temporary (``x.abs().amax()`` allocates one: ~100 ms of page faults for 256 MB on this project's VM). Per-axis

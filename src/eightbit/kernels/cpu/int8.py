@@ -6,20 +6,21 @@ sums on AVX2. Two exact routes are used instead:
 
 * ``eb_int8_gemm`` (native C, csrc/int8_cpu.c): exact int32 accumulation for activations in [-127, 127]; up to 3
   rows a memory-bound pass over the weight rows in place, from 4 rows per-thread packed 16-column panels under
-  a 4x16 register tile. With LLM.int8()'s outlier columns it adds their float part while each weight row is in
-  cache (few rows) or as one small fp32 GEMM over the gathered columns (more rows).
+  a 4x16 register tile.
 * Without the native library (or for the -128 code the native GEMM does not take): int8 values converted to
   float32 in K chunks of 1024 and multiplied with the fp32 GEMM: products of int8 values are exact in float32
   and a sum of 1024 of them stays below 2**24, so the int32 result is exact.
 
-``int8_linear`` is the whole LLM.int8() forward in one op: ``eb_int8_prepare`` (outlier scan + vector-wise
-quantization in one pass), the GEMM with the outliers, the bias and the output cast. Rows holding NaN/Inf or a
-subnormal scale go to the reference, which handles them specially.
+``int8_linear`` is the whole LLM.int8() forward in one op and one native call (``eb_int8_linear``): the outlier
+scan and vector-wise quantization in one pass, the GEMM with the outlier columns' float part added while each
+weight row is in cache (few rows; more rows: one small fp32 GEMM over the gathered columns), the bias. Rows
+holding NaN/Inf or a subnormal scale go to the reference, which handles them specially.
 """
 from __future__ import annotations
 
 import torch
 
+from ...functional.int8 import dequantize_weight_columns
 from ..registry import register
 from . import native
 
@@ -28,9 +29,6 @@ _INT8_MAX = 127.0
 _NATIVE_MAX_K = (2**31 - 1) // (128 * 127)  # int32 accumulators stay exact below this many products
 _FUSED_OUTLIER_ROWS = 8
 
-
-def _native_available() -> bool:
-    return native.library() is not None
 
 
 @register("int8_mm", "cpu")
@@ -44,29 +42,16 @@ def int8_mm_cpu(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def native_gemm(x: torch.Tensor, x_absmax: torch.Tensor, w: torch.Tensor, w_absmax: torch.Tensor,
-                outlier_x: torch.Tensor | None = None, outlier_cols: torch.Tensor | None = None) -> torch.Tensor:
-    """float32 [M, N] = (x @ w.T) * outer(x_absmax, w_absmax) / 127**2 with exact int32 accumulation, for int8
-    ``x`` in [-127, 127] and K <= _NATIVE_MAX_K, plus ``outlier_x`` (float32 [M, C]) times the dequantized
-    ``w[:, outlier_cols]`` when given."""
-    lib = native.library()
+def native_gemm(x: torch.Tensor, x_absmax: torch.Tensor, w: torch.Tensor, w_absmax: torch.Tensor) -> torch.Tensor:
+    """float32 [M, N] = (x @ w.T) * outer(x_absmax, w_absmax) / 127**2 with exact int32 accumulation, for
+    contiguous int8 ``x`` in [-127, 127] and K <= _NATIVE_MAX_K (``eb_int8_gemm``)."""
     m, k = x.shape
     n = w.shape[0]
     xs = (x_absmax.float() / _INT8_MAX).contiguous()
     ws = (w_absmax.float() / _INT8_MAX).contiguous()
-    n_out = 0 if outlier_cols is None else outlier_cols.numel()
-    # Few rows: the outlier columns are summed inside the weight pass (no second touch of the weight). More
-    # rows: that scalar per-output sum costs more than one small fp32 GEMM over the gathered columns.
-    fused = n_out and m <= _FUSED_OUTLIER_ROWS
-    xo = outlier_x.float().contiguous() if n_out else None
-    cols = outlier_cols.to(torch.int64).contiguous() if n_out else None
     out = native.empty((m, n), dtype=torch.float32)
     p = native.ptr
-    lib.eb_int8_gemm(p(x), p(w), p(xs), p(ws), p(xo) if fused else None, p(cols) if fused else None,
-                     n_out if fused else 0, p(out), m, k, n)
-    if n_out and not fused:
-        w_cols = w.index_select(1, cols).float() * (w_absmax.float().unsqueeze(1) / _INT8_MAX)  # (N, C)
-        out.addmm_(xo, w_cols.T)  # (M, N)
+    native.library().eb_int8_gemm(p(x), p(w), p(xs), p(ws), None, None, 0, p(out), m, k, n)
     return out
 
 
@@ -94,7 +79,7 @@ def prepare(x: torch.Tensor, threshold: float):
     return q, absmax, flags
 
 
-@register("int8_vectorwise_quant", "cpu", available=_native_available)
+@register("int8_vectorwise_quant", "cpu", available=native.available)
 def int8_vectorwise_quant_cpu(x: torch.Tensor, threshold: float):
     """Kernel of ``int8_vectorwise_quant``: one native pass for the outlier scan and the row quantization."""
     if x.numel() == 0 or native.library() is None:
@@ -113,7 +98,7 @@ def _align(n: int) -> int:
     return -(-n // 64) * 64
 
 
-@register("int8_linear", "cpu", available=_native_available)
+@register("int8_linear", "cpu", available=native.available)
 def int8_linear_cpu(x, weight, weight_absmax, bias, threshold):
     """Kernel of ``int8_linear`` (LLM.int8() forward): one native call (``eb_int8_linear``: prepare, scales, exact
     GEMM with the outlier columns fused for few rows, bias) into one scratch buffer; with many rows and outliers,
@@ -145,8 +130,7 @@ def int8_linear_cpu(x, weight, weight_absmax, bias, threshold):
         return NotImplemented
     if c > 0 and (m > _FUSED_OUTLIER_ROWS or c > cap):  # the outlier part as one small fp32 GEMM
         cols = scratch[offsets[4] : offsets[4] + 8 * c].view(torch.int64)
-        w_cols = w.index_select(1, cols).float() * (wa.unsqueeze(1) / _INT8_MAX)  # (N, C)
-        out.addmm_(xf.index_select(1, cols), w_cols.T)  # (M, N)
+        out.addmm_(xf.index_select(1, cols), dequantize_weight_columns(w, wa, cols).T)  # (M, N)
         if b is not None:
             out.add_(b)
     return out if x.dtype == torch.float32 else out.to(x.dtype)

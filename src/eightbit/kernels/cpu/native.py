@@ -35,7 +35,9 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["empty", "library", "ptr", "build_key", "cache_dir"]
+__all__ = ["available", "empty", "library", "ptr", "build_key", "cache_dir", "MAX_BLOCK"]
+
+MAX_BLOCK = 4096  # the C kernels' per-block scratch (csrc/blocks.h): larger blocks run the references
 
 _CSRC = Path(__file__).with_name("csrc")
 # No fast-math: results must match the PyTorch references bit for bit (-fno-trapping-math only drops
@@ -185,6 +187,11 @@ def library() -> ctypes.CDLL | None:
                       "references run instead", RuntimeWarning, stacklevel=2)
         return None
     return lib
+
+
+def available() -> bool:
+    """Whether the native library is loaded (the registration probe of every native kernel)."""
+    return library() is not None
 
 
 def ptr(t: torch.Tensor | None) -> int | None:

@@ -1,8 +1,9 @@
 """Native CPU kernel of the ``optimizer_update`` op for 8-bit states (``eb_optim_blocks`` in csrc/optim_cpu.c):
 per block, dequantize the states, apply the rule, write the parameter and requantize, in one pass over
-L1-resident data. Which rules it serves is the explicit table ``NATIVE_RULES`` (all rules of
-``eightbit.functional.optimizer`` with 8-bit states); it declines (the reference runs) for 32-bit states,
-parameters or gradients other than float32, block sizes above 4096 and codes without native tables.
+L1-resident data. Which rules it serves is the explicit table ``NATIVE_RULES`` (every rule of
+``eightbit.functional.optimizer`` with one or two states; AdEMAMix's three run the reference); it declines (the
+reference runs) for 32-bit states, parameters or gradients other than float32, block sizes above 4096 and codes
+without native tables.
 States are bit-identical to the reference (tests/kernels/test_native_cpu.py).
 """
 from __future__ import annotations
@@ -17,7 +18,6 @@ from ..registry import register
 from . import native
 from .tables import Lut, native_tables
 
-MAX_BLOCK = 4096
 # rule name -> the C kernel's rule id (enum in csrc/optim_cpu.c)
 NATIVE_RULES = {"adam": 0, "lamb": 1, "momentum": 2, "rmsprop": 3, "adagrad": 4, "lion": 5}
 
@@ -41,7 +41,7 @@ def optimizer_update_cpu(rule, p, g, states, absmaxes, codes, hyper, wd_mode, bl
     """Kernel of ``optimizer_update`` for 8-bit states of float32 parameters (see the module docstring)."""
     k = len(states)
     lib = native.library()
-    if (lib is None or rule not in NATIVE_RULES or not absmaxes or k not in (1, 2) or blocksize > MAX_BLOCK
+    if (lib is None or rule not in NATIVE_RULES or not absmaxes or k not in (1, 2) or blocksize > native.MAX_BLOCK
             or p.dtype != torch.float32 or g.dtype != torch.float32 or not p.is_contiguous()):
         return NotImplemented
     tables = [native_tables(codebook(c)) for c in codes]
