@@ -293,3 +293,20 @@ def test_memory_adam8bit_vs_torch():
     ratio = nbytes(o8) / nbytes(o32)
     print(f"Adam8bit state = {ratio:.4f} of torch Adam's")
     assert ratio <= 0.27
+
+
+def test_state_dict_round_trip_with_groups_of_different_state_specs(gen):
+    """Each parameter's state is read under its own group's settings (group 0 here has no momentum state)."""
+    a, b = (torch.nn.Parameter(torch.randn(5000, generator=gen)) for _ in range(2))
+    groups = [{"params": [a], "momentum": 0.0}, {"params": [b], "momentum": 0.9}]
+    opt = O.SGD8bit(groups, lr=0.1)
+    a.grad, b.grad = torch.randn(5000, generator=gen), torch.randn(5000, generator=gen)
+    opt.step()
+    a2, b2 = (torch.nn.Parameter(t.detach().clone()) for t in (a, b))
+    opt2 = O.SGD8bit([{"params": [a2], "momentum": 0.0}, {"params": [b2], "momentum": 0.9}], lr=0.1)
+    opt2.load_state_dict(opt.state_dict())
+    assert torch.equal(opt2.state[b2]["state1"], opt.state[b]["state1"]) and "state1" not in opt2.state[a2]
+    for o, ps in ((opt, (a, b)), (opt2, (a2, b2))):
+        ps[0].grad, ps[1].grad = torch.ones(5000), torch.ones(5000)
+        o.step()
+    assert torch.equal(a2, a) and torch.equal(b2, b)

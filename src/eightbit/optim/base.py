@@ -244,14 +244,15 @@ class Optimizer8bit(torch.optim.Optimizer):
             raise ValueError("state_dict has a different number of parameter groups or parameters per group "
                              "than this optimizer")
         translated = dict(state_dict["state"])
+        specs: dict[Any, tuple] = {}  # pid -> the state spec under its own group's settings
         for saved, group in zip(groups, self.param_groups):
             merged = {**group, **{k: v for k, v in saved.items() if k != "params"}}
             for pid, p in zip(saved["params"], group["params"]):
                 if pid in translated:
                     config = self._config(p, merged)
                     pl = _local(p)
-                    translated[pid] = translate_state(translated[pid], self.state_spec(config), pl.numel(),
-                                                      config["blocksize"])
+                    specs[pid] = self.state_spec(config)
+                    translated[pid] = translate_state(translated[pid], specs[pid], pl.numel(), config["blocksize"])
                     self._check_state(pid, translated[pid], pl, config)
         own = [dict(g) for g in self.param_groups]
         super().load_state_dict({**state_dict, "state": translated})
@@ -263,11 +264,10 @@ class Optimizer8bit(torch.optim.Optimizer):
         for pid, p in zip(saved_ids, params):
             if pid in translated:
                 dev = _local(p).device
-                spec = self.state_spec(self._config(p, self.param_groups[0]))
                 st = {}
                 for k, v in translated[pid].items():
                     if k.startswith("qmap") and isinstance(v, torch.Tensor):
-                        st[k] = shared_code(v, spec[int(k[4:]) - 1][1], dev)
+                        st[k] = shared_code(v, specs[pid][int(k[4:]) - 1][1], dev)
                     elif isinstance(v, torch.Tensor):
                         st[k] = v.detach().to(dev, copy=True).contiguous()
                     else:
@@ -357,17 +357,16 @@ class Optimizer8bit(torch.optim.Optimizer):
                        **self.hyper(config, step))
         args = self._op_args(work, g, state, config)
         rule, wd_mode = self.rule_for(config)
+        bs = int(state.get("blocksize", config["blocksize"]))  # a loaded bitsandbytes state keeps its 256
         if self.needs_update_norm(config):
-            usq = optimizer_update_norm(rule, work, g, *args[:3], h, wd_mode=wd_mode,
-                                        blocksize=int(state.get("blocksize", config["blocksize"])))
+            usq = optimizer_update_norm(rule, work, g, *args[:3], h, wd_mode=wd_mode, blocksize=bs)
             if groups:  # norms of the whole parameter, not of this shard
                 sq = _sum_over(groups, torch.stack([usq.to(work.device), work.float().square().sum()]))
                 unorm, pnorm = float(sq[0]) ** 0.5, float(sq[1]) ** 0.5
             else:
                 unorm, pnorm = float(usq) ** 0.5, float(work.float().norm())
             h = dataclasses.replace(h, update_scale=self.update_scale(unorm, pnorm, config))
-        optimizer_update(rule, work, g, *args[:3], h, wd_mode=wd_mode,
-                         blocksize=int(state.get("blocksize", config["blocksize"])), seeds=args[3])
+        optimizer_update(rule, work, g, *args[:3], h, wd_mode=wd_mode, blocksize=bs, seeds=args[3])
         if work is not pl:
             pl.copy_(work)
 
