@@ -174,7 +174,7 @@ def _steps(rule, p, g, states, absmaxes, codes, hyper, wd_mode, blocksize, seeds
         p32 = pf[lo:hi].view(nb, width).to(cd)
         g32 = gf[lo:hi].view(nb, width).to(cd) * h.grad_scale
         if wd_mode == WD_L2:
-            g32 = g32 + h.weight_decay * p32
+            g32 = torch.addcmul(g32, p32, h.weight_decay)  # one rounding, as torch.optim's grad.add(p, alpha=wd)
         if eight:
             s32 = [(cb.values[f[lo:hi].view(nb, width).long()] * a[b0 : b0 + nb].unsqueeze(1)).to(cd)
                    for f, a, cb in zip(flats, absmaxes, cbs)]

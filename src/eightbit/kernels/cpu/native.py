@@ -42,7 +42,7 @@ MAX_BLOCK = 4096  # the C kernels' per-block scratch (csrc/blocks.h): larger blo
 _CSRC = Path(__file__).with_name("csrc")
 # No fast-math: results must match the PyTorch references bit for bit (-fno-trapping-math only drops
 # FP-exception semantics, which lets the compiler vectorize branch-free selects).
-_FLAGS = ["-O3", "-march=native", "-ffp-contract=off", "-fno-math-errno", "-fno-trapping-math",
+_FLAGS = ["-O3", "-march=native", "-mprefer-vector-width=256", "-ffp-contract=off", "-fno-math-errno", "-fno-trapping-math",
           "-fno-strict-aliasing", "-fPIC", "-shared", "-std=c11"]
 _STALE_SECONDS = 3600  # a build temporary older than this belongs to a killed build
 

@@ -29,7 +29,9 @@ static void rule_block(int32_t rule, float *restrict p, const float *restrict g,
     const float l2 = wd_mode == WD_L2 ? wd : 0.0f;
     const float decay = 1.0f - h->lr * h->weight_decay, step = h->lr * h->update_scale;
     const int decoupled = wd_mode == WD_DECOUPLED;
-#define GRAD(i) (wd_mode == WD_L2 ? g[i] * gs + l2 * p[i] : g[i] * gs)
+/* L2 decay rounds once (fused), as torch.optim's grad.add(p, alpha=wd): two roundings differ from torch by an ulp of
+ * |g| + |wd p|, which a cancelling sum g + wd p (|.| ~ eps) turns into a visible difference in Adam's first step. */
+#define GRAD(i) (wd_mode == WD_L2 ? fmaf(l2, p[i], g[i] * gs) : g[i] * gs)
 #define WRITE(i, d) (p[i] = (decoupled ? p[i] * decay : p[i]) - step * (d))
     switch (rule) {
     case RULE_ADAM:
