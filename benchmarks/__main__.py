@@ -18,7 +18,7 @@ DEFAULT_JSON = Path(__file__).resolve().parent / "results" / "latest.json"
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
-    p.add_argument("--quick", action="store_true", help="small sizes and few repeats (under a minute)")
+    p.add_argument("--quick", action="store_true", help="small sizes and few repeats (about a minute)")
     p.add_argument("--cases", default=",".join(CASES), help=f"comma-separated subset of {','.join(CASES)}")
     p.add_argument("--json", type=Path, default=DEFAULT_JSON, help=f"result file (default {DEFAULT_JSON})")
     p.add_argument("--format", choices=("markdown", "rich"), default="markdown", help="stdout table style")

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-CASES = ["linear", "optim", "blockwise", "fp8", "compile"]
+CASES = ["linear", "optim", "blockwise", "fp8", "compile", "models"]
 ROW_KEYS = {"case", "config", "impl", "status", "reason", "median_ms", "p10_ms", "p90_ms", "samples",
             "calls_per_sample", "gbps", "rel_error", "floor_ms", "x_floor", "extra"}
 
@@ -21,7 +21,7 @@ def test_quick_run_writes_schema(tmp_path):
     out = tmp_path / "bench.json"
     proc = subprocess.run(
         [sys.executable, "-m", "benchmarks", "--quick", "--json", str(out)],
-        cwd=ROOT, capture_output=True, text=True, timeout=89,
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "| case | config | implementation |" in proc.stdout
@@ -50,6 +50,11 @@ def test_quick_run_writes_schema(tmp_path):
     assert ok[("linear", "torch fp32 nn.Linear")]["rel_error"] < 1e-5
     assert ok[("optim", "torch AdamW fused")]["extra"]["state_bytes"] > 0
     assert ok[("fp8", "torch float8_e4m3fn cast")]["gbps"] > 0
+    # whole models: fp32 matches its float64 run; LLM.int8() keeps MiniLM's sentence embeddings
+    models = {(r["config"].split(",")[0], r["impl"]): r for r in data["rows"] if r["case"] == "models" and r["status"] == "ok"}
+    assert models[("MiniLM", "torch fp32")]["rel_error"] < 1e-5
+    assert models[("MiniLM", "eightbit LLM.int8() t=6")]["extra"]["cosine_min"] > 0.99
+    assert models[("GPT-2 toy", "eightbit LLM.int8() t=6")]["rel_error"] < 0.1
     assert {"target", "measured", "op", "limit", "unit", "pass"} <= set(data["targets"][0])
     assert len(data["targets"]) >= 9
 

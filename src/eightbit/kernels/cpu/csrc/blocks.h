@@ -161,9 +161,10 @@ static inline void nearest_block(const float *restrict n, int64_t bs, const lut_
         }
 }
 
-/* Quantize one block of ``bs`` float32 values; seed < 0 means round to nearest. */
+/* Quantize one block of ``bs`` float32 values; seed < 0 means round to nearest. ``stream`` says x is a block of a
+ * streamed array whose next block follows it (then it is prefetched); the optimizer passes its L1 scratch (0). */
 static void quantize_block(const float *x, int64_t bs, const lut_t *L, int64_t seed, int64_t first,
-                           uint8_t *q, float *absmax) {
+                           uint8_t *q, float *absmax, int stream) {
     const uint32_t amax_bits = absmax_bits(x, bs); /* NaN and Inf show up as bits >= Inf's */
     float amax;
     memcpy(&amax, &amax_bits, 4);
@@ -175,7 +176,8 @@ static void quantize_block(const float *x, int64_t bs, const lut_t *L, int64_t s
     const float scale = amax > 0.0f ? amax : 1.0f;
     /* Start fetching the next block now: the lookups below touch no memory beyond L1, so the loads overlap
      * them instead of stalling the next block's first pass (measured: ~30 % of a block's time). */
-    for (int64_t i = 0; i < bs; i += 16) __builtin_prefetch(x + bs + i);
+    if (stream)
+        for (int64_t i = 0; i < bs; i += 16) __builtin_prefetch(x + bs + i);
 #ifdef __AVX2__
     if (seed < 0 && L->near && bs % 8 == 0) { /* nearest code in one pass: divide, look up, narrow, store */
         const __m256 vs = _mm256_set1_ps(scale);

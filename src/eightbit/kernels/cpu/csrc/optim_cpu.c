@@ -112,7 +112,7 @@ void eb_optim_blocks(int32_t rule, float *p, const float *g, int32_t nstates, ui
         }
         for (int32_t k = 0; k < nstates; k++) {
             for (int64_t i = 0; i < bs; i += 64) __builtin_prefetch(q[k] + o + bs + i);
-            quantize_block(s[k], bs, &luts[k], seeds[k], first + o, q[k] + o, absmax[k] + b);
+            quantize_block(s[k], bs, &luts[k], seeds[k], first + o, q[k] + o, absmax[k] + b, 0);
         }
     }
 }
