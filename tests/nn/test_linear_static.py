@@ -119,3 +119,36 @@ def test_weight_quantized_in_row_chunks_is_exact(make, gen, monkeypatch):
     t_layer = make(transposed)
     assert torch.equal(t_layer.weight.view(torch.uint8), whole.weight.view(torch.uint8))
     assert torch.equal(t_layer.weight_scale, whole.weight_scale)
+
+
+@pytest.mark.parametrize("granularity", ["channel", "tensor"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_int8_static_runs_the_exact_int8_gemm(granularity, dtype, gen):
+    """Symmetric INT8 static: codes(x) @ codes(W)^T summed exactly in int32, times input_scale * weight_scale.
+
+    Against the float64 value of that product (+ bias) the error is the op's float32 rounding only: the
+    scales enter as (s * 127) / 127 (two roundings each, |rel| <= 2u, so <= 4u for the pair), the scaling
+    of the exact int32 sum takes two more roundings, the bias add one: |out - ref| <= 7u |acc s ws| + u |b| + u|out|
+    with u = 2^-24 (acc < 2^24 here, so its float32 conversion is exact). bf16 output: one more rounding."""
+    lin = nn.Linear(200, 33)
+    x = torch.randn(4, 5, 200, generator=gen)
+    x[..., 7] *= 30  # a wide activation range, as real layers have
+    layer = _calibrated(LinearInt8Static.from_linear(lin, weight_granularity=granularity), x)
+    assert layer._int8_gemm()
+    xin = x.to(dtype)
+    out = layer(xin)
+    assert out.dtype == dtype and out.shape == (4, 5, 33)
+    codes = layer.spec.quantize(xin.reshape(-1, 200).float(), layer.input_scale).double()
+    acc = codes @ layer.weight.double().T  # exact: |acc| <= 200 * 127^2 < 2^53
+    ws = layer.weight_scale.double() if granularity == "channel" else layer.weight_scale.double().expand(33)
+    prod = acc * layer.input_scale.double() * ws
+    ref = prod + lin.bias.double()
+    u = 2.0**-24
+    got = out.reshape(-1, 33).double()
+    bound = 7 * u * prod.abs() + u * lin.bias.double().abs() + u * got.abs()
+    if dtype == torch.bfloat16:
+        bound = bound + 2.0**-8 * got.abs()
+    assert ((got - ref).abs() <= bound).all(), float(((got - ref).abs() - bound).max())
+    # and it is the simulated-quantization result without its float32 summation error
+    sim = layer._quantize_input(xin.float()).reshape(-1, 200).double() @ layer.dequantized_weight().double().T + lin.bias.double()
+    assert torch.allclose(got, sim, rtol=1e-2 if dtype == torch.bfloat16 else 1e-5, atol=1e-4)

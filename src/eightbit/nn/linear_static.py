@@ -7,11 +7,16 @@ channel ``(out,)`` or per tensor ``()``), symmetric. Static activations: ``input
 ``state_dict`` and ``save_quantized``), set by ``eightbit.calibrate``; running an uncalibrated static layer
 raises RuntimeError. Dynamic activations (FP8 only): a scale per token, computed on the fly.
 
-Compute is simulated quantization, as in the paper: the input is quantized then dequantized with its
-scale, and the GEMM runs in ``compute_dtype`` on the dequantized weight (this CPU has no fp8 GEMM).
-The dequantized weight is never cached: it is rebuilt each call in chunks of at most ``CHUNK_ELEMENTS``
-values (16 MB in fp32), so the layer keeps its 1-byte footprint at the cost of one dequantization pass
-per forward. Bias stays in float; Softmax/GELU/LayerNorm around the layer are untouched.
+Compute. Symmetric INT8 with static activations and float32 compute runs a real int8 GEMM: the input's
+int8 codes times the int8 weight, summed exactly in int32 (the ``int8_matmul_dequant`` op), scaled by
+``input_scale * weight_scale``; the result is the simulated-quantization product without its float32
+summation error (the two scales enter as ``(s * 127) / 127``, the op's absmax form, within one ulp of s).
+Every other format (FP8, asymmetric uint8, dynamic activations, float64/bf16 compute) is simulated
+quantization, as in the paper: the input is quantized then dequantized with its scale, and the GEMM runs in
+``compute_dtype`` on the dequantized weight (this CPU has no fp8 GEMM). The dequantized weight is never
+cached: it is rebuilt each call in chunks of at most ``CHUNK_ELEMENTS`` values (16 MB in fp32), so the layer
+keeps its 1-byte footprint at the cost of one dequantization pass per forward. Bias stays in float;
+Softmax/GELU/LayerNorm around the layer are untouched.
 """
 from __future__ import annotations
 
@@ -21,6 +26,8 @@ from torch import nn
 
 from .._checks import FLOAT_DTYPES, check_choice, check_number
 from ..functional.affine import finite_minmax
+from ..functional.int8 import int8_matmul_dequant
+from ..functional.vectorwise import INT8_MAX
 from .observers import OBSERVERS, MinMaxObserver, Observer, QuantSpec, make_observer
 from .base import QuantizedLinear
 
@@ -162,14 +169,33 @@ class LinearStatic(QuantizedLinear):
         scale = self.weight_scale[start:stop] if per_channel else self.weight_scale
         return self.weight_spec.dequantize(self.weight[start:stop], scale, axis=0 if per_channel else None, dtype=dtype)
 
+    def _require_calibrated(self) -> None:
+        if not self._calibrated_now():
+            raise RuntimeError(
+                "static activation scales are not calibrated: run eightbit.calibrate(model, batches) after "
+                "quantize_model (or load a calibrated checkpoint) before running the model"
+            )
+
+    def _int8_gemm(self) -> bool:
+        """True where the forward is a real int8 GEMM (see the module docstring)."""
+        return (self.spec.kind == "int8" and self.spec.symmetric and self.activation == "static"
+                and self.compute_dtype == torch.float32)
+
+    def _int8_forward(self, x: torch.Tensor) -> torch.Tensor:
+        self._require_calibrated()
+        rows = x.reshape(-1, self.in_features).float()  # (M, K)
+        codes = self.spec.quantize(rows, self.input_scale)  # int8 (M, K), the same codes as the simulated path
+        x_absmax = (self.input_scale.float() * INT8_MAX).expand(rows.shape[0]).contiguous()
+        w_absmax = (self.weight_scale.float() * INT8_MAX).expand(self.out_features).contiguous()
+        out = int8_matmul_dequant(codes, x_absmax, self.weight, w_absmax)  # float32 (M, N)
+        if self.bias is not None:
+            out = out + self.bias.float()
+        return out.reshape(*x.shape[:-1], self.out_features).to(x.dtype)
+
     def _quantize_input(self, x: torch.Tensor) -> torch.Tensor:
         cd = self.compute_dtype
         if self.activation == "static":
-            if not self._calibrated_now():
-                raise RuntimeError(
-                    "static activation scales are not calibrated: run eightbit.calibrate(model, batches) after "
-                    "quantize_model (or load a calibrated checkpoint) before running the model"
-                )
+            self._require_calibrated()
             return self.spec.fake_quantize(x, self.input_scale, self.input_zero_point, dtype=cd)
         rows = x.reshape(-1, self.in_features)  # (tokens, in): one scale per token
         scale, zero_point = self.spec.qparams(*finite_minmax(rows, 0))
@@ -181,6 +207,8 @@ class LinearStatic(QuantizedLinear):
         if self._observer is not None:
             self._observer.observe(x)
             xq = x.to(self.compute_dtype)
+        elif self._int8_gemm():
+            return self._int8_forward(x)
         else:
             xq = self._quantize_input(x)
         bias = None if self.bias is None else self.bias.to(self.compute_dtype)
