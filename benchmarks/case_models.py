@@ -102,20 +102,13 @@ def _weight_mib(model: nn.Module) -> float:
 
 
 def _conv1d_as_linear(model: nn.Module) -> nn.Module:
-    """GPT-2's transformers Conv1D (y = x W + b, W stored [in, out]) replaced by the equivalent nn.Linear, so
-    that torch.ao's module-type-based quantize_dynamic sees it."""
-    try:
-        from transformers.pytorch_utils import Conv1D
-    except ImportError:
-        return model
+    """GPT-2's transformers Conv1D layers replaced in place by eightbit's nn.Linear view of them (`as_linear`),
+    so that torch.ao's module-type-based quantize_dynamic sees them."""
+    from eightbit.quantize.convert import as_linear, is_conv1d
+
     for name, child in list(model.named_children()):
-        if isinstance(child, Conv1D):
-            w = child.weight.detach()
-            lin = nn.Linear(w.shape[0], w.shape[1], bias=child.bias is not None)
-            lin.weight.data.copy_(w.t())
-            if child.bias is not None:
-                lin.bias.data.copy_(child.bias.detach())
-            setattr(model, name, lin)
+        if is_conv1d(child):
+            setattr(model, name, as_linear(child))
         else:
             _conv1d_as_linear(child)
     return model
@@ -163,12 +156,13 @@ def _onnxruntime(fwd: _Forward, args: tuple[torch.Tensor, ...], kind: str, ref: 
     return _built(lambda: torch.from_numpy(session.run(None, feeds)[0]), kind, ref, batch)
 
 
-def _impls(model: nn.Module, keys: tuple[str, ...], kind: str, batch: Batch, calib: list[Batch]) -> list[Impl]:
+def _impls(model: nn.Module, model64: nn.Module, keys: tuple[str, ...], kind: str, batch: Batch,
+           calib: list[Batch]) -> list[Impl]:
     import eightbit
 
     args = tuple(batch[k] for k in keys)
     with torch.inference_mode():
-        ref = _Forward(copy.deepcopy(model).double(), keys, kind)(*args)
+        ref = _Forward(model64, keys, kind)(*args)
 
     def module(make: Callable[[], nn.Module]) -> Callable[[], Built]:
         def build() -> Built:
@@ -200,8 +194,9 @@ def run(ctx: Context) -> list[Row]:
         except (ImportError, RuntimeError) as e:
             rows.append(Row("models", label, "torch fp32", "unavailable", reason=f"{type(e).__name__}: {e}"[:160]))
             continue
+        model64 = copy.deepcopy(model).double()  # the float64 reference, shared by the model's configurations
         for name, batch in configs:
             keys = tuple(k for k in ("input_ids", "attention_mask", "token_type_ids", "position_ids") if k in batch)
             tokens = int(batch["input_ids"].numel())
-            rows += measure(ctx, "models", f"{label}, {name} ({tokens} tokens)", _impls(model, keys, kind, batch, calib))
+            rows += measure(ctx, "models", f"{label}, {name} ({tokens} tokens)", _impls(model, model64, keys, kind, batch, calib))
     return rows

@@ -16,6 +16,7 @@ import torch
 
 
 def main(argv: list[str] | None = None) -> None:
+    """Run the comparison for ``argv`` (see the module docstring); prints the table and writes the JSON."""
     ap = argparse.ArgumentParser(prog="python -m benchmarks.optim_step", description=__doc__)
     ap.add_argument("n", nargs="?", type=float, default=20e6, help="parameters (default 20e6)")
     ap.add_argument("--json", type=Path, default=Path(__file__).resolve().parent / "results" / "optim_step.json")
