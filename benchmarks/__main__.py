@@ -1,4 +1,5 @@
-"""``python -m benchmarks [--quick] [--cases linear,optim,...] [--json out.json] [--format markdown|rich]``."""
+"""``python -m benchmarks [--quick] [--cases linear,optim,...] [--json out.json] [--format markdown|rich]``;
+``--device cuda`` runs the GPU benchmark (benchmarks/gpu.py) instead."""
 from __future__ import annotations
 
 import argparse
@@ -23,6 +24,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--json", type=Path, default=DEFAULT_JSON, help=f"result file (default {DEFAULT_JSON})")
     p.add_argument("--format", choices=("markdown", "rich"), default="markdown", help="stdout table style")
     p.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1), help="torch intra-op threads")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                   help="cuda: the GPU benchmark (benchmarks/gpu.py) instead of the CPU cases")
     args = p.parse_args(argv)
     args.cases = [c.strip() for c in args.cases.split(",") if c.strip()]
     unknown = [c for c in args.cases if c not in CASES]
@@ -33,6 +36,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)  # before importing torch: a bad option fails fast
+    if args.device == "cuda":
+        from .gpu import main as gpu_main
+
+        return gpu_main(args.quick, args.json if args.json != DEFAULT_JSON else None)
     import torch
 
     from .common import Context, Row, describe_exception, log

@@ -5,8 +5,14 @@ from __future__ import annotations
 import os
 import random
 
-import pytest
-import torch
+# The Triton kernels' tests interpret the kernels on CPU tensors (tests/kernels/cuda). Triton reads the switch
+# when it defines a kernel, its own library functions (tl.max, ...) included, so it must be set before the
+# first `import triton` of the session, which torch.compile's modules may do while tests are collected.
+if os.environ.get("EIGHTBIT_TRITON_DEVICE", "cpu") == "cpu":
+    os.environ["TRITON_INTERPRET"] = "1"
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 

@@ -63,3 +63,22 @@ def test_unknown_case_is_rejected():
     proc = subprocess.run([sys.executable, "-m", "benchmarks", "--cases", "nope"], cwd=ROOT,
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and "unknown case" in proc.stderr
+
+
+def test_gpu_benchmark_cases_run_at_smoke_sizes():
+    """The GPU benchmark's cases (benchmarks/gpu.py) at tiny sizes on the CPU: every case produces its rows with
+    times and no error, so the prepared GPU run does not fail on the API; without CUDA, --device cuda says so."""
+    sys.path.insert(0, str(ROOT))
+    from benchmarks.gpu import Sizes, run_cases
+
+    info, results = run_cases(Sizes("smoke"), "cpu")
+    assert set(results) == {"linear", "optim", "roundtrip", "fp8"} and info["copy_gbps"] > 0
+    for name, rows in results.items():
+        assert rows and not any("error" in r for r in rows), (name, rows)
+    assert all(r["int8_triton_ms"] > 0 and r["int8_triton_rel_error"] < 0.05 for r in results["linear"])
+    assert results["optim"][1]["state_bytes"] < 0.4 * results["optim"][0]["state_bytes"]
+    import torch
+    if not torch.cuda.is_available():  # (on a GPU machine this would be the full GPU benchmark)
+        proc = subprocess.run([sys.executable, "-m", "benchmarks", "--device", "cuda"], cwd=ROOT, capture_output=True,
+                              text=True, timeout=120)
+        assert proc.returncode == 1 and "no CUDA device" in proc.stdout

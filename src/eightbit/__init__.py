@@ -1,4 +1,5 @@
-"""eightbit: 8-bit transformers in PyTorch (native CPU kernels; on GPUs the ops run their PyTorch references).
+"""eightbit: 8-bit transformers in PyTorch (native CPU kernels; Triton CUDA kernels, tested under Triton's
+interpreter, not yet run on a GPU).
 
 LLM.int8() inference (`Int8Config`, `eightbit.nn.Linear8bitLt`), 8-bit optimizers (`eightbit.optim`),
 FP8 and static INT8 post-training quantization (`FP8Config`, `Int8StaticConfig`), all through one entry

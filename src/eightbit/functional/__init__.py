@@ -4,7 +4,7 @@ implementation, plain-PyTorch reference); the device kernels of ``eightbit.kerne
 ops when this package is imported. Nothing here knows about modules."""
 import importlib
 
-from . import affine, blockwise, codes, compat, fp8, int8, ops, optimizer, vectorwise  # noqa: F401  (declares the ops)
+from . import affine, blockwise, codes, compat, fp8, fp8_linear, int8, ops, optimizer, vectorwise  # noqa: F401  (declares the ops)
 from .affine import dequantize_int8, quantize_int8
 from .blockwise import BlockwiseState, QuantState, dequantize_blockwise, quantize_blockwise
 from .codes import create_dynamic_map, create_linear_map, create_quantile_map

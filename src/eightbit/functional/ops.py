@@ -44,6 +44,8 @@ SCHEMAS: dict[str, str] = {
     "quantize_fp8": "(Tensor x, Tensor scale, ScalarType fp8_dtype, bool saturate) -> Tensor",
     "dequantize_fp8": "(Tensor q, Tensor scale, ScalarType fp8_dtype, ScalarType dtype) -> Tensor",
     "finite_amax": "(Tensor x, int? axis) -> Tensor",
+    "fp8_linear": ("(Tensor x_q, Tensor x_scale, Tensor w_q, Tensor w_scale, Tensor? bias, ScalarType fp8_dtype, "
+                   "ScalarType dtype) -> Tensor"),
     "finite_minmax": "(Tensor x, int? axis) -> (Tensor, Tensor)",
     # optimizers: one update step of one parameter, state kept block-wise in 8 bits or in float32
     "optimizer_update": (
@@ -142,6 +144,11 @@ def _(x, scale, fp8_dtype, saturate):
 @_fake("dequantize_fp8")
 def _(q, scale, fp8_dtype, dtype):
     return q.new_empty(q.shape, dtype=dtype)
+
+
+@_fake("fp8_linear")
+def _(x_q, x_scale, w_q, w_scale, bias, fp8_dtype, dtype):
+    return x_q.new_empty((x_q.shape[0], w_q.shape[0]), dtype=dtype)
 
 
 @_fake("finite_amax")

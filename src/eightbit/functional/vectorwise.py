@@ -35,10 +35,10 @@ def quantize_rows(xf: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     absmax = xf.abs().amax(dim=1, keepdim=True)  # NaN/Inf propagate into this vector's absmax only
     # Divide by the step rather than multiply by 127/absmax: 127/absmax overflows for absmax < 3.7e-37.
     # 0/0 (zero vector), x/Inf and anything/NaN give NaN or 0, which become code 0.
-    if bool(((absmax < _SUBNORMAL_STEP) & (absmax > 0)).any()):  # a subnormal step loses precision
-        q = xf.double() / (absmax.double() / INT8_MAX)
-    else:
-        q = xf / (absmax / INT8_MAX)
+    q = xf / (absmax / INT8_MAX)
+    small = (absmax < _SUBNORMAL_STEP) & (absmax > 0)  # a subnormal step loses precision: those rows in float64
+    if bool(small.any()):
+        q = torch.where(small, xf.double() / (absmax.double() / INT8_MAX), q.double())
     q = torch.nan_to_num(q, nan=0.0, posinf=0.0, neginf=0.0).round_().clamp_(-INT8_MAX, INT8_MAX).to(torch.int8)
     return q, absmax.squeeze(1)
 

@@ -12,7 +12,6 @@ from .base import QuantizedLinear
 
 # Float scratch per step of quantize_weight_rows: about 1M values (4 MB in fp32).
 CHUNK_ELEMENTS = 1 << 20
-_SUBNORMAL_STEP = 2.0**-100  # quantize_vectorwise switches to float64 below this absmax
 
 
 @torch.no_grad()
@@ -33,11 +32,6 @@ def quantize_weight_rows(weight: torch.Tensor, *, chunk_elements: int = CHUNK_EL
         codes[r : r + rows], absmax[r : r + rows] = quantize_vectorwise(weight[r : r + rows], dim=-1)
     if not torch.isfinite(absmax).all():  # amax propagates NaN/Inf: same test as isfinite(weight).all()
         raise ValueError("weight holds NaN or Inf: refusing to quantize it")
-    # quantize_vectorwise picks float64 for a whole call when any row has a subnormal step; a chunk without
-    # such a row would round differently than the unchunked call, so redo those (rare) weights in one piece.
-    if rows < weight.shape[0] and bool(((absmax < _SUBNORMAL_STEP) & (absmax > 0)).any()):
-        q, absmax = quantize_vectorwise(weight, dim=-1)
-        codes.copy_(q)
     return codes, absmax
 
 

@@ -25,7 +25,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from .._checks import FLOAT_DTYPES, check_choice, check_number
-from ..functional.affine import finite_minmax
+from ..functional.affine import check_scale, finite_minmax
+from ..functional.fp8 import fp8_cast, get_format
+from ..functional.fp8_linear import fp8_linear
 from ..functional.int8 import int8_matmul_dequant
 from ..functional.vectorwise import INT8_MAX
 from .observers import OBSERVERS, MinMaxObserver, Observer, QuantSpec, make_observer
@@ -192,6 +194,34 @@ class LinearStatic(QuantizedLinear):
             out = out + self.bias.float()
         return out.reshape(*x.shape[:-1], self.out_features).to(x.dtype)
 
+    def _checked_input_scale(self) -> torch.Tensor:
+        """The static input scale, checked positive and finite once per value (not on every call: the check is
+        a device sync); a checkpoint or a direct write with a bad scale raises here instead of saturating."""
+        s = self.input_scale
+        if torch.compiler.is_compiling() or s.is_meta:
+            return s
+        key = (-1 if s.is_inference() else s._version, s.data_ptr())
+        if getattr(self, "_input_scale_key", None) != key:
+            check_scale(s, s, None, "input_scale")
+            self._input_scale_key = key
+        return s
+
+    def _fp8_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """FP8 activations and weight through the ``fp8_linear`` op (a real FP8 GEMM where the device has one)."""
+        rows = x.reshape(-1, self.in_features)  # (M, K)
+        if self.activation == "static":
+            self._require_calibrated()
+            scale, axis = self._checked_input_scale(), None
+        else:  # one scale per token, from its finite values (always positive and finite)
+            scale, _ = self.spec.qparams(*finite_minmax(rows, 0))
+            axis = 0
+        fmt = get_format(self.spec.format)
+        codes = fp8_cast(rows, fmt, scale, axis, True)
+        bias = None if self.bias is None else self.bias.to(self.compute_dtype)
+        out = fp8_linear(codes, scale, self.weight, self.weight_scale, bias, fp8_dtype=fmt.dtype,
+                         dtype=self.compute_dtype)
+        return out.reshape(*x.shape[:-1], self.out_features).to(x.dtype)
+
     def _quantize_input(self, x: torch.Tensor) -> torch.Tensor:
         cd = self.compute_dtype
         if self.activation == "static":
@@ -209,6 +239,8 @@ class LinearStatic(QuantizedLinear):
             xq = x.to(self.compute_dtype)
         elif self._int8_gemm():
             return self._int8_forward(x)
+        elif self.spec.kind == "fp8":
+            return self._fp8_forward(x)
         else:
             xq = self._quantize_input(x)
         bias = None if self.bias is None else self.bias.to(self.compute_dtype)

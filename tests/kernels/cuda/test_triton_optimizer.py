@@ -1,0 +1,142 @@
+"""The Triton optimizer kernel (interpreted, CPU tensors) inside the real optimizers, against the reference:
+after every step the 8-bit states (codes and absmax) are bit-identical, stochastic rounding included, for every
+rule, 8-bit and 32-bit states, float32 and bfloat16 parameters; parameters within a bound derived in ulps; a
+NaN gradient block stays in its block.
+
+The kernel reaches the optimizers by replacing the op (``ops.optimizer_update``/``_norm``) for the test: on a
+CPU machine the op's CUDA registration cannot serve CPU tensors. L2 weight decay is a fused multiply-add on the
+GPU; the interpreter evaluates ``tl.fma`` as a product and a sum (two roundings), so the L2 cases use a power of
+two as weight decay, where the product is exact and both agree with the reference's single rounding."""
+import pytest
+import torch
+
+import eightbit.optim as O
+from eightbit.functional import ops
+from eightbit.functional.optimizer import (OptimHyper, WD_DECOUPLED, optimizer_update_norm_reference,
+                                           optimizer_update_reference)
+from eightbit.kernels import forced_reference, reference_only
+from eightbit.kernels.cuda import optimizer as K
+
+from .device import back, on
+
+WD = 2.0**-7  # exact products p * WD: see the module docstring
+
+OPTIMIZERS = {
+    "AdamW8bit": lambda p, **kw: O.AdamW8bit([p], 1e-3, weight_decay=0.01, **kw),
+    "Adam8bit-L2": lambda p, **kw: O.Adam8bit([p], 1e-3, weight_decay=WD, **kw),
+    "SGD8bit-nesterov-L2": lambda p, **kw: O.SGD8bit([p], 1e-2, momentum=0.9, nesterov=True, weight_decay=WD),
+    "SGD8bit-no-momentum": lambda p, **kw: O.SGD8bit([p], 1e-2),
+    "RMSprop8bit": lambda p, **kw: O.RMSprop8bit([p], 1e-3, **kw),
+    "Adagrad8bit": lambda p, **kw: O.Adagrad8bit([p], 1e-2, lr_decay=0.01, **kw),
+    "Lion8bit": lambda p, **kw: O.Lion8bit([p], 1e-4, weight_decay=0.1),
+    "LAMB8bit": lambda p, **kw: O.LAMB8bit([p], 1e-3, weight_decay=0.01, **kw),
+    "LARS8bit": lambda p, **kw: O.LARS8bit([p], 1e-2),
+    "AdEMAMix8bit": lambda p, **kw: O.AdEMAMix8bit([p], 1e-3, **kw),
+    "AdamW32bit": lambda p, **kw: O.AdamW32bit([p], 1e-3, weight_decay=0.01),
+    "Lion32bit": lambda p, **kw: O.Lion32bit([p], 1e-4),
+    "AdEMAMix32bit": lambda p, **kw: O.AdEMAMix32bit([p], 1e-3),
+}
+NORM_OPTIMIZERS = {"LAMB8bit", "LARS8bit"}  # the step is scaled by a norm the kernel sums in another order
+
+
+@pytest.fixture
+def triton_ops(monkeypatch):
+    """ops.optimizer_update(_norm) served by the Triton kernel, except inside reference_only()."""
+    def update(*args):
+        if forced_reference() or K.optimizer_update(*args) is NotImplemented:
+            optimizer_update_reference(*args)
+
+    def norm(*args):
+        out = NotImplemented if forced_reference() else K.optimizer_update_norm(*args)
+        return optimizer_update_norm_reference(*args) if out is NotImplemented else out
+
+    monkeypatch.setattr(ops, "optimizer_update", update)
+    monkeypatch.setattr(ops, "optimizer_update_norm", norm)
+
+
+def _ulp(x):
+    a = x.abs().float()
+    return torch.nextafter(a, torch.full_like(a, float("inf"))) - a
+
+
+def _run(name, kw, gen, dtype=torch.float32, steps=5):
+    n = 2048 * 3 + 77  # full blocks and the partial last block
+    p2 = torch.nn.Parameter(torch.randn(n, generator=gen).to(dtype))  # the reference's, on the CPU
+    p1 = torch.nn.Parameter(on(p2.detach().clone()))
+    o1, o2 = OPTIMIZERS[name](p1, **kw), OPTIMIZERS[name](p2, **kw)
+    gamma = n * 2.0**-24 / (1 - n * 2.0**-24)  # worst-case relative error of a float32 sum of n terms
+    bound = torch.zeros(n)
+    for step in range(steps):
+        g = torch.randn(n, generator=gen)
+        g[100:300] *= 1e4  # outliers in one block
+        p1.grad, p2.grad = on(g.clone().to(dtype)), g.clone().to(dtype)
+        before = p2.detach().float().clone()
+        o1.step()
+        with reference_only():
+            o2.step()
+        moved = p2.detach().float() - before
+        bound += 4 * _ulp(moved) + _ulp(p2.detach().float())
+        if name in NORM_OPTIMIZERS:  # both norms within gamma of the exact one: the scale within ~gamma
+            bound += 2 * gamma * moved.abs()
+        if dtype != torch.float32:  # the parameter's own rounding may then go either way
+            bound += p2.detach().float().abs() * 2.0**-8  # one bfloat16 ulp (relative 2^-8 at most)
+        for key, v in o1.state[p1].items():
+            assert torch.equal(back(v).nan_to_num(), o2.state[p2][key].nan_to_num()), (key, step)
+    diff = (back(p1.detach()).float() - p2.detach().float()).abs()
+    worst = int((diff - bound).argmax())
+    assert (diff <= bound).all(), f"element {worst}: |diff| {float(diff[worst]):.3g} > bound {float(bound[worst]):.3g}"
+
+
+def _cases():
+    """Every optimizer with its defaults; those with an unsigned 8-bit state also rounding to nearest."""
+    for name in OPTIMIZERS:
+        yield name, {}
+        if "8bit" in name and not any(s in name for s in ("SGD", "Lion", "LARS")):
+            yield name, {"stochastic_rounding": False}
+
+
+@pytest.mark.parametrize("name,kw", list(_cases()))
+def test_states_bit_identical_to_reference(triton_ops, gen, name, kw):
+    _run(name, kw, gen)
+
+
+@pytest.mark.parametrize("name", ["AdamW8bit", "Lion8bit", "AdamW32bit"])
+def test_bfloat16_parameters(triton_ops, gen, name):
+    _run(name, {}, gen, dtype=torch.bfloat16, steps=3)
+
+
+def test_nan_gradient_block_isolated(triton_ops, gen):
+    """nonfinite='propagate': the block holding the NaN gets NaN absmax; every other block steps normally."""
+    n = 2048 * 4
+    p = torch.nn.Parameter(on(torch.randn(n, generator=gen)))
+    opt = O.AdamW8bit([p], 1e-3, nonfinite="propagate")
+    g = torch.randn(n, generator=gen)
+    g[2048 + 300] = float("nan")
+    p.grad = on(g)
+    opt.step()
+    absmax, pv = back(opt.state[p]["absmax1"]), back(p.detach())
+    assert absmax[1].isnan() and not absmax[[0, 2, 3]].isnan().any()
+    assert torch.isfinite(pv[:2048]).all() and torch.isfinite(pv[4096:]).all()
+
+
+def test_norm_within_summation_bound(gen):
+    """optimizer_update_norm: per-block partial sums, then torch's sum; both within gamma_n of the exact sum."""
+    from eightbit.functional.codes import dynamic_codebook
+    n = 2048 * 2 + 9
+    p, g = torch.randn(n, generator=gen), torch.randn(n, generator=gen)
+    states = [torch.randint(0, 256, (n,), dtype=torch.uint8, generator=gen) for _ in range(2)]
+    absmaxes = [torch.rand(3, generator=gen) for _ in range(2)]
+    codes = [dynamic_codebook(True).values, dynamic_codebook(False).values]
+    hyper = OptimHyper(lr=1e-3, beta1=0.9, one_minus_beta1=0.1, beta2=0.999, one_minus_beta2=0.001, eps=1e-8,
+                       weight_decay=0.01).as_list()
+    got = K.optimizer_update_norm("lamb", on(p), on(g), [on(s) for s in states], [on(a) for a in absmaxes],
+                                  [on(c) for c in codes], hyper, WD_DECOUPLED, 2048)
+    want = optimizer_update_norm_reference("lamb", p, g, states, absmaxes, codes, hyper, WD_DECOUPLED, 2048)
+    gamma = n * 2.0**-24 / (1 - n * 2.0**-24)
+    assert abs(float(got) - float(want)) <= 2 * gamma * float(want)
+
+
+def test_float64_parameters_decline(gen):
+    p = on(torch.randn(300, dtype=torch.float64))
+    assert K.optimizer_update("adam", p, p.clone(), [torch.zeros_like(p)] * 2, [], [], OptimHyper().as_list(), 0,
+                              256, [-1, -1]) is NotImplemented
