@@ -127,11 +127,7 @@ def _torch_ao(model: nn.Module) -> nn.Module:
 def _eightbit(model: nn.Module, config: Any, calib: list[Batch]) -> nn.Module:
     import eightbit
 
-    m = copy.deepcopy(model)
-    eightbit.quantize_model(m, config)
-    if config.needs_calibration:
-        eightbit.calibrate(m, calib, progress=False)
-    return m
+    return eightbit.quantize_model(copy.deepcopy(model), config, calibration_data=calib)
 
 
 def _onnxruntime(fwd: _Forward, args: tuple[torch.Tensor, ...], kind: str, ref: torch.Tensor, batch: Batch) -> Built:

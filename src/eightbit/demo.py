@@ -50,11 +50,7 @@ def _apply(model: nn.Module, factory: Callable[[], Any] | str, calib: list) -> n
 
     if factory == "bf16":
         return model.to(torch.bfloat16)
-    config = factory()
-    eightbit.quantize_model(model, config)
-    if config.needs_calibration:
-        eightbit.calibrate(model, calib, progress=False)
-    return model
+    return eightbit.quantize_model(model, factory(), calibration_data=calib)
 
 
 def compare_methods(model: nn.Module, batches: list, calib: list, *, outlier_threshold: float = 6.0) -> tuple[list[DemoRow], Any]:

@@ -57,6 +57,10 @@ def test_linear8bitlt_loads_bitsandbytes_checkpoint_and_matches_it():
     err_bnb = float((ref(x).double() - truth).norm() / truth.norm())
     err_ours = float((ours(x).double() - truth).norm() / truth.norm())
     assert err_bnb < 1e-5 and err_ours < 0.01, (err_ours, err_bnb)
+    # code that reads bitsandbytes' Int8Params attributes: layer.weight.CB / .SCB, also after .to()
+    for layer in (ours, ours.to("cpu", torch.float64).float()):
+        assert torch.equal(layer.weight.CB, sd["weight"]) and torch.equal(layer.weight.SCB, sd["SCB"].float())
+        assert layer.weight.CB is layer.weight_int8 and layer.weight.SCB is layer.weight_absmax
 
 
 def test_linear8bitlt_has_fp16_weights_trains_the_float_weight():
@@ -122,6 +126,42 @@ def test_optimizer_loads_bitsandbytes_state_dict(name, kw):
     # bitsandbytes rounds v stochastically? no: eightbit does (its default); and their requantization scales by a
     # reciprocal: the steps agree to a few percent, a wrong layout would be off by ~100 %
     assert rel < 0.05, rel
+
+
+@pytest.mark.parametrize("name", ["AdEMAMix8bit", "AdEMAMix32bit"])
+def test_ademamix_loads_bitsandbytes_stacked_state(name):
+    """bitsandbytes' AdEMAMix stacks m1 and m2 in state1 [2, *shape] (and absmax1 [2, blocks]): eightbit splits
+    them into its three states, and the next step follows bitsandbytes' (a wrong split would swap the fast and
+    slow EMAs: a step off by ~100 %)."""
+    if name == "AdEMAMix32bit":  # bitsandbytes 0.50's 32-bit AdEMAMix fails on CPU: build its layout by hand
+        p_ref, ref = _train_state(O.AdEMAMix32bit, lr=1e-3)
+        st = ref.state_dict()["state"][0]
+        sd = ref.state_dict()
+        sd["state"][0] = {"step": st["step"], "state1": torch.stack([st["exp_avg"], st["exp_avg_slow"]]),
+                          "state2": st["exp_avg_sq"]}
+        p = nn.Parameter(p_ref.detach().clone())
+        ours = O.AdEMAMix32bit([p], lr=1e-3)
+        ours.load_state_dict(sd)
+        for k in ("exp_avg", "exp_avg_slow", "exp_avg_sq"):
+            assert torch.equal(ours.state[p][k], st[k]), k
+        return
+    p_ref, ref = _train_state(bnb.optim.AdEMAMix8bit, lr=1e-3)
+    sd = ref.state_dict()
+    p = nn.Parameter(p_ref.detach().clone())
+    ours = O.AdEMAMix8bit([p], lr=1e-3)
+    ours.load_state_dict(sd)
+    st, theirs = ours.state[p], ref.state[p_ref]
+    assert int(st["blocksize"]) == 256
+    assert torch.equal(st["state1"], theirs["state1"][0]) and torch.equal(st["state2"], theirs["state1"][1])
+    assert torch.equal(st["state3"], theirs["state2"]) and torch.equal(st["absmax3"], theirs["absmax2"])
+    assert torch.equal(st["qmap2"], theirs["qmap1"]) and torch.equal(st["qmap3"], theirs["qmap2"])
+    grad = torch.randn_like(p)
+    p.grad, p_ref.grad = grad.clone(), grad.clone()
+    before = p.detach().clone()
+    ours.step()
+    ref.step()
+    step_ours, step_ref = p.detach() - before, p_ref.detach() - before
+    assert float((step_ours - step_ref).norm() / step_ref.norm()) < 0.05
 
 
 def test_torch_refuses_eightbit_8bit_state_loudly():

@@ -98,6 +98,21 @@ def test_tiny_bert_dict_batches_and_save_load(tmp_path, gen):
         assert torch.equal(fresh(**batches[0]).last_hidden_state, out)
 
 
+def test_quantize_model_with_calibration_data_equals_two_steps(gen):
+    """quantize_model(..., calibration_data=batches) is quantize_model then calibrate; ignored for configs
+    without static scales; a bare FP8 layer calibrates too."""
+    model = _tiny_bert()
+    batches = [{"input_ids": torch.randint(0, 100, (2, 7), generator=gen)} for _ in range(2)]
+    one = eightbit.quantize_model(copy.deepcopy(model), FP8Config(), calibration_data=batches)
+    two = eightbit.calibrate(eightbit.quantize_model(copy.deepcopy(model), FP8Config()), batches, progress=False)
+    assert all(m.is_calibrated for m in one.modules() if isinstance(m, LinearFP8))
+    assert torch.equal(one(**batches[0]).last_hidden_state, two(**batches[0]).last_hidden_state)
+    dyn = eightbit.quantize_model(copy.deepcopy(model), FP8Config(activation="dynamic"), calibration_data=batches)
+    assert any(isinstance(m, LinearFP8) for m in dyn.modules())
+    layer = eightbit.quantize_model(torch.nn.Linear(8, 4), Int8StaticConfig(), calibration_data=[torch.randn(3, 8)])
+    assert isinstance(layer, LinearInt8Static) and layer.is_calibrated
+
+
 def test_calibrate_errors():
     model = eightbit.quantize_model(_tiny_bert(), FP8Config())
     with pytest.raises(ValueError, match="empty"):

@@ -119,9 +119,15 @@ class Linear8bitLt(QuantizedLinear):
         return layer
 
     def __getattr__(self, name: str):
-        # bitsandbytes' ``layer.weight`` is the int8 matrix: the same here when the layer holds int8 weights
-        if name == "weight" and "weight_int8" in self.__dict__.get("_buffers", {}):
-            return self._buffers["weight_int8"]
+        # bitsandbytes' ``layer.weight`` is the int8 matrix (an Int8Params whose ``.CB`` is the matrix itself and
+        # ``.SCB`` the row absmax): the same here when the layer holds int8 weights. The attributes are set on
+        # every access because ``.to()`` / ``load_state_dict`` may have replaced the buffers since.
+        buffers = self.__dict__.get("_buffers", {})
+        if name == "weight" and "weight_int8" in buffers:
+            w = buffers["weight_int8"]
+            if not torch.compiler.is_compiling():
+                w.CB, w.SCB = w, buffers["weight_absmax"]
+            return w
         return super().__getattr__(name)
 
     @property

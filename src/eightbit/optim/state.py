@@ -11,7 +11,7 @@ Layouts read by :func:`translate_state`: eightbit's own; eightbit before 0.2 (``
 ``exp_avg_absmax``, the block size of the group); bitsandbytes' (its 8-bit entries nested under
 ``__bnb_optimizer_quant_state__`` as its ``state_dict()`` writes them, or flat as in ``optimizer.state``; its
 32-bit ``state1``/``state2``; block size inferred from the number of absmax values, 256 for its block-wise
-optimizers).
+optimizers; its AdEMAMix, whose ``state1`` stacks m1 and m2).
 """
 from __future__ import annotations
 
@@ -47,6 +47,20 @@ def _infer_blocksize(numel: int, nblocks: int) -> int | None:
     return None
 
 
+def _unstack_ademamix(st: dict, nstates: int, numel: int) -> None:
+    """bitsandbytes' AdEMAMix keeps m1 and m2 stacked in ``state1`` [2, *shape] (8-bit: ``absmax1`` [2, blocks],
+    one signed ``qmap1`` for both) and nu in ``state2``: split them into eightbit's three states in place."""
+    s1 = st.get("state1")
+    if (nstates != 3 or "state3" in st or not isinstance(s1, torch.Tensor) or s1.dim() < 1 or s1.shape[0] != 2
+            or s1.numel() != 2 * numel):
+        return
+    st["state1"], st["state2"], st["state3"] = s1[0].clone(), s1[1].clone(), st.get("state2")
+    a1 = st.get("absmax1")
+    if isinstance(a1, torch.Tensor) and a1.dim() == 2 and a1.shape[0] == 2:
+        st["absmax1"], st["absmax2"], st["absmax3"] = a1[0].clone(), a1[1].clone(), st.get("absmax2")
+        st["qmap1"], st["qmap2"], st["qmap3"] = st.get("qmap1"), st.get("qmap1"), st.get("qmap2")
+
+
 def translate_state(st: Any, spec: tuple[tuple[str, bool], ...], numel: int, group_blocksize: int) -> Any:
     """``st`` (one parameter's state, any layout above) in eightbit's names; other values pass through for the
     checks to judge. ``spec``: the optimizer's (32-bit name, signed) pairs; ``numel``: the parameter's size."""
@@ -66,6 +80,7 @@ def translate_state(st: Any, spec: tuple[tuple[str, bool], ...], numel: int, gro
                 st[slot("absmax", i)] = st.pop(name + "_absmax")
             st.setdefault(slot("qmap", i), dynamic_codebook(spec[i][1]).values)
         st.setdefault("blocksize", group_blocksize)
+    _unstack_ademamix(st, len(names), numel)
     s1 = st.get("state1")
     if isinstance(s1, torch.Tensor) and s1.is_floating_point():  # bitsandbytes' 32-bit state
         for i, name in enumerate(names):

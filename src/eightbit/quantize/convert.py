@@ -91,13 +91,16 @@ def undo_replacements(undo: list[tuple[nn.Module, str, nn.Module]]) -> None:
 
 
 @torch.no_grad()
-def quantize_model(model: nn.Module, config: QuantConfig, *, modules: Iterable[str] | None = None) -> nn.Module:
+def quantize_model(model: nn.Module, config: QuantConfig, *, modules: Iterable[str] | None = None,
+                   calibration_data: Iterable | None = None) -> nn.Module:
     """Replace every ``nn.Linear`` (and transformers ``Conv1D``) not skipped by ``config`` with its
     quantized version, in place, and return the model.
 
-    Works for ``Int8Config`` (LLM.int8()), ``FP8Config`` and ``Int8StaticConfig`` (then run
-    ``eightbit.calibrate(model, batches)``). ``modules`` restricts conversion to exactly these dotted
-    names (used when loading checkpoints). A bare ``nn.Linear`` model returns its replacement.
+    Works for ``Int8Config`` (LLM.int8()), ``FP8Config`` and ``Int8StaticConfig``. Static activation scales
+    come from ``calibration_data`` (batches as ``eightbit.calibrate`` takes them) when given; otherwise run
+    ``eightbit.calibrate(model, batches)`` afterwards (the data is ignored by configs without static scales).
+    ``modules`` restricts conversion to exactly these dotted names (used when loading checkpoints). A bare
+    ``nn.Linear`` model returns its replacement.
 
     Raises TypeError for a non-module model or non-config config, ValueError for unknown ``modules``.
     """
@@ -106,10 +109,15 @@ def quantize_model(model: nn.Module, config: QuantConfig, *, modules: Iterable[s
     if not isinstance(config, QuantConfig):
         raise TypeError(f"config must be an eightbit QuantConfig (Int8Config, FP8Config, ...), got {type(config).__name__}")
     if is_linear_like(model):
-        return config.make_linear(as_linear(model), "")
-    names = find_linear_layers(model, config) if modules is None else list(modules)
-    replace_layers(model, config, names)
-    record_configs(model, config, names)
+        model = config.make_linear(as_linear(model), "")
+    else:
+        names = find_linear_layers(model, config) if modules is None else list(modules)
+        replace_layers(model, config, names)
+        record_configs(model, config, names)
+    if calibration_data is not None and config.needs_calibration:
+        from .calibration import calibrate
+
+        calibrate(model, calibration_data, progress=False)
     return model
 
 

@@ -172,3 +172,11 @@ def test_int_mm_path_equals_triton_path(gen):
     bias = torch.randn(32, generator=gen)
     assert torch.equal(back(int_mm.int8_linear(on(x), on(w), on(wa), on(bias), 6.0)),
                        back(K.int8_linear(on(x), on(w), on(wa), on(bias), 6.0)))
+
+
+def test_gemm_declines_empty_k(gen):
+    """K = 0 (which the public checks let through for int8_mm) goes to the reference: zeros, plus the bias."""
+    a, b = on(torch.empty(3, 0, dtype=torch.int8)), on(torch.empty(4, 0, dtype=torch.int8))
+    assert K.int8_mm(a, b) is NotImplemented
+    assert K.int8_matmul_dequant(a, on(torch.ones(3)), b, on(torch.ones(4))) is NotImplemented
+    assert K.int8_linear(on(torch.empty(3, 0)), b, on(torch.ones(4)), None, 6.0) is NotImplemented

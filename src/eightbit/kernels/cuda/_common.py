@@ -9,6 +9,9 @@ boundary as its int16 bit pattern and is converted with integer arithmetic (iden
 """
 from __future__ import annotations
 
+import contextlib
+import functools
+
 import torch
 import triton
 import triton.language as tl
@@ -19,6 +22,30 @@ _KINDS = {torch.float32: KIND_F32, torch.float16: KIND_F16, torch.bfloat16: KIND
 # Every launch: no FMA contraction (the reference rounds each product), correctly rounded division and sqrt
 # are spelled out in the kernels (tl.div_rn, tl.sqrt_rn).
 LAUNCH = {"enable_fp_fusion": False}
+
+
+def on_device(t: torch.Tensor):
+    """Context in which a launch for ``t`` goes to ``t``'s GPU: Triton launches on the *current* CUDA device and
+    stream, and an op kernel gets no device guard (inputs on cuda:1 with cuda:0 current would fail)."""
+    return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
+
+
+def device_guarded(fn):
+    """Decorator: run launcher ``fn`` with its first tensor argument's GPU as the current device (see
+    :func:`on_device`)."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        t = next((a for a in args if isinstance(a, torch.Tensor)), None)
+        with on_device(t) if t is not None else contextlib.nullcontext():
+            return fn(*args, **kwargs)
+
+    return wrapper
+
+
+def warps_for_block(block: int) -> int:
+    """num_warps for a one-block-per-program kernel of ``block`` lanes: few registers per thread, no spills up
+    to the largest block (16384), measured with ptxas -v for the compiled configurations."""
+    return 4 if block <= 1024 else (8 if block <= 4096 else 16)
 
 
 def kind_of(dtype: torch.dtype) -> int:

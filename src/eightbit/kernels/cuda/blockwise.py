@@ -14,7 +14,7 @@ import triton
 import triton.language as tl
 
 from ...functional.codes import Codebook, codebook
-from ._common import LAUNCH, arg, kind_of, load_f32, store_f32
+from ._common import LAUNCH, arg, device_guarded, kind_of, load_f32, store_f32, warps_for_block
 
 MAX_BLOCK = 16384  # every block size the ops accept (one block per program)
 
@@ -86,6 +86,7 @@ def _full_and_partial(n: int, blocksize: int):
         yield nfull * blocksize, 1, n - nfull * blocksize, nfull
 
 
+@device_guarded
 def quantize_into(x: torch.Tensor, code: torch.Tensor, blocksize: int, out: torch.Tensor, absmax: torch.Tensor,
                   seed: int = -1, first: int = 0) -> None:
     """Kernel of ``quantize_blockwise.out``: codes of contiguous ``x`` into ``out``, scales into ``absmax``.
@@ -94,11 +95,13 @@ def quantize_into(x: torch.Tensor, code: torch.Tensor, blocksize: int, out: torc
     mids = padded_midpoints(cb)
     x = x.contiguous()
     for start, nblocks, width, b0 in _full_and_partial(x.numel(), blocksize):
+        block = triton.next_power_of_2(width)
         quantize_kernel[(nblocks,)](arg(x), cb.values, mids, out, absmax, start, width, b0, cb.zero_index,
                                     max(seed, 0), first, KIND=kind_of(x.dtype), STOCHASTIC=seed >= 0,
-                                    BLOCK=triton.next_power_of_2(width), **LAUNCH)
+                                    BLOCK=block, num_warps=warps_for_block(block), **LAUNCH)
 
 
+@device_guarded
 def quantize_blockwise(x: torch.Tensor, code: torch.Tensor, blocksize: int):
     """Kernel of ``quantize_blockwise``: (uint8 codes of x's shape, float32 absmax per block)."""
     out = torch.empty(x.shape, dtype=torch.uint8, device=x.device)
@@ -107,6 +110,7 @@ def quantize_blockwise(x: torch.Tensor, code: torch.Tensor, blocksize: int):
     return out, absmax
 
 
+@device_guarded
 def dequantize_into(q: torch.Tensor, absmax: torch.Tensor, code: torch.Tensor, blocksize: int, out: torch.Tensor):
     """Kernel of ``dequantize_blockwise.out``: ``code[q] * absmax`` per block into ``out`` (its dtype)."""
     n = q.numel()
@@ -116,6 +120,7 @@ def dequantize_into(q: torch.Tensor, absmax: torch.Tensor, code: torch.Tensor, b
                                                  n, blocksize, KIND=kind_of(out.dtype), BLOCK=bl, **LAUNCH)
 
 
+@device_guarded
 def dequantize_blockwise(q, absmax, code, blocksize, dtype):
     """Kernel of ``dequantize_blockwise``: values of q's shape in ``dtype``."""
     out = torch.empty(q.shape, dtype=dtype, device=q.device)

@@ -27,6 +27,7 @@ def _cases():
     """(name, kernel, signature, constexprs, options, expects_int8_mma, may_fma) for every configuration."""
     from ...functional.optimizer import FIELDS
     from . import blockwise, int8, optimizer
+    from ._common import warps_for_block
 
     for kind in (0, 1, 2):
         yield (f"outlier_columns/kind{kind}", int8.outlier_columns_kernel,
@@ -38,7 +39,8 @@ def _cases():
                    {"HAS_FLAGS": flags, "KIND": kind, "BLOCK_K": 1024}, {}, False, False)
     for config, (bm, bn, bk, group, warps, stages) in int8.GEMM_CONFIGS.items():
         for epi, out, extra, bias, kind in ((0, "*i32", False, False, 0), (1, "*fp32", False, False, 0),
-                                            (2, "*i16", True, True, 2), (2, "*fp16", False, True, 1)):
+                                            (2, "*i16", True, True, 2), (2, "*fp16", False, True, 1),
+                                            (2, "*fp64", True, True, 3)):
             yield (f"int8_gemm/{config}/epilogue{epi}/out{kind}", int8.int8_gemm_kernel,
                    {"a_ptr": "*i8", "b_ptr": "*i8", "c_ptr": out, "a_absmax_ptr": "*fp32", "b_absmax_ptr": "*fp32",
                     "extra_ptr": "*fp32", "bias_ptr": _KIND_PTR[kind], "M": "i32", "N": "i32", "K": "i32"},
@@ -49,9 +51,10 @@ def _cases():
                   "width": "i32", "block0": "i32", "zero_index": "i32", "seed": "i32", "first": "i64"}
     for kind in (0, 1, 2):
         for sr in (False, True):
-            yield (f"quantize_blockwise/kind{kind}/sr{int(sr)}", blockwise.quantize_kernel,
-                   {"x_ptr": _KIND_PTR[kind], **block_args}, {"KIND": kind, "STOCHASTIC": sr, "BLOCK": 2048},
-                   {"num_warps": 8}, False, False)
+            for block in ((64, 2048, 16384) if kind == 0 else (2048,)):  # the launcher's warps for each
+                yield (f"quantize_blockwise/kind{kind}/sr{int(sr)}/block{block}", blockwise.quantize_kernel,
+                       {"x_ptr": _KIND_PTR[kind], **block_args}, {"KIND": kind, "STOCHASTIC": sr, "BLOCK": block},
+                       {"num_warps": warps_for_block(block)}, False, False)
         yield (f"dequantize_blockwise/kind{kind}", blockwise.dequantize_kernel,
                {"q_ptr": "*u8", "absmax_ptr": "*fp32", "code_ptr": "*fp32", "out_ptr": _KIND_PTR[kind], "n": "i32",
                 "blocksize": "i32"}, {"KIND": kind, "BLOCK": 1024}, {}, False, False)
@@ -75,8 +78,11 @@ def _cases():
             cx = {"RULE": optimizer.RULE_IDS[rule], "NSTATES": k, "EIGHT": eight, "WD_MODE": wd,
                   "SR0": sr[0] and eight, "SR1": sr[1] and eight, "SR2": sr[2] and eight, "P_KIND": p_kind,
                   "G_KIND": p_kind, "NORM": norm, "BLOCK": 2048}
-            yield (f"optimizer/{rule}/states{k}/{'8bit' if eight else '32bit'}/wd{wd}/p{p_kind}"
-                   f"{'/norm' if norm else ''}", optimizer.optimizer_kernel, sig, cx, {"num_warps": 8}, False, wd == 1)
+            blocks = (2048, 16384) if (eight and not norm and rule in ("adam", "ademamix")) else (2048,)
+            for block in blocks:
+                yield (f"optimizer/{rule}/states{k}/{'8bit' if eight else '32bit'}/wd{wd}/p{p_kind}"
+                       f"{'/norm' if norm else ''}/block{block}", optimizer.optimizer_kernel, sig,
+                       {**cx, "BLOCK": block}, {"num_warps": warps_for_block(block)}, False, wd == 1)
 
 
 def compile_all(capability: int) -> list[dict]:

@@ -18,7 +18,8 @@ import triton
 import triton.language as tl
 
 from ...functional.int8 import dequantize_weight_columns
-from ._common import LAUNCH, arg, kind_of, load_f32, round_half_even, round_half_even_f64, store_f32
+from ._common import (LAUNCH, arg, device_guarded, kind_of, load_f32, round_half_even, round_half_even_f64,
+                      store_f32)
 
 SUBNORMAL_STEP = tl.constexpr(2.0**-100)  # as eightbit.functional.vectorwise: below it, the step in float64
 
@@ -40,9 +41,10 @@ def gemm_config(m: int) -> str:
 @triton.jit
 def outlier_columns_kernel(x_ptr, flags_ptr, M, K, threshold, KIND: tl.constexpr,
                            BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
-    """flags[k] = 1 where any |x[:, k]| >= threshold (NaN never counts); a grid of (K tiles, M tiles)."""
-    rk = tl.program_id(0) * BLOCK_K + tl.arange(0, BLOCK_K)
-    rm = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
+    """flags[k] = 1 where any |x[:, k]| >= threshold (NaN never counts); a grid of (M tiles, K tiles): M on the
+    first axis, whose limit is 2**31 - 1 programs (the second's is 65535)."""
+    rm = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    rk = tl.program_id(1) * BLOCK_K + tl.arange(0, BLOCK_K)
     mask = (rm[:, None] < M) & (rk[None, :] < K)
     x = load_f32(x_ptr, rm[:, None].to(tl.int64) * K + rk[None, :], mask, KIND)
     hit = tl.max((tl.abs(x) >= threshold).to(tl.int32), axis=0)
@@ -146,11 +148,12 @@ def outlier_flags(x: torch.Tensor, threshold: float) -> torch.Tensor:
     flags = torch.zeros(k, dtype=torch.int32, device=x.device)
     if m and k:
         bm, bk = 32, 128
-        outlier_columns_kernel[(triton.cdiv(k, bk), triton.cdiv(m, bm))](
+        outlier_columns_kernel[(triton.cdiv(m, bm), triton.cdiv(k, bk))](
             arg(x), flags, m, k, float(threshold), KIND=kind_of(x.dtype), BLOCK_M=bm, BLOCK_K=bk, **LAUNCH)
     return flags
 
 
+@device_guarded
 def vectorwise_quant(x: torch.Tensor, threshold: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Kernel of ``int8_vectorwise_quant``: (int8 codes [M, K], float32 absmax [M], bool outlier mask [K])."""
     return _prepare(x.contiguous(), threshold)[:3]
@@ -176,8 +179,6 @@ def _gemm(a, b, a_absmax, b_absmax, epilogue, extra=None, bias=None, out_dtype=t
     out = torch.empty((m, n), dtype=out_dtype, device=a.device)
     if m == 0 or n == 0:
         return out
-    if k == 0:
-        return out.zero_() if epilogue == EPI_INT32 else None  # callers reject K == 0 before
     bm, bn, bk, group, warps, stages = GEMM_CONFIGS[config or gemm_config(m)]
     dummy = a_absmax if a_absmax is not None else out
     grid = (triton.cdiv(m, bm) * triton.cdiv(n, bn),)
@@ -191,20 +192,37 @@ def _gemm(a, b, a_absmax, b_absmax, epilogue, extra=None, bias=None, out_dtype=t
     return out
 
 
+def gemm_applies(a: torch.Tensor) -> bool:
+    """Whether the int8 GEMM serves an [M, K] operand here: K >= 1 (K = 0 runs the reference) and, on a GPU,
+    int8 tensor cores (compute capability >= 8.0; the kernel does not compile for sm_75 and older)."""
+    return a.shape[1] > 0 and (not a.is_cuda or torch.cuda.get_device_capability(a.device) >= (8, 0))
+
+
+@device_guarded
 def int8_mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Kernel of ``int8_mm``: exact int32 [M, N] = a [M, K] @ b [N, K].T (int8)."""
+    """Kernel of ``int8_mm``: exact int32 [M, N] = a [M, K] @ b [N, K].T (int8); NotImplemented where
+    :func:`gemm_applies` is false."""
+    if not gemm_applies(a):
+        return NotImplemented
     return _gemm(a.contiguous(), b.contiguous(), None, None, EPI_INT32)
 
 
+@device_guarded
 def int8_matmul_dequant(x, x_absmax, w, w_absmax) -> torch.Tensor:
     """Kernel of ``int8_matmul_dequant``: float32 [M, N], dequantization fused in the GEMM's epilogue."""
+    if not gemm_applies(x):
+        return NotImplemented
     return _gemm(x.contiguous(), w.contiguous(), x_absmax.contiguous(), w_absmax.contiguous(), EPI_DEQUANT)
 
 
+@device_guarded
 def int8_linear(x, weight, weight_absmax, bias, threshold) -> torch.Tensor:
     """Kernel of ``int8_linear``: prepare the activations, then one GEMM whose epilogue adds the float32
     outlier product (outlier columns of x times the dequantized weight columns) and the bias and casts to
-    x.dtype. Finding which columns are outliers costs one device-to-host sync (their number sizes the product)."""
+    x.dtype. Finding which columns are outliers costs one device-to-host sync (their number sizes the product),
+    so a graph with outliers cannot be captured as a CUDA graph."""
+    if not gemm_applies(x):
+        return NotImplemented
     x = x.contiguous()
     q, absmax, _, flags = _prepare(x, threshold)
     extra = None

@@ -18,7 +18,7 @@ import triton.language as tl
 
 from ...functional.codes import codebook
 from ...functional.optimizer import FIELDS
-from ._common import LAUNCH, arg, kind_of, load_f32, store_f32
+from ._common import LAUNCH, arg, device_guarded, kind_of, load_f32, store_f32, warps_for_block
 from .blockwise import MAX_BLOCK, padded_midpoints, quantize_block
 
 RULE_IDS = {"adam": 0, "lamb": 1, "momentum": 2, "rmsprop": 3, "adagrad": 4, "lion": 5, "ademamix": 6}
@@ -147,16 +147,18 @@ def _launch(rule, p, g, states, absmaxes, codes, hyper, wd_mode, blocksize, seed
             *[float(v) for v in hyper],
             RULE=RULE_IDS[rule], NSTATES=k, EIGHT=eight, WD_MODE=wd_mode, SR0=sr[0], SR1=sr[1], SR2=sr[2],
             P_KIND=kind_of(p.dtype), G_KIND=kind_of(g.dtype), NORM=norm, BLOCK=block,
-            num_warps=4 if block <= 1024 else 8, **LAUNCH)
+            num_warps=warps_for_block(block), **LAUNCH)
     return partial
 
 
+@device_guarded
 def optimizer_update(rule, p, g, states, absmaxes, codes, hyper, wd_mode, blocksize, seeds):
     """Kernel of ``optimizer_update`` (in place); NotImplemented for float64 parameters."""
     return NotImplemented if _launch(rule, p, g, states, absmaxes, codes, hyper, wd_mode, blocksize, seeds,
                                      False) is None else None
 
 
+@device_guarded
 def optimizer_update_norm(rule, p, g, states, absmaxes, codes, hyper, wd_mode, blocksize):
     """Kernel of ``optimizer_update_norm``: float32 0-dim squared norm of the direction (per-block partial
     sums added by torch, so the order differs from the reference's: equal within float32 summation error)."""
