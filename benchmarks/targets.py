@@ -55,4 +55,8 @@ def evaluate(rows: list[Row]) -> list[dict[str, Any]]:
     out.append(_target("MiniLM batch 64, LLM.int8() time / fp32", t(eb), t(fp32), "<=", 0.6))
     out.append(_target("MiniLM batch 64, LLM.int8() worst sentence cosine vs float64",
                        eb and eb.extra.get("cosine_min"), 1.0, ">=", 0.999, unit=""))
+    fp32 = _find(rows, "load", "transformers fp32 load, every weight read")
+    for name in ("eightbit from_pretrained LLM.int8()", "eightbit from_pretrained_streaming LLM.int8()"):
+        out.append(_target(f"MiniLM {name.split(' ', 1)[1]} time / fp32 load reading every weight",
+                           t(_find(rows, "load", name)), t(fp32), "<=", 1.5))
     return out

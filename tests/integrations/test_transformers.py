@@ -170,6 +170,26 @@ def test_streaming_loader_matches_from_pretrained(arch, tmp_path, gen):
         ebt.from_pretrained_streaming(tmp_path / "float", "llm_int8")
 
 
+def test_streaming_loader_builds_the_checkpoints_architecture(gen):
+    """A BertModel checkpoint (MiniLM: config.architectures == ["BertModel"]) streams into a BertModel, not the
+    BertLMHeadModel that AutoModelForCausalLM.from_config makes of a BERT config (its keys carry 'bert.' and it
+    has no pooler: the load failed on 'pooler.dense.bias'); the result equals from_pretrained's."""
+    from transformers import AutoModel
+
+    from eightbit.models.minilm import minilm_path
+
+    try:
+        path = str(minilm_path())
+    except RuntimeError as e:
+        pytest.skip(str(e))
+    streamed = ebt.from_pretrained_streaming(path)
+    via_hf = AutoModel.from_pretrained(path, quantization_config=ebt.EightbitConfig("llm_int8")).eval()
+    assert type(streamed).__name__ == "BertModel" and _quantized_names(streamed) == _quantized_names(via_hf)
+    ids = torch.randint(0, 1000, (2, 9), generator=gen)
+    with torch.no_grad():
+        assert torch.equal(streamed(input_ids=ids).last_hidden_state, via_hf(input_ids=ids).last_hidden_state)
+
+
 def test_gpt2_conv1d_layers_converted_and_counted(tmp_path, gen):
     float_model, _ = _save_float("gpt2", tmp_path / "float")
     model = AutoModelForCausalLM.from_pretrained(tmp_path / "float", quantization_config=ebt.EightbitConfig("llm_int8"))

@@ -2,18 +2,21 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import os
 import subprocess
 import sys
 import warnings
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 import torch
 from torch import nn
 
 import eightbit
+from eightbit.quantize.base import QuantConfig
 from eightbit.quantize.convert import quantize_model
 from eightbit.quantize.streaming import checkpoint_entries, demo_streaming_load, read_header, read_tensor
 from tests.quantize._streaming_child import RowInt8Config, RowInt8Linear, write_random_checkpoint
@@ -107,6 +110,29 @@ def test_prefix_added_and_stripped(tmp_path, seed):
     ref.save_pretrained(tmp_path / "lm")  # keys with "transformer.", loaded into the bare GPT2Model
     base = eightbit.load_quantized_from_float(tmp_path / "lm", lambda: AutoModel.from_config(cfg), RowInt8Config())
     assert_same_state(base, quantize_model(copy.deepcopy(ref.transformer), RowInt8Config()))
+
+
+@dataclasses.dataclass
+class KeepFloatConfig(QuantConfig):
+    """A "quantizer" that keeps the float layer it is given: the loader must not hand that layer's weight, read
+    into its reused scratch buffer, to the next weight."""
+
+    method: ClassVar[str] = "keep_float_test"
+
+    skip_modules: tuple[str, ...] = ("lm_head",)
+
+    def make_linear(self, linear: nn.Linear, name: str) -> nn.Module:
+        new = nn.Linear(linear.in_features, linear.out_features, bias=linear.bias is not None, device="meta")
+        new.weight, new.bias = linear.weight, linear.bias  # the very tensors it was given
+        return new
+
+
+def test_scratch_buffer_never_shared_by_kept_weights(tmp_path, seed):
+    cfg = llama_config()  # nn.Linear layers, no bias: every weight completes its layer when it is read
+    ref = float_model(cfg, seed)
+    ref.save_pretrained(tmp_path)
+    model = eightbit.load_quantized_from_float(tmp_path, cfg, KeepFloatConfig())
+    assert_same_state(model, quantize_model(copy.deepcopy(ref), KeepFloatConfig()))
 
 
 class Toy(nn.Module):

@@ -17,7 +17,7 @@ and scales directly (no re-quantization).
 from __future__ import annotations
 
 import copy
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -100,7 +100,8 @@ def from_pretrained_streaming(
 
     The transformers-side door to `eightbit.load_quantized_from_float` (the same loader; its peak is
     measured in the tests and docs/streaming.md): the model is built from ``AutoConfig.from_pretrained(path)``
-    on the meta device and the safetensors shards are read tensor by tensor. ``quantization_config``: an
+    on the meta device (as the class named by its ``architectures``, the class it was saved from) and the
+    safetensors shards are read tensor by tensor. ``quantization_config``: an
     ``EightbitConfig`` (default ``EightbitConfig("llm_int8")``; with ``skip_modules=None`` the output
     embedding ``lm_head`` stays in float, as through ``from_pretrained``) or any eightbit ``QuantConfig``.
     Returns the model in eval mode. Raises what `load_quantized_from_float` raises.
@@ -114,9 +115,29 @@ def from_pretrained_streaming(
         qc = qc.eightbit_config(["lm_head"] if qc.skip_modules is None else [])
     elif not isinstance(qc, QuantConfig):
         raise TypeError(f"quantization_config must be an EightbitConfig or an eightbit QuantConfig, got {type(qc).__name__}")
-    model = load_quantized_from_float(path, AutoConfig.from_pretrained(path), qc,
+    config = AutoConfig.from_pretrained(path)
+    model = load_quantized_from_float(path, _saved_architecture(config) or config, qc,
                                       keep_non_linear_dtype=keep_non_linear_dtype)
     return model.eval()
+
+
+def _saved_architecture(config: Any) -> Callable[[], nn.Module] | None:
+    """A factory of the class the checkpoint was saved from (``config.architectures[0]``), or None: a BertModel
+    checkpoint must not become the BertLMHeadModel that ``AutoModelForCausalLM.from_config`` makes of its config
+    (other keys, no pooler)."""
+    import transformers
+
+    archs = getattr(config, "architectures", None) or []
+    cls = getattr(transformers, archs[0], None) if archs else None
+    if isinstance(cls, type) and issubclass(cls, nn.Module) and hasattr(cls, "_from_config"):
+        from ..quantize.streaming import skip_hf_init, tie_hf_weights
+
+        def build() -> nn.Module:
+            with skip_hf_init():
+                return tie_hf_weights(cls._from_config(config))
+
+        return build
+    return None
 
 
 def _inner_config(method: str, options: dict[str, Any], skips: tuple[str, ...] | None = None) -> QuantConfig:
