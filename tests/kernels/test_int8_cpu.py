@@ -61,3 +61,19 @@ def test_non_finite_scales_stay_in_their_row(seed):
     xa = torch.tensor([1.0, 2.0, float("nan"), 3.0])
     out = int8_cpu.int8_matmul_dequant_cpu(a, xa, b, torch.ones(6))
     assert torch.isnan(out[2]).all() and torch.isfinite(out[[0, 1, 3]]).all()
+
+
+@pytest.mark.parametrize("m", [1, 5])
+def test_matmul_dequant_exact_at_the_int32_limit(m):
+    """K = MAX_K with every product at +-127 * 128: the sums reach -2.13e9, inside int32 but beyond it for the
+    VNNI tile's unsigned form (x + 128: -4.28e9), which wraps and must come back exactly. Unit scales
+    (absmax 127) make the float32 output the int32 sum rounded once, as in the reference."""
+    from eightbit.functional.int8 import MAX_K
+
+    x = torch.full((m, MAX_K), 127, dtype=torch.int8)
+    x[0, ::3] = -127
+    w = torch.full((17, MAX_K), -128, dtype=torch.int8)
+    w[3], w[4, ::2] = 127, 127
+    xa, wa = torch.full((m,), 127.0), torch.full((17,), 127.0)
+    got = ops.int8_matmul_dequant(x, xa, w, wa)
+    assert torch.equal(got, int8_matmul_dequant_reference(x, xa, w, wa))
