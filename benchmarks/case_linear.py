@@ -54,7 +54,10 @@ def _torch_bf16(linear: torch.nn.Linear, x: torch.Tensor, ref: torch.Tensor) -> 
     return _forward(module, x.to(torch.bfloat16), ref)
 
 
-def _onnxruntime(linear: torch.nn.Linear, x: torch.Tensor, ref: torch.Tensor) -> Built:
+def ort_dynamic_int8_session(linear: torch.nn.Linear, x: torch.Tensor, *, spinning: bool = True):
+    """A callable running ONNX Runtime's dynamic int8 MatMul of ``linear``'s weight on ``x`` (per-channel int8
+    weights, 2 threads); ``spinning=False`` stops idle worker threads from spinning (many sessions in a row).
+    Raises Unavailable without onnx/onnxruntime."""
     try:
         import onnx
         import onnxruntime as ort
@@ -79,9 +82,15 @@ def _onnxruntime(linear: torch.nn.Linear, x: torch.Tensor, ref: torch.Tensor) ->
         quantize_dynamic(src, dst, weight_type=QuantType.QInt8, per_channel=True)
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = 2
+        if not spinning:
+            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         session = ort.InferenceSession(dst, opts, providers=["CPUExecutionProvider"])
     feed = {"X": x.numpy()}
-    fn = lambda: session.run(None, feed)[0]  # noqa: E731
+    return lambda: session.run(None, feed)[0]
+
+
+def _onnxruntime(linear: torch.nn.Linear, x: torch.Tensor, ref: torch.Tensor) -> Built:
+    fn = ort_dynamic_int8_session(linear, x)
     return Built(fn, rel_error=rel_error(torch.from_numpy(fn()), ref), extra={"per_channel": True})
 
 

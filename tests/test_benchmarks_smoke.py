@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-CASES = ["linear", "optim", "blockwise", "fp8", "compile", "models", "load"]
+CASES = ["linear", "optim", "blockwise", "fp8", "compile", "models", "load", "decode"]
 ROW_KEYS = {"case", "config", "impl", "status", "reason", "median_ms", "p10_ms", "p90_ms", "samples",
             "calls_per_sample", "gbps", "rel_error", "floor_ms", "x_floor", "extra"}
 
@@ -55,6 +55,10 @@ def test_quick_run_writes_schema(tmp_path):
     assert models[("MiniLM", "torch fp32")]["rel_error"] < 1e-5
     assert models[("MiniLM", "eightbit LLM.int8() t=6")]["extra"]["cosine_min"] > 0.99
     assert models[("GPT-2 toy", "eightbit LLM.int8() t=6")]["rel_error"] < 0.1
+    decode = [r for r in data["rows"] if r["case"] == "decode" and r["impl"] == "eightbit Linear8bitLt"]
+    assert {r["config"].split(", ")[1] for r in decode} == {"hot", "cold"} and all(r["status"] == "ok" for r in decode)
+    assert all(r["extra"]["ms_per_layer"] > 0 and r["extra"]["read_gbps"] > 0 for r in decode)
+    assert all(r["floor_ms"] for r in decode if ", cold," in r["config"])
     loads = {r["impl"]: r for r in data["rows"] if r["case"] == "load" and r["status"] == "ok"}
     assert len(loads) == 3 and all(r["gbps"] > 0 for r in loads.values())
     assert {"target", "measured", "op", "limit", "unit", "pass"} <= set(data["targets"][0])

@@ -416,26 +416,31 @@ def scenario_fsdp2_edges(rank: int, world: int, seed: int):
     model = nn.Sequential(nn.Linear(IN, IN), nn.Linear(IN, 1))  # second weight: (1, 64) -> shards (1, 64), (0, 64)
     single = nn.Sequential(nn.Linear(IN, IN), nn.Linear(IN, 1))
     single.load_state_dict(model.state_dict())
+    single32 = nn.Sequential(nn.Linear(IN, IN), nn.Linear(IN, 1))  # the 32-bit run: the 8-bit rounding's size
+    single32.load_state_dict(model.state_dict())
     for m in model:
         fully_shard(m)
     fully_shard(model)
     opt = eo.LAMB8bit(model.parameters(), 1e-2, min_8bit_size=0, blocksize=64)
     ref_opt = eo.LAMB8bit(single.parameters(), 1e-2, min_8bit_size=0, blocksize=64)
+    ref32_opt = eo.LAMB32bit(single32.parameters(), 1e-2)
     for s in range(3):
         x, y = batch(seed, s, rank, world)
         F.mse_loss(model(x), y[:, :1]).backward()
         xs, ys = batch(seed, s)
         F.mse_loss(single(xs), ys[:, :1]).backward()
+        F.mse_loss(single32(xs), ys[:, :1]).backward()
         if s == 2:  # a NaN in rank 0's shard of the first weight only: every shard must skip
             if rank == 0:
                 model[0].weight.grad.to_local()[0, 0] = float("nan")
             single[0].weight.grad[0, 0] = float("nan")
-        opt.step()
-        ref_opt.step()
-        opt.zero_grad()
-        ref_opt.zero_grad()
+            single32[0].weight.grad[0, 0] = float("nan")
+        for o in (opt, ref_opt, ref32_opt):
+            o.step()
+            o.zero_grad()
     full = full_params(model)
     ref = {k: v.detach() for k, v in single.named_parameters()}
+    ref32 = {k: v.detach() for k, v in single32.named_parameters()}
     st = opt.state[model[1].weight]
     res = {
         "local_rows": _gather_obj(model[1].weight.to_local().shape[0]),
@@ -443,6 +448,7 @@ def scenario_fsdp2_edges(rank: int, world: int, seed: int):
         "steps": _gather_obj([int(opt.state[p]["step"]) for p in model.parameters()]),
         "skipped": _gather_obj([int(opt.state[p]["skipped_steps"]) for p in model.parameters()]),
         "rel_diff_to_single": {k: float((full[k] - ref[k]).norm() / (ref[k].norm())) for k in full},
+        "rel_8bit_vs_32bit": {k: float((ref[k] - ref32[k]).norm() / (ref32[k].norm())) for k in full},
     }
     return res, {}
 

@@ -232,8 +232,14 @@ def test_fsdp2_empty_shard_and_nonfinite_gradient(dist_run):
     assert res["state_keys"][0] == res["state_keys"][1]  # same state layout on every rank (DCP needs it)
     # a NaN in rank 0's shard of the first weight made every rank skip that parameter's step, nothing else
     assert res["skipped"] == [[1, 0, 0, 0]] * WORLD and res["steps"] == [[2, 3, 3, 3]] * WORLD
-    for name, rel in res["rel_diff_to_single"].items():  # same as one process (8-bit blocks on 64 elements)
-        assert rel < 2e-3, (name, rel)
+    # same as one process up to the 8-bit rounding: the shards cut the 64-element blocks differently (a bias of
+    # 64 values is two blocks of 32 under FSDP2), a different rounding of the same 32-bit trajectory, so the
+    # bound is the triangle inequality's ~2x the single process's own 8-bit-vs-32-bit distance, with room for one
+    # element whose v rounds to zero in one partition only: 3x (observed 0.4-1.0x over 5 seeds; the fixed 2e-3
+    # it replaces was exceeded by chance, 2.2e-3 on 0.bias; a wrong shard would be off by ~100 %)
+    for name, rel in res["rel_diff_to_single"].items():
+        quant = res["rel_8bit_vs_32bit"][name]
+        assert rel <= 3 * quant + 1e-6, (name, rel, quant)
 
 
 # ----------------------------------------------------------------------------------------------- DCP

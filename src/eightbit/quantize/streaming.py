@@ -404,13 +404,16 @@ def _load(checkpoint, model_factory_or_config, config, keep_dtype) -> tuple[nn.M
             stats.bytes_by_dtype[label] = stats.bytes_by_dtype.get(label, 0) + e.nbytes
             if e.dtype.is_floating_point:
                 stats.largest_tensor_bytes = max(stats.largest_tensor_bytes, e.nbytes)
+            layers_before = stats.num_quantized_layers
             _place(slot, tensor, targets, pending, config, keep_dtype, stats)
             del tensor
             if temporary and _aliases(slot, targets, scratch):
                 scratch = None  # a layer kept the float weight itself: the next temporary gets a new buffer
             if not temporary and is_companion(slot):
                 freed += e.nbytes
-            if freed >= TRIM_BYTES:
+            # quantizing a layer frees its float temporaries (and the quantizer's chunks): hand those pages back,
+            # as after every freed bias beyond TRIM_BYTES, so the peak stays within limit_bytes
+            if stats.num_quantized_layers != layers_before or freed >= TRIM_BYTES:
                 _release_freed_memory()
                 freed = 0
         _release_freed_memory()

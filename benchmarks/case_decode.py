@@ -1,0 +1,98 @@
+"""Case "decode": token-by-token generation's matmuls, M = 1, 2, 4, 8 rows against 4096x4096 weights, in two
+regimes (issue 19, item 1):
+
+* hot: one layer called again and again (its 16 MB int8 weight stays in the 32 MB L3; fp32's 64 MB does not);
+* cold: a stack of distinct layers run in sequence as a model would (32 layers, 512 MB of int8 weights, far beyond
+  L3; the quick run uses 4), timed per layer.
+
+GB/s: weight bytes read per call / time. Floor (cold): the weight bytes at the measured read-only bandwidth (a
+probe summing a 256 MB float32 tensor: reads only, unlike the copy bandwidth of the other cases). Peers: torch fp32
+``nn.Linear`` and ``torch.ao`` dynamic int8 (same weights); ONNX Runtime's dynamic int8 MatMul where onnxruntime is
+installed. llama.cpp's Q8_0 is not measured: no wheel of it (or of ggml) installs here without a compiler
+toolchain download, which this machine cannot reach.
+"""
+from __future__ import annotations
+
+import time
+
+import torch
+from torch import nn
+
+from .common import Built, Context, Impl, Row, Unavailable, measure
+
+K = N = 4096
+
+
+def read_bandwidth(quick: bool) -> float:
+    """Read-only bandwidth in GB/s: the best of a few sums of a float32 tensor larger than the caches."""
+    t = torch.rand((16 if quick else 64) * 2**20)
+    best = float("inf")
+    for _ in range(3 if quick else 5):
+        t0 = time.perf_counter()
+        t.sum()
+        best = min(best, time.perf_counter() - t0)
+    return t.numel() * 4 / best / 1e9
+
+
+def _stack(n_layers: int, seed: int) -> list[nn.Linear]:
+    g = torch.Generator().manual_seed(seed)
+    layers = []
+    for _ in range(n_layers):
+        lin = nn.Linear(K, N, bias=False)
+        with torch.no_grad():
+            lin.weight.copy_(torch.randn(N, K, generator=g) * 0.02)
+        layers.append(lin.eval())
+    return layers
+
+
+def _chain(layers, x):
+    def fn():
+        with torch.no_grad():
+            for layer in layers:
+                layer(x)
+    return Built(fn)
+
+
+def _eightbit(layers, x) -> Built:
+    from eightbit.nn import Linear8bitLt
+
+    return _chain([Linear8bitLt.from_linear(lin, threshold=6.0) for lin in layers], x)
+
+
+def _torch_ao(layers, x) -> Built:
+    try:
+        from torch.ao.quantization import quantize_dynamic
+    except ImportError as e:
+        raise Unavailable("torch.ao.quantization is not available") from e
+    return _chain([quantize_dynamic(nn.Sequential(lin), {nn.Linear}, dtype=torch.qint8) for lin in layers], x)
+
+
+def _onnxruntime(layers, x) -> Built:
+    from .case_linear import ort_dynamic_int8_session  # one ORT session per layer, built as in the linear case
+
+    sessions = [ort_dynamic_int8_session(lin, x, spinning=False) for lin in layers]
+    return Built(lambda: [s() for s in sessions])
+
+
+def run(ctx: Context) -> list[Row]:
+    """Both regimes at M = 1, 2, 4, 8 (quick: M = 1), as result rows."""
+    read_gbps = read_bandwidth(ctx.quick)
+    n_cold = 4 if ctx.quick else 32
+    rows: list[Row] = []
+    for regime, n_layers in (("hot", 1), ("cold", n_cold)):
+        layers = _stack(n_layers, seed=1)
+        for m in ((1,) if ctx.quick else (1, 2, 4, 8)):
+            x = torch.randn(m, K, generator=torch.Generator().manual_seed(m))
+            impls = [Impl("eightbit Linear8bitLt", lambda: _eightbit(layers, x)),
+                     Impl("torch fp32 nn.Linear", lambda: _chain(layers, x)),
+                     Impl("torch.ao dynamic int8", lambda: _torch_ao(layers, x)),
+                     Impl("onnxruntime dynamic int8", lambda: _onnxruntime(layers, x))]
+            int8_bytes = n_layers * N * K
+            floor = int8_bytes / (read_gbps * 1e9) if regime == "cold" else None
+            for row in measure(ctx, "decode", f"{K}x{N}, {regime}, {n_layers} layer(s), M={m}", impls,
+                               bytes_per_call=int8_bytes, floor_s=floor):
+                if row.median_ms is not None:  # per layer, so the regimes compare directly
+                    row.extra["ms_per_layer"] = row.median_ms / n_layers
+                row.extra["read_gbps"] = read_gbps
+                rows.append(row)
+    return rows
