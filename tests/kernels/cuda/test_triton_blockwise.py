@@ -10,6 +10,7 @@ from eightbit.functional.blockwise import (dequantize_blockwise_reference, quant
                                            quantize_blocks)
 from eightbit.functional.codes import codebook
 from eightbit.kernels.cuda import blockwise as K
+from tests.kernels.test_native_cpu import _hostile
 
 from .device import back, on
 
@@ -19,15 +20,6 @@ CODES = {
     "linear": lambda: create_linear_map(signed=True),
     "quantile": lambda: create_quantile_map(torch.randn(4096, generator=torch.Generator().manual_seed(0))),
 }
-
-
-def _hostile(n, gen, nonneg=False):
-    x = torch.randn(n, generator=gen) * torch.logspace(-30, 30, n).roll(int(torch.randint(n, (1,), generator=gen)))
-    x[::97] = 0.0
-    x[5::211] = -0.0
-    x[7::301] = 1e-45
-    x[11::401] = torch.finfo(torch.float32).max
-    return x.abs() if nonneg else x
 
 
 def _same(a, b):

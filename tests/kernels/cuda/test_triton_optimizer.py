@@ -16,6 +16,7 @@ from eightbit.functional.optimizer import (OptimHyper, WD_DECOUPLED, optimizer_u
                                            optimizer_update_reference)
 from eightbit.kernels import forced_reference, reference_only
 from eightbit.kernels.cuda import optimizer as K
+from tests.kernels.test_native_cpu import _ulp
 
 from .device import back, on
 
@@ -52,11 +53,6 @@ def triton_ops(monkeypatch):
 
     monkeypatch.setattr(ops, "optimizer_update", update)
     monkeypatch.setattr(ops, "optimizer_update_norm", norm)
-
-
-def _ulp(x):
-    a = x.abs().float()
-    return torch.nextafter(a, torch.full_like(a, float("inf"))) - a
 
 
 def _run(name, kw, gen, dtype=torch.float32, steps=5):

@@ -42,6 +42,18 @@ def device_guarded(fn):
     return wrapper
 
 
+@functools.lru_cache(maxsize=None)
+def _capability(index: int) -> tuple[int, int]:
+    return torch.cuda.get_device_capability(index)
+
+
+def capability(t: torch.Tensor) -> tuple[int, int] | None:
+    """Compute capability of ``t``'s GPU (asked once per device), None for a tensor not on CUDA."""
+    if not t.is_cuda:
+        return None
+    return _capability(t.device.index if t.device.index is not None else torch.cuda.current_device())
+
+
 def warps_for_block(block: int) -> int:
     """num_warps for a one-block-per-program kernel of ``block`` lanes: few registers per thread, no spills up
     to the largest block (16384), measured with ptxas -v for the compiled configurations."""

@@ -77,7 +77,7 @@ def dequantize_kernel(q_ptr, absmax_ptr, code_ptr, out_ptr, n, blocksize, KIND: 
 
 
 # ---------------------------------------------------------------- launchers
-def _full_and_partial(n: int, blocksize: int):
+def full_and_partial(n: int, blocksize: int):
     """(start, nblocks, width, first block) of the full blocks and of the partial last one."""
     nfull = n // blocksize
     if nfull:
@@ -94,7 +94,7 @@ def quantize_into(x: torch.Tensor, code: torch.Tensor, blocksize: int, out: torc
     cb = codebook(code)
     mids = padded_midpoints(cb)
     x = x.contiguous()
-    for start, nblocks, width, b0 in _full_and_partial(x.numel(), blocksize):
+    for start, nblocks, width, b0 in full_and_partial(x.numel(), blocksize):
         block = triton.next_power_of_2(width)
         quantize_kernel[(nblocks,)](arg(x), cb.values, mids, out, absmax, start, width, b0, cb.zero_index,
                                     max(seed, 0), first, KIND=kind_of(x.dtype), STOCHASTIC=seed >= 0,

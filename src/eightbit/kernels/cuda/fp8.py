@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import torch
 
+from ._common import capability as device_capability
+
 MIN_CAPABILITY = (8, 9)
 
 
@@ -41,8 +43,8 @@ def scaled_mm_args(x_q, x_scale, w_q, w_scale, fp8_dtype):
 def fp8_linear(x_q, x_scale, w_q, w_scale, bias, fp8_dtype, dtype, *, capability=None):
     """Kernel of ``fp8_linear``; ``capability`` defaults to the input's CUDA device's. NotImplemented (the
     reference runs) where :func:`scaled_mm_applies` is false."""
-    if capability is None and x_q.is_cuda:
-        capability = torch.cuda.get_device_capability(x_q.device)
+    if capability is None:
+        capability = device_capability(x_q)
     if not scaled_mm_applies(x_q, w_q, fp8_dtype, capability):
         return NotImplemented
     a, b, sa, sb, out_dtype = scaled_mm_args(x_q, x_scale, w_q, w_scale, fp8_dtype)

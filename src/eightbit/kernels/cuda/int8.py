@@ -18,7 +18,7 @@ import triton
 import triton.language as tl
 
 from ...functional.int8 import dequantize_weight_columns
-from ._common import (LAUNCH, arg, device_guarded, kind_of, load_f32, round_half_even, round_half_even_f64,
+from ._common import (LAUNCH, arg, capability, device_guarded, kind_of, load_f32, round_half_even, round_half_even_f64,
                       store_f32)
 
 SUBNORMAL_STEP = tl.constexpr(2.0**-100)  # as eightbit.functional.vectorwise: below it, the step in float64
@@ -195,7 +195,7 @@ def _gemm(a, b, a_absmax, b_absmax, epilogue, extra=None, bias=None, out_dtype=t
 def gemm_applies(a: torch.Tensor) -> bool:
     """Whether the int8 GEMM serves an [M, K] operand here: K >= 1 (K = 0 runs the reference) and, on a GPU,
     int8 tensor cores (compute capability >= 8.0; the kernel does not compile for sm_75 and older)."""
-    return a.shape[1] > 0 and (not a.is_cuda or torch.cuda.get_device_capability(a.device) >= (8, 0))
+    return a.shape[1] > 0 and (not a.is_cuda or capability(a) >= (8, 0))
 
 
 @device_guarded
@@ -224,11 +224,18 @@ def int8_linear(x, weight, weight_absmax, bias, threshold) -> torch.Tensor:
     if not gemm_applies(x):
         return NotImplemented
     x = x.contiguous()
+    q, absmax, extra = prepare_with_outliers(x, weight, weight_absmax, threshold)
+    return _gemm(q, weight.contiguous(), absmax, weight_absmax.contiguous(), EPI_LINEAR, extra=extra,
+                 bias=bias.contiguous() if bias is not None else None, out_dtype=x.dtype)
+
+
+def prepare_with_outliers(x, weight, weight_absmax, threshold):
+    """LLM.int8()'s activation side for contiguous ``x`` [M, K]: (int8 codes, float32 row absmax, the float32
+    outlier product [M, N] or None when no column crosses ``threshold``), shared by both GEMM paths."""
     q, absmax, _, flags = _prepare(x, threshold)
     extra = None
     if flags is not None:
         cols = flags.nonzero().squeeze(1)
         if cols.numel():
             extra = x.index_select(1, cols).float() @ dequantize_weight_columns(weight, weight_absmax, cols).T
-    return _gemm(q, weight.contiguous(), absmax, weight_absmax.contiguous(), EPI_LINEAR, extra=extra,
-                 bias=bias.contiguous() if bias is not None else None, out_dtype=x.dtype)
+    return q, absmax, extra

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import torch
 
-from ...functional.int8 import dequantize_weight_columns
 from ...functional.vectorwise import INT8_MAX
 from ._common import device_guarded
 
@@ -52,15 +51,13 @@ def int8_matmul_dequant(x, x_absmax, w, w_absmax) -> torch.Tensor:
 @device_guarded
 def int8_linear(x, weight, weight_absmax, bias, threshold) -> torch.Tensor:
     """LLM.int8() with the Triton activation preparation and the ``torch._int_mm`` GEMM."""
-    from .int8 import _prepare  # the same preparation as the Triton path
+    from .int8 import prepare_with_outliers  # the same preparation as the Triton path
 
     x = x.contiguous()
-    q, absmax, _, flags = _prepare(x, threshold)
+    q, absmax, extra = prepare_with_outliers(x, weight, weight_absmax, threshold)
     out = _dequant(int8_mm(q, weight), absmax, weight_absmax)
-    if flags is not None:
-        cols = flags.nonzero().squeeze(1)
-        if cols.numel():
-            out = out + x.index_select(1, cols).float() @ dequantize_weight_columns(weight, weight_absmax, cols).T
+    if extra is not None:
+        out = out + extra
     if bias is not None:
         out = out + bias.float()
     return out.to(x.dtype)

@@ -19,7 +19,7 @@ import triton.language as tl
 from ...functional.codes import codebook
 from ...functional.optimizer import FIELDS
 from ._common import LAUNCH, arg, device_guarded, kind_of, load_f32, store_f32, warps_for_block
-from .blockwise import MAX_BLOCK, padded_midpoints, quantize_block
+from .blockwise import MAX_BLOCK, full_and_partial, padded_midpoints, quantize_block
 
 RULE_IDS = {"adam": 0, "lamb": 1, "momentum": 2, "rmsprop": 3, "adagrad": 4, "lion": 5, "ademamix": 6}
 assert FIELDS == ("lr", "weight_decay", "grad_scale", "update_scale", "beta1", "one_minus_beta1", "beta2",
@@ -137,10 +137,7 @@ def _launch(rule, p, g, states, absmaxes, codes, hyper, wd_mode, blocksize, seed
     n = p.numel()
     nblocks = -(-n // blocksize)
     partial = torch.empty(nblocks if norm else 1, dtype=torch.float32, device=p.device)
-    nfull = n // blocksize
-    runs = ([(0, nfull, blocksize, 0)] if nfull else []) + ([(nfull * blocksize, 1, n % blocksize, nfull)]
-                                                          if n % blocksize else [])
-    for start, count, width, b0 in runs:
+    for start, count, width, b0 in full_and_partial(n, blocksize):
         block = triton.next_power_of_2(width)
         optimizer_kernel[(count,)](
             arg(p), arg(g), *s, *a, *c, *m, *z, *sd, partial[b0:] if norm else partial, start, width, b0,
