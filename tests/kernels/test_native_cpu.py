@@ -125,32 +125,27 @@ OPTIMIZERS = {
 @pytest.mark.parametrize("kw", [{}, {"stochastic_rounding": False}, {"percentile_clipping": 90}])
 @pytest.mark.parametrize("name", list(OPTIMIZERS))
 def test_optimizer_native_matches_reference(lib, gen, name, kw):
-    """States bit-identical to the reference after every step; parameters within a bound derived in ulps: each
-    step may differ by 4 ulps of its own size (the direction's sqrt and divisions, rounded alike but through
-    different instruction sequences) plus one ulp of the parameter (the final rounding), summed over the
-    steps. Why not an absolute bound: a step can be ~20 (v requantized to 0 in an outlier block), where 1e-7 is
-    less than one ulp."""
+    """States and parameters bit-identical to the reference after every step. Both round each operation once in
+    float32 in the same order (the reference's square root goes through float64 because torch's vectorized float32
+    one is not correctly rounded); any slack would hide a real difference, since L2 decay that cancels the gradient
+    (|g + wd p| << |g|) amplifies an ulp of the parameter into tens of ulps of the next step."""
     if "SGD" in name or "Lion" in name or "LARS" in name:
         kw = {k: v for k, v in kw.items() if k == "percentile_clipping"}
     n = 2048 * 20 + 77  # native full blocks + the partial last block
     p1 = torch.nn.Parameter(torch.randn(n, generator=gen))
     p2 = torch.nn.Parameter(p1.detach().clone())
     o1, o2 = OPTIMIZERS[name](p1, **kw), OPTIMIZERS[name](p2, **kw)
-    bound = torch.zeros(n)
     for step in range(6):
         g = torch.randn(n, generator=gen)
         g[100:300] *= 1e4  # outliers in one block
         p1.grad, p2.grad = g.clone(), g.clone()
-        before = p2.detach().clone()
         o1.step()
         with reference_only():
             o2.step()
-        bound += 4 * _ulp(p2.detach() - before) + _ulp(p2.detach())
         for k, v in o1.state[p1].items():
             assert torch.equal(v, o2.state[p2][k]), (k, step)
-    diff = (p1.detach() - p2.detach()).abs()
-    worst = int((diff - bound).argmax())
-    assert (diff <= bound).all(), f"element {worst}: |diff| {float(diff[worst]):.3g} > bound {float(bound[worst]):.3g}"
+        diff = p1.detach() != p2.detach()
+        assert not diff.any(), f"step {step}: {int(diff.sum())} parameters differ, first at {int(diff.nonzero()[0])}"
 
 
 def test_adam_native_thread_split_is_deterministic(lib, gen):
