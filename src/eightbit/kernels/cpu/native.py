@@ -44,6 +44,9 @@ _CSRC = Path(__file__).with_name("csrc")
 # FP-exception semantics, which lets the compiler vectorize branch-free selects).
 _FLAGS = ["-O3", "-march=native", "-mprefer-vector-width=256", "-ffp-contract=off", "-fno-math-errno", "-fno-trapping-math",
           "-fno-strict-aliasing", "-fPIC", "-shared", "-std=c11"]
+# EIGHTBIT_NATIVE_ISA narrows -march=native, so that a machine with AVX-512 can build and test the kernels other
+# machines run: "avx2" (no AVX-512: the AVX2 code paths), "generic" (no AVX at all: the plain C paths).
+_ISA_FLAGS = {"native": [], "avx2": ["-mno-avx512f"], "generic": ["-mno-avx"]}
 _STALE_SECONDS = 3600  # a build temporary older than this belongs to a killed build
 
 _i64, _i32, _vp = ctypes.c_int64, ctypes.c_int32, ctypes.c_void_p
@@ -89,13 +92,21 @@ def _cpu_features() -> str:
     return "\n".join(sorted(set(keep)))
 
 
+def _flags() -> list[str]:
+    """The compiler flags: _FLAGS narrowed by EIGHTBIT_NATIVE_ISA (ValueError for a value not in _ISA_FLAGS)."""
+    isa = os.environ.get("EIGHTBIT_NATIVE_ISA", "native")
+    if isa not in _ISA_FLAGS:
+        raise ValueError(f"EIGHTBIT_NATIVE_ISA must be one of {sorted(_ISA_FLAGS)}, got {isa!r}")
+    return _FLAGS + _ISA_FLAGS[isa]
+
+
 def build_key(cc: str) -> str:
     """Hash of everything the library depends on: sources, flags, compiler version, torch version, CPU."""
     version = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=60).stdout
     h = hashlib.sha256()
     for p in sorted(_CSRC.glob("*.[ch]")):
         h.update(p.name.encode() + b"\0" + p.read_bytes() + b"\0")
-    for part in (" ".join(_FLAGS), version, torch.__version__, _cpu_features()):
+    for part in (" ".join(_flags()), version, torch.__version__, _cpu_features()):
         h.update(part.encode() + b"\0")
     return h.hexdigest()[:20]
 
@@ -127,7 +138,7 @@ def _compile(cc: str, out: str) -> None:
     sources = [str(p) for p in sorted(_CSRC.glob("*.c"))]
     err = ""
     for extra in (["-fopenmp"], []):  # without OpenMP support the pragmas are ignored (one thread)
-        res = subprocess.run([cc, *_FLAGS, *extra, *sources, "-o", out, "-lm"], capture_output=True, text=True,
+        res = subprocess.run([cc, *_flags(), *extra, *sources, "-o", out, "-lm"], capture_output=True, text=True,
                              timeout=300)
         if res.returncode == 0:
             return

@@ -18,19 +18,18 @@
  * project's Zen 3 machine, register-resident (benchmarks/csrc/probes.c): ~70 G products/s per core for the exact
  * step vs ~100 G/s for the saturating one.
  *
- * Two loop nests. Few rows (M < EB_PANEL_MIN_ROWS): each weight row is read in place once and dotted with every
- * activation row (memory bound: the weight read is the cost). More rows (compute bound): each thread packs 16
+ * Two loop nests. Few rows (EB_ROWS_WIN: decode and small batches): groups of 4 weight rows are read in place, once
+ * per call, and each loaded weight vector is multiplied with up to 4 activation rows (tile_rows; memory bound at
+ * M = 1, so one pass over the weight is the cost). More rows (compute bound): each thread packs 16
  * weight rows into a panel of 4-byte k-groups, panel[q][j] = w[n0 + j][4q .. 4q+3], and a 4x16 register tile
  * broadcasts one k-group of an activation row against two panel vectors, accumulating vertically (no
  * horizontal sums), the structure of MLAS's u8s8 kernel. Where the compiler targets AVX-512 VNNI (-march=native on
- * such a CPU), the exact step is vpsignb + vpdpbusd and the tile takes x + 128 as unsigned bytes against the signed
- * panel (one vpdpbusd per 32 products, a column-sum correction at the end): same exact int32 sums. */
+ * such a CPU), both nests take x + 128 as unsigned bytes against the signed weight (vpdpbusd, a row- or column-sum
+ * correction at the end; 512-bit in the row tile): the same exact int32 sums. */
 #ifdef __AVX2__
 #include <immintrin.h>
 
-/* rows below which reading each weight row in place beats packing panels: measured on 4096x4096 (AVX-512 VNNI
- * machine, 2 threads): M = 4 1.19 vs 2.00 ms, M = 8 1.88 vs 2.29, M = 12 2.47 vs 2.78, M = 16 3.23 vs 2.94 */
-#define EB_PANEL_MIN_ROWS 16
+
 
 /* acc += the exact products of 32 byte pairs, summed in fours: |w| (unsigned, <= 128) times x * sign(w)
  * (|.| <= 127), so no int16 pair sum exceeds 32512 (the exactness argument above). wabs = |w|.
@@ -87,32 +86,147 @@ static int32_t dot_1x1(const int8_t *restrict x, const int8_t *restrict w, int64
     return acc;
 }
 
+/* The few-rows tile: acc[r][j] = exact int32 dot products of mr (<= EB_TILE_ROWS) activation rows xr[r] with 4
+ * weight rows wr[j], all of length K. Each weight vector is loaded once and used for every activation row, so M
+ * rows cost one pass over the weight plus M times the multiply work, not M passes. ``mr`` is a literal at every
+ * call site (eb_tile dispatches), so the loops unroll and the accumulators stay in registers. */
 #ifdef __AVX2__
-/* acc[j] = dot(x, w_j) for one activation row and 4 weight rows (K a multiple of 32 handled here, the rest by
- * the caller): four independent accumulators, each activation vector loaded once for four rows. */
-static void dot_1x4(const int8_t *restrict x, const int8_t *restrict w0, const int8_t *restrict w1,
-                    const int8_t *restrict w2, const int8_t *restrict w3, int64_t K32, int32_t acc[4]) {
-    const __m256i ones = _mm256_set1_epi16(1);
-    __m256i a0 = _mm256_setzero_si256(), a1 = a0, a2 = a0, a3 = a0;
-    for (int64_t k = 0; k < K32; k += 32) {
-        const __m256i xv = _mm256_loadu_si256((const __m256i *)(x + k));
-#define EB_DOT(A, W)                                                                                              \
-    do {                                                                                                          \
-        const __m256i wv = _mm256_loadu_si256((const __m256i *)((W) + k));                                       \
-        A = exact_step(A, xv, wv, _mm256_abs_epi8(wv), ones);                                                   \
-    } while (0)
-        EB_DOT(a0, w0);
-        EB_DOT(a1, w1);
-        EB_DOT(a2, w2);
-        EB_DOT(a3, w3);
-#undef EB_DOT
+/* The same bytes of the next group of 4 weight rows (4 K further on), into L2: measured cold (32 layers of 4096 x 4096,
+ * 512 MB, 2 threads), M = 1 24.4 -> 19.1 ms, M = 4 27.5 -> 19.0, M = 8 35.5 -> 23.6; prefetching 2 rows ahead
+ * gained half as much, 16 rows ahead no more. The hardware prefetcher alone keeps too few lines in flight for four
+ * streams per core. (A prefetch past the end of the weight is a no-op: it never faults.) */
+#define EB_PREFETCH_NEXT_GROUP(k)                                                                                 \
+    _mm_prefetch((const char *)(r0 + 4 * K + (k)), _MM_HINT_T1), _mm_prefetch((const char *)(r1 + 4 * K + (k)), _MM_HINT_T1); \
+    _mm_prefetch((const char *)(r2 + 4 * K + (k)), _MM_HINT_T1), _mm_prefetch((const char *)(r3 + 4 * K + (k)), _MM_HINT_T1);
+#endif
+#if defined(__AVX512VNNI__) && defined(__AVX512BW__)
+/* AVX-512 VNNI: 64 bytes per step. The activations go in as unsigned bytes u = x ^ 0x80 = x + 128 against the signed
+ * weight (vpdpbusd: four u * w products into each int32 lane, no int16 stage, no saturation), and
+ * sum x * w = sum u * w - 128 * sum w, the weight row sums coming from one more vpdpbusd of ones per weight vector.
+ * The lanes wrap (two's complement); the true sum fits in int32 (K <= MAX_K), so the wrapping subtraction gives it
+ * exactly. AVX-512 has no vpsignb, so this is also the cheapest exact step at 512 bits: 1 + 1/mr instructions
+ * per 64 products. The K % 64 tail is loaded under a mask: zero weights contribute nothing. */
+#define EB_TILE_ROWS 4
+/* (Named accumulators, not arrays: GCC keeps an array of vectors on the stack even when every index is constant.) */
+#define EB_Z_ROW(R, XR)                                                                                           \
+    if (mr > R) {                                                                                                 \
+        const __m512i xv = _mm512_xor_si512(_mm512_maskz_loadu_epi8(live, (XR) + k), bias);                     \
+        a##R##0 = _mm512_dpbusd_epi32(a##R##0, xv, w0), a##R##1 = _mm512_dpbusd_epi32(a##R##1, xv, w1);          \
+        a##R##2 = _mm512_dpbusd_epi32(a##R##2, xv, w2), a##R##3 = _mm512_dpbusd_epi32(a##R##3, xv, w3);          \
     }
-    acc[0] = hsum_epi32(a0), acc[1] = hsum_epi32(a1), acc[2] = hsum_epi32(a2), acc[3] = hsum_epi32(a3);
+#define EB_Z_OUT(R)                                                                                               \
+    if (mr > R) {                                                                                                 \
+        acc[R][0] = (int32_t)((uint32_t)_mm512_reduce_add_epi32(a##R##0) - c0);                                   \
+        acc[R][1] = (int32_t)((uint32_t)_mm512_reduce_add_epi32(a##R##1) - c1);                                   \
+        acc[R][2] = (int32_t)((uint32_t)_mm512_reduce_add_epi32(a##R##2) - c2);                                   \
+        acc[R][3] = (int32_t)((uint32_t)_mm512_reduce_add_epi32(a##R##3) - c3);                                   \
+    }
+static inline __attribute__((always_inline)) void tile_rows(const int8_t *const xr[EB_TILE_ROWS],
+                                                            const int8_t *const wr[4], int mr, int64_t K,
+                                                            int32_t acc[EB_TILE_ROWS][4]) {
+    const __m512i ones = _mm512_set1_epi8(1), bias = _mm512_set1_epi8((char)0x80);
+    __m512i s0 = _mm512_setzero_si512(), s1 = s0, s2 = s0, s3 = s0;
+    __m512i a00 = s0, a01 = s0, a02 = s0, a03 = s0, a10 = s0, a11 = s0, a12 = s0, a13 = s0;
+    __m512i a20 = s0, a21 = s0, a22 = s0, a23 = s0, a30 = s0, a31 = s0, a32 = s0, a33 = s0;
+    const int8_t *x0 = xr[0], *x1 = xr[1], *x2 = xr[2], *x3 = xr[3];
+    const int8_t *r0 = wr[0], *r1 = wr[1], *r2 = wr[2], *r3 = wr[3];
+    for (int64_t k = 0; k < K; k += 64) {
+        const __mmask64 live = K - k >= 64 ? ~(__mmask64)0 : (((__mmask64)1 << (K - k)) - 1);
+        const __m512i w0 = _mm512_maskz_loadu_epi8(live, r0 + k), w1 = _mm512_maskz_loadu_epi8(live, r1 + k);
+        const __m512i w2 = _mm512_maskz_loadu_epi8(live, r2 + k), w3 = _mm512_maskz_loadu_epi8(live, r3 + k);
+        EB_PREFETCH_NEXT_GROUP(k)
+        s0 = _mm512_dpbusd_epi32(s0, ones, w0), s1 = _mm512_dpbusd_epi32(s1, ones, w1);
+        s2 = _mm512_dpbusd_epi32(s2, ones, w2), s3 = _mm512_dpbusd_epi32(s3, ones, w3);
+        EB_Z_ROW(0, x0)
+        EB_Z_ROW(1, x1)
+        EB_Z_ROW(2, x2)
+        EB_Z_ROW(3, x3)
+    }
+    const uint32_t c0 = 128u * (uint32_t)_mm512_reduce_add_epi32(s0), c1 = 128u * (uint32_t)_mm512_reduce_add_epi32(s1);
+    const uint32_t c2 = 128u * (uint32_t)_mm512_reduce_add_epi32(s2), c3 = 128u * (uint32_t)_mm512_reduce_add_epi32(s3);
+    EB_Z_OUT(0)
+    EB_Z_OUT(1)
+    EB_Z_OUT(2)
+    EB_Z_OUT(3)
+}
+#undef EB_Z_ROW
+#undef EB_Z_OUT
+#elif defined(__AVX2__)
+/* AVX2: the exact step of exact_step() (|w| against x * sign(w)), 32 bytes per step, |w| computed once per weight
+ * vector for both activation rows; two rows keep the eight accumulators and the operands within 16 registers. */
+#define EB_TILE_ROWS 2
+#define EB_Y_COL(J, RJ)                                                                                           \
+    {                                                                                                             \
+        const __m256i wv = _mm256_loadu_si256((const __m256i *)((RJ) + k)), wa = _mm256_abs_epi8(wv);            \
+        a0##J = exact_step(a0##J, xv0, wv, wa, ones);                                                             \
+        if (mr > 1) a1##J = exact_step(a1##J, xv1, wv, wa, ones);                                                 \
+    }
+static inline __attribute__((always_inline)) void tile_rows(const int8_t *const xr[EB_TILE_ROWS],
+                                                            const int8_t *const wr[4], int mr, int64_t K,
+                                                            int32_t acc[EB_TILE_ROWS][4]) {
+    const __m256i ones = _mm256_set1_epi16(1);
+    __m256i a00 = _mm256_setzero_si256(), a01 = a00, a02 = a00, a03 = a00, a10 = a00, a11 = a00, a12 = a00, a13 = a00;
+    const int8_t *x0 = xr[0], *x1 = xr[1];
+    const int8_t *r0 = wr[0], *r1 = wr[1], *r2 = wr[2], *r3 = wr[3];
+    const int64_t K32 = K - K % 32;
+    for (int64_t k = 0; k < K32; k += 32) {
+        if (!(k & 63)) {
+            EB_PREFETCH_NEXT_GROUP(k)
+        }
+        const __m256i xv0 = _mm256_loadu_si256((const __m256i *)(x0 + k));
+        const __m256i xv1 = mr > 1 ? _mm256_loadu_si256((const __m256i *)(x1 + k)) : xv0;
+        EB_Y_COL(0, r0)
+        EB_Y_COL(1, r1)
+        EB_Y_COL(2, r2)
+        EB_Y_COL(3, r3)
+    }
+    const __m256i a[2][4] = {{a00, a01, a02, a03}, {a10, a11, a12, a13}};
+    for (int r = 0; r < mr; r++)
+        for (int j = 0; j < 4; j++) {
+            int32_t t = hsum_epi32(a[r][j]);
+            for (int64_t k = K32; k < K; k++) t += (int32_t)xr[r][k] * (int32_t)wr[j][k];
+            acc[r][j] = t;
+        }
+}
+#undef EB_Y_COL
+#else
+#define EB_TILE_ROWS 1
+static inline void tile_rows(const int8_t *const xr[1], const int8_t *const wr[4], int mr, int64_t K,
+                             int32_t acc[1][4]) {
+    (void)mr;
+    for (int j = 0; j < 4; j++) acc[0][j] = dot_1x1(xr[0], wr[j], K);
 }
 #endif
 
-/* Few rows: weight rows split over threads in groups of 4, each read once while every activation row is dotted
- * with it. */
+/* tile_rows with a literal row count, so each count gets its own unrolled, register-allocated loop. */
+static void eb_tile(const int8_t *const xr[EB_TILE_ROWS], const int8_t *const wr[4], int mr, int64_t K,
+                    int32_t acc[EB_TILE_ROWS][4]) {
+    switch (mr) {
+#if EB_TILE_ROWS >= 4
+    case 4: tile_rows(xr, wr, 4, K, acc); break;
+    case 3: tile_rows(xr, wr, 3, K, acc); break;
+#endif
+#if EB_TILE_ROWS >= 2
+    case 2: tile_rows(xr, wr, 2, K, acc); break;
+#endif
+    default: tile_rows(xr, wr, 1, K, acc); break;
+    }
+}
+
+/* Whether the row tiles (each weight row read in place once per call) beat packing panels for the 4x16 tile.
+ * Measured (2 threads, hot cache, square K x K layers, M rows): with the AVX-512 VNNI row tile, K = 4096: M = 16
+ * 1.44 vs 2.23 ms, 32: 2.05 vs 3.39, 512: 30.8 vs 33.3; K = 1024: M = 128 0.65 vs 0.74, 256: 1.26 vs 1.22;
+ * K = 384: M = 64 0.103 vs 0.099, 1152 1.18 vs 0.86 (panels win once K is short: the tile's horizontal sums
+ * weigh more). The AVX2 tile keeps the crossover measured for it before (16 rows). */
+#if EB_TILE_ROWS >= 4
+#define EB_ROWS_WIN(M, K) ((M) < 16 || ((K) >= 1024 && (M) < 256))
+#else
+#define EB_ROWS_WIN(M, K) ((M) < 16)
+#endif
+
+/* Few rows: weight rows split over threads in groups of 4 (each thread streams its own contiguous part of the
+ * weight); each group is read from memory once and multiplied with EB_TILE_ROWS activation rows at a time (later
+ * row tiles find it in L1/L2). */
 static void gemm_rows(const int8_t *x, const int8_t *w, const float *xs, const float *ws, const float *xo,
                       const int64_t *cols, int64_t n_out, float *out, int64_t M, int64_t K, int64_t N) {
     const int64_t groups = (N + 3) / 4;
@@ -120,25 +234,19 @@ static void gemm_rows(const int8_t *x, const int8_t *w, const float *xs, const f
     for (int64_t g = 0; g < groups; g++) {
         const int64_t n0 = 4 * g;
         const int nn = N - n0 < 4 ? (int)(N - n0) : 4;
-        for (int64_t m = 0; m < M; m++) {
-            const int8_t *xm = x + m * K;
-            int32_t acc[4] = {0, 0, 0, 0};
-            int64_t done = 0; /* leading products already summed into acc */
-#ifdef __AVX2__
-            if (nn == 4) {
-                done = K - K % 32;
-                dot_1x4(xm, w + n0 * K, w + (n0 + 1) * K, w + (n0 + 2) * K, w + (n0 + 3) * K, done, acc);
-            }
-#endif
-            for (int j = 0; j < nn; j++) {
-                const int8_t *wn = w + (n0 + j) * K;
-                int32_t a = acc[j];
-                if (done) {
-                    for (int64_t k = done; k < K; k++) a += (int32_t)xm[k] * (int32_t)wn[k];
-                } else {
-                    a = dot_1x1(xm, wn, K);
-                }
-                out[m * N + n0 + j] = finish(a, wn, xs[m], ws[n0 + j], xo ? xo + m * n_out : xo, cols, n_out);
+        const int8_t *wr[4];
+        for (int j = 0; j < 4; j++) wr[j] = w + (n0 + (j < nn ? j : 0)) * K; /* spare rows: results discarded */
+        for (int64_t m0 = 0; m0 < M; m0 += EB_TILE_ROWS) {
+            const int mr = M - m0 < EB_TILE_ROWS ? (int)(M - m0) : EB_TILE_ROWS;
+            const int8_t *xr[EB_TILE_ROWS];
+            for (int r = 0; r < EB_TILE_ROWS; r++) xr[r] = x + (m0 + (r < mr ? r : 0)) * K;
+            int32_t acc[EB_TILE_ROWS][4];
+            eb_tile(xr, wr, mr, K, acc);
+            for (int r = 0; r < mr; r++) {
+                const int64_t m = m0 + r;
+                for (int j = 0; j < nn; j++)
+                    out[m * N + n0 + j] = finish(acc[r][j], wr[j], xs[m], ws[n0 + j], xo ? xo + m * n_out : xo,
+                                                 cols, n_out);
             }
         }
     }
@@ -341,7 +449,7 @@ static int gemm_panels(const int8_t *x, const int8_t *w, const float *xs, const 
 void eb_int8_gemm(const int8_t *x, const int8_t *w, const float *xs, const float *ws, const float *xo,
                  const int64_t *cols, int64_t n_out, float *out, int64_t M, int64_t K, int64_t N) {
 #ifdef __AVX2__
-    if (M >= EB_PANEL_MIN_ROWS && gemm_panels(x, w, xs, ws, xo, cols, n_out, out, M, K, N) == 0) return;
+    if (!EB_ROWS_WIN(M, K) && gemm_panels(x, w, xs, ws, xo, cols, n_out, out, M, K, N) == 0) return;
 #endif
     gemm_rows(x, w, xs, ws, xo, cols, n_out, out, M, K, N);
 }
