@@ -6,7 +6,7 @@ regimes (issue 19, item 1):
   L3; the quick run uses 4), timed per layer.
 
 GB/s: weight bytes read per call / time. Floor (cold): the weight bytes at the measured read-only bandwidth (a
-probe summing a 256 MB float32 tensor: reads only, unlike the copy bandwidth of the other cases). Peers: torch fp32
+probe reducing a 256 MB float32 tensor: reads only, unlike the copy bandwidth of the other cases). Peers: torch fp32
 ``nn.Linear`` and ``torch.ao`` dynamic int8 (same weights); ONNX Runtime's dynamic int8 MatMul where onnxruntime is
 installed. llama.cpp's Q8_0 is not measured: no wheel of it (or of ggml) installs here without a compiler
 toolchain download, which this machine cannot reach.
@@ -24,13 +24,16 @@ K = N = 4096
 
 
 def read_bandwidth(quick: bool) -> float:
-    """Read-only bandwidth in GB/s: the best of a few sums of a float32 tensor larger than the caches."""
+    """Read-only bandwidth in GB/s: the best of repeated reductions (sum and amax, torch's fastest read-only passes)
+    of a float32 tensor larger than the caches. Best of 10 rather than 5: single passes on this VM ranged 27-54
+    GB/s, and a low floor would flatter every ratio to it."""
     t = torch.rand((16 if quick else 64) * 2**20)
     best = float("inf")
-    for _ in range(3 if quick else 5):
-        t0 = time.perf_counter()
-        t.sum()
-        best = min(best, time.perf_counter() - t0)
+    for _ in range(3 if quick else 10):
+        for reduce in (torch.sum, torch.amax):
+            t0 = time.perf_counter()
+            reduce(t)
+            best = min(best, time.perf_counter() - t0)
     return t.numel() * 4 / best / 1e9
 
 

@@ -55,6 +55,14 @@ def evaluate(rows: list[Row]) -> list[dict[str, Any]]:
     out.append(_target("MiniLM batch 64, LLM.int8() time / fp32", t(eb), t(fp32), "<=", 0.6))
     out.append(_target("MiniLM batch 64, LLM.int8() worst sentence cosine vs float64",
                        eb and eb.extra.get("cosine_min"), 1.0, ">=", 0.999, unit=""))
+    for regime in ("hot", "cold"):  # batch-1 decode (issue 19): M = 1 against ONNX Runtime, and the read floor
+        cfg = next((r.config for r in rows if r.case == "decode" and f", {regime}, " in r.config
+                    and r.config.endswith(", M=1")), None)
+        eb, ort = (_find(rows, "decode", n, cfg) for n in (EB_LINEAR, ORT))
+        out.append(_target(f"decode M=1 {regime}, Linear8bitLt time / ONNX Runtime int8", t(eb), t(ort), "<=", 1.0))
+        if regime == "cold":
+            out.append(_target("decode M=1 cold, Linear8bitLt time / read-only bandwidth floor", eb and eb.x_floor,
+                               1.0, "<=", 1.25))
     fp32 = _find(rows, "load", "transformers fp32 load, every weight read")
     for name in ("eightbit from_pretrained LLM.int8()", "eightbit from_pretrained_streaming LLM.int8()"):
         out.append(_target(f"MiniLM {name.split(' ', 1)[1]} time / fp32 load reading every weight",
