@@ -63,7 +63,7 @@ def test_non_finite_scales_stay_in_their_row(seed):
     assert torch.isnan(out[2]).all() and torch.isfinite(out[[0, 1, 3]]).all()
 
 
-# the row tiles (every remainder of 4 rows) and the panel tile (M >= 256 at this K on AVX-512 VNNI, M >= 16 on AVX2)
+# the row tiles (every remainder of 4 rows) and the panel tile (M >= 160 at this K on AVX-512 VNNI, M >= 16 on AVX2)
 @pytest.mark.parametrize("m", [1, 2, 3, 5, 16, 256])
 def test_matmul_dequant_exact_at_the_int32_limit(m):
     """K = MAX_K with every product at +-127 * 128: the sums reach -2.13e9, inside int32 but beyond it for the

@@ -209,7 +209,7 @@ def test_disabled_by_environment(monkeypatch):
         native.library.cache_clear()
 
 
-# every remainder of the 4-row and 2-row tiles, and both loop nests (panels from 16 rows at short K, 256 at long)
+# every remainder of the 4-row and 2-row tiles, and both loop nests (panels from 16 rows at short K, 160 at long)
 @pytest.mark.parametrize("m", [1, 2, 3, 4, 5, 7, 16, 70, 256])
 @pytest.mark.parametrize("k", [1, 31, 32, 33, 63, 64, 65, 1000, 4099])
 def test_int8_kernel_exact(lib, gen, m, k):

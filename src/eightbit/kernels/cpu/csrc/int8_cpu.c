@@ -24,8 +24,8 @@
  * weight rows into a panel of 4-byte k-groups, panel[q][j] = w[n0 + j][4q .. 4q+3], and a 4x16 register tile
  * broadcasts one k-group of an activation row against two panel vectors, accumulating vertically (no
  * horizontal sums), the structure of MLAS's u8s8 kernel. Where the compiler targets AVX-512 VNNI (-march=native on
- * such a CPU), both nests take x + 128 as unsigned bytes against the signed weight (vpdpbusd, a row- or column-sum
- * correction at the end; 512-bit in the row tile): the same exact int32 sums. */
+ * such a CPU), both nests take x + 128 as unsigned bytes against the signed weight (vpdpbusd at 512 bits, a row- or
+ * column-sum correction at the end; the panel tile is then 8x16): the same exact int32 sums. */
 #ifdef __AVX2__
 #include <immintrin.h>
 
@@ -213,13 +213,13 @@ static void eb_tile(const int8_t *const xr[EB_TILE_ROWS], const int8_t *const wr
     }
 }
 
-/* Whether the row tiles (each weight row read in place once per call) beat packing panels for the 4x16 tile.
- * Measured (2 threads, hot cache, square K x K layers, M rows): with the AVX-512 VNNI row tile, K = 4096: M = 16
- * 1.44 vs 2.23 ms, 32: 2.05 vs 3.39, 512: 30.8 vs 33.3; K = 1024: M = 128 0.65 vs 0.74, 256: 1.26 vs 1.22;
- * K = 384: M = 64 0.103 vs 0.099, 1152 1.18 vs 0.86 (panels win once K is short: the tile's horizontal sums
- * weigh more). The AVX2 tile keeps the crossover measured for it before (16 rows). */
+/* Whether the row tiles (each weight row read in place once per call) beat packing panels for the panel tile.
+ * Measured (2 threads, hot cache, square K x K layers, M rows; rows vs panels, the 8x16 VNNI panel tile): K = 4096:
+ * M = 16 1.44 vs 2.84 ms, 64 3.96 vs 6.03, 128 7.7 vs 8.4, 256 ~15.4 vs 12.5; K = 1024: M = 128 0.65 vs 0.76, 256
+ * 1.26 vs 1.13; K = 384: M = 16 0.051 vs 0.055, 64 0.103 vs 0.099 (short rows: the tile's horizontal sums weigh
+ * more, so panels win early). The AVX2 tiles keep the crossover measured for them before (16 rows). */
 #if EB_TILE_ROWS >= 4
-#define EB_ROWS_WIN(M, K) ((M) < 16 || ((K) >= 1024 && (M) < 256))
+#define EB_ROWS_WIN(M, K) ((M) < 16 || ((K) >= 1024 && (M) < 160))
 #else
 #define EB_ROWS_WIN(M, K) ((M) < 16)
 #endif
@@ -298,7 +298,7 @@ static void pack_panel(const int8_t *restrict w, int64_t K, int64_t n0, int nn, 
 #if defined(__AVX512VNNI__) && defined(__AVX512VL__)
 /* With VNNI the tile takes the activations as unsigned bytes u = x + 128 (x ^ 0x80) and the panel as it is
  * (signed, -128 included): vpdpbusd adds each group of four u * w products to an int32 lane without saturation,
- * one instruction per 32 products and no sign or abs work. sum u * w = sum x * w + 128 * colsum(w); the int32
+ * one instruction per 64 products (8x16 tile below) and no sign or abs work. sum u * w = sum x * w + 128 * colsum(w); the int32
  * lanes wrap (two's complement), and since the true sum fits in int32 (K <= MAX_K), subtracting 128 * colsum in
  * wrapping (unsigned) arithmetic gives it exactly. */
 #define EB_U8S8 1
@@ -309,41 +309,34 @@ static void panel_colsum(const int8_t *restrict panel, int64_t K4, int32_t colsu
             for (int t = 0; t < 4; t++) colsum[j] += panel[q * 64 + j * 4 + t];
 }
 
-#define EB_ROW_U8(A0, A1, XP)                                                                                      \
-    do {                                                                                                           \
-        const __m256i xb = _mm256_set1_epi32(*(const int32_t *)(XP));                                              \
-        A0 = _mm256_dpbusd_epi32(A0, xb, w0);                                                                    \
-        A1 = _mm256_dpbusd_epi32(A1, xb, w1);                                                                    \
-    } while (0)
-static void micro_4x16_u8(const uint8_t *restrict x0, const uint8_t *restrict x1, const uint8_t *restrict x2,
-                          const uint8_t *restrict x3, const int8_t *restrict panel, int64_t K4,
-                          const int32_t colsum[16], int32_t acc[4][16]) {
-    __m256i a00 = _mm256_setzero_si256(), a01 = a00, a10 = a00, a11 = a00, a20 = a00, a21 = a00, a30 = a00,
-            a31 = a00;
+/* The VNNI tile is 8 rows x 16 columns at 512 bits: one k-group of the panel (16 columns x 4 bytes) is one zmm,
+ * so each row costs one broadcast and one vpdpbusd per 64 products. Measured against the 4x16 ymm tile (2 threads,
+ * hot): 1152 x 384 x 384 0.86 -> 0.65 ms, 512 x 4096 x 4096 33.3 -> 23.1 ms. */
+#define EB_PANEL_ROWS 8
+#define EB_ROW_U8(R)                                                                                              \
+    a##R = _mm512_dpbusd_epi32(a##R, _mm512_set1_epi32(*(const int32_t *)(x##R + 4 * q)), wq);
+static void micro_tile(const int8_t *const xr[EB_PANEL_ROWS], const int8_t *restrict panel, int64_t K4,
+                       const int32_t colsum[16], int32_t acc[EB_PANEL_ROWS][16]) {
+    const int8_t *x0 = xr[0], *x1 = xr[1], *x2 = xr[2], *x3 = xr[3], *x4 = xr[4], *x5 = xr[5], *x6 = xr[6],
+                 *x7 = xr[7];
+    __m512i a0 = _mm512_setzero_si512(), a1 = a0, a2 = a0, a3 = a0, a4 = a0, a5 = a0, a6 = a0, a7 = a0;
     for (int64_t q = 0; q < K4; q++) {
-        const __m256i w0 = _mm256_loadu_si256((const __m256i *)(panel + q * 64));
-        const __m256i w1 = _mm256_loadu_si256((const __m256i *)(panel + q * 64 + 32));
-        EB_ROW_U8(a00, a01, x0 + 4 * q);
-        EB_ROW_U8(a10, a11, x1 + 4 * q);
-        EB_ROW_U8(a20, a21, x2 + 4 * q);
-        EB_ROW_U8(a30, a31, x3 + 4 * q);
+        const __m512i wq = _mm512_loadu_si512((const void *)(panel + q * 64));
+        EB_ROW_U8(0) EB_ROW_U8(1) EB_ROW_U8(2) EB_ROW_U8(3) EB_ROW_U8(4) EB_ROW_U8(5) EB_ROW_U8(6) EB_ROW_U8(7)
     }
-    const __m256i c0 = _mm256_slli_epi32(_mm256_loadu_si256((const __m256i *)colsum), 7);
-    const __m256i c1 = _mm256_slli_epi32(_mm256_loadu_si256((const __m256i *)(colsum + 8)), 7);
-    _mm256_storeu_si256((__m256i *)acc[0], _mm256_sub_epi32(a00, c0));
-    _mm256_storeu_si256((__m256i *)(acc[0] + 8), _mm256_sub_epi32(a01, c1));
-    _mm256_storeu_si256((__m256i *)acc[1], _mm256_sub_epi32(a10, c0));
-    _mm256_storeu_si256((__m256i *)(acc[1] + 8), _mm256_sub_epi32(a11, c1));
-    _mm256_storeu_si256((__m256i *)acc[2], _mm256_sub_epi32(a20, c0));
-    _mm256_storeu_si256((__m256i *)(acc[2] + 8), _mm256_sub_epi32(a21, c1));
-    _mm256_storeu_si256((__m256i *)acc[3], _mm256_sub_epi32(a30, c0));
-    _mm256_storeu_si256((__m256i *)(acc[3] + 8), _mm256_sub_epi32(a31, c1));
+    const __m512i c = _mm512_slli_epi32(_mm512_loadu_si512((const void *)colsum), 7);
+    _mm512_storeu_si512((void *)acc[0], _mm512_sub_epi32(a0, c)), _mm512_storeu_si512((void *)acc[1], _mm512_sub_epi32(a1, c));
+    _mm512_storeu_si512((void *)acc[2], _mm512_sub_epi32(a2, c)), _mm512_storeu_si512((void *)acc[3], _mm512_sub_epi32(a3, c));
+    _mm512_storeu_si512((void *)acc[4], _mm512_sub_epi32(a4, c)), _mm512_storeu_si512((void *)acc[5], _mm512_sub_epi32(a5, c));
+    _mm512_storeu_si512((void *)acc[6], _mm512_sub_epi32(a6, c)), _mm512_storeu_si512((void *)acc[7], _mm512_sub_epi32(a7, c));
 }
 #undef EB_ROW_U8
 #else
 #define EB_U8S8 0
+#define EB_PANEL_ROWS 4
 #endif
 
+#if !EB_U8S8
 /* acc[r][j] = sum over K4 k-groups of x_r . panel column j, for 4 activation rows (ldx apart) and 16 columns. */
 #define EB_ROW(A0, A1, XP)                                                                                         \
     do {                                                                                                           \
@@ -371,6 +364,7 @@ static void micro_4x16(const int8_t *restrict x0, const int8_t *restrict x1, con
     _mm256_storeu_si256((__m256i *)acc[3], a30), _mm256_storeu_si256((__m256i *)(acc[3] + 8), a31);
 }
 #undef EB_ROW
+#endif
 
 /* Many rows: 16-column panels split over threads; every 4 activation rows run the register tile over a panel.
  * Returns 1 (nothing written) when the padded copy of x cannot be allocated; a thread without memory for its
@@ -412,14 +406,13 @@ static int gemm_panels(const int8_t *x, const int8_t *w, const float *xs, const 
             int32_t colsum[16];
             panel_colsum(panel, K4, colsum);
 #endif
-            for (int64_t m0 = 0; m0 < M; m0 += 4) {
-                const int mr = M - m0 < 4 ? (int)(M - m0) : 4;
-                const int8_t *xr[4];
-                for (int r = 0; r < 4; r++) xr[r] = xp + (m0 + (r < mr ? r : 0)) * ldx; /* spare rows: discarded */
-                int32_t acc[4][16];
+            for (int64_t m0 = 0; m0 < M; m0 += EB_PANEL_ROWS) {
+                const int mr = M - m0 < EB_PANEL_ROWS ? (int)(M - m0) : EB_PANEL_ROWS;
+                const int8_t *xr[EB_PANEL_ROWS];
+                for (int r = 0; r < EB_PANEL_ROWS; r++) xr[r] = xp + (m0 + (r < mr ? r : 0)) * ldx; /* spare rows: discarded */
+                int32_t acc[EB_PANEL_ROWS][16];
 #if EB_U8S8
-                micro_4x16_u8((const uint8_t *)xr[0], (const uint8_t *)xr[1], (const uint8_t *)xr[2],
-                              (const uint8_t *)xr[3], panel, K4, colsum, acc);
+                micro_tile(xr, panel, K4, colsum, acc);
 #else
                 micro_4x16(xr[0], xr[1], xr[2], xr[3], panel, K4, acc);
 #endif
