@@ -8,8 +8,8 @@ regimes (issue 19, item 1):
 GB/s: weight bytes read per call / time. Floor (cold): the weight bytes at the measured read-only bandwidth (a
 probe reducing a 256 MB float32 tensor: reads only, unlike the copy bandwidth of the other cases). Peers: torch fp32
 ``nn.Linear`` and ``torch.ao`` dynamic int8 (same weights); ONNX Runtime's dynamic int8 MatMul where onnxruntime is
-installed. llama.cpp's Q8_0 is not measured: no wheel of it (or of ggml) installs here without a compiler
-toolchain download, which this machine cannot reach.
+installed; llama.cpp's Q8_0 matmul through ggml where ``ggml-python`` is installed (the ``bench`` extra: it builds
+ggml from source with the machine's compiler and ``-march=native``, a few minutes once).
 """
 from __future__ import annotations
 
@@ -77,6 +77,50 @@ def _onnxruntime(layers, x) -> Built:
     return Built(lambda: [s() for s in sessions])
 
 
+class _GgmlQ8:
+    """llama.cpp's Q8_0 matmul (ggml, the ``ggml-python`` bindings): every layer's weight quantized to Q8_0 (blocks
+    of 32 int8 with an fp16 scale, 34 bytes per 32 weights), one graph of ``ggml_mul_mat`` nodes on the fp32 input
+    (ggml quantizes the activations to Q8_0 itself), computed with the same thread count per call, as llama.cpp
+    runs one graph per token. The context (weights included) is freed with this object."""
+
+    def __init__(self, layers, x: torch.Tensor):
+        import ctypes
+
+        import ggml
+
+        self._ggml, n, k, m = ggml, layers[0].out_features, layers[0].in_features, x.shape[0]
+        size = len(layers) * n * k * 34 // 32 + (len(layers) * n * m + k * m) * 4 + 64 * 2**20
+        self._ctx = ggml.ggml_init(ggml.ggml_init_params(mem_size=size, mem_buffer=None, no_alloc=False))
+        if not self._ctx:
+            raise Unavailable("ggml_init could not allocate the weights")
+        self._graph = ggml.ggml_new_graph(self._ctx)
+        xt = ggml.ggml_new_tensor_2d(self._ctx, ggml.GGML_TYPE_F32, k, m)
+        ctypes.memmove(ggml.ggml_get_data(xt), x.contiguous().data_ptr(), x.numel() * 4)
+        for lin in layers:
+            w = lin.weight.detach().float().contiguous()
+            wt = ggml.ggml_new_tensor_2d(self._ctx, ggml.GGML_TYPE_Q8_0, k, n)
+            ggml.ggml_quantize_chunk(ggml.GGML_TYPE_Q8_0, ctypes.cast(w.data_ptr(), ctypes.POINTER(ctypes.c_float)),
+                                     ggml.ggml_get_data(wt), 0, n, k, None)
+            ggml.ggml_build_forward_expand(self._graph, ggml.ggml_mul_mat(self._ctx, wt, xt))
+        self._threads = torch.get_num_threads()
+
+    def __call__(self) -> None:
+        self._ggml.ggml_graph_compute_with_ctx(self._ctx, self._graph, self._threads)
+
+    def __del__(self) -> None:
+        if getattr(self, "_ctx", None):
+            self._ggml.ggml_free(self._ctx)
+            self._ctx = None
+
+
+def _ggml_q8_0(layers, x) -> Built:
+    try:
+        import ggml  # noqa: F401
+    except ImportError as e:
+        raise Unavailable("ggml-python (llama.cpp's ggml) is not installed") from e
+    return Built(_GgmlQ8(layers, x))
+
+
 def run(ctx: Context) -> list[Row]:
     """Both regimes at M = 1, 2, 4, 8 (quick: M = 1), as result rows."""
     read_gbps = read_bandwidth(ctx.quick)
@@ -89,7 +133,8 @@ def run(ctx: Context) -> list[Row]:
             impls = [Impl("eightbit Linear8bitLt", lambda: _eightbit(layers, x)),
                      Impl("torch fp32 nn.Linear", lambda: _chain(layers, x)),
                      Impl("torch.ao dynamic int8", lambda: _torch_ao(layers, x)),
-                     Impl("onnxruntime dynamic int8", lambda: _onnxruntime(layers, x))]
+                     Impl("onnxruntime dynamic int8", lambda: _onnxruntime(layers, x)),
+                     Impl("llama.cpp ggml Q8_0", lambda: _ggml_q8_0(layers, x))]
             int8_bytes = n_layers * N * K
             floor = int8_bytes / (read_gbps * 1e9) if regime == "cold" else None
             for row in measure(ctx, "decode", f"{K}x{N}, {regime}, {n_layers} layer(s), M={m}", impls,

@@ -110,11 +110,12 @@ def measure_fp32_gflops(quick: bool) -> float:
 def measure_core_ceilings(quick: bool) -> dict[str, float | None]:
     """One core's int8 multiply-accumulate rate (G products/s) with eightbit's exact AVX2 step and with the
     saturating u8s8 step of MLAS/ONNX Runtime (the same 4x16 register tile in assembly, data in L1), and its
-    8-lane gather rate from a 256-entry table (G lanes/s). None values where the probe cannot be built."""
+    8-lane gather rate from a 256-entry table (G lanes/s) and float32 division rate (G lanes/s, 8-lane vdivps).
+    None values where the probe cannot be built."""
     from eightbit.kernels.cpu.native import _compiler
 
     cc = _compiler()
-    empty = {"int8_exact_gmacs": None, "int8_saturating_gmacs": None, "gather_glanes": None}
+    empty = {"int8_exact_gmacs": None, "int8_saturating_gmacs": None, "gather_glanes": None, "divide_glanes": None}
     if cc is None:
         return empty
     src = Path(__file__).with_name("csrc") / "probes.c"
@@ -127,10 +128,12 @@ def measure_core_ceilings(quick: bool) -> dict[str, float | None]:
         lib = ctypes.CDLL(str(lib_path))
     lib.eb_probe_int8_tile.argtypes, lib.eb_probe_int8_tile.restype = [ctypes.c_int, ctypes.c_int64], ctypes.c_double
     lib.eb_probe_gather.argtypes, lib.eb_probe_gather.restype = [ctypes.c_int64], ctypes.c_double
+    lib.eb_probe_divide.argtypes, lib.eb_probe_divide.restype = [ctypes.c_int64], ctypes.c_double
     reps = 30_000 if quick else 300_000
     best = lambda f: max(f() for _ in range(3)) or None  # noqa: E731 - best of 3: the VM is noisy
     return {
         "int8_exact_gmacs": best(lambda: lib.eb_probe_int8_tile(1, reps)),
         "int8_saturating_gmacs": best(lambda: lib.eb_probe_int8_tile(0, reps)),
         "gather_glanes": best(lambda: lib.eb_probe_gather(reps // 15)),
+        "divide_glanes": best(lambda: lib.eb_probe_divide(reps * 4)),
     }

@@ -66,7 +66,8 @@ def machine_text(result: dict[str, Any]) -> str:
         f"- One core's ceilings (benchmarks/csrc/probes.c, data in L1): int8 products "
         f"{_num(f.get('int8_exact_gmacs'), '{:.0f}')} G/s with eightbit's exact AVX2 step, "
         f"{_num(f.get('int8_saturating_gmacs'), '{:.0f}')} G/s with the saturating u8s8 step of MLAS/ONNX Runtime; "
-        f"table gathers {_num(f.get('gather_glanes'), '{:.2f}')} G lanes/s",
+        f"table gathers {_num(f.get('gather_glanes'), '{:.2f}')} G lanes/s, float32 divisions "
+        f"{_num(f.get('divide_glanes'), '{:.2f}')} G lanes/s",
         f"- Load average (1/5/15 min) at start {load(m.get('loadavg_start'))}, at end {load(m.get('loadavg_end'))}",
     ])
 

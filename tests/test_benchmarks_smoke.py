@@ -33,7 +33,8 @@ def test_quick_run_writes_schema(tmp_path):
     assert {"avx2", "avx512f", "amx_int8"} <= set(m["flags"])
     assert {"torch", "onnxruntime", "torchao", "bitsandbytes"} <= set(m["versions"])
     assert data["floors"]["bandwidth_gbps"] > 0 and data["floors"]["fp32_gflops"] > 0
-    ceilings = {k: data["floors"][k] for k in ("int8_exact_gmacs", "int8_saturating_gmacs", "gather_glanes")}
+    ceilings = {k: data["floors"][k] for k in ("int8_exact_gmacs", "int8_saturating_gmacs", "gather_glanes",
+                                                     "divide_glanes")}
     if m["flags"]["avx2"] and (shutil.which("cc") or shutil.which("gcc")):  # the probes build wherever the kernels do
         assert all(v is not None and v > 0 for v in ceilings.values()), ceilings
     for row in data["rows"]:

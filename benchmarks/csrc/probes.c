@@ -4,6 +4,8 @@
  *     saturating u8s8 step of MLAS / ONNX Runtime (vpmaddubsw, vpmaddwd, vpaddd). Written in assembly so both
  *     get the same scheduling (the compiler spills registers in the saturating form).
  *   eb_probe_gather: 8-lane vpgatherdd lookups into a 1 KB table (the code maps of the 8-bit formats).
+ *   eb_probe_divide: 8-lane float32 divisions (vdivps) in independent chains, the divider's throughput; the 8-bit
+ *     optimizer step divides 6 times per parameter to match its reference bit for bit.
  * Returns 0 where AVX2 or x86-64 GNU assembly is unavailable. */
 #include <stdint.h>
 #include <time.h>
@@ -87,7 +89,27 @@ double eb_probe_gather(int64_t reps) {
     _mm256_storeu_ps(sink, _mm256_add_ps(acc0, acc1));
     return sink[0] < 0 ? 0.0 : (double)reps * 4096 / t * 1e-9;
 }
+
+/* Float32 divisions per second (x 1e9), 8 lanes at a time in 8 independent chains (throughput, not latency). */
+double eb_probe_divide(int64_t reps) {
+    __m256 x[8];
+    const __m256 d = _mm256_set1_ps(1.0000001f);
+    for (int j = 0; j < 8; j++) x[j] = _mm256_set1_ps(1.0f + (float)j);
+    const double t0 = now();
+    for (int64_t r = 0; r < reps; r++) {
+        x[0] = _mm256_div_ps(x[0], d), x[1] = _mm256_div_ps(x[1], d), x[2] = _mm256_div_ps(x[2], d);
+        x[3] = _mm256_div_ps(x[3], d), x[4] = _mm256_div_ps(x[4], d), x[5] = _mm256_div_ps(x[5], d);
+        x[6] = _mm256_div_ps(x[6], d), x[7] = _mm256_div_ps(x[7], d);
+    }
+    const double t = now() - t0;
+    float sink[8];
+    __m256 s = x[0];
+    for (int j = 1; j < 8; j++) s = _mm256_add_ps(s, x[j]);
+    _mm256_storeu_ps(sink, s);
+    return sink[0] < 0 ? 0.0 : (double)reps * 64 / t * 1e-9;
+}
 #else
 double eb_probe_int8_tile(int exact, int64_t reps) { (void)exact, (void)reps; return 0.0; }
 double eb_probe_gather(int64_t reps) { (void)reps; return 0.0; }
+double eb_probe_divide(int64_t reps) { (void)reps; return 0.0; }
 #endif
