@@ -5,15 +5,14 @@ regimes (issue 19, item 1):
 * cold: a stack of distinct layers run in sequence as a model would (32 layers, 512 MB of int8 weights, far beyond
   L3; the quick run uses 4), timed per layer.
 
-GB/s: weight bytes read per call / time. Floor (cold): the weight bytes at the measured read-only bandwidth (a
-probe reducing a 256 MB float32 tensor: reads only, unlike the copy bandwidth of the other cases). Peers: torch fp32
+GB/s: weight bytes read per call / time. Floor (cold): a row of its own, timed in the same interleaved loop: an amax
+over one int8-sized buffer per layer (reads only, unlike the copy bandwidth of the other cases). Peers: torch fp32
 ``nn.Linear`` and ``torch.ao`` dynamic int8 (same weights); ONNX Runtime's dynamic int8 MatMul where onnxruntime is
 installed; llama.cpp's Q8_0 matmul through ggml where ``ggml-python`` is installed (the ``bench`` extra: it builds
 ggml from source with the machine's compiler and ``-march=native``, a few minutes once).
 """
 from __future__ import annotations
 
-import time
 
 import torch
 from torch import nn
@@ -21,20 +20,6 @@ from torch import nn
 from .common import Built, Context, Impl, Row, Unavailable, measure
 
 K = N = 4096
-
-
-def read_bandwidth(quick: bool) -> float:
-    """Read-only bandwidth in GB/s: the best of repeated reductions (sum and amax, torch's fastest read-only passes)
-    of a float32 tensor larger than the caches. Best of 10 rather than 5: single passes on this VM ranged 27-54
-    GB/s, and a low floor would flatter every ratio to it."""
-    t = torch.rand((16 if quick else 64) * 2**20)
-    best = float("inf")
-    for _ in range(3 if quick else 10):
-        for reduce in (torch.sum, torch.amax):
-            t0 = time.perf_counter()
-            reduce(t)
-            best = min(best, time.perf_counter() - t0)
-    return t.numel() * 4 / best / 1e9
 
 
 def _stack(n_layers: int, seed: int) -> list[nn.Linear]:
@@ -113,6 +98,18 @@ class _GgmlQ8:
             self._ctx = None
 
 
+def _read_floor(layers) -> Built:
+    """The floor, timed in the same interleaved loop as the implementations (the VM's memory bandwidth moves by
+    ~30 % between minutes, so a probe measured once beforehand misplaced it): an amax over int32 views of one
+    int8-sized buffer per layer, torch's fastest read-only pass over the same number of bytes."""
+    bufs = [torch.randint(-2**31, 2**31 - 1, (lin.out_features * lin.in_features // 4,), dtype=torch.int32)
+            for lin in layers]
+    return Built(lambda: [b.amax() for b in bufs])
+
+
+FLOOR = "read-only floor: amax over the int8 bytes"
+
+
 def _ggml_q8_0(layers, x) -> Built:
     try:
         import ggml  # noqa: F401
@@ -122,8 +119,8 @@ def _ggml_q8_0(layers, x) -> Built:
 
 
 def run(ctx: Context) -> list[Row]:
-    """Both regimes at M = 1, 2, 4, 8 (quick: M = 1), as result rows."""
-    read_gbps = read_bandwidth(ctx.quick)
+    """Both regimes at M = 1, 2, 4, 8 (quick: M = 1), as result rows; the cold rows carry the ratio to the read-only
+    floor row measured beside them."""
     n_cold = 4 if ctx.quick else 32
     rows: list[Row] = []
     for regime, n_layers in (("hot", 1), ("cold", n_cold)):
@@ -135,12 +132,16 @@ def run(ctx: Context) -> list[Row]:
                      Impl("torch.ao dynamic int8", lambda: _torch_ao(layers, x)),
                      Impl("onnxruntime dynamic int8", lambda: _onnxruntime(layers, x)),
                      Impl("llama.cpp ggml Q8_0", lambda: _ggml_q8_0(layers, x))]
+            if regime == "cold":
+                impls.append(Impl(FLOOR, lambda: _read_floor(layers)))
             int8_bytes = n_layers * N * K
-            floor = int8_bytes / (read_gbps * 1e9) if regime == "cold" else None
-            for row in measure(ctx, "decode", f"{K}x{N}, {regime}, {n_layers} layer(s), M={m}", impls,
-                               bytes_per_call=int8_bytes, floor_s=floor):
+            got = measure(ctx, "decode", f"{K}x{N}, {regime}, {n_layers} layer(s), M={m}", impls,
+                          bytes_per_call=int8_bytes)
+            floor = next((r for r in got if r.impl == FLOOR and r.median_ms is not None), None)
+            for row in got:
                 if row.median_ms is not None:  # per layer, so the regimes compare directly
                     row.extra["ms_per_layer"] = row.median_ms / n_layers
-                row.extra["read_gbps"] = read_gbps
+                    if floor is not None:
+                        row.floor_ms, row.x_floor = floor.median_ms, row.median_ms / floor.median_ms
                 rows.append(row)
     return rows

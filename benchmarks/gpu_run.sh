@@ -12,5 +12,6 @@ mkdir -p "$OUT"
   nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv
   python -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__, 'cuda', torch.version.cuda)"
 } 2>&1 | tee "$OUT/machine.txt"
-EIGHTBIT_TRITON_DEVICE=cuda timeout 240 python -m pytest -q -p no:cacheprovider tests/kernels/cuda 2>&1 | tee "$OUT/tests.txt"
+EIGHTBIT_TRITON_DEVICE=cuda timeout 240 python -m pytest -q -p no:cacheprovider tests/kernels/cuda \
+  tests/optim/test_paging.py 2>&1 | tee "$OUT/tests.txt"
 timeout 330 python -m benchmarks --device cuda --json "$OUT/gpu_bench.json" 2>&1 | tee "$OUT/bench.txt"

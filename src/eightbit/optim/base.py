@@ -22,6 +22,7 @@ from ..functional.codes import codebook, dynamic_codebook
 from ..functional.optimizer import (WD_DECOUPLED, WD_L2, WD_NONE, OptimHyper, compute_dtype, optimizer_update,
                                     optimizer_update_norm)
 from ..functional.rounding import step_seed
+from . import paging
 from .manager import GlobalOptimManager
 from .state import shared_code, slot, translate_state
 
@@ -198,7 +199,8 @@ class Optimizer8bit(torch.optim.Optimizer):
         eight = config["optim_bits"] == 8 and numel >= config["min_8bit_size"]
         bs = config["blocksize"]
         nblocks = -(-p_local.numel() // bs)
-        dev = p_local.device
+        dev, home = p_local.device, self._state_device(p_local)  # home: where the large state tensors live
+        pin = home.type == "cpu" and dev.type == "cuda" and torch.cuda.is_available()
         state["step"] = torch.zeros((), dtype=torch.int64)
         state["skipped_steps"] = torch.zeros((), dtype=torch.int64)
         if config["percentile_clipping"] < 100:
@@ -208,11 +210,12 @@ class Optimizer8bit(torch.optim.Optimizer):
         for i, (name, signed) in enumerate(self.state_spec(config)):
             if eight:  # bitsandbytes' names (see optim/state.py)
                 cb = dynamic_codebook(signed, dev)
-                state[slot("state", i)] = torch.full(p_local.shape, cb.zero_index, dtype=torch.uint8, device=dev)
-                state[slot("absmax", i)] = torch.zeros(nblocks, dtype=torch.float32, device=dev)
-                state[slot("qmap", i)] = cb.values  # shared by every parameter (tables built once)
+                state[slot("state", i)] = torch.full(p_local.shape, cb.zero_index, dtype=torch.uint8, device=home,
+                                                     pin_memory=pin)
+                state[slot("absmax", i)] = torch.zeros(nblocks, dtype=torch.float32, device=home, pin_memory=pin)
+                state[slot("qmap", i)] = cb.values  # shared by every parameter (tables built once), on its device
             else:  # float64 parameters keep float64 states (their precision is the point of float64)
-                state[name] = torch.zeros(p_local.shape, dtype=compute_dtype(p_local), device=dev)
+                state[name] = torch.zeros(p_local.shape, dtype=compute_dtype(p_local), device=home, pin_memory=pin)
 
     def state_dict(self) -> dict[str, Any]:
         """torch's ``state_dict``, with each parameter's code maps (``qmap1``, ``qmap2``: one shared tensor in
@@ -264,10 +267,14 @@ class Optimizer8bit(torch.optim.Optimizer):
         for pid, p in zip(saved_ids, params):
             if pid in translated:
                 dev = _local(p).device
+                paged = self._state_device(_local(p)) != dev
+                large = {n for n, _ in specs[pid]} | {slot(k, i) for i in range(len(specs[pid])) for k in ("state", "absmax")}
                 st = {}
                 for k, v in translated[pid].items():
                     if k.startswith("qmap") and isinstance(v, torch.Tensor):
                         st[k] = shared_code(v, specs[pid][int(k[4:]) - 1][1], dev)
+                    elif isinstance(v, torch.Tensor) and paged and k in large:
+                        st[k] = paging.host_tensor(v.contiguous().clone(), dev)
                     elif isinstance(v, torch.Tensor):
                         st[k] = v.detach().to(dev, copy=True).contiguous()
                     else:
@@ -326,20 +333,31 @@ class Optimizer8bit(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        paged: set[torch.device] = set()
         for group in self.param_groups:
             for p in group["params"]:
                 if p.grad is None:
                     continue
-                self._step_param(p, self._config(p, group))
+                if self._step_param(p, self._config(p, group)):
+                    paged.add(_local(p).device)
+        paging.synchronize(paged)
         return loss
 
-    def _step_param(self, p: torch.Tensor, config: dict[str, Any]) -> None:
+    def _pages(self, p_local: torch.Tensor) -> bool:
+        """Whether this parameter's state is paged (kept on the host, see optim/paging.py)."""
+        return self.is_paged and p_local.device.type != "cpu"
+
+    def _state_device(self, p_local: torch.Tensor) -> torch.device:
+        return torch.device("cpu") if self._pages(p_local) else p_local.device
+
+    def _step_param(self, p: torch.Tensor, config: dict[str, Any]) -> bool:
+        """One parameter's update; True when its state was paged in and out."""
         pl, gl = _local(p), _local(p.grad)
         if gl.is_sparse:
             raise RuntimeError(f"{type(self).__name__} does not support sparse gradients")
         groups = _shard_groups(p)  # non-empty for a sharded DTensor: collectives below, even on an empty shard
         if pl.numel() == 0 and not groups:
-            return
+            return False
         state = self.state[p]
         if not state:
             self._init_state(pl, state, config, p.numel() * (2 if p.is_complex() else 1))
@@ -347,7 +365,7 @@ class Optimizer8bit(torch.optim.Optimizer):
             if config["nonfinite"] == "raise":
                 raise FloatingPointError(f"non-finite gradient for a parameter of shape {tuple(p.shape)}")
             state["skipped_steps"] += 1
-            return
+            return False
         state["step"] += 1
         step = int(state["step"])
         grad_scale = self._percentile_scale(gl, state, config, step, groups)
@@ -355,20 +373,28 @@ class Optimizer8bit(torch.optim.Optimizer):
         g = gl.contiguous()
         h = OptimHyper(lr=config["lr"], weight_decay=config.get("weight_decay", 0.0), grad_scale=grad_scale,
                        **self.hyper(config, step))
-        args = self._op_args(work, g, state, config)
+        states, absmaxes, codes, seeds = self._op_args(work, g, state, config)
+        paged = self._pages(pl)
+        if paged:  # this parameter's state visits the device for its update only
+            host = states + absmaxes
+            on_device = paging.fetch(host, work.device)
+            states, absmaxes = on_device[: len(states)], on_device[len(states):]
         rule, wd_mode = self.rule_for(config)
         bs = int(state.get("blocksize", config["blocksize"]))  # a loaded bitsandbytes state keeps its 256
         if self.needs_update_norm(config):
-            usq = optimizer_update_norm(rule, work, g, *args[:3], h, wd_mode=wd_mode, blocksize=bs)
+            usq = optimizer_update_norm(rule, work, g, states, absmaxes, codes, h, wd_mode=wd_mode, blocksize=bs)
             if groups:  # norms of the whole parameter, not of this shard
                 sq = _sum_over(groups, torch.stack([usq.to(work.device), work.float().square().sum()]))
                 unorm, pnorm = float(sq[0]) ** 0.5, float(sq[1]) ** 0.5
             else:
                 unorm, pnorm = float(usq) ** 0.5, float(work.float().norm())
             h = dataclasses.replace(h, update_scale=self.update_scale(unorm, pnorm, config))
-        optimizer_update(rule, work, g, *args[:3], h, wd_mode=wd_mode, blocksize=bs, seeds=args[3])
+        optimizer_update(rule, work, g, states, absmaxes, codes, h, wd_mode=wd_mode, blocksize=bs, seeds=seeds)
+        if paged:
+            paging.write_back(host, on_device)
         if work is not pl:
             pl.copy_(work)
+        return paged
 
     def _percentile_scale(self, g: torch.Tensor, state: dict, config: dict, step: int, groups: list) -> float:
         if config["percentile_clipping"] >= 100:
@@ -411,12 +437,14 @@ def bit_variants(cls: type) -> tuple[type, type]:
 
 
 def paged_variants(*classes: type) -> tuple[type, ...]:
-    """``Paged<Name>`` classes (bitsandbytes' names): the same optimizer with ``is_paged = True``. On CPU a paged
-    optimizer is the plain one (host memory is all there is). On a GPU eightbit has no paged state yet: the
-    state lives on the parameter's device, as for the plain optimizer (see docs/migrating_from_bitsandbytes.md)."""
+    """``Paged<Name>`` classes (bitsandbytes' names): the same optimizer with ``is_paged = True``: the state of a
+    parameter on an accelerator is kept in pinned host memory and visits the device for its update only
+    (optim/paging.py). On CPU a paged optimizer is the plain one (host memory is all there is)."""
     out = []
     for cls in classes:
-        doc = f"Paged {cls.__name__} (bitsandbytes' name): the same as :class:`{cls.__name__}` on CPU."
+        doc = (f"Paged {cls.__name__} (bitsandbytes' name): :class:`{cls.__name__}` whose state, for parameters on an "
+               "accelerator, lives in pinned host memory and is streamed to the device per parameter and step "
+               "(eightbit.optim.paging); the same as the plain optimizer on CPU.")
         out.append(type(f"Paged{cls.__name__}", (cls,), {"is_paged": True, "__doc__": doc,
                                                          "__module__": cls.__module__}))
     return tuple(out)
