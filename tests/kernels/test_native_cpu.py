@@ -282,7 +282,7 @@ def test_fp8_native_casts_bit_identical(lib, gen, name, saturate):
         assert torch.equal(deq.isnan(), ref.isnan()) and torch.equal(deq.nan_to_num(), ref.nan_to_num())
 
 
-@pytest.mark.parametrize("m", [1, 5, 70])
+@pytest.mark.parametrize("m", [1, 5, 20, 70])  # fused into the GEMM up to _FUSED_OUTLIER_ROWS, then separate
 def test_int8_kernel_with_outlier_columns(lib, gen, m):
     """The fused float outlier part equals the reference decomposition (float32 sums in another order)."""
     from eightbit.functional.int8 import int8_linear_reference
