@@ -200,7 +200,7 @@ class Optimizer8bit(torch.optim.Optimizer):
         bs = config["blocksize"]
         nblocks = -(-p_local.numel() // bs)
         dev, home = p_local.device, self._state_device(p_local)  # home: where the large state tensors live
-        pin = home.type == "cpu" and dev.type == "cuda" and torch.cuda.is_available()
+        pin = home.type == "cpu" and paging.pinned(dev)
         state["step"] = torch.zeros((), dtype=torch.int64)
         state["skipped_steps"] = torch.zeros((), dtype=torch.int64)
         if config["percentile_clipping"] < 100:
@@ -268,7 +268,8 @@ class Optimizer8bit(torch.optim.Optimizer):
             if pid in translated:
                 dev = _local(p).device
                 paged = self._state_device(_local(p)) != dev
-                large = {n for n, _ in specs[pid]} | {slot(k, i) for i in range(len(specs[pid])) for k in ("state", "absmax")}
+                large = {n for n, _ in specs[pid]}  # the state tensors a paged optimizer keeps on the host
+                large |= {slot(k, i) for i in range(len(specs[pid])) for k in ("state", "absmax")}
                 st = {}
                 for k, v in translated[pid].items():
                     if k.startswith("qmap") and isinstance(v, torch.Tensor):

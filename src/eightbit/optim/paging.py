@@ -14,15 +14,18 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["host_tensor", "fetch", "write_back", "synchronize"]
+__all__ = ["pinned", "host_tensor", "fetch", "write_back", "synchronize"]
+
+
+def pinned(for_device: torch.device) -> bool:
+    """Whether host state serving a parameter on ``for_device`` is pinned (CUDA: so the copies run asynchronously)."""
+    return for_device.type == "cuda" and torch.cuda.is_available()
 
 
 def host_tensor(t: torch.Tensor, for_device: torch.device) -> torch.Tensor:
-    """``t`` as a host tensor, pinned when it serves a CUDA parameter (so the copies run asynchronously)."""
+    """``t`` as a host tensor, pinned where :func:`pinned` says so."""
     t = t.detach().to("cpu")
-    if for_device.type == "cuda" and torch.cuda.is_available():
-        t = t.pin_memory()
-    return t
+    return t.pin_memory() if pinned(for_device) else t
 
 
 def fetch(tensors: list[torch.Tensor], device: torch.device) -> list[torch.Tensor]:
