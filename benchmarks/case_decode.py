@@ -3,7 +3,8 @@ regimes (issue 19, item 1):
 
 * hot: one layer called again and again (its 16 MB int8 weight stays in the 32 MB L3; fp32's 64 MB does not);
 * cold: a stack of distinct layers run in sequence as a model would (32 layers, 512 MB of int8 weights, far beyond
-  L3; the quick run uses 4), timed per layer.
+  L3; the quick run uses 4), and three LLaMA-7B MLP blocks (gate and up 4096 -> 11008, down 11008 -> 4096; 406 MB
+  int8; full run only).
 
 GB/s: weight bytes read per call / time. Floor (cold): a row of its own, timed in the same interleaved loop: an amax
 over one int8-sized buffer per layer (reads only, unlike the copy bandwidth of the other cases). Peers: torch fp32
@@ -22,43 +23,49 @@ from .common import Built, Context, Impl, Row, Unavailable, measure
 K = N = 4096
 
 
-def _stack(n_layers: int, seed: int) -> list[nn.Linear]:
+def _stack(shapes: list[tuple[int, int]], seed: int) -> list[nn.Linear]:
+    """float32 ``nn.Linear`` layers of the given (in, out) shapes, random weights of a trained model's scale."""
     g = torch.Generator().manual_seed(seed)
     layers = []
-    for _ in range(n_layers):
-        lin = nn.Linear(K, N, bias=False)
+    for k, n in shapes:
+        lin = nn.Linear(k, n, bias=False)
         with torch.no_grad():
-            lin.weight.copy_(torch.randn(N, K, generator=g) * 0.02)
+            lin.weight.copy_(torch.randn(n, k, generator=g) * 0.02)
         layers.append(lin.eval())
     return layers
 
 
-def _chain(layers, x):
+def _chain(layers, xs):
+    """Every layer on the input of its width (``xs``: in_features -> [M, in_features]): the same matmuls as running
+    them in sequence, without one layer's outliers steering the next."""
     def fn():
         with torch.no_grad():
             for layer in layers:
-                layer(x)
+                layer(xs[layer.in_features])
     return Built(fn)
 
 
-def _eightbit(layers, x) -> Built:
+def _eightbit(layers, xs) -> Built:
     from eightbit.nn import Linear8bitLt
 
-    return _chain([Linear8bitLt.from_linear(lin, threshold=6.0) for lin in layers], x)
+    return _chain([Linear8bitLt.from_linear(lin, threshold=6.0) for lin in layers], xs)
 
 
-def _torch_ao(layers, x) -> Built:
+def _torch_ao(layers, xs) -> Built:
     try:
         from torch.ao.quantization import quantize_dynamic
     except ImportError as e:
         raise Unavailable("torch.ao.quantization is not available") from e
-    return _chain([quantize_dynamic(nn.Sequential(lin), {nn.Linear}, dtype=torch.qint8) for lin in layers], x)
+    quantized = [quantize_dynamic(nn.Sequential(lin), {nn.Linear}, dtype=torch.qint8) for lin in layers]
+    for q, lin in zip(quantized, layers):
+        q.in_features = lin.in_features
+    return _chain(quantized, xs)
 
 
-def _onnxruntime(layers, x) -> Built:
+def _onnxruntime(layers, xs) -> Built:
     from .case_linear import ort_dynamic_int8_session  # one ORT session per layer, built as in the linear case
 
-    sessions = [ort_dynamic_int8_session(lin, x, spinning=False) for lin in layers]
+    sessions = [ort_dynamic_int8_session(lin, xs[lin.in_features], spinning=False) for lin in layers]
     return Built(lambda: [s() for s in sessions])
 
 
@@ -68,25 +75,30 @@ class _GgmlQ8:
     (ggml quantizes the activations to Q8_0 itself), computed with the same thread count per call, as llama.cpp
     runs one graph per token. The context (weights included) is freed with this object."""
 
-    def __init__(self, layers, x: torch.Tensor):
+    def __init__(self, layers, xs: dict[int, torch.Tensor]):
         import ctypes
 
         import ggml
 
-        self._ggml, n, k, m = ggml, layers[0].out_features, layers[0].in_features, x.shape[0]
-        size = len(layers) * n * k * 34 // 32 + (len(layers) * n * m + k * m) * 4 + 64 * 2**20
+        self._ggml = ggml
+        m = next(iter(xs.values())).shape[0]
+        size = (sum(lin.weight.numel() * 34 // 32 + lin.out_features * m * 4 for lin in layers)
+                + sum(x.numel() * 4 for x in xs.values()) + 64 * 2**20)
         self._ctx = ggml.ggml_init(ggml.ggml_init_params(mem_size=size, mem_buffer=None, no_alloc=False))
         if not self._ctx:
             raise Unavailable("ggml_init could not allocate the weights")
         self._graph = ggml.ggml_new_graph(self._ctx)
-        xt = ggml.ggml_new_tensor_2d(self._ctx, ggml.GGML_TYPE_F32, k, m)
-        ctypes.memmove(ggml.ggml_get_data(xt), x.contiguous().data_ptr(), x.numel() * 4)
+        inputs = {}
+        for k, x in xs.items():
+            inputs[k] = ggml.ggml_new_tensor_2d(self._ctx, ggml.GGML_TYPE_F32, k, m)
+            ctypes.memmove(ggml.ggml_get_data(inputs[k]), x.contiguous().data_ptr(), x.numel() * 4)
         for lin in layers:
+            k, n = lin.in_features, lin.out_features
             w = lin.weight.detach().float().contiguous()
             wt = ggml.ggml_new_tensor_2d(self._ctx, ggml.GGML_TYPE_Q8_0, k, n)
             ggml.ggml_quantize_chunk(ggml.GGML_TYPE_Q8_0, ctypes.cast(w.data_ptr(), ctypes.POINTER(ctypes.c_float)),
                                      ggml.ggml_get_data(wt), 0, n, k, None)
-            ggml.ggml_build_forward_expand(self._graph, ggml.ggml_mul_mat(self._ctx, wt, xt))
+            ggml.ggml_build_forward_expand(self._graph, ggml.ggml_mul_mat(self._ctx, wt, inputs[k]))
         self._threads = torch.get_num_threads()
 
     def __call__(self) -> None:
@@ -102,45 +114,51 @@ def _read_floor(layers) -> Built:
     """The floor, timed in the same interleaved loop as the implementations (the VM's memory bandwidth moves by
     ~30 % between minutes, so a probe measured once beforehand misplaced it): an amax over int32 views of one
     int8-sized buffer per layer, torch's fastest read-only pass over the same number of bytes."""
-    bufs = [torch.randint(-2**31, 2**31 - 1, (lin.out_features * lin.in_features // 4,), dtype=torch.int32)
-            for lin in layers]
+    bufs = [torch.randint(-2**31, 2**31 - 1, (-(-lin.weight.numel() // 4),), dtype=torch.int32) for lin in layers]
     return Built(lambda: [b.amax() for b in bufs])
 
 
 FLOOR = "read-only floor: amax over the int8 bytes"
 
 
-def _ggml_q8_0(layers, x) -> Built:
+def _ggml_q8_0(layers, xs) -> Built:
     try:
         import ggml  # noqa: F401
     except ImportError as e:
         raise Unavailable("ggml-python (llama.cpp's ggml) is not installed") from e
-    return Built(_GgmlQ8(layers, x))
+    return Built(_GgmlQ8(layers, xs))
+
+
+# gate and up projections 4096 -> 11008, down 11008 -> 4096: one LLaMA-7B MLP block
+LLAMA_MLP = [(4096, 11008), (4096, 11008), (11008, 4096)]
 
 
 def run(ctx: Context) -> list[Row]:
-    """Both regimes at M = 1, 2, 4, 8 (quick: M = 1), as result rows; the cold rows carry the ratio to the read-only
-    floor row measured beside them."""
-    n_cold = 4 if ctx.quick else 32
+    """The regimes at M = 1, 2, 4, 8 (quick: M = 1, no LLaMA stack), as result rows; the cold rows carry the ratio to
+    the read-only floor row measured beside them."""
+    regimes = [(f"{K}x{N}, hot, 1 layer(s)", [(K, N)]),
+               (f"{K}x{N}, cold, {4 if ctx.quick else 32} layer(s)", [(K, N)] * (4 if ctx.quick else 32))]
+    if not ctx.quick:
+        regimes.append(("LLaMA-7B MLP gate/up/down 4096->11008->4096, cold, 3 blocks", LLAMA_MLP * 3))
     rows: list[Row] = []
-    for regime, n_layers in (("hot", 1), ("cold", n_cold)):
-        layers = _stack(n_layers, seed=1)
+    for name, shapes in regimes:
+        layers = _stack(shapes, seed=1)
+        cold = ", cold, " in name
         for m in ((1,) if ctx.quick else (1, 2, 4, 8)):
-            x = torch.randn(m, K, generator=torch.Generator().manual_seed(m))
-            impls = [Impl("eightbit Linear8bitLt", lambda: _eightbit(layers, x)),
-                     Impl("torch fp32 nn.Linear", lambda: _chain(layers, x)),
-                     Impl("torch.ao dynamic int8", lambda: _torch_ao(layers, x)),
-                     Impl("onnxruntime dynamic int8", lambda: _onnxruntime(layers, x)),
-                     Impl("llama.cpp ggml Q8_0", lambda: _ggml_q8_0(layers, x))]
-            if regime == "cold":
+            xs = {k: torch.randn(m, k, generator=torch.Generator().manual_seed(m)) for k in {k for k, _ in shapes}}
+            impls = [Impl("eightbit Linear8bitLt", lambda: _eightbit(layers, xs)),
+                     Impl("torch fp32 nn.Linear", lambda: _chain(layers, xs)),
+                     Impl("torch.ao dynamic int8", lambda: _torch_ao(layers, xs)),
+                     Impl("onnxruntime dynamic int8", lambda: _onnxruntime(layers, xs)),
+                     Impl("llama.cpp ggml Q8_0", lambda: _ggml_q8_0(layers, xs))]
+            if cold:
                 impls.append(Impl(FLOOR, lambda: _read_floor(layers)))
-            int8_bytes = n_layers * N * K
-            got = measure(ctx, "decode", f"{K}x{N}, {regime}, {n_layers} layer(s), M={m}", impls,
-                          bytes_per_call=int8_bytes)
+            int8_bytes = sum(k * n for k, n in shapes)
+            got = measure(ctx, "decode", f"{name}, M={m}", impls, bytes_per_call=int8_bytes)
             floor = next((r for r in got if r.impl == FLOOR and r.median_ms is not None), None)
             for row in got:
                 if row.median_ms is not None:  # per layer, so the regimes compare directly
-                    row.extra["ms_per_layer"] = row.median_ms / n_layers
+                    row.extra["ms_per_layer"] = row.median_ms / len(shapes)
                     if floor is not None:
                         row.floor_ms, row.x_floor = floor.median_ms, row.median_ms / floor.median_ms
                 rows.append(row)
