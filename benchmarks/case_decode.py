@@ -14,6 +14,7 @@ ggml from source with the machine's compiler and ``-march=native``, a few minute
 """
 from __future__ import annotations
 
+import ctypes
 
 import torch
 from torch import nn
@@ -76,8 +77,6 @@ class _GgmlQ8:
     runs one graph per token. The context (weights included) is freed with this object."""
 
     def __init__(self, layers, xs: dict[int, torch.Tensor]):
-        import ctypes
-
         import ggml
 
         self._ggml = ggml
@@ -99,10 +98,14 @@ class _GgmlQ8:
             ggml.ggml_quantize_chunk(ggml.GGML_TYPE_Q8_0, ctypes.cast(w.data_ptr(), ctypes.POINTER(ctypes.c_float)),
                                      ggml.ggml_get_data(wt), 0, n, k, None)
             ggml.ggml_build_forward_expand(self._graph, ggml.ggml_mul_mat(self._ctx, wt, inputs[k]))
-        self._threads = torch.get_num_threads()
+        # plan once with a work buffer of our own: ggml_graph_compute_with_ctx would carve a new one out of the
+        # context on every call until the context is full
+        self._plan = ggml.ggml_graph_plan(self._graph, torch.get_num_threads(), None)
+        self._work = (ctypes.c_uint8 * max(1, self._plan.work_size))()
+        self._plan.work_data = ctypes.cast(self._work, ctypes.POINTER(ctypes.c_uint8))
 
     def __call__(self) -> None:
-        self._ggml.ggml_graph_compute_with_ctx(self._ctx, self._graph, self._threads)
+        self._ggml.ggml_graph_compute(self._graph, ctypes.byref(self._plan))
 
     def __del__(self) -> None:
         if getattr(self, "_ctx", None):

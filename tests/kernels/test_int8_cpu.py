@@ -78,3 +78,10 @@ def test_matmul_dequant_exact_at_the_int32_limit(m):
     xa, wa = torch.full((m,), 127.0), torch.full((17,), 127.0)
     got = ops.int8_matmul_dequant(x, xa, w, wa)
     assert torch.equal(got, int8_matmul_dequant_reference(x, xa, w, wa))
+
+
+def test_matmul_dequant_with_empty_k_is_zero():
+    """K = 0: no products, an all-zero float32 [M, N] (the native path is skipped: it has nothing to multiply)."""
+    x, w = torch.zeros((3, 0), dtype=torch.int8), torch.zeros((5, 0), dtype=torch.int8)
+    got = int8_cpu.int8_matmul_dequant_cpu(x, torch.ones(3), w, torch.ones(5))
+    assert got.dtype == torch.float32 and torch.equal(got, torch.zeros(3, 5))

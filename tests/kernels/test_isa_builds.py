@@ -23,10 +23,10 @@ MODULES = ["test_native_cpu.py", "test_int8_cpu.py", "test_packed_lut.py"]
 
 @pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"), reason="the narrowing flags are x86 flags")
 @pytest.mark.parametrize("isa", ["avx2", "generic"])
-def test_kernels_match_references_on_narrower_isa(isa):
+def test_kernels_match_references_on_narrower_isa(isa, seed):
     if native._compiler() is None:
         pytest.skip("no C compiler on this machine")
-    env = dict(os.environ, EIGHTBIT_NATIVE_ISA=isa)
+    env = dict(os.environ, EIGHTBIT_NATIVE_ISA=isa, EIGHTBIT_TEST_SEED=str(seed))  # the child replays this seed
     probe = ("import sys; from eightbit.kernels.cpu import native; lib = native.library(); "
              "sys.exit(0 if lib is not None else 3)")
     built = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=600)

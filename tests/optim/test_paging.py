@@ -3,6 +3,8 @@ back. On this CPU-only CI the paging path is forced for CPU parameters (``_pages
 code a CUDA parameter runs, copies included; the CUDA test runs where a GPU is (benchmarks/gpu_run.sh)."""
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 from torch import nn
@@ -17,19 +19,24 @@ CASES = [("PagedAdamW8bit", {}), ("PagedAdamW32bit", {}), ("PagedLion8bit", {}),
 
 @pytest.fixture
 def forced(monkeypatch):
-    """Page every parameter of a paged optimizer (CPU ones included) and record each fetch's host and device
-    tensors."""
-    calls = []
+    """Page every parameter of a paged optimizer (CPU ones included); records each fetch's (host, device) tensors in
+    ``.fetches`` and each state tensor placed on the host by ``load_state_dict`` in ``.placed``."""
+    record = SimpleNamespace(fetches=[], placed=[])
     monkeypatch.setattr(Optimizer8bit, "_pages", lambda self, p: self.is_paged)
-    real = paging.fetch
+    real_fetch, real_host = paging.fetch, paging.host_tensor
 
     def fetch(tensors, device):
-        out = real(tensors, device)
-        calls.append((list(tensors), out))
+        out = real_fetch(tensors, device)
+        record.fetches.append((list(tensors), out))
         return out
 
+    def host_tensor(t, for_device):
+        record.placed.append(t)
+        return real_host(t, for_device)
+
     monkeypatch.setattr(paging, "fetch", fetch)
-    return calls
+    monkeypatch.setattr(paging, "host_tensor", host_tensor)
+    return record
 
 
 def _run(cls, kw, seed, steps=4, opt=None, p=None):
@@ -51,12 +58,12 @@ def test_forced_paging_equals_plain_and_copies(forced, seed, name, kw):
     assert torch.equal(p1, p2)
     for k, v in o2.state[p2].items():
         assert torch.equal(o1.state[p1][k], v), k
-    assert len(forced) == 4  # one fetch per step, of the state tensors, as copies (never the host tensors)
-    for host, dev in forced:
+    assert len(forced.fetches) == 4  # one fetch per step, of the state tensors, as copies (never the host tensors)
+    for host, dev in forced.fetches:
         assert host and len(host) == len(dev)
         assert all(h.data_ptr() != d.data_ptr() for h, d in zip(host, dev))
     held = {t.data_ptr() for t in o1.state[p1].values() if isinstance(t, torch.Tensor)}
-    assert all(h.data_ptr() in held for host, _ in forced for h in host)  # fetched from the optimizer's state
+    assert all(h.data_ptr() in held for host, _ in forced.fetches for h in host)  # fetched from the optimizer's state
 
 
 def test_forced_paging_state_dict_round_trip(forced, seed):
@@ -64,11 +71,14 @@ def test_forced_paging_state_dict_round_trip(forced, seed):
     p2 = nn.Parameter(p1.detach().clone())
     o2 = O.PagedAdamW8bit([p2], lr=1e-2)
     o2.load_state_dict(o1.state_dict())
+    assert len(forced.placed) == 4  # state1, state2, absmax1, absmax2 went through the host placement
     for k, v in o1.state[p1].items():
         assert torch.equal(o2.state[p2][k], v) and (not isinstance(v, torch.Tensor) or v.data_ptr() != o2.state[p2][k].data_ptr())
+    forced.fetches.clear()
     _run(None, {}, seed + 1, steps=2, opt=o1, p=p1)
     _run(None, {}, seed + 1, steps=2, opt=o2, p=p2)
     assert torch.equal(p1, p2)
+    assert len(forced.fetches) == 4  # two steps each: the loaded optimizer pages its steps too
 
 
 def test_cpu_parameters_are_not_paged():

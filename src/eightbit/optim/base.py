@@ -267,7 +267,7 @@ class Optimizer8bit(torch.optim.Optimizer):
         for pid, p in zip(saved_ids, params):
             if pid in translated:
                 dev = _local(p).device
-                paged = self._state_device(_local(p)) != dev
+                paged = self._pages(_local(p))
                 large = {n for n, _ in specs[pid]}  # the state tensors a paged optimizer keeps on the host
                 large |= {slot(k, i) for i in range(len(specs[pid])) for k in ("state", "absmax")}
                 st = {}
@@ -335,13 +335,15 @@ class Optimizer8bit(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         paged: set[torch.device] = set()
-        for group in self.param_groups:
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                if self._step_param(p, self._config(p, group)):
-                    paged.add(_local(p).device)
-        paging.synchronize(paged)
+        try:
+            for group in self.param_groups:
+                for p in group["params"]:
+                    if p.grad is None:
+                        continue
+                    if self._step_param(p, self._config(p, group)):
+                        paged.add(_local(p).device)
+        finally:  # the states already written back are current even when a later parameter raises
+            paging.synchronize(paged)
         return loss
 
     def _pages(self, p_local: torch.Tensor) -> bool:

@@ -41,7 +41,10 @@ def write_back(host: list[torch.Tensor], device_copies: list[torch.Tensor]) -> N
 
 
 def synchronize(devices: set[torch.device]) -> None:
-    """Wait for the copies back to the host on each CUDA device that paged state this step."""
+    """Wait for the copies back to the host on each accelerator that paged state this step (CUDA: its current
+    stream; other accelerators: the device, through their torch device module)."""
     for dev in devices:
         if dev.type == "cuda":
             torch.cuda.current_stream(dev).synchronize()
+        elif dev.type != "cpu":
+            torch.get_device_module(dev.type).synchronize()

@@ -65,7 +65,7 @@ def native_gemm(x: torch.Tensor, x_absmax: torch.Tensor, w: torch.Tensor, w_absm
 def int8_matmul_dequant_cpu(x_int8, x_absmax, w_int8, w_absmax) -> torch.Tensor:
     """float32 [M, N] = (x_int8 @ w_int8.T) * outer(x_absmax, w_absmax) / 127**2, exact int32 products."""
     m, k = x_int8.shape
-    if m and k <= _NATIVE_MAX_K and native.library() is not None and bool(x_int8.min() > -128):
+    if m and 0 < k <= _NATIVE_MAX_K and native.library() is not None and bool(x_int8.min() > -128):
         return native_gemm(x_int8.contiguous(), x_absmax, w_int8.contiguous(), w_absmax)
     acc = int8_mm_cpu(x_int8, w_int8).float()
     return acc * (x_absmax.unsqueeze(1) / _INT8_MAX) * (w_absmax.unsqueeze(0) / _INT8_MAX)
