@@ -4,9 +4,10 @@ Measured on this project's 2-core AVX2 machine (no VNNI/AMX), 4096x4096 weight: 
 8.9 / 223 / 3828 ms for M = 1 / 32 / 512, far slower than fp32, and oneDNN's u8s8 GEMM saturates its int16 pair
 sums on AVX2. Two exact routes are used instead:
 
-* ``eb_int8_gemm`` (native C, csrc/int8_cpu.c): exact int32 accumulation for activations in [-127, 127]; up to 3
-  rows a memory-bound pass over the weight rows in place, from 4 rows per-thread packed 16-column panels under
-  a 4x16 register tile.
+* ``eb_int8_gemm`` (native C, csrc/int8_cpu.c and int8_panels.c): exact int32 accumulation for activations in
+  [-127, 127]; for few rows (decode, small batches) one pass over the weight rows in place, each weight vector
+  multiplied with up to 4 activation rows in registers; for many rows per-thread packed 16-column panels under a
+  register tile (8x16 at 512 bits with AVX-512 VNNI, else 4x16).
 * Without the native library (or for the -128 code the native GEMM does not take): int8 values converted to
   float32 in K chunks of 1024 and multiplied with the fp32 GEMM: products of int8 values are exact in float32
   and a sum of 1024 of them stays below 2**24, so the int32 result is exact.
