@@ -36,20 +36,22 @@ def _stack(shapes: list[tuple[int, int]], seed: int) -> list[nn.Linear]:
     return layers
 
 
-def _chain(layers, xs):
-    """Every layer on the input of its width (``xs``: in_features -> [M, in_features]): the same matmuls as running
-    them in sequence, without one layer's outliers steering the next."""
+def _chain(modules, layers, xs):
+    """Each module (built from the float layer beside it) on the input of that layer's width (``xs``: in_features ->
+    [M, in_features]): the same matmuls as running them in sequence, without one layer's outliers steering the next."""
+    pairs = [(module, xs[lin.in_features]) for module, lin in zip(modules, layers)]
+
     def fn():
         with torch.no_grad():
-            for layer in layers:
-                layer(xs[layer.in_features])
+            for module, x in pairs:
+                module(x)
     return Built(fn)
 
 
 def _eightbit(layers, xs) -> Built:
     from eightbit.nn import Linear8bitLt
 
-    return _chain([Linear8bitLt.from_linear(lin, threshold=6.0) for lin in layers], xs)
+    return _chain([Linear8bitLt.from_linear(lin, threshold=6.0) for lin in layers], layers, xs)
 
 
 def _torch_ao(layers, xs) -> Built:
@@ -57,10 +59,7 @@ def _torch_ao(layers, xs) -> Built:
         from torch.ao.quantization import quantize_dynamic
     except ImportError as e:
         raise Unavailable("torch.ao.quantization is not available") from e
-    quantized = [quantize_dynamic(nn.Sequential(lin), {nn.Linear}, dtype=torch.qint8) for lin in layers]
-    for q, lin in zip(quantized, layers):
-        q.in_features = lin.in_features
-    return _chain(quantized, xs)
+    return _chain([quantize_dynamic(nn.Sequential(lin), {nn.Linear}, dtype=torch.qint8) for lin in layers], layers, xs)
 
 
 def _onnxruntime(layers, xs) -> Built:
@@ -150,7 +149,7 @@ def run(ctx: Context) -> list[Row]:
         for m in ((1,) if ctx.quick else (1, 2, 4, 8)):
             xs = {k: torch.randn(m, k, generator=torch.Generator().manual_seed(m)) for k in {k for k, _ in shapes}}
             impls = [Impl("eightbit Linear8bitLt", lambda: _eightbit(layers, xs)),
-                     Impl("torch fp32 nn.Linear", lambda: _chain(layers, xs)),
+                     Impl("torch fp32 nn.Linear", lambda: _chain(layers, layers, xs)),
                      Impl("torch.ao dynamic int8", lambda: _torch_ao(layers, xs)),
                      Impl("onnxruntime dynamic int8", lambda: _onnxruntime(layers, xs)),
                      Impl("llama.cpp ggml Q8_0", lambda: _ggml_q8_0(layers, xs))]
