@@ -8,10 +8,8 @@ import time
 import torch
 from torch import nn
 import eightbit.optim as O
-from eightbit.functional import create_dynamic_map
 torch.set_num_threads(1)
-def _dequant(q, absmax, signed, bs):
-    code = create_dynamic_map(signed)
+def _dequant(q, absmax, code, bs):
     return (code[q.long()].view(-1, bs) * absmax.view(-1, 1)).view(q.shape) if q.numel() % bs == 0 else None
 g = torch.Generator().manual_seed(5)
 X = torch.randn(2048, 32, generator=g); y = torch.sin(X @ torch.randn(32, 8, generator=g))
@@ -26,12 +24,13 @@ def run(make_opt, bs=None, steps=10000):
         if bs:
             v.mul_(0.999).addcmul_(w.grad.double(), w.grad.double(), value=0.001)
             if (i+1) % 1000 == 0:
-                st = opt.state[w]; ev = _dequant(st["state2"], st["absmax2"], False, bs)
+                st = opt.state[w]; ev = _dequant(st["state2"], st["absmax2"], st["qmap2"], bs)
                 verr.append(round(float((ev - v).norm() / v.norm()), 4))
     return sum(losses[-200:]) / 200, verr
 ref, _ = run(lambda p: torch.optim.AdamW(p, lr=1e-3))
 out = {"torch_adamw_tail_loss": ref}
-for name, kw, bs in [("eightbit default (2048, SR)", {}, 2048), ("blocksize 256, SR", {"blocksize": 256}, 256),
+for name, kw, bs in [("eightbit default (binary map, 2048, SR)", {}, 2048),
+                     ("decimal dynamic map (2048, SR)", {"state_code": "dynamic"}, 2048), ("blocksize 256, SR", {"blocksize": 256}, 256),
                      ("bitsandbytes-like (256, no SR)", {"blocksize": 256, "stochastic_rounding": False}, 256),
                      ("2048, no SR", {"stochastic_rounding": False}, 2048)]:
     t = time.time(); tail, verr = run(lambda p: O.AdamW8bit(p, lr=1e-3, **kw), bs)

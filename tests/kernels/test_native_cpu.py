@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import eightbit.optim as O
-from eightbit.functional import create_dynamic_map, create_linear_map
+from eightbit.functional import create_binary_dynamic_map, create_dynamic_map, create_linear_map
 from eightbit.functional.blockwise import dequantize_blocks, quantize_blocks
 from eightbit.functional.codes import codebook
 from eightbit.functional.rounding import step_seed
@@ -20,6 +20,8 @@ CODES = {
     "dynamic-signed": lambda: create_dynamic_map(signed=True),
     "dynamic-unsigned": lambda: create_dynamic_map(signed=False),
     "linear": lambda: create_linear_map(signed=True),
+    "binary-signed": lambda: create_binary_dynamic_map(signed=True),
+    "binary-unsigned": lambda: create_binary_dynamic_map(signed=False),
 }
 
 
@@ -86,13 +88,11 @@ def test_stochastic_rounding_bit_identical_and_unbiased(lib, gen, code_name):
     x1 = torch.rand(1, 2048, generator=gen) * 0.01 + 0.5  # inside one code interval of every map
     x1[0, 0] = 1.0  # pins absmax
     draws = torch.stack([  # seeds as the optimizers make them: a hash of (step, state)
-        native_dequantize(native_quantize(x1, code, seed=step_seed(s, 1))[0],
-                          torch.ones(1), code)
+        native_dequantize(*native_quantize(x1, code, seed=step_seed(s, 1)), code)  # absmax 1 (2 for binary maps)
         for s in range(200)
     ])
     err_sr = (draws.mean(0) - x1).abs()[0, 1:].mean()
-    q_rtn, _ = native_quantize(x1, code)
-    err_rtn = (code[q_rtn.long()] - x1).abs()[0, 1:].mean()
+    err_rtn = (native_dequantize(*native_quantize(x1, code), code) - x1).abs()[0, 1:].mean()
     assert err_sr < 0.25 * err_rtn, (err_sr, err_rtn)
 
 
@@ -113,16 +113,17 @@ def _ulp(x: torch.Tensor) -> torch.Tensor:
 OPTIMIZERS = {
     "AdamW8bit": lambda p, **kw: O.AdamW8bit([p], 1e-3, **kw),
     "Adam8bit-L2": lambda p, **kw: O.Adam8bit([p], 1e-3, weight_decay=0.01, **kw),
-    "SGD8bit": lambda p, **kw: O.SGD8bit([p], 1e-2, momentum=0.9, nesterov=True, weight_decay=0.01),
+    "SGD8bit": lambda p, **kw: O.SGD8bit([p], 1e-2, momentum=0.9, nesterov=True, weight_decay=0.01, **kw),
     "RMSprop8bit": lambda p, **kw: O.RMSprop8bit([p], 1e-3, **kw),
     "Adagrad8bit": lambda p, **kw: O.Adagrad8bit([p], 1e-2, lr_decay=0.01, **kw),
-    "Lion8bit": lambda p, **kw: O.Lion8bit([p], 1e-4, weight_decay=0.1),
+    "Lion8bit": lambda p, **kw: O.Lion8bit([p], 1e-4, weight_decay=0.1, **kw),
     "LAMB8bit": lambda p, **kw: O.LAMB8bit([p], 1e-3, weight_decay=0.01, **kw),
-    "LARS8bit": lambda p, **kw: O.LARS8bit([p], 1e-2),
+    "LARS8bit": lambda p, **kw: O.LARS8bit([p], 1e-2, **kw),
 }
 
 
-@pytest.mark.parametrize("kw", [{}, {"stochastic_rounding": False}, {"percentile_clipping": 90}])
+@pytest.mark.parametrize("kw", [{}, {"stochastic_rounding": False}, {"percentile_clipping": 90},
+                                {"state_code": "dynamic"}])
 @pytest.mark.parametrize("name", list(OPTIMIZERS))
 def test_optimizer_native_matches_reference(lib, gen, name, kw):
     """States and parameters bit-identical to the reference after every step. Both round each operation once in
@@ -130,7 +131,7 @@ def test_optimizer_native_matches_reference(lib, gen, name, kw):
     one is not correctly rounded); any slack would hide a real difference, since L2 decay that cancels the gradient
     (|g + wd p| << |g|) amplifies an ulp of the parameter into tens of ulps of the next step."""
     if "SGD" in name or "Lion" in name or "LARS" in name:
-        kw = {k: v for k, v in kw.items() if k == "percentile_clipping"}
+        kw = {k: v for k, v in kw.items() if k in ("percentile_clipping", "state_code")}
     n = 2048 * 20 + 77  # native full blocks + the partial last block
     p1 = torch.nn.Parameter(torch.randn(n, generator=gen))
     p2 = torch.nn.Parameter(p1.detach().clone())

@@ -45,8 +45,8 @@ def test_adamw8bit_10k_steps_bounded_quantization_error():
                 v.mul_(0.999).addcmul_(w.grad.double(), w.grad.double(), value=0.001)
                 if (i + 1) % 1000 == 0:
                     st = opt.state[w]
-                    em = _dequant(st["state1"], st["absmax1"], True)
-                    ev = _dequant(st["state2"], st["absmax2"], False)
+                    em = _dequant(st["state1"], st["absmax1"], st["qmap1"])
+                    ev = _dequant(st["state2"], st["absmax2"], st["qmap2"])
                     errors.append((((em - m).norm() / m.norm()).item(), ((ev - v).norm() / v.norm()).item()))
         return losses, errors
 
@@ -67,10 +67,8 @@ def test_adamw8bit_10k_steps_bounded_quantization_error():
     assert last <= 1.5 * first, f"second-moment quantization error grows over time: {first:.4f} -> {last:.4f}"
 
 
-def _dequant(q, absmax, signed):
-    from eightbit.functional import create_dynamic_map
-
-    code = create_dynamic_map(signed=signed).double()
+def _dequant(q, absmax, qmap):
+    code = qmap.double()
     bs = 2048
     vals = code[q.reshape(-1).long()]
     return (vals * absmax.double().repeat_interleave(bs)[: vals.numel()]).view(q.shape)

@@ -310,3 +310,37 @@ def test_state_dict_round_trip_with_groups_of_different_state_specs(gen):
         ps[0].grad, ps[1].grad = torch.ones(5000), torch.ones(5000)
         o.step()
     assert torch.equal(a2, a) and torch.equal(b2, b)
+
+
+def test_state_code_option_and_checkpoint_keep_their_map():
+    from eightbit.functional import create_binary_dynamic_map, create_dynamic_map
+
+    def make(**kw):
+        p = torch.nn.Parameter(torch.linspace(-1, 1, 8192))
+        return p, O.AdamW8bit([p], lr=1e-3, **kw)
+
+    p, opt = make()
+    p.grad = torch.randn(8192)
+    opt.step()
+    st = opt.state[p]
+    assert torch.equal(st["qmap1"], create_binary_dynamic_map(True))
+    assert torch.equal(st["qmap2"], create_binary_dynamic_map(False))
+    a = st["absmax2"]
+    assert torch.equal(torch.exp2(torch.log2(a).round()), a)  # power-of-two block scales
+    with pytest.raises(ValueError, match="state_code"):
+        make(state_code="decimal")
+    # a checkpoint written with the decimal map continues on it in a default (binary) optimizer
+    p1, o1 = make(state_code="dynamic")
+    p2, o2 = make()
+    for step in range(3):
+        g = torch.randn(8192, generator=torch.Generator().manual_seed(step))
+        p1.grad = g.clone()
+        o1.step()
+        if step == 0:
+            p2.data.copy_(p1.data)
+            o2.load_state_dict(o1.state_dict())
+            assert torch.equal(o2.state[p2]["qmap1"], create_dynamic_map(True))
+            continue
+        p2.grad = g.clone()
+        o2.step()
+    assert torch.equal(p1, p2) and torch.equal(o1.state[p1]["state2"], o2.state[p2]["state2"])

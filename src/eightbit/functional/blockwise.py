@@ -87,6 +87,8 @@ def quantize_blocks(x2d: torch.Tensor, cb: Codebook, seed: int = -1, first: int 
     x = x2d.float()
     absmax = x.abs().amax(1, keepdim=True)  # NaN propagates: flags the block
     ok = torch.isfinite(absmax)
+    if cb.pow2_scale:
+        absmax = pow2_above(absmax)
     scale = torch.where(ok & (absmax > 0), absmax, torch.ones_like(absmax))
     n = x / scale
     idx = torch.bucketize(n, cb.midpoints).to(torch.int32)
@@ -95,6 +97,15 @@ def quantize_blocks(x2d: torch.Tensor, cb: Codebook, seed: int = -1, first: int 
         idx = stochastic_round(n, idx, cb.values, uniform_from_index(index, seed))
     q = torch.where(ok, idx, torch.full_like(idx, cb.zero_index)).to(torch.uint8)
     return q, torch.where(ok, absmax, torch.full_like(absmax, float("nan"))).squeeze(1)
+
+
+def pow2_above(absmax: torch.Tensor) -> torch.Tensor:
+    """The block scale of binary dynamic maps: ``2^(floor(log2 a) + 1)`` for each float32 absmax ``a`` (so every
+    ``|x| / scale < 1``; 2^127 at most, where values from 2^127 up are then clipped to the top code), 0 for 0
+    and NaN/Inf unchanged. Exact (exponent-bit arithmetic)."""
+    e = (absmax.view(torch.int32) >> 23) & 0xFF
+    scale = ((e + 1).clamp(max=254) << 23).view(torch.float32)
+    return torch.where(torch.isfinite(absmax) & (absmax > 0), scale, absmax)
 
 
 def dequantize_blocks(q2d: torch.Tensor, absmax: torch.Tensor, code: torch.Tensor) -> torch.Tensor:

@@ -13,8 +13,8 @@ import torch
 
 from .._checks import FLOAT_DTYPES, check_bool, check_tensor
 
-__all__ = ["Codebook", "codebook", "dynamic_codebook", "create_dynamic_map", "create_linear_map",
-           "create_quantile_map"]
+__all__ = ["Codebook", "codebook", "dynamic_codebook", "binary_codebook", "create_dynamic_map",
+           "create_binary_dynamic_map", "create_linear_map", "create_quantile_map", "BINARY_GROUPS"]
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -24,15 +24,24 @@ class Codebook:
     ``values``: the 256 sorted float32 codes (on the code tensor's device); ``midpoints``: the 255 float32
     midpoints between neighbours (nearest code of ``n`` = number of midpoints below ``n``, ties to the lower
     code); ``zero_index``: index of the code nearest 0 (what a block holding NaN/Inf is filled with);
-    ``signed``: whether the map has negative codes. Kernels keep the derived lookup tables they need in
-    ``table(name, build)``, built on first use and kept with the codebook.
+    ``signed``: whether the map has negative codes; ``groups``: for a binary dynamic map
+    (:func:`create_binary_dynamic_map`) its group layout, else None. Blocks quantized onto a binary dynamic map
+    are scaled by a power of two (:attr:`pow2_scale`) instead of their absmax. Kernels keep the derived lookup
+    tables they need in ``table(name, build)``, built on first use and kept with the codebook.
     """
 
     values: torch.Tensor
     midpoints: torch.Tensor
     zero_index: int
     signed: bool
+    groups: tuple | None = None
     _tables: dict = dataclasses.field(default_factory=dict, repr=False)
+
+    @property
+    def pow2_scale(self) -> bool:
+        """Whether blocks are scaled by the power of two above their absmax (binary dynamic maps: then every
+        normalized value is below 1 and the division by the scale is exact) rather than by the absmax."""
+        return self.groups is not None
 
     def table(self, name: str, build: Callable[["Codebook"], Any]) -> Any:
         """The derived object ``name`` of this codebook, ``build(self)`` on first request (kernel tables)."""
@@ -64,7 +73,10 @@ def _build_codebook(code: torch.Tensor) -> Codebook:
         raise ValueError("code must be sorted in non-decreasing order")
     c = code.double()
     mid = ((c[1:] + c[:-1]) / 2).float()
-    return Codebook(code, mid, int(c.abs().argmin()), bool(c[0] < 0))
+    signed = bool(c[0] < 0)
+    groups = BINARY_GROUPS[signed] if torch.equal(code.cpu(), _binary_map(signed)) else None
+    return Codebook(code, mid, int(c.abs().argmin()), signed, groups)
+
 
 
 def codebook(code: object) -> Codebook:
@@ -132,6 +144,56 @@ def _decade(scale: float, n: int, signed: bool) -> list[float]:
     means = (bounds[:-1] + bounds[1:]) / 2.0
     out = (scale * means).tolist()  # float32 product, as bitsandbytes computes it
     return out + (-scale * means).tolist() if signed else out
+
+
+# Group layout of the binary dynamic maps, from the largest magnitudes down: (binades, fraction bits) per group.
+# Group g of the magnitude codes holds the codes whose leading one is bit (bits - 1 - g) (bits: 7 signed, 8
+# unsigned), so each group has half the codes of the one above; the fraction bits buy precision where the
+# values are large, the many one-code binades at the bottom buy range. Chosen on the 10,000-step AdamW run
+# (docs/optimizers.md): smaller m and v error than the decimal dynamic map with as much range for v.
+BINARY_GROUPS: dict[bool, tuple[tuple[int, int], ...]] = {
+    True: ((2, 5), (2, 4), (2, 3), (2, 2), (2, 1), (2, 0), (1, 0)),  # 13 binades: down to 2^-13
+    False: ((1, 7), (1, 6), (2, 4), (4, 2), (8, 0), (4, 0), (2, 0), (1, 0)),  # 23 binades: down to 2^-23
+}
+
+
+def _binary_magnitudes(signed: bool) -> list[float]:
+    out, k = [], 0
+    for binades, bits in BINARY_GROUPS[signed]:
+        for _ in range(binades):
+            out += [2.0 ** -(k + 1) * (1 + f / 2**bits) for f in range(2**bits)]
+            k += 1
+    return sorted(out)
+
+
+@functools.lru_cache(maxsize=None)
+def _binary_map(signed: bool) -> torch.Tensor:
+    mags = _binary_magnitudes(signed)
+    vals = [0.0] + mags + ([0.0] + [-m for m in mags] if signed else [])
+    with torch.inference_mode(False):
+        return torch.tensor(sorted(vals), dtype=torch.float32)
+
+
+def create_binary_dynamic_map(signed: bool = True) -> torch.Tensor:
+    """The binary dynamic code: 256 sorted float32 values in (-1, 1) (signed) or [0, 1), eightbit's default code
+    for 8-bit optimizer states.
+
+    Like the dynamic tree code, a code is a sign bit (signed only), a run of leading zeros selecting a group
+    of binades, and a linear fraction; unlike it, exponents are binary (each binade [2^-(k+1), 2^-k) holds
+    2^bits evenly spaced values ``2^-(k+1) * (1 + f / 2^bits)``, :data:`BINARY_GROUPS`), so every gap between
+    neighbours is a power of two. With blocks scaled by a power of two (:attr:`Codebook.pow2_scale`), encoding
+    (nearest or stochastic) and decoding are integer operations on float32 bits, exactly equal to the table
+    search: no table lookups in the kernels. Signed: 127 magnitudes per sign and two zeros (indices 127,
+    128); unsigned: 0 and 255 magnitudes. TypeError for a non-bool ``signed``."""
+    check_bool(signed, "signed")
+    return _binary_map(signed).clone()
+
+
+@functools.lru_cache(maxsize=None)
+def binary_codebook(signed: bool, device: torch.device | str = "cpu") -> Codebook:
+    """The codebook of ``create_binary_dynamic_map(signed)`` on ``device`` (cached)."""
+    with torch.inference_mode(False):
+        return codebook(create_binary_dynamic_map(signed=signed).to(device))
 
 
 def create_linear_map(signed: bool = True, total_bits: int = 8, add_zero: bool = True) -> torch.Tensor:

@@ -30,6 +30,7 @@ class Adagrad(Optimizer8bit):
         max_unorm: float = 0.0,
         blocksize: int = 2048,
         nonfinite: str = "skip",
+        state_code: str = "binary",
         stochastic_rounding: bool = True,
     ) -> None:
         if initial_accumulator_value != 0:
@@ -37,7 +38,7 @@ class Adagrad(Optimizer8bit):
         super().__init__(params, dict(
             lr=lr, lr_decay=lr_decay, weight_decay=weight_decay, eps=eps, optim_bits=optim_bits,
             min_8bit_size=min_8bit_size, percentile_clipping=percentile_clipping, max_unorm=max_unorm,
-            blocksize=blocksize, nonfinite=nonfinite,
+            blocksize=blocksize, nonfinite=nonfinite, state_code=state_code,
             stochastic_rounding=stochastic_rounding,
         ))
 

@@ -34,6 +34,7 @@ class Adam(Optimizer8bit):
         max_unorm: float = 0.0,
         blocksize: int = 2048,
         nonfinite: str = "skip",
+        state_code: str = "binary",
         stochastic_rounding: bool = True,
     ) -> None:
         if amsgrad:
@@ -41,7 +42,7 @@ class Adam(Optimizer8bit):
         super().__init__(params, dict(
             lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, optim_bits=optim_bits,
             min_8bit_size=min_8bit_size, percentile_clipping=percentile_clipping, max_unorm=max_unorm,
-            blocksize=blocksize, nonfinite=nonfinite,
+            blocksize=blocksize, nonfinite=nonfinite, state_code=state_code,
             stochastic_rounding=stochastic_rounding,
         ))
 

@@ -28,11 +28,12 @@ class Lion(Optimizer8bit):
         max_unorm: float = 0.0,
         blocksize: int = 2048,
         nonfinite: str = "skip",
+        state_code: str = "binary",
     ) -> None:
         super().__init__(params, dict(
             lr=lr, betas=tuple(betas), weight_decay=weight_decay, optim_bits=optim_bits,
             min_8bit_size=min_8bit_size, percentile_clipping=percentile_clipping, max_unorm=max_unorm,
-            blocksize=blocksize, nonfinite=nonfinite,
+            blocksize=blocksize, nonfinite=nonfinite, state_code=state_code,
         ))
 
     def state_spec(self, config: dict[str, Any]):

@@ -31,13 +31,14 @@ class SGD(Optimizer8bit):
         max_unorm: float = 0.0,
         blocksize: int = 2048,
         nonfinite: str = "skip",
+        state_code: str = "binary",
     ) -> None:
         if nesterov and (momentum <= 0 or dampening != 0):
             raise ValueError("nesterov needs momentum > 0 and dampening == 0")
         super().__init__(params, dict(
             lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay, nesterov=bool(nesterov),
             optim_bits=optim_bits, min_8bit_size=min_8bit_size, percentile_clipping=percentile_clipping,
-            max_unorm=max_unorm, blocksize=blocksize, nonfinite=nonfinite,
+            max_unorm=max_unorm, blocksize=blocksize, nonfinite=nonfinite, state_code=state_code,
         ))
 
     def state_spec(self, config: dict[str, Any]):

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from ..functional.blockwise import VALID_BLOCKSIZES
-from ..functional.codes import dynamic_codebook
+from ..functional.codes import binary_codebook, dynamic_codebook
 
 __all__ = ["slot", "translate_state", "shared_code"]
 
@@ -33,11 +33,14 @@ def slot(kind: str, i: int) -> str:
 
 
 def shared_code(code: torch.Tensor, signed: bool, device: torch.device) -> torch.Tensor:
-    """``code`` on ``device``, or the one shared default dynamic map when it holds the same values (its lookup
-    tables are then built once for every parameter, not once per loaded tensor)."""
-    default = dynamic_codebook(signed, device).values
+    """``code`` on ``device``, or the one shared binary or decimal dynamic map when it holds the same values (its
+    lookup tables are then built once for every parameter, not once per loaded tensor)."""
     code = code.detach().to(device, torch.float32)
-    return default if code.shape == default.shape and torch.equal(code, default) else code.clone().contiguous()
+    for make in (binary_codebook, dynamic_codebook):
+        default = make(signed, device).values
+        if code.shape == default.shape and torch.equal(code, default):
+            return default
+    return code.clone().contiguous()
 
 
 def _infer_blocksize(numel: int, nblocks: int) -> int | None:

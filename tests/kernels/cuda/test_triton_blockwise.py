@@ -5,7 +5,7 @@ reference's draws; dequantization into every float dtype."""
 import pytest
 import torch
 
-from eightbit.functional import create_dynamic_map, create_linear_map, create_quantile_map
+from eightbit.functional import create_binary_dynamic_map, create_dynamic_map, create_linear_map, create_quantile_map
 from eightbit.functional.blockwise import (dequantize_blockwise_reference, quantize_blockwise_reference,
                                            quantize_blocks)
 from eightbit.functional.codes import codebook
@@ -18,6 +18,8 @@ CODES = {
     "dynamic-signed": lambda: create_dynamic_map(signed=True),
     "dynamic-unsigned": lambda: create_dynamic_map(signed=False),
     "linear": lambda: create_linear_map(signed=True),
+    "binary-signed": lambda: create_binary_dynamic_map(signed=True),
+    "binary-unsigned": lambda: create_binary_dynamic_map(signed=False),
     "quantile": lambda: create_quantile_map(torch.randn(4096, generator=torch.Generator().manual_seed(0))),
 }
 
@@ -57,11 +59,11 @@ def test_largest_block(gen):
     assert torch.equal(q, q_ref) and torch.equal(absmax, absmax_ref)
 
 
-@pytest.mark.parametrize("code_name", ["dynamic-signed", "dynamic-unsigned"])
+@pytest.mark.parametrize("code_name", ["dynamic-signed", "dynamic-unsigned", "binary-signed", "binary-unsigned"])
 def test_stochastic_rounding_bit_identical(gen, code_name):
     """Same seed, same first index, same codes as the reference (the draws are the same integer arithmetic)."""
     code = CODES[code_name]()
-    x = _hostile(4 * 256, gen, nonneg=code_name == "dynamic-unsigned")
+    x = _hostile(4 * 256, gen, nonneg=code_name.endswith("unsigned"))
     seed = int(torch.randint(2**31 - 1, (1,), generator=gen))
     first = 2**31 - 300  # crosses the 2^31 wrap of the counter
     q = on(torch.empty(x.shape, dtype=torch.uint8))

@@ -89,6 +89,8 @@ def _cases():
         yield name, {}
         if "8bit" in name and not any(s in name for s in ("SGD", "Lion", "LARS")):
             yield name, {"stochastic_rounding": False}
+        if name in ("AdamW8bit", "RMSprop8bit"):  # bitsandbytes' decimal dynamic map (default: binary)
+            yield name, {"state_code": "dynamic"}
 
 
 @pytest.mark.parametrize("name,kw", list(_cases()))

@@ -143,7 +143,25 @@ class Lut(ctypes.Structure):
 
     _fields_ = [("code", ctypes.c_void_p), ("table", ctypes.c_void_p), ("midp", ctypes.c_void_p),
                 ("k", ctypes.c_int32), ("zero_idx", ctypes.c_int32), ("near", ctypes.c_void_p),
-                ("floor_", ctypes.c_void_p), ("klo", ctypes.c_int32), ("span", ctypes.c_int32)]
+                ("floor_", ctypes.c_void_p), ("klo", ctypes.c_int32), ("span", ctypes.c_int32),
+                ("bin_groups", ctypes.c_int32), ("bin_signed", ctypes.c_int32), ("bin_off", ctypes.c_int32 * 8),
+                ("bin_shift", ctypes.c_int32 * 8), ("bin_bottom", ctypes.c_int32 * 8)]
+
+
+def binary_params(groups: tuple, signed: bool) -> tuple[list[int], list[int], list[int]]:
+    """(off, shift, bottom) per group t of a binary dynamic map, indexed by t = floor(log2(magnitude code)):
+    the value bits of magnitude code ``c`` in group t are ``off[t] + (c << shift[t])``, and ``bottom[t]`` are
+    the bits of the group's smallest value (``csrc/bincode.h``)."""
+    bits = 7 if signed else 8
+    off, shift, bottom = [0] * 8, [0] * 8, [0] * 8
+    k = 0  # binades above the group
+    for j, (binades, fraction_bits) in enumerate(groups):
+        t = bits - 1 - j
+        shift[t] = 23 - fraction_bits
+        bottom[t] = (127 - k - binades) << 23
+        off[t] = bottom[t] - ((1 << t) << shift[t])
+        k += binades
+    return off, shift, bottom
 
 
 class NativeTables(NamedTuple):
@@ -164,6 +182,10 @@ def _build_native(cb: Codebook) -> NativeTables | None:
     near, floor, klo, span = packed if packed is not None else (None, None, 0, 0)
     ptr = lambda t: None if t is None else t.data_ptr()  # noqa: E731
     s = Lut(ptr(code), ptr(table), ptr(midp), k, cb.zero_index, ptr(near), ptr(floor), klo, span)
+    if cb.groups is not None:
+        off, shift, bottom = binary_params(cb.groups, cb.signed)
+        s.bin_groups, s.bin_signed = len(cb.groups), int(cb.signed)
+        s.bin_off[:], s.bin_shift[:], s.bin_bottom[:] = off, shift, bottom
     return NativeTables(s, (code, table, midp, near, floor))
 
 

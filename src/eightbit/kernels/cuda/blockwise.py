@@ -27,13 +27,18 @@ def padded_midpoints(cb: Codebook) -> torch.Tensor:
 
 
 @triton.jit
-def quantize_block(x, mask, code_ptr, mid_ptr, zero_index, seed, index, STOCHASTIC: tl.constexpr):
+def quantize_block(x, mask, code_ptr, mid_ptr, zero_index, seed, index, STOCHASTIC: tl.constexpr,
+                   POW2: tl.constexpr = False):
     """uint8 codes and the absmax of one block of float32 values ``x`` (lanes outside ``mask`` ignored);
-    ``index``: each lane's element index in the whole tensor (int64), the draw's counter when STOCHASTIC."""
+    ``index``: each lane's element index in the whole tensor (int64), the draw's counter when STOCHASTIC;
+    POW2: the block scale is the power of two above the absmax (binary dynamic maps, ``pow2_above``)."""
     x = tl.where(mask, x, 0.0)
     nan = tl.max((x != x).to(tl.int32), axis=0)  # tl.max drops NaN: flag it apart
     amax = tl.max(tl.abs(x), axis=0)
     ok = (nan == 0) & (amax < float("inf"))
+    if POW2:
+        e = tl.minimum((amax.to(tl.int32, bitcast=True) >> 23) + 1, 254)
+        amax = tl.where(amax > 0, (e << 23).to(tl.float32, bitcast=True), amax)
     scale = tl.where(ok & (amax > 0), amax, 1.0)
     n = tl.div_rn(x, scale)
     idx = tl.zeros(x.shape, dtype=tl.int32)
@@ -55,13 +60,13 @@ def quantize_block(x, mask, code_ptr, mid_ptr, zero_index, seed, index, STOCHAST
 
 @triton.jit
 def quantize_kernel(x_ptr, code_ptr, mid_ptr, q_ptr, absmax_ptr, start, width, block0, zero_index, seed, first,
-                    KIND: tl.constexpr, STOCHASTIC: tl.constexpr, BLOCK: tl.constexpr):
+                    KIND: tl.constexpr, STOCHASTIC: tl.constexpr, BLOCK: tl.constexpr, POW2: tl.constexpr):
     b = tl.program_id(0)
     lane = tl.arange(0, BLOCK)
     mask = lane < width
     offs = start + b.to(tl.int64) * width + lane
     x = load_f32(x_ptr, offs, mask, KIND)
-    q, amax = quantize_block(x, mask, code_ptr, mid_ptr, zero_index, seed, first + offs, STOCHASTIC)
+    q, amax = quantize_block(x, mask, code_ptr, mid_ptr, zero_index, seed, first + offs, STOCHASTIC, POW2)
     tl.store(q_ptr + offs, q, mask=mask)
     tl.store(absmax_ptr + block0 + b, amax)
 
@@ -97,7 +102,7 @@ def quantize_into(x: torch.Tensor, code: torch.Tensor, blocksize: int, out: torc
     for start, nblocks, width, b0 in full_and_partial(x.numel(), blocksize):
         block = triton.next_power_of_2(width)
         quantize_kernel[(nblocks,)](arg(x), cb.values, mids, out, absmax, start, width, b0, cb.zero_index,
-                                    max(seed, 0), first, KIND=kind_of(x.dtype), STOCHASTIC=seed >= 0,
+                                    max(seed, 0), first, KIND=kind_of(x.dtype), STOCHASTIC=seed >= 0, POW2=cb.pow2_scale,
                                     BLOCK=block, num_warps=warps_for_block(block), **LAUNCH)
 
 

@@ -23,6 +23,9 @@ typedef struct {
     const int32_t *near;   /* packed nearest-code table (or NULL), see packed_index */
     const int32_t *floor_; /* packed floor table: 1 + index of the largest code <= n (or NULL) */
     int32_t klo, span;     /* smallest magnitude cell of the packed tables; cells per sign */
+    int32_t bin_groups;    /* binary dynamic map (bincode.h): its number of groups, else 0 */
+    int32_t bin_signed;
+    int32_t bin_off[8], bin_shift[8], bin_bottom[8]; /* per group t = floor(log2 magnitude code) */
 } lut_t;
 
 /* Packed tables (eightbit.kernels.cpu.tables.packed_lut): one entry per sign and float cell of |n| (the
@@ -161,6 +164,8 @@ static inline void nearest_block(const float *restrict n, int64_t bs, const lut_
         }
 }
 
+#include "bincode.h"
+
 /* Quantize one block of ``bs`` float32 values; seed < 0 means round to nearest. ``stream`` says x is a block of a
  * streamed array whose next block follows it (then it is prefetched); the optimizer passes its L1 scratch (0). */
 static void quantize_block(const float *x, int64_t bs, const lut_t *L, int64_t seed, int64_t first,
@@ -171,6 +176,14 @@ static void quantize_block(const float *x, int64_t bs, const lut_t *L, int64_t s
     if (amax_bits >= 0x7F800000u) {
         memset(q, L->zero_idx, (size_t)bs);
         *absmax = NAN;
+        return;
+    }
+    if (L->bin_groups) { /* binary dynamic map: power-of-two scale, arithmetic encoding */
+        const float scale = amax > 0.0f ? bin_scale(amax_bits) : 1.0f;
+        if (stream)
+            for (int64_t i = 0; i < bs; i += 16) __builtin_prefetch(x + bs + i);
+        bin_encode_block(L, x, bs, 1.0f / scale, seed, first, q);
+        *absmax = amax > 0.0f ? scale : amax;
         return;
     }
     const float scale = amax > 0.0f ? amax : 1.0f;

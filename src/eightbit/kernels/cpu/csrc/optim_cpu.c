@@ -103,7 +103,12 @@ void eb_optim_blocks(int32_t rule, float *p, const float *g, int32_t nstates, ui
         float s0[MAX_BLOCK], s1[MAX_BLOCK];
         float *s[2] = {s0, s1};
         const int64_t o = b * bs;
-        for (int32_t k = 0; k < nstates; k++) lookup_scale(q[k] + o, luts[k].code, absmax[k][b], bs, s[k]);
+        for (int32_t k = 0; k < nstates; k++) {
+            if (luts[k].bin_groups)
+                bin_decode_scale(&luts[k], q[k] + o, absmax[k][b], bs, s[k]);
+            else
+                lookup_scale(q[k] + o, luts[k].code, absmax[k][b], bs, s[k]);
+        }
         rule_block(rule, p + o, g + o, &hv, wd_mode, bs, s0, s1);
         /* the next block's inputs start loading while this one is requantized (L1-only work) */
         for (int64_t i = 0; i < bs; i += 16) {

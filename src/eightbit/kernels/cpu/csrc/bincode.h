@@ -1,0 +1,235 @@
+/* Binary dynamic maps (eightbit.functional.codes.create_binary_dynamic_map) encoded and decoded with integer
+ * arithmetic on float32 bits, exactly as the table search of the reference (quantize_blocks: nearest = number of
+ * midpoints below n, ties to the lower index; stochastic: lower neighbour plus one with probability of the
+ * fraction) and the table lookup of the decoder. Included by blocks.h after lut_t.
+ *
+ * Why it is exact: magnitude code c (> 0) in group t = floor(log2 c) has value bits off[t] + (c << shift[t]), so
+ * within a group, and across a group's top edge, neighbouring codes are 2^shift[t] apart in the bit pattern and
+ * the value is linear in the bits between them (a binade changes only at a code). Nearest is then a rounding of
+ * the bits at shift[t], the stochastic fraction is (n - lo) times an exact power-of-two reciprocal of the gap,
+ * and the block scale is a power of two, so n = x * (1 / scale) is the reference's x / scale. Below the
+ * smallest code (bottom[0]) values are linear between 0 and it. The signed map stores magnitude c at index
+ * 128 + c (positive) or 127 - c (negative): both 127 and 128 hold 0, and the reference puts +-0 at 127. */
+#ifndef EIGHTBIT_BINCODE_H
+#define EIGHTBIT_BINCODE_H
+
+static inline uint32_t bin_f2u(float f) { uint32_t u; memcpy(&u, &f, 4); return u; }
+static inline float bin_u2f(uint32_t u) { float f; memcpy(&f, &u, 4); return f; }
+
+/* 2^(floor(log2 amax) + 1), at most 2^127, from the bits of a finite amax > 0. */
+static inline float bin_scale(uint32_t amax_bits) {
+    const uint32_t e = (amax_bits >> 23) + 1;
+    return bin_u2f((e > 254 ? 254 : e) << 23);
+}
+
+/* Code value of index idx (the 256-entry table's entry, +0.0 for both zeros). */
+static inline float bin_value(const lut_t *L, uint32_t idx) {
+    uint32_t mag = idx, neg = 0;
+    if (L->bin_signed) {
+        neg = idx < 128;
+        mag = neg ? 127 - idx : idx - 128;
+    }
+    if (!mag) return 0.0f;
+    const int t = 31 - __builtin_clz(mag);
+    return bin_u2f(((uint32_t)L->bin_off[t] + (mag << L->bin_shift[t])) | (neg << 31));
+}
+
+static inline int bin_group(const lut_t *L, uint32_t a) {
+    int t = 0;
+    for (int g = 1; g < L->bin_groups; g++) t += a >= (uint32_t)L->bin_bottom[g];
+    return t;
+}
+
+static inline int32_t bin_index(const lut_t *L, uint32_t mag, uint32_t neg) {
+    return L->bin_signed ? (neg ? 127 - (int32_t)mag : 128 + (int32_t)mag) : (neg ? 0 : (int32_t)mag);
+}
+
+/* Index of the nearest code of n (ties to the lower index). */
+static inline int32_t bin_nearest(const lut_t *L, float n) {
+    const uint32_t bits = bin_f2u(n), neg = bits >> 31, a = bits & 0x7FFFFFFFu;
+    const uint32_t cmin = (uint32_t)L->bin_bottom[0], maxmag = L->bin_signed ? 127u : 255u;
+    if (a == 0) return L->bin_signed ? 127 : 0;
+    uint32_t mag;
+    if (a < cmin) {
+        const uint32_t hm = cmin - (1u << 23); /* bits of cmin / 2 */
+        mag = neg ? a >= hm : a > hm;
+    } else {
+        const int t = bin_group(L, a);
+        const uint32_t s = (uint32_t)L->bin_shift[t];
+        mag = (a - (uint32_t)L->bin_off[t] + (1u << (s - 1)) - (neg ? 0u : 1u)) >> s;
+        mag = mag > maxmag ? maxmag : mag;
+    }
+    return bin_index(L, mag, neg);
+}
+
+/* Stochastic rounding of n with draw u, as the reference's stochastic_round. */
+static inline int32_t bin_stochastic(const lut_t *L, float n, float u) {
+    const uint32_t bits = bin_f2u(n), neg = bits >> 31, a = bits & 0x7FFFFFFFu;
+    if (a == 0 || (neg && !L->bin_signed)) return L->bin_signed ? 127 : 0;
+    uint32_t fl = 0, ce = 1;
+    if (a >= (uint32_t)L->bin_bottom[0]) {
+        const int t = bin_group(L, a);
+        const uint32_t s = (uint32_t)L->bin_shift[t], rel = a - (uint32_t)L->bin_off[t];
+        fl = rel >> s;
+        ce = fl + ((rel & ((1u << s) - 1)) != 0);
+    }
+    int32_t lo = neg ? 127 - (int32_t)ce : (L->bin_signed ? 128 : 0) + (int32_t)fl;
+    lo = lo < 0 ? 0 : (lo > 254 ? 254 : lo);
+    const float c_lo = bin_value(L, (uint32_t)lo), c_hi = bin_value(L, (uint32_t)lo + 1);
+    return lo + (u < (n - c_lo) / (c_hi - c_lo) ? 1 : 0);
+}
+
+#ifdef __AVX2__
+typedef struct {
+    __m256i off, shift, bottom[8], cmin, hm, one, m7f, sbit, maxmag, inv_cmin;
+    int groups, is_signed;
+} bin_vec_t;
+
+static inline bin_vec_t bin_vec(const lut_t *L) {
+    bin_vec_t v;
+    v.off = _mm256_loadu_si256((const __m256i *)L->bin_off);
+    v.shift = _mm256_loadu_si256((const __m256i *)L->bin_shift);
+    for (int g = 0; g < 8; g++) /* a >= b as a > b - 1; groups past the last never match */
+        v.bottom[g] = _mm256_set1_epi32(g < L->bin_groups ? L->bin_bottom[g] - 1 : 0x7FFFFFFF);
+    v.inv_cmin = _mm256_set1_epi32((254 << 23) - L->bin_bottom[0]); /* 1 / cmin, exact */
+    v.cmin = _mm256_set1_epi32(L->bin_bottom[0]);
+    v.hm = _mm256_set1_epi32(L->bin_bottom[0] - (1 << 23));
+    v.one = _mm256_set1_epi32(1);
+    v.m7f = _mm256_set1_epi32(0x7FFFFFFF);
+    v.sbit = _mm256_set1_epi32((int32_t)0x80000000u);
+    v.maxmag = _mm256_set1_epi32(L->bin_signed ? 127 : 255);
+    v.groups = L->bin_groups;
+    v.is_signed = L->bin_signed;
+    return v;
+}
+
+/* Values of 8 indices (int32 lanes in 0..255). */
+static inline __m256 bin_decode8(const bin_vec_t *V, __m256i idx) {
+    __m256i mag = idx, neg = _mm256_setzero_si256();
+    if (V->is_signed) {
+        neg = _mm256_cmpgt_epi32(_mm256_set1_epi32(128), idx);
+        mag = _mm256_xor_si256(_mm256_sub_epi32(idx, _mm256_set1_epi32(128)), neg); /* 127 - idx where negative */
+    }
+    /* t = floor(log2 mag) from the exponent of (float)mag; mag = 0 gives garbage, masked below */
+    const __m256i t = _mm256_sub_epi32(_mm256_srli_epi32(_mm256_castps_si256(_mm256_cvtepi32_ps(mag)), 23),
+                                       _mm256_set1_epi32(127));
+    __m256i bits = _mm256_add_epi32(_mm256_permutevar8x32_epi32(V->off, t),
+                                    _mm256_sllv_epi32(mag, _mm256_permutevar8x32_epi32(V->shift, t)));
+    bits = _mm256_or_si256(bits, _mm256_and_si256(neg, V->sbit));
+    bits = _mm256_andnot_si256(_mm256_cmpeq_epi32(mag, _mm256_setzero_si256()), bits);
+    return _mm256_castsi256_ps(bits);
+}
+
+static inline __m256i bin_group8(const bin_vec_t *V, __m256i a) {
+    __m256i t = _mm256_setzero_si256();
+    for (int g = 1; g < 8; g++) t = _mm256_sub_epi32(t, _mm256_cmpgt_epi32(a, V->bottom[g]));
+    return t;
+}
+
+/* Nearest indices of 8 values (bits). */
+static inline __m256i bin_nearest8(const bin_vec_t *V, __m256i bits) {
+    const __m256i neg = _mm256_srai_epi32(bits, 31), a = _mm256_and_si256(bits, V->m7f);
+    const __m256i t = bin_group8(V, a);
+    const __m256i s = _mm256_permutevar8x32_epi32(V->shift, t);
+    /* half a gap, less one for positive n (ties to the lower index: toward zero if positive, away if negative) */
+    const __m256i half = _mm256_sub_epi32(_mm256_sllv_epi32(V->one, _mm256_sub_epi32(s, V->one)),
+                                          _mm256_andnot_si256(neg, V->one));
+    __m256i mag = _mm256_srlv_epi32(_mm256_add_epi32(_mm256_sub_epi32(a, _mm256_permutevar8x32_epi32(V->off, t)), half), s);
+    mag = _mm256_min_epu32(mag, V->maxmag);
+    /* below the smallest code: 0 or the smallest code, split at half of it */
+    const __m256i zmag = _mm256_sub_epi32(_mm256_setzero_si256(),
+                                          _mm256_cmpgt_epi32(a, _mm256_add_epi32(V->hm, neg)));
+    mag = _mm256_blendv_epi8(mag, zmag, _mm256_cmpgt_epi32(V->cmin, a));
+    if (!V->is_signed) return _mm256_andnot_si256(neg, mag);
+    const __m256i poszero = _mm256_andnot_si256(neg, _mm256_cmpeq_epi32(a, _mm256_setzero_si256()));
+    return _mm256_add_epi32(_mm256_add_epi32(_mm256_set1_epi32(128), _mm256_xor_si256(mag, neg)), poszero);
+}
+
+/* Stochastic indices of 8 values n with 24-bit draws d (u = d / 2^24). From the smallest code up, n lies between
+ * neighbours whose gap is 2^s in n's bit pattern (s of n's group; n and the lower one share a binade), so the
+ * reference's fraction (n - lo) / (hi - lo) is exactly low / 2^s with low the bits below s (toward the upper
+ * magnitude), or (2^s - low) / 2^s for negative n (where "up" is toward zero), and u < fraction is the integer
+ * comparison d < fraction * 2^24. Below the smallest code cmin the reference's float expression is evaluated as
+ * it is: (n - lo) * (1 / cmin), lo = 0 or -cmin. */
+static inline __m256i bin_stochastic8(const bin_vec_t *V, __m256 n, __m256i d) {
+    const __m256i bits = _mm256_castps_si256(n), zero = _mm256_setzero_si256();
+    const __m256i neg = _mm256_srai_epi32(bits, 31), a = _mm256_and_si256(bits, V->m7f);
+    const __m256i t = bin_group8(V, a);
+    const __m256i s = _mm256_permutevar8x32_epi32(V->shift, t);
+    const __m256i rel = _mm256_sub_epi32(a, _mm256_permutevar8x32_epi32(V->off, t));
+    const __m256i gap = _mm256_sllv_epi32(V->one, s);
+    const __m256i low = _mm256_and_si256(rel, _mm256_sub_epi32(gap, V->one));
+    const __m256i fl = _mm256_min_epu32(_mm256_srlv_epi32(rel, s), V->maxmag);
+    const __m256i exact = _mm256_cmpeq_epi32(low, zero);
+    /* magnitude of the lower index's code: fl (positive n), the ceiling fl + 1 unless exact (negative n) */
+    const __m256i base = _mm256_sub_epi32(_mm256_add_epi32(fl, V->one), _mm256_and_si256(exact, V->one));
+    const __m256i mlo = _mm256_blendv_epi8(fl, base, neg);
+    const __m256i num = _mm256_blendv_epi8(low, _mm256_andnot_si256(exact, _mm256_sub_epi32(gap, low)), neg);
+    const __m256i up = _mm256_cmpgt_epi32(_mm256_sllv_epi32(num, _mm256_sub_epi32(_mm256_set1_epi32(24), s)), d);
+    /* up moves the magnitude toward the upper code for positive n, toward zero for negative n */
+    const __m256i du = _mm256_and_si256(up, V->one);
+    __m256i mag = _mm256_add_epi32(mlo, _mm256_sub_epi32(_mm256_xor_si256(du, neg), neg)); /* mlo -+ du */
+    /* below the smallest code: lower index 0 (magnitude 0) or -cmin, the reference's float fraction */
+    const __m256 u = _mm256_mul_ps(_mm256_cvtepi32_ps(d), _mm256_set1_ps(1.0f / 16777216.0f));
+    const __m256 c_lo = _mm256_castsi256_ps(_mm256_and_si256(neg, _mm256_or_si256(V->cmin, V->sbit)));
+    const __m256 fz = _mm256_mul_ps(_mm256_sub_ps(n, c_lo), _mm256_castsi256_ps(V->inv_cmin));
+    const __m256i upz = _mm256_castps_si256(_mm256_cmp_ps(u, fz, _CMP_LT_OQ));
+    const __m256i dz = _mm256_and_si256(upz, V->one);
+    const __m256i magz = _mm256_add_epi32(_mm256_and_si256(neg, V->one), _mm256_sub_epi32(_mm256_xor_si256(dz, neg), neg));
+    mag = _mm256_blendv_epi8(mag, magz, _mm256_cmpgt_epi32(V->cmin, a)); /* positive: dz; negative: 1 - dz */
+    mag = _mm256_min_epu32(mag, V->maxmag);
+    const __m256i z = _mm256_cmpeq_epi32(a, zero);
+    if (!V->is_signed) return _mm256_andnot_si256(_mm256_or_si256(z, neg), mag);
+    const __m256i idx = _mm256_add_epi32(_mm256_set1_epi32(128), _mm256_xor_si256(mag, neg));
+    return _mm256_blendv_epi8(idx, _mm256_set1_epi32(127), z); /* +-0 -> the first zero */
+}
+#endif
+
+#ifdef __AVX2__
+static inline void bin_store8(__m256i idx, uint8_t *q) {
+    const __m128i w = _mm_packus_epi32(_mm256_castsi256_si128(idx), _mm256_extracti128_si256(idx, 1));
+    _mm_storel_epi64((__m128i *)q, _mm_packus_epi16(w, w));
+}
+#endif
+
+/* Codes of x[0..bs) * inv (inv: the exact reciprocal of the block's power-of-two scale) into q. */
+static void bin_encode_block(const lut_t *L, const float *restrict x, int64_t bs, float inv, int64_t seed,
+                             int64_t first, uint8_t *restrict q) {
+    const uint32_t base = (uint32_t)first, sd = (uint32_t)seed;
+    int64_t i = 0;
+#ifdef __AVX2__
+    const bin_vec_t V = bin_vec(L);
+    const __m256 vinv = _mm256_set1_ps(inv);
+    const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), m31 = _mm256_set1_epi32((int32_t)M31);
+    const __m256i phi = _mm256_set1_epi32((int32_t)EB_PHI), off = _mm256_set1_epi32((int32_t)(sd << 1));
+    if (seed >= 0) {
+        for (; i + 8 <= bs; i += 8) {
+            const __m256i k = _mm256_and_si256(_mm256_add_epi32(_mm256_set1_epi32((int32_t)(base + (uint32_t)i)), lane), m31);
+            const __m256i d = _mm256_srli_epi32(_mm256_add_epi32(_mm256_mullo_epi32(k, phi), off), 8);
+            bin_store8(bin_stochastic8(&V, _mm256_mul_ps(_mm256_loadu_ps(x + i), vinv), d), q + i);
+        }
+    } else {
+        for (; i + 8 <= bs; i += 8)
+            bin_store8(bin_nearest8(&V, _mm256_castps_si256(_mm256_mul_ps(_mm256_loadu_ps(x + i), vinv))), q + i);
+    }
+#endif
+    for (; i < bs; i++) {
+        const float n = x[i] * inv;
+        q[i] = (uint8_t)(seed >= 0 ? bin_stochastic(L, n, draw(base, i, sd)) : bin_nearest(L, n));
+    }
+}
+
+/* out[i] = value(q[i]) * a, as lookup_scale on the map's table. */
+static inline void bin_decode_scale(const lut_t *L, const uint8_t *restrict q, float a, int64_t n, float *restrict out) {
+    int64_t i = 0;
+#ifdef __AVX2__
+    const bin_vec_t V = bin_vec(L);
+    const __m256 va = _mm256_set1_ps(a);
+    for (; i + 8 <= n; i += 8) {
+        const __m256i idx = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(q + i)));
+        _mm256_storeu_ps(out + i, _mm256_mul_ps(bin_decode8(&V, idx), va));
+    }
+#endif
+    for (; i < n; i++) out[i] = bin_value(L, q[i]) * a;
+}
+#endif
