@@ -8,7 +8,7 @@ nearest, or stochastically with a seed), then ``p = p * decay - lr * update_scal
 
 Rules (``RULES``) and their states, in order:
 
-* ``"adam"``: m (signed code), v (unsigned); direction ``(m / bc1) / (sqrt(v) / sqrt(bc2) + eps)``.
+* ``"adam"``: m (signed code), v (unsigned); direction ``(m * (1 / bc1)) / (sqrt(v) * (1 / sqrt(bc2)) + eps)``.
 * ``"lamb"``: Adam's direction plus ``weight_decay * p`` (the optimizer scales it by the trust ratio).
 * ``"momentum"``: SGD's buffer (signed) or no state; direction ``buf`` (Nesterov: ``g + momentum * buf``).
 * ``"rmsprop"``: v (unsigned); direction ``g / (sqrt(v) + eps)``.
@@ -93,11 +93,19 @@ def _sqrt(x: torch.Tensor) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------- rules
+def _inv(x: torch.Tensor) -> torch.Tensor:
+    """1 / x, correctly rounded in x's dtype (the kernels compute the same once per step)."""
+    return 1 / x
+
+
 def adam_rule(g, p, s, h):
-    """m = b1 m + (1 - b1) g; v = b2 v + (1 - b2) g^2; direction (m / bc1) / (sqrt(v) / sqrt(bc2) + eps)."""
+    """m = b1 m + (1 - b1) g; v = b2 v + (1 - b2) g^2; direction (m * (1 / bc1)) / (sqrt(v) * (1 / sqrt(bc2)) + eps).
+
+    The bias corrections multiply by their reciprocals: one division per element instead of three (the
+    division unit bounds the native kernel's step; torch's fused AdamW makes two), within an ulp of dividing."""
     m = s[0] * h.beta1 + g * h.one_minus_beta1
     v = s[1] * h.beta2 + g * g * h.one_minus_beta2
-    return (m / h.bias_correction1) / (_sqrt(v) / h.bias_correction2_sqrt + h.eps), [m, v]
+    return (m * _inv(h.bias_correction1)) / (_sqrt(v) * _inv(h.bias_correction2_sqrt) + h.eps), [m, v]
 
 
 def lamb_rule(g, p, s, h):
@@ -135,11 +143,13 @@ def lion_rule(g, p, s, h):
 
 def ademamix_rule(g, p, s, h):
     """AdEMAMix (Pagliardini et al., 2024): m1 = b1 m1 + (1 - b1) g; m2 = b3 m2 + (1 - b3) g (slow EMA);
-    nu = b2 nu + (1 - b2) g^2; direction (m1 / bc1 + alpha m2) / (sqrt(nu) / sqrt(bc2) + eps)."""
+    nu = b2 nu + (1 - b2) g^2; direction (m1 / bc1 + alpha m2) / (sqrt(nu) / sqrt(bc2) + eps), the bias
+    corrections multiplied by their reciprocals as in adam_rule."""
     m1 = s[0] * h.beta1 + g * h.one_minus_beta1
     m2 = s[1] * h.beta3 + g * h.one_minus_beta3
     nu = s[2] * h.beta2 + g * g * h.one_minus_beta2
-    return (m1 / h.bias_correction1 + h.alpha * m2) / (_sqrt(nu) / h.bias_correction2_sqrt + h.eps), [m1, m2, nu]
+    return ((m1 * _inv(h.bias_correction1) + h.alpha * m2) / (_sqrt(nu) * _inv(h.bias_correction2_sqrt) + h.eps),
+            [m1, m2, nu])
 
 
 RULES: dict[str, Callable] = {

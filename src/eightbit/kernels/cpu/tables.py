@@ -145,13 +145,14 @@ class Lut(ctypes.Structure):
                 ("k", ctypes.c_int32), ("zero_idx", ctypes.c_int32), ("near", ctypes.c_void_p),
                 ("floor_", ctypes.c_void_p), ("klo", ctypes.c_int32), ("span", ctypes.c_int32),
                 ("bin_groups", ctypes.c_int32), ("bin_signed", ctypes.c_int32), ("bin_off", ctypes.c_int32 * 8),
-                ("bin_shift", ctypes.c_int32 * 8), ("bin_bottom", ctypes.c_int32 * 8)]
+                ("bin_shift", ctypes.c_int32 * 8), ("bin_bottom", ctypes.c_int32 * 8),
+                ("bin_koff", ctypes.c_int32 * 32), ("bin_kshift", ctypes.c_int32 * 32)]
 
 
 def binary_params(groups: tuple, signed: bool) -> tuple[list[int], list[int], list[int]]:
     """(off, shift, bottom) per group t of a binary dynamic map, indexed by t = floor(log2(magnitude code)):
     the value bits of magnitude code ``c`` in group t are ``off[t] + (c << shift[t])``, and ``bottom[t]`` are
-    the bits of the group's smallest value (``csrc/bincode.h``)."""
+    the bits of the group's smallest value (``csrc/bincode.h``). ``binade_params`` gives them per binade."""
     bits = 7 if signed else 8
     off, shift, bottom = [0] * 8, [0] * 8, [0] * 8
     k = 0  # binades above the group
@@ -162,6 +163,21 @@ def binary_params(groups: tuple, signed: bool) -> tuple[list[int], list[int], li
         off[t] = bottom[t] - ((1 << t) << shift[t])
         k += binades
     return off, shift, bottom
+
+
+def binade_params(groups: tuple, signed: bool) -> tuple[list[int], list[int]]:
+    """(off, shift) of the group of each binade k = 0..31 ([2^-(k+1), 2^-k)); binades below the map's smallest
+    code get the lowest group's (the kernels never use them)."""
+    off, shift, _ = binary_params(groups, signed)
+    bits = 7 if signed else 8
+    koff, kshift, k = [], [], 0
+    for j, (binades, _) in enumerate(groups):
+        t = bits - 1 - j
+        koff += [off[t]] * binades
+        kshift += [shift[t]] * binades
+        k += binades
+    koff, kshift = (koff + [off[0]] * 32)[:32], (kshift + [shift[0]] * 32)[:32]
+    return koff, kshift
 
 
 class NativeTables(NamedTuple):
@@ -186,6 +202,7 @@ def _build_native(cb: Codebook) -> NativeTables | None:
         off, shift, bottom = binary_params(cb.groups, cb.signed)
         s.bin_groups, s.bin_signed = len(cb.groups), int(cb.signed)
         s.bin_off[:], s.bin_shift[:], s.bin_bottom[:] = off, shift, bottom
+        s.bin_koff[:], s.bin_kshift[:] = binade_params(cb.groups, cb.signed)
     return NativeTables(s, (code, table, midp, near, floor))
 
 

@@ -79,7 +79,7 @@ def optimizer_kernel(
     if RULE == 0 or RULE == 1:  # adam, lamb
         x0 = x0 * beta1 + g * one_minus_beta1
         x1 = x1 * beta2 + g * g * one_minus_beta2
-        d = tl.div_rn(tl.div_rn(x0, bias_correction1), tl.div_rn(tl.sqrt_rn(x1), bias_correction2_sqrt) + eps)
+        d = tl.div_rn(x0 * tl.div_rn(1.0, bias_correction1), tl.sqrt_rn(x1) * tl.div_rn(1.0, bias_correction2_sqrt) + eps)
         if RULE == 1:
             d = d + weight_decay * p
     elif RULE == 2:  # momentum
@@ -102,8 +102,8 @@ def optimizer_kernel(
         x0 = x0 * beta1 + g * one_minus_beta1
         x1 = x1 * beta3 + g * one_minus_beta3
         x2 = x2 * beta2 + g * g * one_minus_beta2
-        d = tl.div_rn(tl.div_rn(x0, bias_correction1) + alpha * x1,
-                      tl.div_rn(tl.sqrt_rn(x2), bias_correction2_sqrt) + eps)
+        d = tl.div_rn(x0 * tl.div_rn(1.0, bias_correction1) + alpha * x1,
+                      tl.sqrt_rn(x2) * tl.div_rn(1.0, bias_correction2_sqrt) + eps)
     if NORM:
         tl.store(norm_ptr + pid, tl.sum(tl.where(mask, d * d, 0.0), axis=0))
     else:

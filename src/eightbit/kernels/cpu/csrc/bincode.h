@@ -83,6 +83,7 @@ static inline int32_t bin_stochastic(const lut_t *L, float n, float u) {
 typedef struct {
     __m256i off, shift, bottom[8], cmin, hm, one, m7f, sbit, maxmag, inv_cmin;
     int groups, is_signed;
+    const lut_t *lut;
 } bin_vec_t;
 
 static inline bin_vec_t bin_vec(const lut_t *L) {
@@ -99,6 +100,7 @@ static inline bin_vec_t bin_vec(const lut_t *L) {
     v.sbit = _mm256_set1_epi32((int32_t)0x80000000u);
     v.maxmag = _mm256_set1_epi32(L->bin_signed ? 127 : 255);
     v.groups = L->bin_groups;
+    v.lut = L;
     v.is_signed = L->bin_signed;
     return v;
 }
@@ -185,6 +187,107 @@ static inline __m256i bin_stochastic8(const bin_vec_t *V, __m256 n, __m256i d) {
 }
 #endif
 
+#if defined(__AVX512F__) && defined(__AVX512CD__)
+/* The same in 16 lanes. The group parameters are looked up per binade k = 126 - exponent (32-entry tables, one
+ * vpermi2d each) instead of counting group bottoms; masks replace the blends. */
+typedef struct {
+    __m512i koff_lo, koff_hi, ksh_lo, ksh_hi, off, shift, cmin, hm, one, maxmag, inv_cmin, m7f, sbit;
+    int is_signed;
+} bin_v16_t;
+
+static inline bin_v16_t bin_v16(const lut_t *L) {
+    bin_v16_t v;
+    v.koff_lo = _mm512_loadu_si512(L->bin_koff);
+    v.koff_hi = _mm512_loadu_si512(L->bin_koff + 16);
+    v.ksh_lo = _mm512_loadu_si512(L->bin_kshift);
+    v.ksh_hi = _mm512_loadu_si512(L->bin_kshift + 16);
+    v.off = _mm512_zextsi256_si512(_mm256_loadu_si256((const __m256i *)L->bin_off));
+    v.shift = _mm512_zextsi256_si512(_mm256_loadu_si256((const __m256i *)L->bin_shift));
+    v.cmin = _mm512_set1_epi32(L->bin_bottom[0]);
+    v.hm = _mm512_set1_epi32(L->bin_bottom[0] - (1 << 23));
+    v.one = _mm512_set1_epi32(1);
+    v.maxmag = _mm512_set1_epi32(L->bin_signed ? 127 : 255);
+    v.inv_cmin = _mm512_set1_epi32((254 << 23) - L->bin_bottom[0]);
+    v.m7f = _mm512_set1_epi32(0x7FFFFFFF);
+    v.sbit = _mm512_set1_epi32((int32_t)0x80000000u);
+    v.is_signed = L->bin_signed;
+    return v;
+}
+
+static inline __m512 bin_decode16(const bin_v16_t *V, __m512i idx) {
+    __m512i mag = idx;
+    __mmask16 neg = 0;
+    if (V->is_signed) {
+        neg = _mm512_cmplt_epi32_mask(idx, _mm512_set1_epi32(128));
+        mag = _mm512_mask_sub_epi32(_mm512_sub_epi32(idx, _mm512_set1_epi32(128)), neg, _mm512_set1_epi32(127), idx);
+    }
+    const __m512i t = _mm512_sub_epi32(_mm512_set1_epi32(31), _mm512_lzcnt_epi32(mag));
+    __m512i bits = _mm512_add_epi32(_mm512_permutexvar_epi32(t, V->off),
+                                    _mm512_sllv_epi32(mag, _mm512_permutexvar_epi32(t, V->shift)));
+    bits = _mm512_mask_or_epi32(bits, neg, bits, V->sbit);
+    return _mm512_castsi512_ps(_mm512_maskz_mov_epi32(_mm512_test_epi32_mask(mag, mag), bits));
+}
+
+/* binade of a (0..31, clamped), its group's offset and shift */
+static inline __m512i bin_binade16(__m512i a) {
+    const __m512i k = _mm512_sub_epi32(_mm512_set1_epi32(126), _mm512_srli_epi32(a, 23));
+    return _mm512_min_epi32(_mm512_max_epi32(k, _mm512_setzero_si512()), _mm512_set1_epi32(31));
+}
+
+static inline __m512i bin_index16(const bin_v16_t *V, __m512i mag, __mmask16 neg, __mmask16 zero) {
+    if (!V->is_signed) return _mm512_maskz_mov_epi32((__mmask16)~(neg | zero), mag);
+    const __m512i idx = _mm512_mask_sub_epi32(_mm512_add_epi32(mag, _mm512_set1_epi32(128)), neg,
+                                              _mm512_set1_epi32(127), mag);
+    return _mm512_mask_mov_epi32(idx, zero, _mm512_set1_epi32(127)); /* +-0 -> the first zero */
+}
+
+static inline __m512i bin_nearest16(const bin_v16_t *V, __m512i bits) {
+    const __m512i a = _mm512_and_si512(bits, V->m7f), zero = _mm512_setzero_si512();
+    const __mmask16 neg = _mm512_cmplt_epi32_mask(bits, zero);
+    const __m512i k = bin_binade16(a);
+    const __m512i off = _mm512_permutex2var_epi32(V->koff_lo, k, V->koff_hi);
+    const __m512i s = _mm512_permutex2var_epi32(V->ksh_lo, k, V->ksh_hi);
+    __m512i half = _mm512_sllv_epi32(V->one, _mm512_sub_epi32(s, V->one));
+    half = _mm512_mask_sub_epi32(half, (__mmask16)~neg, half, V->one);
+    __m512i mag = _mm512_srlv_epi32(_mm512_add_epi32(_mm512_sub_epi32(a, off), half), s);
+    mag = _mm512_min_epu32(mag, V->maxmag);
+    const __mmask16 below = _mm512_cmplt_epu32_mask(a, V->cmin);
+    const __mmask16 up = _mm512_mask_cmpgt_epu32_mask(below & (__mmask16)~neg, a, V->hm) |
+                         _mm512_mask_cmpge_epu32_mask(below & neg, a, V->hm);
+    mag = _mm512_mask_mov_epi32(_mm512_mask_mov_epi32(mag, below, zero), up, V->one);
+    return bin_index16(V, mag, neg, _mm512_cmpeq_epi32_mask(a, zero) & (V->is_signed ? 0xFFFF : 0));
+}
+
+static inline __m512i bin_stochastic16(const bin_v16_t *V, __m512 n, __m512i d) {
+    const __m512i bits = _mm512_castps_si512(n), zero = _mm512_setzero_si512();
+    const __m512i a = _mm512_and_si512(bits, V->m7f);
+    const __mmask16 neg = _mm512_cmplt_epi32_mask(bits, zero);
+    const __m512i k = bin_binade16(a);
+    const __m512i off = _mm512_permutex2var_epi32(V->koff_lo, k, V->koff_hi);
+    const __m512i s = _mm512_permutex2var_epi32(V->ksh_lo, k, V->ksh_hi);
+    const __m512i rel = _mm512_sub_epi32(a, off), gap = _mm512_sllv_epi32(V->one, s);
+    const __m512i low = _mm512_and_si512(rel, _mm512_sub_epi32(gap, V->one));
+    const __m512i fl = _mm512_min_epu32(_mm512_srlv_epi32(rel, s), V->maxmag);
+    const __mmask16 inexact = _mm512_test_epi32_mask(low, low);
+    const __m512i mlo = _mm512_mask_add_epi32(fl, neg & inexact, fl, V->one);
+    __m512i num = _mm512_mask_sub_epi32(low, neg, gap, low); /* 0 when exact (low = 0): masked below */
+    num = _mm512_maskz_mov_epi32(inexact, num);
+    const __mmask16 up = _mm512_cmpgt_epi32_mask(_mm512_sllv_epi32(num, _mm512_sub_epi32(_mm512_set1_epi32(24), s)), d);
+    __m512i mag = _mm512_mask_add_epi32(mlo, up & (__mmask16)~neg, mlo, V->one);
+    mag = _mm512_mask_sub_epi32(mag, up & neg, mag, V->one);
+    /* below the smallest code: the reference's float fraction against 0 or -cmin */
+    const __mmask16 below = _mm512_cmplt_epu32_mask(a, V->cmin);
+    const __m512 u = _mm512_mul_ps(_mm512_cvtepi32_ps(d), _mm512_set1_ps(1.0f / 16777216.0f));
+    const __m512 c_lo = _mm512_castsi512_ps(_mm512_maskz_mov_epi32(neg, _mm512_or_si512(V->cmin, V->sbit)));
+    const __m512 fz = _mm512_mul_ps(_mm512_sub_ps(n, c_lo), _mm512_castsi512_ps(V->inv_cmin));
+    const __mmask16 upz = _mm512_cmp_ps_mask(u, fz, _CMP_LT_OQ);
+    mag = _mm512_mask_mov_epi32(mag, below, zero);
+    mag = _mm512_mask_mov_epi32(mag, below & (neg ^ upz), V->one); /* positive: up; negative: not up */
+    mag = _mm512_min_epu32(mag, V->maxmag);
+    return bin_index16(V, mag, neg, _mm512_cmpeq_epi32_mask(a, zero));
+}
+#endif
+
 #ifdef __AVX2__
 static inline void bin_store8(__m256i idx, uint8_t *q) {
     const __m128i w = _mm_packus_epi32(_mm256_castsi256_si128(idx), _mm256_extracti128_si256(idx, 1));
@@ -197,6 +300,28 @@ static void bin_encode_block(const lut_t *L, const float *restrict x, int64_t bs
                              int64_t first, uint8_t *restrict q) {
     const uint32_t base = (uint32_t)first, sd = (uint32_t)seed;
     int64_t i = 0;
+#if defined(__AVX512F__) && defined(__AVX512CD__)
+    {
+        const bin_v16_t W = bin_v16(L);
+        const __m512 winv = _mm512_set1_ps(inv);
+        const __m512i lane16 = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+        if (seed >= 0) {
+            const __m512i m31 = _mm512_set1_epi32((int32_t)M31), phi = _mm512_set1_epi32((int32_t)EB_PHI);
+            const __m512i off = _mm512_set1_epi32((int32_t)(sd << 1));
+            for (; i + 16 <= bs; i += 16) {
+                const __m512i k = _mm512_and_si512(_mm512_add_epi32(_mm512_set1_epi32((int32_t)(base + (uint32_t)i)), lane16), m31);
+                const __m512i d = _mm512_srli_epi32(_mm512_add_epi32(_mm512_mullo_epi32(k, phi), off), 8);
+                const __m512i idx = bin_stochastic16(&W, _mm512_mul_ps(_mm512_loadu_ps(x + i), winv), d);
+                _mm_storeu_si128((__m128i *)(q + i), _mm512_cvtepi32_epi8(idx));
+            }
+        } else {
+            for (; i + 16 <= bs; i += 16) {
+                const __m512i idx = bin_nearest16(&W, _mm512_castps_si512(_mm512_mul_ps(_mm512_loadu_ps(x + i), winv)));
+                _mm_storeu_si128((__m128i *)(q + i), _mm512_cvtepi32_epi8(idx));
+            }
+        }
+    }
+#endif
 #ifdef __AVX2__
     const bin_vec_t V = bin_vec(L);
     const __m256 vinv = _mm256_set1_ps(inv);
@@ -219,9 +344,25 @@ static void bin_encode_block(const lut_t *L, const float *restrict x, int64_t bs
     }
 }
 
+/* A block onto a binary dynamic map, its absmax bits known (finite: below 0x7F800000): scale into *absmax. */
+static inline void bin_quantize_block(const lut_t *L, const float *restrict x, int64_t bs, uint32_t amax_bits,
+                                      int64_t seed, int64_t first, uint8_t *restrict q, float *absmax) {
+    const float scale = amax_bits ? bin_scale(amax_bits) : 1.0f;
+    bin_encode_block(L, x, bs, 1.0f / scale, seed, first, q);
+    *absmax = amax_bits ? scale : 0.0f;
+}
+
 /* out[i] = value(q[i]) * a, as lookup_scale on the map's table. */
 static inline void bin_decode_scale(const lut_t *L, const uint8_t *restrict q, float a, int64_t n, float *restrict out) {
     int64_t i = 0;
+#if defined(__AVX512F__) && defined(__AVX512CD__)
+    const bin_v16_t W = bin_v16(L);
+    const __m512 wa = _mm512_set1_ps(a);
+    for (; i + 16 <= n; i += 16) {
+        const __m512i idx = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(q + i)));
+        _mm512_storeu_ps(out + i, _mm512_mul_ps(bin_decode16(&W, idx), wa));
+    }
+#endif
 #ifdef __AVX2__
     const bin_vec_t V = bin_vec(L);
     const __m256 va = _mm256_set1_ps(a);

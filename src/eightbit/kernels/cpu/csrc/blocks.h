@@ -26,6 +26,7 @@ typedef struct {
     int32_t bin_groups;    /* binary dynamic map (bincode.h): its number of groups, else 0 */
     int32_t bin_signed;
     int32_t bin_off[8], bin_shift[8], bin_bottom[8]; /* per group t = floor(log2 magnitude code) */
+    int32_t bin_koff[32], bin_kshift[32];             /* bin_off, bin_shift of binade k's group */
 } lut_t;
 
 /* Packed tables (eightbit.kernels.cpu.tables.packed_lut): one entry per sign and float cell of |n| (the
@@ -179,11 +180,9 @@ static void quantize_block(const float *x, int64_t bs, const lut_t *L, int64_t s
         return;
     }
     if (L->bin_groups) { /* binary dynamic map: power-of-two scale, arithmetic encoding */
-        const float scale = amax > 0.0f ? bin_scale(amax_bits) : 1.0f;
         if (stream)
             for (int64_t i = 0; i < bs; i += 16) __builtin_prefetch(x + bs + i);
-        bin_encode_block(L, x, bs, 1.0f / scale, seed, first, q);
-        *absmax = amax > 0.0f ? scale : amax;
+        bin_quantize_block(L, x, bs, amax_bits, seed, first, q, absmax);
         return;
     }
     const float scale = amax > 0.0f ? amax : 1.0f;
