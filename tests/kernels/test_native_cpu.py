@@ -96,6 +96,30 @@ def test_stochastic_rounding_bit_identical_and_unbiased(lib, gen, code_name):
     assert err_sr < 0.25 * err_rtn, (err_sr, err_rtn)
 
 
+@pytest.mark.parametrize("signed", [True, False])
+def test_binary_map_edges_bit_identical(lib, gen, signed):
+    """The arithmetic encoders of the binary maps at every code, every midpoint and their float neighbours
+    (ties, gap edges, group edges, the region below the smallest code), both signs, nearest and stochastic:
+    equal to the reference's table search. Each block's largest value pins its power-of-two scale to 1."""
+    code = create_binary_dynamic_map(signed)
+    cb = codebook(code)
+    pts = torch.cat([code, cb.midpoints, code / 2, cb.midpoints / 4, torch.tensor([0.0, -0.0, 1e-45, 2.0**-30])])
+    up, down = torch.full_like(pts, float("inf")), torch.full_like(pts, -float("inf"))
+    x = torch.cat([pts, torch.nextafter(pts, up), torch.nextafter(pts, down)])
+    x = torch.cat([x, -x]) if signed else x.abs()
+    x = x[x.abs() < 1]
+    x = x[torch.randperm(x.numel(), generator=gen)]
+    bs = 256
+    x = torch.cat([x, torch.zeros(-x.numel() % bs)]).view(-1, bs)
+    x[:, 0] = 0.75  # scale 2^0 for every block
+    for seed in (-1, 1, 12345, int(torch.randint(2**31 - 1, (1,), generator=gen))):
+        q, absmax = native_quantize(x, code, seed=seed, first=77)
+        q_ref, absmax_ref = quantize_blocks(x, cb, seed, 77)
+        assert torch.equal(absmax, absmax_ref) and bool((absmax == 1).all())
+        bad = (q != q_ref).nonzero()
+        assert bad.numel() == 0, (seed, [(float(x[i, j]), int(q[i, j]), int(q_ref[i, j])) for i, j in bad[:5].tolist()])
+
+
 def test_stochastic_rounding_keeps_exact_codes(lib):
     code = create_dynamic_map(signed=False)
     x = code.repeat(8).view(8, 256)  # every value is a code; absmax 1

@@ -146,7 +146,8 @@ class Lut(ctypes.Structure):
                 ("floor_", ctypes.c_void_p), ("klo", ctypes.c_int32), ("span", ctypes.c_int32),
                 ("bin_groups", ctypes.c_int32), ("bin_signed", ctypes.c_int32), ("bin_off", ctypes.c_int32 * 8),
                 ("bin_shift", ctypes.c_int32 * 8), ("bin_bottom", ctypes.c_int32 * 8),
-                ("bin_koff", ctypes.c_int32 * 32), ("bin_kshift", ctypes.c_int32 * 32)]
+                ("bin_knear", ctypes.c_int32 * 32), ("bin_knegoff", ctypes.c_int32 * 32),
+                ("bin_kshift", ctypes.c_int32 * 32), ("bin_kshift2", ctypes.c_int32 * 32)]
 
 
 def binary_params(groups: tuple, signed: bool) -> tuple[list[int], list[int], list[int]]:
@@ -165,19 +166,36 @@ def binary_params(groups: tuple, signed: bool) -> tuple[list[int], list[int], li
     return off, shift, bottom
 
 
-def binade_params(groups: tuple, signed: bool) -> tuple[list[int], list[int]]:
-    """(off, shift) of the group of each binade k = 0..31 ([2^-(k+1), 2^-k)); binades below the map's smallest
-    code get the lowest group's (the kernels never use them)."""
-    off, shift, _ = binary_params(groups, signed)
+def binade_params(groups: tuple, signed: bool) -> tuple[list[int], list[int], list[int], list[int]]:
+    """Per-binade tables of the 16-lane encoders (``csrc/bincode.h``), at position ``e & 31`` for float32
+    exponent field ``e`` (binade k = 126 - e, k = 0..31): (near, negoff, shift, shift2) with ``near`` = half a
+    gap less one minus the group's offset (nearest magnitude ``(a + near + negative) >> shift``), ``negoff`` =
+    minus the offset, ``shift2`` = 32 - shift. Below the smallest code cmin the nearest entries give 0 or 1
+    split at cmin / 2 (binade of cmin / 2: shift 23; below: shift 31, i.e. 0); the stochastic encoder handles
+    that region apart."""
+    off, shift, bottom = binary_params(groups, signed)
     bits = 7 if signed else 8
-    koff, kshift, k = [], [], 0
+    per_binade = []
     for j, (binades, _) in enumerate(groups):
         t = bits - 1 - j
-        koff += [off[t]] * binades
-        kshift += [shift[t]] * binades
-        k += binades
-    koff, kshift = (koff + [off[0]] * 32)[:32], (kshift + [shift[0]] * 32)[:32]
-    return koff, kshift
+        per_binade += [(off[t], shift[t])] * binades
+    half_min = bottom[0] - (1 << 23)  # bits of cmin / 2
+    near, negoff, sh, sh2 = [0] * 32, [0] * 32, [0] * 32, [0] * 32
+    m32 = 0xFFFFFFFF
+    for k in range(32):
+        pos = (126 - k) & 31
+        if k < len(per_binade):
+            o, s_ = per_binade[k]
+            near[pos] = ((1 << (s_ - 1)) - 1 - o) & m32
+        elif k == len(per_binade):
+            o, s_ = off[0], 23
+            near[pos] = ((1 << 23) - 1 - half_min) & m32
+        else:
+            o, s_ = off[0], 31
+            near[pos] = 0
+        negoff[pos], sh[pos], sh2[pos] = (-o) & m32, s_, 32 - s_
+    as_i32 = lambda v: [x - (1 << 32) if x >= 1 << 31 else x for x in v]  # noqa: E731
+    return as_i32(near), as_i32(negoff), sh, sh2
 
 
 class NativeTables(NamedTuple):
@@ -202,7 +220,7 @@ def _build_native(cb: Codebook) -> NativeTables | None:
         off, shift, bottom = binary_params(cb.groups, cb.signed)
         s.bin_groups, s.bin_signed = len(cb.groups), int(cb.signed)
         s.bin_off[:], s.bin_shift[:], s.bin_bottom[:] = off, shift, bottom
-        s.bin_koff[:], s.bin_kshift[:] = binade_params(cb.groups, cb.signed)
+        s.bin_knear[:], s.bin_knegoff[:], s.bin_kshift[:], s.bin_kshift2[:] = binade_params(cb.groups, cb.signed)
     return NativeTables(s, (code, table, midp, near, floor))
 
 
