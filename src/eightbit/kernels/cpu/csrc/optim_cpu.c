@@ -189,12 +189,7 @@ void eb_optim_blocks(int32_t rule, float *p, const float *g, int32_t nstates, ui
             uint32_t amax[2];
             adam_binary_block(p + o, g + o, &hv, wd_mode, bs, q[0] + o, q[1] + o, absmax[0][b], absmax[1][b], &V[0],
                               &V[1], s0, s1, &amax[0], &amax[1]);
-            for (int64_t i = 0; i < bs; i += 16) {
-                __builtin_prefetch(p + o + bs + i);
-                __builtin_prefetch(g + o + bs + i);
-            }
             for (int32_t k = 0; k < 2; k++) {
-                for (int64_t i = 0; i < bs; i += 64) __builtin_prefetch(q[k] + o + bs + i);
                 if (amax[k] >= 0x7F800000u) /* NaN/Inf: the generic quantizer flags the block */
                     quantize_block(s[k], bs, &luts[k], seeds[k], first + o, q[k] + o, absmax[k] + b, 0);
                 else
