@@ -329,6 +329,16 @@ def test_state_code_option_and_checkpoint_keep_their_map():
     assert torch.equal(torch.exp2(torch.log2(a).round()), a)  # power-of-two block scales
     with pytest.raises(ValueError, match="state_code"):
         make(state_code="decimal")
+    # "auto": an unsigned state rounded to nearest keeps the decimal map (it would freeze on power-of-two scales)
+    p3, o3 = make(stochastic_rounding=False)
+    p3.grad = torch.randn(8192)
+    o3.step()
+    assert torch.equal(o3.state[p3]["qmap1"], create_binary_dynamic_map(True))
+    assert torch.equal(o3.state[p3]["qmap2"], create_dynamic_map(False))
+    p4, o4 = make(stochastic_rounding=False, state_code="binary")
+    p4.grad = torch.randn(8192)
+    o4.step()
+    assert torch.equal(o4.state[p4]["qmap2"], create_binary_dynamic_map(False))
     # a checkpoint written with the decimal map continues on it in a default (binary) optimizer
     p1, o1 = make(state_code="dynamic")
     p2, o2 = make()

@@ -34,7 +34,7 @@ class Adam(Optimizer8bit):
         max_unorm: float = 0.0,
         blocksize: int = 2048,
         nonfinite: str = "skip",
-        state_code: str = "binary",
+        state_code: str = "auto",
         stochastic_rounding: bool = True,
     ) -> None:
         if amsgrad:

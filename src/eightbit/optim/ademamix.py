@@ -36,7 +36,7 @@ class AdEMAMix(Optimizer8bit):
         max_unorm: float = 0.0,
         blocksize: int = 2048,
         nonfinite: str = "skip",
-        state_code: str = "binary",
+        state_code: str = "auto",
         stochastic_rounding: bool = True,
     ) -> None:
         for name, v in (("t_alpha", t_alpha), ("t_beta3", t_beta3)):
@@ -47,7 +47,8 @@ class AdEMAMix(Optimizer8bit):
         super().__init__(params, dict(
             lr=lr, betas=tuple(betas), ademamix_alpha=float(alpha), t_alpha=t_alpha, t_beta3=t_beta3, eps=eps,
             weight_decay=weight_decay, optim_bits=optim_bits, min_8bit_size=min_8bit_size,
-            percentile_clipping=percentile_clipping, max_unorm=max_unorm, blocksize=blocksize, nonfinite=nonfinite, state_code=state_code,
+            percentile_clipping=percentile_clipping, max_unorm=max_unorm, blocksize=blocksize, nonfinite=nonfinite,
+            state_code=state_code,
             stochastic_rounding=stochastic_rounding,
         ))
 

@@ -77,6 +77,14 @@ def _all_finite(g: torch.Tensor, groups: list) -> bool:
     return _sum_over(groups, (~torch.isfinite(g)).sum()).item() == 0
 
 
+def _state_code(config: dict[str, Any], signed: bool) -> str:
+    """The code map name of a state: ``state_code``, with "auto" resolved (see Optimizer8bit)."""
+    code = config["state_code"]
+    if code != "auto":
+        return code
+    return "binary" if signed or config["stochastic_rounding"] else "dynamic"
+
+
 class Optimizer8bit(torch.optim.Optimizer):
     """Base of all eightbit optimizers. Subclasses define:
 
@@ -98,10 +106,14 @@ class Optimizer8bit(torch.optim.Optimizer):
     up or down at random, unbiased, with a counter-based hash of (step, element) (reproducible; see
     `eightbit.functional.rounding`), so that they keep following changes smaller than half a code step;
     False rounds to nearest as bitsandbytes does. Signed states (momentum) always round to nearest.
-    ``state_code`` (default "binary"): the code map of 8-bit states, the binary dynamic map
+    ``state_code``: the code map of 8-bit states. "binary": the binary dynamic map
     (`eightbit.functional.create_binary_dynamic_map`: power-of-two block scales, encoded and decoded with
-    integer arithmetic, smaller state error than the decimal map on the 10,000-step run) or "dynamic" (the
-    decimal dynamic tree map of bitsandbytes). A loaded checkpoint keeps the code maps it was saved with.
+    integer arithmetic by the native kernel, smaller state error than the decimal map on the 10,000-step run);
+    "dynamic": bitsandbytes' decimal dynamic tree map; "auto" (default): binary, except for unsigned states
+    rounded to nearest (``stochastic_rounding=False``), which keep the decimal map: with a power-of-two scale,
+    that stays put while the block's absmax drifts, a slowly decaying v rounded to nearest freezes (AdamW with
+    nearest v: final loss 11 % off fp32 on that run, 1.3 % with the decimal map). A loaded checkpoint keeps the
+    code maps it was saved with.
     """
 
     weight_decay_mode: int = WD_L2
@@ -115,7 +127,7 @@ class Optimizer8bit(torch.optim.Optimizer):
     def __init__(self, params: Iterable, defaults: dict[str, Any]) -> None:
         d = {**dict(defaults), **self._defaults_extra()}
         d.setdefault("stochastic_rounding", True)
-        d.setdefault("state_code", "binary")
+        d.setdefault("state_code", "auto")
         if self.fixed_bits is not None:
             # as bitsandbytes: its 8-bit classes take optim_bits=32 "for compatibility" and mean 8-bit state
             allowed = (None, 8, 32) if self.fixed_bits == 8 else (None, 32)
@@ -161,7 +173,7 @@ class Optimizer8bit(torch.optim.Optimizer):
         check_number(d["min_8bit_size"], "min_8bit_size", low=0)
         check_number(d["percentile_clipping"], "percentile_clipping", low=0.0, high=100.0, low_inclusive=False)
         check_choice(d["nonfinite"], "nonfinite", NONFINITE_CHOICES)
-        check_choice(d["state_code"], "state_code", STATE_CODES)
+        check_choice(d["state_code"], "state_code", ("auto", *STATE_CODES))
         if not isinstance(d.get("stochastic_rounding", True), bool):
             raise TypeError(f"stochastic_rounding must be a bool, got {d['stochastic_rounding']!r}")
         if d.get("nesterov") and (d.get("momentum", 0) <= 0 or d.get("dampening", 0) != 0):
@@ -217,7 +229,7 @@ class Optimizer8bit(torch.optim.Optimizer):
             state["blocksize"] = torch.tensor(bs, dtype=torch.int64)  # a tensor: state_dicts stay all-tensor
         for i, (name, signed) in enumerate(self.state_spec(config)):
             if eight:  # bitsandbytes' names (see optim/state.py)
-                cb = STATE_CODES[config["state_code"]](signed, dev)
+                cb = STATE_CODES[_state_code(config, signed)](signed, dev)
                 state[slot("state", i)] = torch.full(p_local.shape, cb.zero_index, dtype=torch.uint8, device=home,
                                                      pin_memory=pin)
                 state[slot("absmax", i)] = torch.zeros(nblocks, dtype=torch.float32, device=home, pin_memory=pin)

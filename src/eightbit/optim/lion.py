@@ -28,7 +28,7 @@ class Lion(Optimizer8bit):
         max_unorm: float = 0.0,
         blocksize: int = 2048,
         nonfinite: str = "skip",
-        state_code: str = "binary",
+        state_code: str = "auto",
     ) -> None:
         super().__init__(params, dict(
             lr=lr, betas=tuple(betas), weight_decay=weight_decay, optim_bits=optim_bits,

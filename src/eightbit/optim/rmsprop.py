@@ -32,7 +32,7 @@ class RMSprop(Optimizer8bit):
         max_unorm: float = 0.0,
         blocksize: int = 2048,
         nonfinite: str = "skip",
-        state_code: str = "binary",
+        state_code: str = "auto",
         stochastic_rounding: bool = True,
     ) -> None:
         if momentum != 0:
