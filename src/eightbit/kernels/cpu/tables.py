@@ -147,7 +147,8 @@ class Lut(ctypes.Structure):
                 ("bin_groups", ctypes.c_int32), ("bin_signed", ctypes.c_int32), ("bin_off", ctypes.c_int32 * 8),
                 ("bin_shift", ctypes.c_int32 * 8), ("bin_bottom", ctypes.c_int32 * 8),
                 ("bin_knear", ctypes.c_int32 * 32), ("bin_knegoff", ctypes.c_int32 * 32),
-                ("bin_kshift", ctypes.c_int32 * 32), ("bin_kshift2", ctypes.c_int32 * 32)]
+                ("bin_kshift", ctypes.c_int32 * 32), ("bin_kshift2", ctypes.c_int32 * 32),
+                ("bin_bf16", ctypes.c_uint16 * 256)]
 
 
 def binary_params(groups: tuple, signed: bool) -> tuple[list[int], list[int], list[int]]:
@@ -221,6 +222,9 @@ def _build_native(cb: Codebook) -> NativeTables | None:
         s.bin_groups, s.bin_signed = len(cb.groups), int(cb.signed)
         s.bin_off[:], s.bin_shift[:], s.bin_bottom[:] = off, shift, bottom
         s.bin_knear[:], s.bin_knegoff[:], s.bin_kshift[:], s.bin_kshift2[:] = binade_params(cb.groups, cb.signed)
+        bits = code.view(torch.int32).to(torch.int64) & 0xFFFFFFFF
+        assert not bool((bits & 0xFFFF).any()), "binary map codes fit bfloat16"  # at most 7 fraction bits
+        s.bin_bf16[:] = (bits >> 16).tolist()
     return NativeTables(s, (code, table, midp, near, floor))
 
 

@@ -94,4 +94,30 @@ static inline __m512i bin_stochastic16(const bin_v16_t *V, __m512 n, __m512i d) 
     return bin_index16(V, mag, neg);
 }
 #endif
+#if defined(__AVX512BW__)
+/* Values of 32 codes q[0..32) (unscaled) into lo (first 16) and hi: every code of a binary map is a bfloat16,
+ * so its top 16 bits come from a 256-entry table of words (four vpermi2w over 64 entries each). */
+typedef struct {
+    __m512i t[8];
+} bin_w32_t;
+
+static inline bin_w32_t bin_w32(const lut_t *L) {
+    bin_w32_t w;
+    for (int j = 0; j < 8; j++) w.t[j] = _mm512_loadu_si512(L->bin_bf16 + 32 * j);
+    return w;
+}
+
+static inline void bin_decode32(const bin_w32_t *W, const uint8_t *q, __m512 *lo, __m512 *hi) {
+    const __m512i c = _mm512_cvtepu8_epi16(_mm256_loadu_si256((const __m256i *)q));
+    const __mmask32 b6 = _mm512_test_epi16_mask(c, _mm512_set1_epi16(64));
+    const __mmask32 b7 = _mm512_test_epi16_mask(c, _mm512_set1_epi16(128));
+    const __m512i r0 = _mm512_mask_mov_epi16(_mm512_permutex2var_epi16(W->t[0], c, W->t[1]), b6,
+                                             _mm512_permutex2var_epi16(W->t[2], c, W->t[3]));
+    const __m512i r1 = _mm512_mask_mov_epi16(_mm512_permutex2var_epi16(W->t[4], c, W->t[5]), b6,
+                                             _mm512_permutex2var_epi16(W->t[6], c, W->t[7]));
+    const __m512i r = _mm512_mask_mov_epi16(r0, b7, r1);
+    *lo = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm512_castsi512_si256(r)), 16));
+    *hi = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm512_extracti64x4_epi64(r, 1)), 16));
+}
+#endif
 #endif
