@@ -1,9 +1,11 @@
 """One optimizer step on a single parameter tensor, side by side in one process:
-``python -m benchmarks.optim_step [n_params=20e6] [--json out.json]``.
+``python -m benchmarks.optim_step [n_params=20e6] [--others] [--json out.json]``.
 
 torch AdamW (fused, foreach) and eightbit AdamW8bit (stochastic and nearest rounding of v), ``lr=1e-3`` on
 ``randn(n) * 0.1`` with gradient ``randn(n) * 0.01``; median of 15 steps after 3 warm-up steps, implementations
-interleaved per repeat. Prints a table and writes JSON (default ``benchmarks/results/optim_step.json``).
+interleaved per repeat. ``--others``: instead, every 8-bit optimizer family on the binary and the decimal state
+map beside torch's fused (or foreach) form. Prints a table and writes JSON (default
+``benchmarks/results/optim_step.json``, ``optim_step_others.json`` with ``--others``).
 """
 from __future__ import annotations
 
@@ -21,11 +23,15 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("n", nargs="?", type=float, default=20e6, help="parameters (default 20e6)")
     ap.add_argument("--json", type=Path, default=Path(__file__).resolve().parent / "results" / "optim_step.json")
     ap.add_argument("--steps", type=int, default=15)
+    ap.add_argument("--others", action="store_true", help="every 8-bit optimizer, binary vs decimal map vs torch")
     args = ap.parse_args(argv)
     from eightbit.optim import AdamW8bit
 
     torch.set_num_threads(min(2, torch.get_num_threads()))
     n = int(args.n)
+    if args.others:
+        _others(n, args.steps, args.json.with_name("optim_step_others.json"))
+        return
     makers = {
         "torch AdamW fused": lambda ps: torch.optim.AdamW(ps, lr=1e-3, fused=True),
         "torch AdamW foreach": lambda ps: torch.optim.AdamW(ps, lr=1e-3, foreach=True),
@@ -55,6 +61,51 @@ def main(argv: list[str] | None = None) -> None:
         print(f"| {name} | {med * 1e3:.1f} | {med / fused:.2f} |")
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps({"command": "python -m benchmarks.optim_step", "params": n, "rows": rows}, indent=1))
+
+
+def _time(makers: dict, n: int, steps: int) -> dict[str, float]:
+    """Median ms per step of each optimizer maker on its own ``n``-parameter tensor, interleaved per repeat."""
+    gen = torch.Generator().manual_seed(0)
+    runs = {}
+    for name, make in makers.items():
+        p = torch.nn.Parameter(torch.randn(n, generator=gen) * 0.1)
+        p.grad = torch.randn(n, generator=gen) * 0.01
+        opt = make([p])
+        for _ in range(3):
+            opt.step()
+        runs[name] = (opt, [])
+    for _ in range(steps):
+        for opt, times in runs.values():
+            t = time.perf_counter()
+            opt.step()
+            times.append(time.perf_counter() - t)
+    return {name: sorted(times)[steps // 2] * 1e3 for name, (_, times) in runs.items()}
+
+
+def _others(n: int, steps: int, out: Path) -> None:
+    import eightbit.optim as O
+
+    families = {  # name: (eightbit class, its arguments, torch's form or None)
+        "SGD momentum": (O.SGD8bit, dict(lr=1e-2, momentum=0.9),
+                         lambda ps: torch.optim.SGD(ps, lr=1e-2, momentum=0.9, fused=True)),
+        "RMSprop": (O.RMSprop8bit, dict(lr=1e-3), lambda ps: torch.optim.RMSprop(ps, lr=1e-3, foreach=True)),
+        "Adagrad": (O.Adagrad8bit, dict(lr=1e-2), lambda ps: torch.optim.Adagrad(ps, lr=1e-2, fused=True)),
+        "Lion": (O.Lion8bit, dict(lr=1e-4), None),
+        "AdamW": (O.AdamW8bit, dict(lr=1e-3), lambda ps: torch.optim.AdamW(ps, lr=1e-3, fused=True)),
+    }
+    rows = []
+    print(f"| optimizer ({n / 1e6:.1f}M params) | binary map ms | decimal map ms | torch ms |\n|---|---:|---:|---:|")
+    for name, (cls, kw, ref) in families.items():
+        makers = {code: (lambda ps, code=code: cls(ps, state_code=code, **kw)) for code in ("binary", "dynamic")}
+        if ref is not None:
+            makers["torch"] = ref
+        ms = _time(makers, n, steps)
+        rows.append({"optimizer": name, **{k + "_ms": v for k, v in ms.items()}})
+        torch_ms = f"{ms['torch']:.1f}" if "torch" in ms else "-"
+        print(f"| {name} | {ms['binary']:.1f} | {ms['dynamic']:.1f} | {torch_ms} |")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"command": "python -m benchmarks.optim_step --others", "params": n, "rows": rows},
+                              indent=1))
 
 
 if __name__ == "__main__":
