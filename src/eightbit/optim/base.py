@@ -12,6 +12,7 @@ a state_dict made of plain tensors and numbers (safetensors-friendly).
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any, Callable, Iterable
 
 import torch
@@ -73,7 +74,7 @@ def _all_finite(g: torch.Tensor, groups: list) -> bool:
     """Whether the whole gradient is finite; for a sharded one all shards agree (all skip or none)."""
     if not groups:
         lo, hi = torch.aminmax(g)  # NaN propagates into both; no gradient-sized temporary
-        return bool(torch.isfinite(lo) & torch.isfinite(hi))
+        return math.isfinite(lo.item()) and math.isfinite(hi.item())  # two reads, not three small tensor ops
     return _sum_over(groups, (~torch.isfinite(g)).sum()).item() == 0
 
 

@@ -1,9 +1,10 @@
-"""Native CPU kernel of the ``optimizer_update`` op for 8-bit states (``eb_optim_blocks`` in csrc/optim_cpu.c):
-per block, dequantize the states, apply the rule, write the parameter and requantize, in one pass over
-L1-resident data. Which rules it serves is the explicit table ``NATIVE_RULES`` (every rule of
-``eightbit.functional.optimizer`` with one or two states; AdEMAMix's three run the reference); it declines (the
-reference runs) for 32-bit states, parameters or gradients other than float32, block sizes above 4096 and codes
-without native tables.
+"""Native CPU kernel of the ``optimizer_update`` op (csrc/optim_cpu.c). 8-bit states (``eb_optim_blocks``): per
+block, dequantize the states, apply the rule, write the parameter and requantize, in one pass over L1-resident
+data. 32-bit states (``eb_optim_f32``: small tensors under ``min_8bit_size``, the 32-bit classes): the rule in
+place on them. Which rules it serves is the explicit table ``NATIVE_RULES`` (every rule of
+``eightbit.functional.optimizer`` with one or two states; AdEMAMix's three and SGD without momentum run the
+reference); it declines (the reference runs) for parameters, gradients or 32-bit states other than float32,
+block sizes above 4096 and codes without native tables.
 States are bit-identical to the reference (tests/kernels/test_native_cpu.py).
 """
 from __future__ import annotations
@@ -41,9 +42,16 @@ def optimizer_update_cpu(rule, p, g, states, absmaxes, codes, hyper, wd_mode, bl
     """Kernel of ``optimizer_update`` for 8-bit states of float32 parameters (see the module docstring)."""
     k = len(states)
     lib = native.library()
-    if (lib is None or rule not in NATIVE_RULES or not absmaxes or k not in (1, 2) or blocksize > native.MAX_BLOCK
+    if (lib is None or rule not in NATIVE_RULES or k not in (1, 2) or blocksize > native.MAX_BLOCK
             or p.dtype != torch.float32 or g.dtype != torch.float32 or not p.is_contiguous()):
         return NotImplemented
+    if not absmaxes:  # 32-bit states: the rule in place on them (small tensors under min_8bit_size, 32-bit classes)
+        if not all(s.dtype == torch.float32 and s.is_contiguous() and s.numel() == p.numel() for s in states):
+            return NotImplemented
+        g = g.contiguous()
+        lib.eb_optim_f32(NATIVE_RULES[rule], p.data_ptr(), g.data_ptr(), states[0].data_ptr(),
+                         states[1].data_ptr() if k == 2 else None, ctypes.byref(Hyper(*hyper)), wd_mode, p.numel())
+        return None
     tables = [native_tables(codebook(c)) for c in codes]
     if any(t is None for t in tables) or not all(a.is_contiguous() for a in absmaxes):
         return NotImplemented

@@ -186,6 +186,19 @@ static void adam_binary_block(float *restrict p, const float *restrict g, const 
 }
 #endif
 
+/* One step on 32-bit states (s0, s1: float32 arrays of n values, s1 unused by one-state rules): the rule in place,
+ * in runs of 2048 values over the threads. The reference makes the same float32 operations per element. */
+void eb_optim_f32(int32_t rule, float *p, const float *g, float *s0, float *s1, const eb_hyper_t *h, int32_t wd_mode,
+                  int64_t n) {
+    const eb_hyper_t hv = *h;
+    const int64_t run = 2048, runs = (n + run - 1) / run;
+#pragma omp parallel for schedule(static) if (runs >= 32)
+    for (int64_t r = 0; r < runs; r++) {
+        const int64_t o = r * run, len = n - o < run ? n - o : run;
+        rule_block(rule, p + o, g + o, &hv, wd_mode, len, s0 + o, s1 ? s1 + o : s0 + o);
+    }
+}
+
 /* One step over nblocks blocks of bs values. q[s], absmax[s], luts[s], seeds[s] for each of the nstates
  * (1 or 2) 8-bit states; seeds[s] < 0 rounds state s to nearest. ``first``: the index of the first element
  * passed within the whole tensor (the stochastic draws are keyed on it), so a partial last block can be
