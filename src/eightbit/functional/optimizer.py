@@ -71,7 +71,7 @@ class OptimHyper:
 
     def as_list(self) -> list[float]:
         """The values in field order (the op's ``hyper`` argument)."""
-        return [float(getattr(self, f.name)) for f in dataclasses.fields(self)]
+        return [float(getattr(self, name)) for name in FIELDS]  # FIELDS: below, once (fields() per call is slow)
 
 
 FIELDS = tuple(f.name for f in dataclasses.fields(OptimHyper))
