@@ -188,7 +188,8 @@ def quantize_blockwise(
 
     ``code``: 256 sorted float32 values (default: signed dynamic map). Returns ``(q, state)`` where
     ``q`` is uint8 with ``x``'s shape and ``state.absmax`` has ceil(numel / blocksize) float32 entries
-    (the last block may be partial). ``out``: optional uint8 buffer of ``x``'s shape (contiguous, same
+    (the last block may be partial): each block's absmax, or with a binary dynamic map
+    (``create_binary_dynamic_map``) the power of two above it (``pow2_above``); either way ``x ~ code[q] * absmax``. ``out``: optional uint8 buffer of ``x``'s shape (contiguous, same
     device) that receives the codes and is returned as ``q``; reusing one saves the allocation (a fresh
     large buffer is paid for in page faults). Raises TypeError for a non-float tensor or code, ValueError for
     a bad blocksize, a bad ``out``, or a code that is not 1-D, 256 finite non-decreasing values (checked once
