@@ -361,8 +361,16 @@ def test_state_code_option_and_checkpoint_keep_their_map():
     assert torch.equal(o3.state[p3]["qmap2"], create_dynamic_map(False))
     p4, o4 = make(stochastic_rounding=False, state_code="binary")
     p4.grad = torch.randn(8192)
-    o4.step()
+    with pytest.warns(UserWarning, match="freezes"):  # forced: v rounded to nearest on the binary map
+        o4.step()
     assert torch.equal(o4.state[p4]["qmap2"], create_binary_dynamic_map(False))
+    # the map is chosen when the state is created: turning stochastic rounding off later warns (once)
+    p5, o5 = make()
+    p5.grad = torch.randn(8192)
+    o5.step()
+    o5.param_groups[0]["stochastic_rounding"] = False
+    with pytest.warns(UserWarning, match="freezes"):
+        o5.step()
     # a checkpoint written with the decimal map continues on it in a default (binary) optimizer
     p1, o1 = make(state_code="dynamic")
     p2, o2 = make()

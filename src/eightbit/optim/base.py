@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import warnings
 from typing import Any, Callable, Iterable
 
 import torch
@@ -74,7 +75,9 @@ def _all_finite(g: torch.Tensor, groups: list) -> bool:
     """Whether the whole gradient is finite; for a sharded one all shards agree (all skip or none)."""
     if not groups:
         lo, hi = torch.aminmax(g)  # NaN propagates into both; no gradient-sized temporary
-        return math.isfinite(lo.item()) and math.isfinite(hi.item())  # two reads, not three small tensor ops
+        if g.device.type == "cpu":  # two reads, cheaper than three small tensor ops
+            return math.isfinite(lo.item()) and math.isfinite(hi.item())
+        return bool(torch.isfinite(lo) & torch.isfinite(hi))  # one device sync
     return _sum_over(groups, (~torch.isfinite(g)).sum()).item() == 0
 
 
@@ -113,8 +116,8 @@ class Optimizer8bit(torch.optim.Optimizer):
     "dynamic": bitsandbytes' decimal dynamic tree map; "auto" (default): binary, except for unsigned states
     rounded to nearest (``stochastic_rounding=False``), which keep the decimal map: with a power-of-two scale,
     that stays put while the block's absmax drifts, a slowly decaying v rounded to nearest freezes (AdamW with
-    nearest v: final loss 11 % off fp32 on that run, 1.3 % with the decimal map). A loaded checkpoint keeps the
-    code maps it was saved with.
+    nearest v: final loss 11 % off fp32 on that run, 1.3 % with the decimal map). The map is chosen when a state is
+    created (turning stochastic rounding off later warns); a loaded checkpoint keeps the maps it was saved with.
     """
 
     weight_decay_mode: int = WD_L2
@@ -446,6 +449,15 @@ class Optimizer8bit(torch.optim.Optimizer):
         step = int(state["step"])
         stochastic = [eight and not signed and bool(config["stochastic_rounding"]) for _, signed in spec]
         seeds = [step_seed(step, i) if sr else -1 for i, sr in enumerate(stochastic)]
+        if eight and not config["stochastic_rounding"] and not getattr(self, "_warned_frozen", False):
+            for (name, signed), c in zip(spec, codes):
+                if not signed and codebook(c).pow2_scale:
+                    self._warned_frozen = True
+                    warnings.warn(f"{type(self).__name__}: state {name!r} is on the binary dynamic map (chosen when the "
+                                  "state was created) but is now rounded to nearest (stochastic_rounding=False): "
+                                  "on power-of-two scales a slowly changing state freezes. Keep stochastic "
+                                  "rounding, or create the state with state_code='dynamic'.", stacklevel=4)
+                    break
         return states, absmaxes, codes, seeds
 
 
