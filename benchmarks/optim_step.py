@@ -14,6 +14,7 @@ import argparse
 import json
 import time
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -43,39 +44,31 @@ def main(argv: list[str] | None = None) -> None:
         "eightbit AdamW8bit": lambda ps: AdamW8bit(ps, lr=1e-3),
         "eightbit AdamW8bit, nearest v": lambda ps: AdamW8bit(ps, lr=1e-3, stochastic_rounding=False),
     }
-    gen = torch.Generator().manual_seed(0)
-    runs = {}
-    for name, make in makers.items():
-        p = torch.nn.Parameter(torch.randn(n, generator=gen) * 0.1)
-        p.grad = torch.randn(n, generator=gen) * 0.01
-        opt = make([p])
-        for _ in range(3):
-            opt.step()
-        runs[name] = (opt, [])
-    for _ in range(args.steps):
-        for opt, times in runs.values():
-            t = time.perf_counter()
-            opt.step()
-            times.append(time.perf_counter() - t)
-    fused = sorted(runs["torch AdamW fused"][1])[args.steps // 2]
+    ms = _time(makers, lambda gen: _tensor(n, gen), args.steps)
+    fused = ms["torch AdamW fused"]
     rows = []
     print(f"| implementation ({n / 1e6:.1f}M params) | median ms | x fused |\n|---|---:|---:|")
-    for name, (_, times) in runs.items():
-        med = sorted(times)[args.steps // 2]
-        rows.append({"impl": name, "median_ms": med * 1e3, "x_fused": med / fused})
-        print(f"| {name} | {med * 1e3:.1f} | {med / fused:.2f} |")
+    for name, med in ms.items():
+        rows.append({"impl": name, "median_ms": med, "x_fused": med / fused})
+        print(f"| {name} | {med:.1f} | {med / fused:.2f} |")
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps({"command": "python -m benchmarks.optim_step", "params": n, "rows": rows}, indent=1))
 
 
-def _time(makers: dict, n: int, steps: int) -> dict[str, float]:
-    """Median ms per step of each optimizer maker on its own ``n``-parameter tensor, interleaved per repeat."""
+def _tensor(n: int, gen: torch.Generator) -> list[torch.nn.Parameter]:
+    """One parameter of ``n`` values (``randn * 0.1``) with a gradient (``randn * 0.01``)."""
+    p = torch.nn.Parameter(torch.randn(n, generator=gen) * 0.1)
+    p.grad = torch.randn(n, generator=gen) * 0.01
+    return [p]
+
+
+def _time(makers: dict, params: Callable[[torch.Generator], list], steps: int) -> dict[str, float]:
+    """Median ms per step of each optimizer maker on its own copy of ``params(gen)``, 3 warm-up steps, the
+    optimizers interleaved per repeat."""
     gen = torch.Generator().manual_seed(0)
     runs = {}
     for name, make in makers.items():
-        p = torch.nn.Parameter(torch.randn(n, generator=gen) * 0.1)
-        p.grad = torch.randn(n, generator=gen) * 0.01
-        opt = make([p])
+        opt = make(params(gen))
         for _ in range(3):
             opt.step()
         runs[name] = (opt, [])
@@ -92,24 +85,16 @@ def _minilm(steps: int, out: Path) -> None:
     from eightbit.models.minilm import load_minilm
 
     model, _ = load_minilm()
-    gen = torch.Generator().manual_seed(0)
-    makers = {"torch AdamW fused": lambda ps: torch.optim.AdamW(ps, lr=1e-3, fused=True),
-              "eightbit AdamW8bit": lambda ps: O.AdamW8bit(ps, lr=1e-3)}
-    runs = {}
-    for name, make in makers.items():
+
+    def params(gen: torch.Generator) -> list[torch.nn.Parameter]:
         ps = [torch.nn.Parameter(p.detach().clone()) for p in model.parameters()]
         for p in ps:
             p.grad = torch.randn(p.shape, generator=gen) * 0.01
-        opt = make(ps)
-        for _ in range(3):
-            opt.step()
-        runs[name] = (opt, [])
-    for _ in range(steps):
-        for opt, times in runs.values():
-            t = time.perf_counter()
-            opt.step()
-            times.append(time.perf_counter() - t)
-    ms = {name: sorted(times)[steps // 2] * 1e3 for name, (_, times) in runs.items()}
+        return ps
+
+    makers = {"torch AdamW fused": lambda ps: torch.optim.AdamW(ps, lr=1e-3, fused=True),
+              "eightbit AdamW8bit": lambda ps: O.AdamW8bit(ps, lr=1e-3)}
+    ms = _time(makers, params, steps)
     fused = ms["torch AdamW fused"]
     print(f"| MiniLM's parameters (103 tensors, 22.7M) | median ms | x fused |\n|---|---:|---:|")
     for name, v in ms.items():
@@ -135,7 +120,7 @@ def _others(n: int, steps: int, out: Path) -> None:
         makers = {code: (lambda ps, code=code: cls(ps, state_code=code, **kw)) for code in ("binary", "dynamic")}
         if ref is not None:
             makers["torch"] = ref
-        ms = _time(makers, n, steps)
+        ms = _time(makers, lambda gen: _tensor(n, gen), steps)
         rows.append({"optimizer": name, **{k + "_ms": v for k, v in ms.items()}})
         torch_ms = f"{ms['torch']:.1f}" if "torch" in ms else "-"
         print(f"| {name} | {ms['binary']:.1f} | {ms['dynamic']:.1f} | {torch_ms} |")
