@@ -90,3 +90,16 @@ def test_gpu_benchmark_cases_run_at_smoke_sizes():
         proc = subprocess.run([sys.executable, "-m", "benchmarks", "--device", "cuda"], cwd=ROOT, capture_output=True,
                               text=True, timeout=120)
         assert proc.returncode == 1 and "no CUDA device" in proc.stdout
+
+
+@pytest.mark.parametrize("mode", [[], ["--others"], ["--minilm"]])
+def test_optim_step_modes_write_json(tmp_path, mode):
+    """`python -m benchmarks.optim_step` in each mode, tiny: runs, prints its table and writes its JSON."""
+    out = tmp_path / "optim_step.json"
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.optim_step", "2e4", "--steps", "1", "--json", str(out),
+                           *mode], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    name = {"--others": "optim_step_others.json", "--minilm": "optim_step_minilm.json"}.get(mode[0] if mode else "")
+    data = json.loads((out.with_name(name) if name else out).read_text())
+    assert data["command"].startswith("python -m benchmarks.optim_step")
+    assert "eightbit" in proc.stdout or "binary" in proc.stdout
