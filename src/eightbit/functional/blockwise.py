@@ -100,9 +100,10 @@ def quantize_blocks(x2d: torch.Tensor, cb: Codebook, seed: int = -1, first: int 
 
 
 def pow2_above(absmax: torch.Tensor) -> torch.Tensor:
-    """The block scale of binary dynamic maps: ``2^(floor(log2 a) + 1)`` for each float32 absmax ``a`` (so every
-    ``|x| / scale < 1``; 2^127 at most, where values from 2^127 up are then clipped to the top code), 0 for 0
-    and NaN/Inf unchanged. Exact (exponent-bit arithmetic)."""
+    """The block scale of binary dynamic maps: ``2^(floor(log2 a) + 1)`` for each normal float32 absmax ``a`` and
+    2^-126 for a subnormal one, so every ``|x| / scale < 1``; 2^127 at most (a block with values from 2^127 up
+    then has ``|x| / scale`` up to 2, clipped to the top code); 0 for 0, NaN/Inf unchanged. Exact
+    (exponent-bit arithmetic)."""
     e = (absmax.view(torch.int32) >> 23) & 0xFF
     scale = ((e + 1).clamp(max=254) << 23).view(torch.float32)
     return torch.where(torch.isfinite(absmax) & (absmax > 0), scale, absmax)
