@@ -1,0 +1,158 @@
+/* Fused per-block passes of the optimizer kernel (included by optim_cpu.c after rule_block): for states on binary
+ * dynamic maps, decode, rule, parameter write and the new states' absmax in one pass, then the caller encodes. */
+#ifndef EIGHTBIT_OPTIM_FUSED_H
+#define EIGHTBIT_OPTIM_FUSED_H
+#if defined(__AVX2__) && defined(__FMA__)
+/* Adam (both states on binary dynamic maps, bs a multiple of 8): decode, rule, parameter write and the new
+ * states' absmax bits in one pass where the generic path makes five, with rule_block's float32 operations in
+ * its order (bit-identical). */
+static void adam_binary_block(float *restrict p, const float *restrict g, const eb_hyper_t *h, int32_t wd_mode,
+                              int64_t bs, const uint8_t *q0, const uint8_t *q1, float a0, float a1,
+                              const bin_vec_t *V0, const bin_vec_t *V1, float *restrict s0, float *restrict s1,
+                              uint32_t *amax0, uint32_t *amax1) {
+    const __m256 gs = _mm256_set1_ps(h->grad_scale), b1 = _mm256_set1_ps(h->beta1), c1 = _mm256_set1_ps(h->one_minus_beta1);
+    const __m256 b2 = _mm256_set1_ps(h->beta2), c2 = _mm256_set1_ps(h->one_minus_beta2), eps = _mm256_set1_ps(h->eps);
+    const __m256 r1 = _mm256_set1_ps(1.0f / h->bias_correction1), r2 = _mm256_set1_ps(1.0f / h->bias_correction2_sqrt);
+    const __m256 l2 = _mm256_set1_ps(wd_mode == WD_L2 ? h->weight_decay : 0.0f);
+    const __m256 decay = _mm256_set1_ps(1.0f - h->lr * h->weight_decay), step = _mm256_set1_ps(h->lr * h->update_scale);
+    const __m256 va0 = _mm256_set1_ps(a0), va1 = _mm256_set1_ps(a1);
+    const __m256i m7f = _mm256_set1_epi32(0x7FFFFFFF);
+    __m256i mx0 = _mm256_setzero_si256(), mx1 = _mm256_setzero_si256();
+    int64_t i = 0;
+#if defined(__AVX512F__) && defined(__AVX512CD__)
+    {   /* 16 lanes: the same operations */
+        const bin_v16_t W0 = bin_v16(V0->lut), W1 = bin_v16(V1->lut);
+        const __m512 zgs = _mm512_set1_ps(h->grad_scale), zb1 = _mm512_set1_ps(h->beta1), zc1 = _mm512_set1_ps(h->one_minus_beta1);
+        const __m512 zb2 = _mm512_set1_ps(h->beta2), zc2 = _mm512_set1_ps(h->one_minus_beta2), zeps = _mm512_set1_ps(h->eps);
+        const __m512 zr1 = _mm512_set1_ps(1.0f / h->bias_correction1), zr2 = _mm512_set1_ps(1.0f / h->bias_correction2_sqrt);
+        const __m512 zl2 = _mm512_set1_ps(wd_mode == WD_L2 ? h->weight_decay : 0.0f);
+        const __m512 zdecay = _mm512_set1_ps(1.0f - h->lr * h->weight_decay), zstep = _mm512_set1_ps(h->lr * h->update_scale);
+        const __m512 za0 = _mm512_set1_ps(a0), za1 = _mm512_set1_ps(a1);
+        const __m512i z7f = _mm512_set1_epi32(0x7FFFFFFF);
+        __m512i zx0 = _mm512_setzero_si512(), zx1 = _mm512_setzero_si512();
+#define ADAM16(M_CODE, V_CODE, J)                                                                                     \
+    do {                                                                                                              \
+        const __m512 m_old = _mm512_mul_ps((M_CODE), za0), v_old = _mm512_mul_ps((V_CODE), za1);                      \
+        __m512 pi = _mm512_loadu_ps(p + (J)), gi = _mm512_mul_ps(_mm512_loadu_ps(g + (J)), zgs);                      \
+        if (wd_mode == WD_L2) gi = _mm512_fmadd_ps(zl2, pi, gi);                                                      \
+        const __m512 m = _mm512_add_ps(_mm512_mul_ps(m_old, zb1), _mm512_mul_ps(gi, zc1));                           \
+        const __m512 v = _mm512_add_ps(_mm512_mul_ps(v_old, zb2), _mm512_mul_ps(_mm512_mul_ps(gi, gi), zc2));        \
+        const __m512 a = _mm512_div_ps(_mm512_mul_ps(m, zr1), _mm512_add_ps(_mm512_mul_ps(_mm512_sqrt_ps(v), zr2), zeps)); \
+        if (wd_mode == WD_DECOUPLED) pi = _mm512_mul_ps(pi, zdecay);                                                  \
+        _mm512_storeu_ps(p + (J), _mm512_sub_ps(pi, _mm512_mul_ps(zstep, a)));                                        \
+        _mm512_storeu_ps(s0 + (J), m);                                                                                \
+        _mm512_storeu_ps(s1 + (J), v);                                                                                \
+        zx0 = _mm512_max_epu32(zx0, _mm512_and_si512(_mm512_castps_si512(m), z7f));                                   \
+        zx1 = _mm512_max_epu32(zx1, _mm512_and_si512(_mm512_castps_si512(v), z7f));                                   \
+    } while (0)
+#if defined(__AVX512BW__)
+        const bin_w32_t T0 = bin_w32(V0->lut), T1 = bin_w32(V1->lut);
+        for (; i + 32 <= bs; i += 32) { /* decoding by table: 32 codes per four word permutes */
+            __m512 m_lo, m_hi, v_lo, v_hi;
+            _mm_prefetch((const char *)(p + i + EB_AHEAD), _MM_HINT_T0);
+            _mm_prefetch((const char *)(p + i + EB_AHEAD + 16), _MM_HINT_T0);
+            _mm_prefetch((const char *)(g + i + EB_AHEAD), _MM_HINT_T0);
+            _mm_prefetch((const char *)(g + i + EB_AHEAD + 16), _MM_HINT_T0);
+            bin_decode32(&T0, q0 + i, &m_lo, &m_hi);
+            bin_decode32(&T1, q1 + i, &v_lo, &v_hi);
+            ADAM16(m_lo, v_lo, i);
+            ADAM16(m_hi, v_hi, i + 16);
+        }
+#endif
+        for (; i + 16 <= bs; i += 16)
+            ADAM16(bin_decode16(&W0, _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(q0 + i)))),
+                   bin_decode16(&W1, _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(q1 + i)))), i);
+#undef ADAM16
+        mx0 = _mm256_max_epu32(_mm512_castsi512_si256(zx0), _mm512_extracti64x4_epi64(zx0, 1));
+        mx1 = _mm256_max_epu32(_mm512_castsi512_si256(zx1), _mm512_extracti64x4_epi64(zx1, 1));
+    }
+#endif
+    for (; i < bs; i += 8) {
+        const __m256 m_old = _mm256_mul_ps(bin_decode8(V0, _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(q0 + i)))), va0);
+        const __m256 v_old = _mm256_mul_ps(bin_decode8(V1, _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(q1 + i)))), va1);
+        __m256 pi = _mm256_loadu_ps(p + i), gi = _mm256_mul_ps(_mm256_loadu_ps(g + i), gs);
+        if (wd_mode == WD_L2) gi = _mm256_fmadd_ps(l2, pi, gi);
+        const __m256 m = _mm256_add_ps(_mm256_mul_ps(m_old, b1), _mm256_mul_ps(gi, c1));
+        const __m256 v = _mm256_add_ps(_mm256_mul_ps(v_old, b2), _mm256_mul_ps(_mm256_mul_ps(gi, gi), c2));
+        const __m256 a = _mm256_div_ps(_mm256_mul_ps(m, r1), _mm256_add_ps(_mm256_mul_ps(_mm256_sqrt_ps(v), r2), eps));
+        if (wd_mode == WD_DECOUPLED) pi = _mm256_mul_ps(pi, decay);
+        _mm256_storeu_ps(p + i, _mm256_sub_ps(pi, _mm256_mul_ps(step, a)));
+        _mm256_storeu_ps(s0 + i, m);
+        _mm256_storeu_ps(s1 + i, v);
+        mx0 = _mm256_max_epu32(mx0, _mm256_and_si256(_mm256_castps_si256(m), m7f));
+        mx1 = _mm256_max_epu32(mx1, _mm256_and_si256(_mm256_castps_si256(v), m7f));
+    }
+    uint32_t t0[8], t1[8];
+    _mm256_storeu_si256((__m256i *)t0, mx0);
+    _mm256_storeu_si256((__m256i *)t1, mx1);
+    *amax0 = *amax1 = 0;
+    for (int k = 0; k < 8; k++) {
+        *amax0 = t0[k] > *amax0 ? t0[k] : *amax0;
+        *amax1 = t1[k] > *amax1 ? t1[k] : *amax1;
+    }
+}
+#endif
+
+#if defined(__AVX512F__) && defined(__AVX512CD__) && defined(__AVX512BW__)
+/* One-state rules (momentum, rmsprop, adagrad, lion) with the state on a binary dynamic map, bs a multiple of 32:
+ * decode, rule, parameter write and the new state's absmax bits in one pass, with rule_block's float32 operations
+ * in its order (bit-identical). */
+static void one_state_binary_block(int32_t rule, float *restrict p, const float *restrict g, const eb_hyper_t *h,
+                                   int32_t wd_mode, int64_t bs, const uint8_t *q0, float a0, const lut_t *L0,
+                                   float *restrict s0, uint32_t *amax0) {
+    const __m512 gs = _mm512_set1_ps(h->grad_scale), b1 = _mm512_set1_ps(h->beta1), c1 = _mm512_set1_ps(h->one_minus_beta1);
+    const __m512 b2 = _mm512_set1_ps(h->beta2), c2 = _mm512_set1_ps(h->one_minus_beta2), eps = _mm512_set1_ps(h->eps);
+    const __m512 l2 = _mm512_set1_ps(wd_mode == WD_L2 ? h->weight_decay : 0.0f), nest = _mm512_set1_ps(h->nesterov);
+    const __m512 lr_decay = _mm512_set1_ps(h->lr_decay);
+    const __m512 decay = _mm512_set1_ps(1.0f - h->lr * h->weight_decay), step = _mm512_set1_ps(h->lr * h->update_scale);
+    const __m512 va = _mm512_set1_ps(a0), one = _mm512_set1_ps(1.0f), zero = _mm512_setzero_ps();
+    const __m512i m7f = _mm512_set1_epi32(0x7FFFFFFF);
+    const bin_w32_t T = bin_w32(L0);
+    __m512i mx = _mm512_setzero_si512();
+    for (int64_t i = 0; i < bs; i += 32) {
+        _mm_prefetch((const char *)(p + i + EB_AHEAD), _MM_HINT_T0);
+        _mm_prefetch((const char *)(p + i + EB_AHEAD + 16), _MM_HINT_T0);
+        _mm_prefetch((const char *)(g + i + EB_AHEAD), _MM_HINT_T0);
+        _mm_prefetch((const char *)(g + i + EB_AHEAD + 16), _MM_HINT_T0);
+        __m512 old[2];
+        bin_decode32(&T, q0 + i, &old[0], &old[1]);
+        for (int half = 0; half < 2; half++) {
+            const int64_t j = i + 16 * half;
+            const __m512 s = _mm512_mul_ps(old[half], va);
+            __m512 pi = _mm512_loadu_ps(p + j), gi = _mm512_mul_ps(_mm512_loadu_ps(g + j), gs);
+            if (wd_mode == WD_L2) gi = _mm512_fmadd_ps(l2, pi, gi);
+            __m512 d, sn;
+            switch (rule) {
+            case RULE_MOMENTUM: {
+                const __m512 buf = _mm512_add_ps(_mm512_mul_ps(s, b1), _mm512_mul_ps(gi, c1));
+                const __m512 t = _mm512_sub_ps(_mm512_add_ps(gi, _mm512_mul_ps(b1, buf)), buf);
+                d = _mm512_add_ps(buf, _mm512_mul_ps(nest, t));
+                sn = buf;
+                break;
+            }
+            case RULE_RMSPROP:
+                sn = _mm512_add_ps(_mm512_mul_ps(s, b2), _mm512_mul_ps(_mm512_mul_ps(gi, gi), c2));
+                d = _mm512_div_ps(gi, _mm512_add_ps(_mm512_sqrt_ps(sn), eps));
+                break;
+            case RULE_ADAGRAD:
+                sn = _mm512_add_ps(s, _mm512_mul_ps(gi, gi));
+                d = _mm512_mul_ps(_mm512_div_ps(gi, _mm512_add_ps(_mm512_sqrt_ps(sn), eps)), lr_decay);
+                break;
+            default: { /* RULE_LION: sign (0 for +-0 and NaN) of the interpolation, then the slow EMA */
+                const __m512 u = _mm512_add_ps(_mm512_mul_ps(s, b1), _mm512_mul_ps(gi, c1));
+                d = _mm512_mask_mov_ps(_mm512_mask_mov_ps(zero, _mm512_cmp_ps_mask(u, zero, _CMP_GT_OQ), one),
+                                       _mm512_cmp_ps_mask(u, zero, _CMP_LT_OQ), _mm512_sub_ps(zero, one));
+                sn = _mm512_add_ps(_mm512_mul_ps(s, b2), _mm512_mul_ps(gi, c2));
+                break;
+            }
+            }
+            if (wd_mode == WD_DECOUPLED) pi = _mm512_mul_ps(pi, decay);
+            _mm512_storeu_ps(p + j, _mm512_sub_ps(pi, _mm512_mul_ps(step, d)));
+            _mm512_storeu_ps(s0 + j, sn);
+            mx = _mm512_max_epu32(mx, _mm512_and_si512(_mm512_castps_si512(sn), m7f));
+        }
+    }
+    *amax0 = (uint32_t)_mm512_reduce_max_epu32(mx);
+}
+#endif
+#endif
