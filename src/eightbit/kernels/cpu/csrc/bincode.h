@@ -82,8 +82,8 @@ static inline int32_t bin_stochastic(const lut_t *L, float n, float u) {
 #ifdef __AVX2__
 typedef struct {
     __m256i off, shift, bottom[8], cmin, hm, one, m7f, sbit, maxmag, inv_cmin;
-    int groups, is_signed;
-    const lut_t *lut;
+    int is_signed;
+    const lut_t *lut; /* for the 16-lane tables of the same map (optim_fused.h) */
 } bin_vec_t;
 
 static inline bin_vec_t bin_vec(const lut_t *L) {
@@ -99,7 +99,6 @@ static inline bin_vec_t bin_vec(const lut_t *L) {
     v.m7f = _mm256_set1_epi32(0x7FFFFFFF);
     v.sbit = _mm256_set1_epi32((int32_t)0x80000000u);
     v.maxmag = _mm256_set1_epi32(L->bin_signed ? 127 : 255);
-    v.groups = L->bin_groups;
     v.lut = L;
     v.is_signed = L->bin_signed;
     return v;

@@ -168,11 +168,12 @@ static inline void nearest_block(const float *restrict n, int64_t bs, const lut_
 
 #include "bincode.h"
 
-/* Quantize one block of ``bs`` float32 values; seed < 0 means round to nearest. ``stream`` says x is a block of a
- * streamed array whose next block follows it (then it is prefetched); the optimizer passes its L1 scratch (0). */
-static void quantize_block(const float *x, int64_t bs, const lut_t *L, int64_t seed, int64_t first,
-                           uint8_t *q, float *absmax, int stream) {
-    const uint32_t amax_bits = absmax_bits(x, bs); /* NaN and Inf show up as bits >= Inf's */
+/* Quantize one block of ``bs`` float32 values whose absmax_bits are known (a fused pass computed them while writing
+ * x; NaN and Inf show up as bits >= Inf's and flag the block); seed < 0 means round to nearest. ``stream`` says x
+ * is a block of a streamed array whose next block follows it (then it is prefetched); the optimizer passes its L1
+ * scratch (0). */
+static void quantize_block_known(const float *x, int64_t bs, const lut_t *L, uint32_t amax_bits, int64_t seed,
+                                 int64_t first, uint8_t *q, float *absmax, int stream) {
     float amax;
     memcpy(&amax, &amax_bits, 4);
     if (amax_bits >= 0x7F800000u) {
@@ -211,5 +212,10 @@ static void quantize_block(const float *x, int64_t bs, const lut_t *L, int64_t s
     }
     for (int64_t i = 0; i < bs; i++) q[i] = (uint8_t)idx[i];
     *absmax = amax;
+}
+/* quantize_block_known after a pass for the block's absmax. */
+static void quantize_block(const float *x, int64_t bs, const lut_t *L, int64_t seed, int64_t first, uint8_t *q,
+                           float *absmax, int stream) {
+    quantize_block_known(x, bs, L, absmax_bits(x, bs), seed, first, q, absmax, stream);
 }
 #endif

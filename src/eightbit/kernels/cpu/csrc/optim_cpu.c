@@ -139,10 +139,7 @@ void eb_optim_blocks(int32_t rule, float *p, const float *g, int32_t nstates, ui
         if (fused1) {
             uint32_t amax0;
             one_state_binary_block(rule, p + o, g + o, &hv, wd_mode, bs, q[0] + o, absmax[0][b], &luts[0], s0, &amax0);
-            if (amax0 >= 0x7F800000u) /* NaN/Inf: the generic quantizer flags the block */
-                quantize_block(s0, bs, &luts[0], seeds[0], first + o, q[0] + o, absmax[0] + b, 0);
-            else
-                bin_quantize_block(&luts[0], s0, bs, amax0, seeds[0], first + o, q[0] + o, absmax[0] + b);
+            quantize_block_known(s0, bs, &luts[0], amax0, seeds[0], first + o, q[0] + o, absmax[0] + b, 0);
             continue;
         }
 #endif
@@ -151,12 +148,8 @@ void eb_optim_blocks(int32_t rule, float *p, const float *g, int32_t nstates, ui
             uint32_t amax[2];
             adam_binary_block(p + o, g + o, &hv, wd_mode, bs, q[0] + o, q[1] + o, absmax[0][b], absmax[1][b], &V[0],
                               &V[1], s0, s1, &amax[0], &amax[1]);
-            for (int32_t k = 0; k < 2; k++) {
-                if (amax[k] >= 0x7F800000u) /* NaN/Inf: the generic quantizer flags the block */
-                    quantize_block(s[k], bs, &luts[k], seeds[k], first + o, q[k] + o, absmax[k] + b, 0);
-                else
-                    bin_quantize_block(&luts[k], s[k], bs, amax[k], seeds[k], first + o, q[k] + o, absmax[k] + b);
-            }
+            for (int32_t k = 0; k < 2; k++)
+                quantize_block_known(s[k], bs, &luts[k], amax[k], seeds[k], first + o, q[k] + o, absmax[k] + b, 0);
             continue;
         }
 #endif
