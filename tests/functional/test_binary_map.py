@@ -27,6 +27,11 @@ def test_structure(signed):
         assert code[0] == 0
 
 
+def test_bad_signed_argument():
+    with pytest.raises(TypeError, match="signed"):
+        create_binary_dynamic_map(1)
+
+
 def test_codebook_recognizes_only_the_exact_maps():
     for signed in (True, False):
         assert codebook(create_binary_dynamic_map(signed)).pow2_scale

@@ -39,7 +39,7 @@ def _available() -> bool:
 
 @register("optimizer_update", "cpu", available=_available)
 def optimizer_update_cpu(rule, p, g, states, absmaxes, codes, hyper, wd_mode, blocksize, seeds):
-    """Kernel of ``optimizer_update`` for 8-bit states of float32 parameters (see the module docstring)."""
+    """Kernel of ``optimizer_update`` for 8-bit or float32 states of float32 parameters (see the module docstring)."""
     k = len(states)
     lib = native.library()
     if (lib is None or rule not in NATIVE_RULES or k not in (1, 2) or blocksize > native.MAX_BLOCK
