@@ -190,3 +190,23 @@ def test_int8_linear_errors():
 def test_reference_int8_mm_is_exact_for_max_k():
     a = torch.full((1, 4096), -128, dtype=torch.int8)
     assert int(int8_mm_reference(a, a)) == 128 * 128 * 4096
+
+
+def test_outlier_product_sums_in_column_order(seed):
+    """Up to SEQUENTIAL_OUTLIER_COLUMNS: float32 terms added one column at a time from zero (the order the native
+    kernel reproduces); wider: the BLAS product. Both within float32 rounding of the float64 product."""
+    from eightbit.functional.int8 import SEQUENTIAL_OUTLIER_COLUMNS, outlier_product
+
+    gen = torch.Generator().manual_seed(seed)
+    for c in (1, 7, SEQUENTIAL_OUTLIER_COLUMNS, SEQUENTIAL_OUTLIER_COLUMNS + 1):
+        x, w = torch.randn(9, c, generator=gen) * 30, torch.randn(13, c, generator=gen)
+        got = outlier_product(x, w)
+        assert got.dtype == torch.float32 and got.shape == (9, 13)
+        exact = x.double() @ w.double().T
+        bound = c * 2**-23 * (x.double().abs() @ w.double().abs().T)  # c roundings of partial sums <= the abs sum
+        assert ((got.double() - exact).abs() <= bound).all(), f"seed {seed}, c={c}"
+        if c <= SEQUENTIAL_OUTLIER_COLUMNS:
+            want = torch.zeros(9, 13)
+            for j in range(c):
+                want = want + x[:, j : j + 1] * w[:, j]
+            assert torch.equal(got, want)

@@ -57,6 +57,26 @@ def dequantize_weight_columns(w_int8: torch.Tensor, w_absmax: torch.Tensor, cols
     return w_int8.index_select(1, cols).float() * (w_absmax.unsqueeze(1) / INT8_MAX)
 
 
+# Up to this many outlier columns their float32 product is summed column by column in a fixed order (what the
+# native CPU kernel computes in its GEMM epilogue, bit for bit); more go through one BLAS product.
+SEQUENTIAL_OUTLIER_COLUMNS = 32
+
+
+def outlier_product(x_cols: torch.Tensor, w_cols: torch.Tensor) -> torch.Tensor:
+    """Float32 [M, N] product of the outlier columns of x [M, C] with the dequantized weight columns [N, C].
+
+    For C <= SEQUENTIAL_OUTLIER_COLUMNS it is summed in column order from zero, each term one float32 multiply
+    and one add (``o = o + x[:, j] * w[:, j]``): an order any kernel can reproduce exactly, on any machine, where a
+    BLAS product's order depends on the library and the CPU. Wider: ``x_cols @ w_cols.T``."""
+    m, c = x_cols.shape
+    if c > SEQUENTIAL_OUTLIER_COLUMNS:
+        return x_cols @ w_cols.T
+    out = x_cols.new_zeros((m, w_cols.shape[0]))
+    for j in range(c):
+        out = out + x_cols[:, j : j + 1] * w_cols[:, j]  # (M, 1) * (N,) -> (M, N)
+    return out
+
+
 @ops.reference("int8_linear")
 def int8_linear_reference(x: torch.Tensor, weight: torch.Tensor, weight_absmax: torch.Tensor,
                           bias: torch.Tensor | None, threshold: float) -> torch.Tensor:
@@ -68,7 +88,7 @@ def int8_linear_reference(x: torch.Tensor, weight: torch.Tensor, weight_absmax: 
     out = int8_matmul_dequant_reference(q, x_absmax, weight, weight_absmax)
     cols = mask.nonzero().squeeze(1)
     if cols.numel():
-        out = out + xf.index_select(1, cols) @ dequantize_weight_columns(weight, weight_absmax, cols).T
+        out = out + outlier_product(xf.index_select(1, cols), dequantize_weight_columns(weight, weight_absmax, cols))
     if bias is not None:
         out = out + bias.float()
     return out.to(x.dtype)

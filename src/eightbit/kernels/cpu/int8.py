@@ -13,29 +13,22 @@ sums on AVX2. Two exact routes are used instead:
   and a sum of 1024 of them stays below 2**24, so the int32 result is exact.
 
 ``int8_linear`` is the whole LLM.int8() forward in one op and one native call (``eb_int8_linear``): the outlier
-scan and vector-wise quantization in one pass, the GEMM with the outlier columns' float part added while each
-weight row is in cache (few rows; more rows: one small fp32 GEMM over the gathered columns), the bias. Rows
-holding NaN/Inf or a subnormal scale go to the reference, which handles them specially.
+scan and vector-wise quantization (written straight into the GEMM's activation layout), then the GEMM with the
+outlier columns' float part and the bias in its epilogue, summed in the reference's order
+(``functional.int8.outlier_product``), so the result equals the reference bit for bit. Rows holding NaN/Inf or a
+subnormal scale go to the reference, which handles them specially.
 """
 from __future__ import annotations
 
 import torch
 
-from ...functional.int8 import dequantize_weight_columns
+from ...functional.int8 import SEQUENTIAL_OUTLIER_COLUMNS, dequantize_weight_columns, outlier_product
 from ..registry import register
 from . import native
 
 _EXACT_K = 1024  # 127 * 128 * 1024 < 2**24: exact float32 accumulation
 _INT8_MAX = 127.0
 _NATIVE_MAX_K = (2**31 - 1) // (128 * 127)  # int32 accumulators stay exact below this many products
-# Rows up to which the outlier columns' float part is added inside the GEMM (per output element, while the weight
-# row is in cache) rather than by one fp32 GEMM over the gathered columns, as the reference adds it. Measured
-# (4096x4096, 4 outlier columns, AVX-512 VNNI, time with outliers / without): fusing up to 32 rows would give M = 16
-# 1.10x instead of 1.22x and M = 32 1.09x instead of 1.13x, but the fused sum rounds differently from the BLAS
-# product of the reference (no FMA, another order), and on the toy GPT-2 with planted outliers that ulp moved the
-# native output 0.3 % away from the reference's (tests/quantize/test_compile_export.py): kept at 8.
-_FUSED_OUTLIER_ROWS = 8
-
 
 
 @register("int8_mm", "cpu")
@@ -98,9 +91,6 @@ def int8_vectorwise_quant_cpu(x: torch.Tensor, threshold: float):
     return q, absmax, flags.view(torch.bool)
 
 
-_XO_CAP = 32  # outlier columns the one-call path gathers (more: one fp32 GEMM over them, as for many rows)
-
-
 def _align(n: int) -> int:
     return -(-n // 64) * 64
 
@@ -108,36 +98,38 @@ def _align(n: int) -> int:
 @register("int8_linear", "cpu", available=native.available)
 def int8_linear_cpu(x, weight, weight_absmax, bias, threshold):
     """Kernel of ``int8_linear`` (LLM.int8() forward): one native call (``eb_int8_linear``: prepare, scales, exact
-    GEMM with the outlier columns fused for few rows, bias) into one scratch buffer; with many rows and outliers,
-    one fp32 GEMM over the gathered outlier columns is added here. Output cast to ``x.dtype``."""
+    GEMM with the outlier columns' float part and the bias in its epilogue, in the reference's order) into one
+    scratch buffer. With more than ``SEQUENTIAL_OUTLIER_COLUMNS`` outlier columns the call stops before its GEMM;
+    their product is computed here with the reference's BLAS expression and ``eb_int8_linear_finish`` adds it.
+    Output cast to ``x.dtype``."""
     m, k = x.shape
     lib = native.library()
     if m == 0 or k > _NATIVE_MAX_K or lib is None:
         return NotImplemented
     n = weight.shape[0]
     xf = (x if x.dtype == torch.float32 else x.float()).contiguous()
-    cap = min(k, _XO_CAP)
-    # one scratch allocation: q (m*k int8) | xs (m f32) | ws (n f32) | flags (k u8) | cols (k i64) | xo (m*cap f32)
-    sizes = [m * k, 4 * m, 4 * n, k, 8 * k, 4 * m * cap]
+    cap = min(k, SEQUENTIAL_OUTLIER_COLUMNS)
+    # one scratch allocation: q (m rows of whole 4-byte groups, int8) | xs (m f32) | ws (n f32) | flags (k u8) |
+    # cols (k i64) | xo (m*cap f32) | wo (cap*n f32)
+    sizes = [m * (-(-k // 4) * 4), 4 * m, 4 * n, k, 8 * k, 4 * m * cap, 4 * cap * n]
     offsets = [0]
     for size in sizes[:-1]:
         offsets.append(offsets[-1] + _align(size))
     scratch = torch.empty(offsets[-1] + sizes[-1], dtype=torch.uint8)
-    base = scratch.data_ptr()
-    q_p, xs_p, ws_p, fl_p, cols_p, xo_p = (base + o for o in offsets)
+    q_p, xs_p, ws_p, fl_p, cols_p, xo_p, wo_p = (scratch.data_ptr() + o for o in offsets)
     out = native.empty((m, n), dtype=torch.float32)
     w = weight.contiguous()
     wa = weight_absmax if weight_absmax.dtype == torch.float32 else weight_absmax.float()
     wa = wa.contiguous()
     b = None if bias is None else (bias if bias.dtype == torch.float32 else bias.float()).contiguous()
-    c = lib.eb_int8_linear(xf.data_ptr(), m, k, w.data_ptr(), wa.data_ptr(), None if b is None else b.data_ptr(), n,
-                           float(threshold), _FUSED_OUTLIER_ROWS, cap, q_p, xs_p, ws_p, fl_p, cols_p, xo_p,
-                           out.data_ptr())
+    b_p = None if b is None else b.data_ptr()
+    c = lib.eb_int8_linear(xf.data_ptr(), m, k, w.data_ptr(), wa.data_ptr(), b_p, n, float(threshold), cap, q_p,
+                           xs_p, ws_p, fl_p, cols_p, xo_p, wo_p, out.data_ptr())
     if c < 0:
         return NotImplemented
-    if c > 0 and (m > _FUSED_OUTLIER_ROWS or c > cap):  # the outlier part as one small fp32 GEMM
+    if c > cap:
         cols = scratch[offsets[4] : offsets[4] + 8 * c].view(torch.int64)
-        out.addmm_(xf.index_select(1, cols), dequantize_weight_columns(w, wa, cols).T)  # (M, N)
-        if b is not None:
-            out.add_(b)
+        outlier = outlier_product(xf.index_select(1, cols), dequantize_weight_columns(w, wa, cols))  # (M, N)
+        lib.eb_int8_linear_finish(q_p, m, k, w.data_ptr(), wa.data_ptr(), xs_p, ws_p, outlier.data_ptr(), b_p, n,
+                                  out.data_ptr())
     return out if x.dtype == torch.float32 else out.to(x.dtype)

@@ -132,21 +132,45 @@ static void eb_tile(const int8_t *const xr[EB_TILE_ROWS], const int8_t *const wr
 }
 
 /* Whether the row tiles (each weight row read in place once per call) beat packing panels for the panel tile.
- * Measured (2 threads, hot cache, square K x K layers, M rows; rows vs panels, the 8x16 VNNI panel tile): K = 4096:
- * M = 16 1.44 vs 2.84 ms, 64 3.96 vs 6.03, 128 7.7 vs 8.4, 256 ~15.4 vs 12.5; K = 1024: M = 128 0.65 vs 0.76, 256
- * 1.26 vs 1.13; K = 384: M = 16 0.051 vs 0.055, 64 0.103 vs 0.099 (short rows: the tile's horizontal sums weigh
- * more, so panels win early). The AVX2 tiles keep the crossover measured for them before (16 rows). */
+ * Measured with the VNNI tiles (2 threads, hot cache, the whole int8_linear call, microseconds, rows vs panels,
+ * M rows): K x N = 384 x 384: M = 4 14.7 vs 16.5, 8 18.5 vs 17.1, 12 22.0 vs 20.4; 384 x 1536: M = 8 37.9 vs 32.1;
+ * 1536 x 384: M = 12 43.6 vs 45.8, 16 53.6 vs 48.7, 64 163 vs 122; 4096 x 4096: M = 16 908 vs 941, 24 1362 vs 1298,
+ * 64 3615 vs 2933 (short rows: the row tile's horizontal sums weigh more, so panels win early). The AVX2 tiles keep
+ * the crossover measured for them before (16 rows). */
 #if EB_TILE_ROWS >= 4
-#define EB_ROWS_WIN(M, K) ((M) < 16 || ((K) >= 1024 && (M) < 160))
+#define EB_ROWS_WIN(M, K) ((M) < 8 || ((K) >= 1024 && (M) < 16) || ((K) >= 4096 && (M) < 20))
 #else
 #define EB_ROWS_WIN(M, K) ((M) < 16)
+#endif
+
+#define EB_ROW_OUTLIERS 32 /* outlier columns the row nest's vector epilogue holds (more: finish() per element) */
+
+#ifdef __AVX2__
+/* finish() on an mr x 4 tile of the row nest (4 live columns), 4 columns at a time: the same operations in the same
+ * order. wo4[c][j]: column j's dequantized weight in outlier column c, built once per weight group. */
+static void finish_tile4(const eb_epi *e, const int32_t acc[EB_TILE_ROWS][4], int mr, int64_t m0, int64_t n0,
+                         const float *restrict wo4) {
+    const int64_t N = e->N, C = e->n_out;
+    const __m128 ws4 = _mm_loadu_ps(e->ws + n0);
+    for (int r = 0; r < mr; r++) {
+        const int64_t m = m0 + r;
+        __m128 y = _mm_mul_ps(_mm_mul_ps(_mm_cvtepi32_ps(_mm_loadu_si128((const __m128i *)acc[r])), _mm_set1_ps(e->xs[m])), ws4);
+        if (C) {
+            __m128 o = _mm_setzero_ps();
+            for (int64_t c = 0; c < C; c++) o = _mm_add_ps(o, _mm_mul_ps(_mm_set1_ps(e->xo[m * C + c]), _mm_loadu_ps(wo4 + 4 * c)));
+            y = _mm_add_ps(y, o);
+        }
+        if (e->add) y = _mm_add_ps(y, _mm_loadu_ps(e->add + m * N + n0));
+        if (e->bias) y = _mm_add_ps(y, _mm_loadu_ps(e->bias + n0));
+        _mm_storeu_ps(e->out + m * N + n0, y);
+    }
+}
 #endif
 
 /* Few rows: weight rows split over threads in groups of 4 (each thread streams its own contiguous part of the
  * weight); each group is read from memory once and multiplied with EB_TILE_ROWS activation rows at a time (later
  * row tiles find it in L1/L2). */
-static void gemm_rows(const int8_t *x, const int8_t *w, const float *xs, const float *ws, const float *xo,
-                      const int64_t *cols, int64_t n_out, float *out, int64_t M, int64_t K, int64_t N) {
+static void gemm_rows(const int8_t *x, const int8_t *w, const eb_epi *e, int64_t M, int64_t K, int64_t N) {
     const int64_t groups = (N + 3) / 4;
 #pragma omp parallel for schedule(static) if (groups >= 16)
     for (int64_t g = 0; g < groups; g++) {
@@ -154,56 +178,115 @@ static void gemm_rows(const int8_t *x, const int8_t *w, const float *xs, const f
         const int nn = N - n0 < 4 ? (int)(N - n0) : 4;
         const int8_t *wr[4];
         for (int j = 0; j < 4; j++) wr[j] = w + (n0 + (j < nn ? j : 0)) * K; /* spare rows: results discarded */
+#ifdef __AVX2__
+        const int vec = nn == 4 && e->n_out <= EB_ROW_OUTLIERS;
+        float wo4[EB_ROW_OUTLIERS * 4];
+        if (vec)
+            for (int64_t c = 0; c < e->n_out; c++)
+                for (int j = 0; j < 4; j++) wo4[4 * c + j] = (float)wr[j][e->cols[c]] * e->ws[n0 + j];
+#endif
         for (int64_t m0 = 0; m0 < M; m0 += EB_TILE_ROWS) {
             const int mr = M - m0 < EB_TILE_ROWS ? (int)(M - m0) : EB_TILE_ROWS;
             const int8_t *xr[EB_TILE_ROWS];
             for (int r = 0; r < EB_TILE_ROWS; r++) xr[r] = x + (m0 + (r < mr ? r : 0)) * K;
             int32_t acc[EB_TILE_ROWS][4];
             eb_tile(xr, wr, mr, K, acc);
-            for (int r = 0; r < mr; r++) {
-                const int64_t m = m0 + r;
-                for (int j = 0; j < nn; j++)
-                    out[m * N + n0 + j] = finish(acc[r][j], wr[j], xs[m], ws[n0 + j], xo ? xo + m * n_out : xo,
-                                                 cols, n_out);
+#ifdef __AVX2__
+            if (vec) {
+                finish_tile4(e, acc, mr, m0, n0, wo4);
+                continue;
             }
+#endif
+            for (int r = 0; r < mr; r++)
+                for (int j = 0; j < nn; j++) finish(e, acc[r][j], wr[j], m0 + r, n0 + j);
         }
     }
 }
 
-void eb_int8_gemm(const int8_t *x, const int8_t *w, const float *xs, const float *ws, const float *xo,
-                 const int64_t *cols, int64_t n_out, float *out, int64_t M, int64_t K, int64_t N) {
+/* Whether M x K activations go through the packed-panel nest (and so are prepared in its layout). */
+static int use_panels(int64_t M, int64_t K) {
 #ifdef __AVX2__
-    if (!EB_ROWS_WIN(M, K) && eb_gemm_panels(x, w, xs, ws, xo, cols, n_out, out, M, K, N) == 0) return;
+    return !EB_ROWS_WIN(M, K);
+#else
+    (void)M, (void)K;
+    return 0;
 #endif
-    gemm_rows(x, w, xs, ws, xo, cols, n_out, out, M, K, N);
+}
+
+/* The GEMM with its epilogue; x is int8 [M, K], or in the panel layout when x_ready (only where use_panels). */
+static void gemm(const int8_t *x, int x_ready, const int8_t *w, const eb_epi *e, int64_t M, int64_t K, int64_t N) {
+#ifdef __AVX2__
+    if (use_panels(M, K) && eb_gemm_panels(x, x_ready, w, e, M, K, N) == 0) return;
+#endif
+    gemm_rows(x, w, e, M, K, N); /* with x_ready the panel nest never fails (it allocates nothing it needs) */
+}
+
+void eb_int8_gemm(const int8_t *x, const int8_t *w, const float *xs, const float *ws, const float *xo,
+                  const int64_t *cols, int64_t n_out, float *out, int64_t M, int64_t K, int64_t N) {
+    const eb_epi e = {xs, ws, xo, cols, NULL, n_out, NULL, NULL, out, N};
+    gemm(x, 0, w, &e, M, K, N);
 }
 
 /* LLM.int8() activation preparation for M rows of K float32 values, mirroring the PyTorch reference
  * (eightbit.functional.int8.outlier_columns + quantize_vectorwise on the outlier-zeroed input):
  * col_flag[c] = any |x[:, c]| >= threshold (threshold > 0; NaN never counts); per row, absmax over the other
  * columns, step = absmax / 127, q = clamp(rint(x / step), -127, 127) with NaN (0/0 of a zero row) -> 0 and
- * flagged columns -> 0. Returns 1 without finishing when a row needs the reference's special handling
- * (a NaN/Inf left in the row, or a subnormal step: the reference then computes in float64), else 0. */
-static int prepare_row(const float *restrict x, const uint8_t *restrict flag, int64_t K, int8_t *restrict q,
-                       float *restrict absmax) {
+ * flagged columns -> 0. Rows of q are ldq >= K bytes apart, zero padded (the panel nest's layout).
+ * Returns 1 without finishing when a row needs the reference's special handling (a NaN/Inf left in the row, or a
+ * subnormal step: the reference then computes in float64), else 0. */
+static int row_absmax_bits(const float *restrict x, const uint8_t *restrict flag, int64_t K, uint32_t *bits) {
     /* |x| compared as integers (monotone for non-negative floats); NaN and Inf show up as bits >= Inf's */
     const uint32_t *restrict xu = (const uint32_t *)x;
     uint32_t amax_bits = 0;
-    for (int64_t c = 0; c < K; c++) {
+    int64_t c = 0;
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__)
+    __m512i vmax = _mm512_setzero_si512();
+    const __m512i abs_mask = _mm512_set1_epi32(0x7FFFFFFF);
+    for (; c < K; c += 16) {
+        const __mmask16 live = K - c >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (K - c)) - 1u);
+        const __mmask16 keep = _mm_mask_testn_epi8_mask(live, _mm_maskz_loadu_epi8(live, flag + c), _mm_set1_epi8(-1));
+        vmax = _mm512_mask_max_epu32(vmax, keep, vmax, _mm512_and_si512(_mm512_maskz_loadu_epi32(live, xu + c), abs_mask));
+    }
+    amax_bits = (uint32_t)_mm512_reduce_max_epu32(vmax);
+#endif
+    for (; c < K; c++) {
         uint32_t a = (xu[c] & 0x7FFFFFFFu) & ((uint32_t)flag[c] - 1u); /* flagged column: mask 0 */
         amax_bits = a > amax_bits ? a : amax_bits;
     }
+    *bits = amax_bits;
     float amax;
     memcpy(&amax, &amax_bits, 4);
-    if (amax_bits >= 0x7F800000u || (amax > 0.0f && amax < 0x1p-100f)) return 1;
+    return amax_bits >= 0x7F800000u || (amax > 0.0f && amax < 0x1p-100f);
+}
+
+static int prepare_row(const float *restrict x, const uint8_t *restrict flag, int64_t K, int8_t *restrict q,
+                       int64_t ldq, float *restrict absmax) {
+    uint32_t amax_bits;
+    if (row_absmax_bits(x, flag, K, &amax_bits)) return 1;
+    float amax;
+    memcpy(&amax, &amax_bits, 4);
     const float step = amax / 127.0f;
-    for (int64_t c = 0; c < K; c++) {
+    int64_t c = 0;
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__)
+    const __m512 vstep = _mm512_set1_ps(step), hi = _mm512_set1_ps(127.0f), lo = _mm512_set1_ps(-127.0f);
+    for (; c < K; c += 16) {
+        const __mmask16 live = K - c >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (K - c)) - 1u);
+        const __mmask16 keep = _mm_mask_testn_epi8_mask(live, _mm_maskz_loadu_epi8(live, flag + c), _mm_set1_epi8(-1));
+        __m512 v = _mm512_div_ps(_mm512_maskz_loadu_ps(live, x + c), vstep);
+        v = _mm512_maskz_mov_ps(keep & _mm512_cmp_ps_mask(v, v, _CMP_ORD_Q), v); /* flagged or NaN -> 0 */
+        v = _mm512_roundscale_ps(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+        v = _mm512_min_ps(_mm512_max_ps(v, lo), hi);
+        _mm_mask_storeu_epi8(q + c, live, _mm512_cvtepi32_epi8(_mm512_cvtps_epi32(v)));
+    }
+#endif
+    for (; c < K; c++) {
         float v = flag[c] ? 0.0f : x[c] / step;
         v = v != v ? 0.0f : v;
         v = rintf(v);
         v = v > 127.0f ? 127.0f : (v < -127.0f ? -127.0f : v);
         q[c] = (int8_t)v;
     }
+    for (c = K; c < ldq; c++) q[c] = 0;
     *absmax = amax;
     return 0;
 }
@@ -217,8 +300,8 @@ static void flag_columns(const float *restrict x, int64_t M, int64_t K, float th
     }
 }
 
-int eb_int8_prepare(const float *x, int64_t M, int64_t K, float threshold, int8_t *q, float *absmax,
-                    uint8_t *col_flag) {
+static int prepare(const float *x, int64_t M, int64_t K, float threshold, int8_t *q, int64_t ldq, float *absmax,
+                   uint8_t *col_flag) {
     memset(col_flag, 0, (size_t)K);
     if (threshold > 0.0f) {
         const int64_t chunks = (K + 255) / 256;
@@ -228,35 +311,52 @@ int eb_int8_prepare(const float *x, int64_t M, int64_t K, float threshold, int8_
     }
     int fail = 0;
 #pragma omp parallel for schedule(static) reduction(| : fail) if (M * K >= 65536)
-    for (int64_t m = 0; m < M; m++) fail |= prepare_row(x + m * K, col_flag, K, q + m * K, absmax + m);
+    for (int64_t m = 0; m < M; m++) fail |= prepare_row(x + m * K, col_flag, K, q + m * ldq, ldq, absmax + m);
     return fail;
+}
+
+int eb_int8_prepare(const float *x, int64_t M, int64_t K, float threshold, int8_t *q, float *absmax,
+                    uint8_t *col_flag) {
+    return prepare(x, M, K, threshold, q, K, absmax, col_flag);
 }
 
 
 /* The whole LLM.int8() forward of float32 x [M, K] with int8 w [N, K] (row absmax w_absmax [N]) in one call, so
- * that a small layer pays one foreign call instead of a dozen tensor ops: eb_int8_prepare, the scales
- * (absmax / 127, as the Python path divides), the outlier columns gathered (up to xo_cap of them: xo is M x xo_cap),
- * eb_int8_gemm with them fused when M <= fused_rows, then the bias. Returns -1 when a row needs the reference
- * (nothing usable written); otherwise C, the number of outlier columns (indices in cols). When C > 0 and the
- * outliers were not fused (M > fused_rows or C > xo_cap) the returned out holds the int8 part only and the
- * caller adds the outlier product and then the bias; else out is complete. */
+ * that a small layer pays one foreign call instead of a dozen tensor ops: the activations prepared (in the panel
+ * layout where the panel nest runs, q then holding M rows of whole k-groups: at least M * 4 * ceil(K / 4) bytes),
+ * the scales (absmax / 127, as the Python path divides), and up to xo_cap outlier columns gathered (xo: M x xo_cap;
+ * for the panel nest also their dequantized weight columns, wo: xo_cap x N) and summed in the GEMM's epilogue in
+ * the reference's order, the bias last. Returns -1 when a row needs the reference (nothing usable written);
+ * otherwise C, the number of outlier columns (indices in cols). When C > xo_cap it stops before the GEMM: the
+ * caller computes the outlier product and hands it to eb_int8_linear_finish. */
 int64_t eb_int8_linear(const float *x, int64_t M, int64_t K, const int8_t *w, const float *w_absmax,
-                       const float *bias, int64_t N, float threshold, int64_t fused_rows, int64_t xo_cap,
-                       int8_t *q, float *xs, float *ws, uint8_t *flags, int64_t *cols, float *xo, float *out) {
-    if (eb_int8_prepare(x, M, K, threshold, q, xs, flags)) return -1;
+                       const float *bias, int64_t N, float threshold, int64_t xo_cap, int8_t *q, float *xs, float *ws,
+                       uint8_t *flags, int64_t *cols, float *xo, float *wo, float *out) {
+    const int panels = use_panels(M, K);
+    const int64_t ldq = panels ? (K + 3) / 4 * 4 : K;
+    if (prepare(x, M, K, threshold, q, ldq, xs, flags)) return -1;
     int64_t C = 0;
     for (int64_t c = 0; c < K; c++)
         if (flags[c]) cols[C++] = c;
+    if (C > xo_cap) return C;
     for (int64_t m = 0; m < M; m++) xs[m] = xs[m] / 127.0f;
     for (int64_t n = 0; n < N; n++) ws[n] = w_absmax[n] / 127.0f;
-    const int fused = C > 0 && M <= fused_rows && C <= xo_cap;
-    if (fused)
-        for (int64_t m = 0; m < M; m++)
-            for (int64_t j = 0; j < C; j++) xo[m * C + j] = x[m * K + cols[j]];
-    eb_int8_gemm(q, w, xs, ws, fused ? xo : NULL, fused ? cols : NULL, fused ? C : 0, out, M, K, N);
-    if (C > 0 && !fused) return C;
-    if (bias)
-        for (int64_t m = 0; m < M; m++)
-            for (int64_t n = 0; n < N; n++) out[m * N + n] += bias[n];
+    for (int64_t m = 0; m < M; m++)
+        for (int64_t j = 0; j < C; j++) xo[m * C + j] = x[m * K + cols[j]];
+    if (panels)
+        for (int64_t n = 0; n < N; n++)
+            for (int64_t j = 0; j < C; j++) wo[j * N + n] = (float)w[n * K + cols[j]] * ws[n];
+    const eb_epi e = {xs, ws, xo, cols, panels ? wo : NULL, C, NULL, bias, out, N};
+    gemm(q, panels, w, &e, M, K, N);
     return C;
+}
+
+/* The rest of an eb_int8_linear call that returned C > xo_cap, with the same q and scratch: the scales, then
+ * out = the int8 part, plus add [M, N] (the outlier columns' product), plus bias. */
+void eb_int8_linear_finish(const int8_t *q, int64_t M, int64_t K, const int8_t *w, const float *w_absmax, float *xs,
+                           float *ws, const float *add, const float *bias, int64_t N, float *out) {
+    for (int64_t m = 0; m < M; m++) xs[m] = xs[m] / 127.0f;
+    for (int64_t n = 0; n < N; n++) ws[n] = w_absmax[n] / 127.0f;
+    const eb_epi e = {xs, ws, NULL, NULL, NULL, 0, add, bias, out, N};
+    gemm(q, use_panels(M, K), w, &e, M, K, N);
 }

@@ -56,17 +56,35 @@ static inline int32_t hsum_epi32(__m256i v) {
 }
 #endif
 
-/* Float result of one output element: the int8 part scaled, plus the outlier columns' float part,
- * sum_j xo[m, j] * (w[n, cols[j]] * ws[n]) (the operation order of the PyTorch reference). */
-static inline float finish(int32_t acc, const int8_t *restrict wn, float xsm, float wsn, const float *restrict xom,
-                           const int64_t *restrict cols, int64_t n_out) {
-    float y = ((float)acc * xsm) * wsn;
-    if (n_out) {
+/* Everything an output element gets after its exact int32 sum, in the PyTorch reference's order:
+ * y = ((float)acc * xs[m]) * ws[n]; then either the outlier columns' float part, o = 0, o = o + xo[m, j] * wo[j, n]
+ * for j = 0 .. n_out - 1 with wo[j, n] = w[n, cols[j]] * ws[n] (eightbit.functional.int8.outlier_product), or
+ * add[m, n] (a product the caller computed); then bias[n]. Each stage is skipped where its pointer is NULL
+ * (n_out == 0 for the outlier part; wo NULL: computed from the weight row, which the row nest has in cache). */
+typedef struct {
+    const float *xs, *ws;     /* row scales [M] and column scales [N] (absmax / 127) */
+    const float *xo;          /* [M, n_out] outlier activations */
+    const int64_t *cols;      /* [n_out] their column indices */
+    const float *wo;          /* [n_out, N] the dequantized weight columns, or NULL */
+    int64_t n_out;
+    const float *add, *bias;  /* [M, N] and [N], or NULL */
+    float *out;               /* [M, N] */
+    int64_t N;
+} eb_epi;
+
+static inline void finish(const eb_epi *e, int32_t acc, const int8_t *restrict wn, int64_t m, int64_t n) {
+    const float wsn = e->ws[n];
+    float y = ((float)acc * e->xs[m]) * wsn;
+    if (e->n_out) {
+        const float *xom = e->xo + m * e->n_out;
         float o = 0.0f;
-        for (int64_t c = 0; c < n_out; c++) o += xom[c] * ((float)wn[cols[c]] * wsn);
+        for (int64_t c = 0; c < e->n_out; c++)
+            o = o + xom[c] * (e->wo ? e->wo[c * e->N + n] : (float)wn[e->cols[c]] * wsn);
         y = y + o;
     }
-    return y;
+    if (e->add) y = y + e->add[m * e->N + n];
+    if (e->bias) y = y + e->bias[n];
+    e->out[m * e->N + n] = y;
 }
 
 /* Exact int32 dot product of two int8 rows of length K (x in [-127, 127]). */
@@ -89,8 +107,9 @@ static inline int32_t dot_1x1(const int8_t *restrict x, const int8_t *restrict w
 
 
 #ifdef __AVX2__
-/* The packed-panel nest (int8_panels.c); returns 1 (nothing written) when its padded copy of x cannot be allocated. */
-int eb_gemm_panels(const int8_t *x, const int8_t *w, const float *xs, const float *ws, const float *xo,
-                   const int64_t *cols, int64_t n_out, float *out, int64_t M, int64_t K, int64_t N);
+/* The packed-panel nest (int8_panels.c). x is int8 [M, K] with rows K apart (x_ready = 0: where K % 4 the nest
+ * makes a zero-padded copy), or rows already padded with zeros to whole 4-byte k-groups (x_ready = 1, rows
+ * 4 * ceil(K / 4) apart). Returns 1 (nothing written) when its copy of x cannot be allocated (never with x_ready). */
+int eb_gemm_panels(const int8_t *x, int x_ready, const int8_t *w, const eb_epi *e, int64_t M, int64_t K, int64_t N);
 #endif
 #endif

@@ -3,10 +3,12 @@
 #include "int8_gemm.h"
 
 #ifdef __AVX2__
-/* panel[q * 64 + j * 4 + t] = w[(n0 + j) * K + 4q + t] for j < nn, 4q + t < K; zero elsewhere (q < K4). */
-static void pack_panel(const int8_t *restrict w, int64_t K, int64_t n0, int nn, int64_t K4, int8_t *restrict panel) {
+/* panel[q * 64 + j * 4 + t] = w[(n0 + j) * K + 4q + t] ^ flip for j < nn, 4q + t < K; flip (0 ^ flip) elsewhere
+ * (q < K4). */
+static void pack_panel(const int8_t *restrict w, int64_t K, int64_t n0, int nn, int64_t K4, uint8_t flip,
+                       int8_t *restrict panel) {
     const int64_t blocks = K / 32; /* 8 k-groups of 8 rows at a time: an 8x8 transpose of 32-bit words */
-    const __m256i zero = _mm256_setzero_si256();
+    const __m256i zero = _mm256_setzero_si256(), vflip = _mm256_set1_epi8((char)flip);
     for (int j0 = 0; j0 < 16; j0 += 8) {
         const int8_t *rows[8];
         int live[8];
@@ -17,7 +19,7 @@ static void pack_panel(const int8_t *restrict w, int64_t K, int64_t n0, int nn, 
         for (int64_t b = 0; b < blocks; b++) {
             __m256i r[8];
             for (int j = 0; j < 8; j++)
-                r[j] = live[j] ? _mm256_loadu_si256((const __m256i *)(rows[j] + 32 * b)) : zero;
+                r[j] = _mm256_xor_si256(live[j] ? _mm256_loadu_si256((const __m256i *)(rows[j] + 32 * b)) : zero, vflip);
             const __m256i t0 = _mm256_unpacklo_epi32(r[0], r[1]), t1 = _mm256_unpackhi_epi32(r[0], r[1]);
             const __m256i t2 = _mm256_unpacklo_epi32(r[2], r[3]), t3 = _mm256_unpackhi_epi32(r[2], r[3]);
             const __m256i t4 = _mm256_unpacklo_epi32(r[4], r[5]), t5 = _mm256_unpackhi_epi32(r[4], r[5]);
@@ -41,32 +43,60 @@ static void pack_panel(const int8_t *restrict w, int64_t K, int64_t n0, int nn, 
         for (int j = 0; j < 16; j++)
             for (int t = 0; t < 4; t++) {
                 const int64_t k = 4 * q + t;
-                panel[q * 64 + j * 4 + t] = (j < nn && k < K) ? w[(n0 + j) * K + k] : 0;
+                panel[q * 64 + j * 4 + t] = (int8_t)((uint8_t)((j < nn && k < K) ? w[(n0 + j) * K + k] : 0) ^ flip);
             }
 }
 
 #if defined(__AVX512VNNI__) && defined(__AVX512VL__)
-/* With VNNI the tile takes the activations as unsigned bytes u = x + 128 (x ^ 0x80) and the panel as it is
- * (signed, -128 included): vpdpbusd adds each group of four u * w products to an int32 lane without saturation,
- * one instruction per 64 products (8x16 tile below) and no sign or abs work. sum u * w = sum x * w + 128 * colsum(w); the int32
- * lanes wrap (two's complement), and since the true sum fits in int32 (K <= MAX_K), subtracting 128 * colsum in
- * wrapping (unsigned) arithmetic gives it exactly. */
+/* With VNNI the panel holds the weight as unsigned bytes u = w ^ 0x80 = w + 128 and the activations stay signed
+ * (-127..127): vpdpbusd adds each group of four u * x products to an int32 lane without saturation, with the
+ * activation's 4 bytes as its broadcast operand, so a k-group of the 8x16 tile is one panel load, 8 broadcasts and
+ * 8 vpdpbusd (no sign or abs work); register-resident that runs at one vpdpbusd per cycle (3.64 G/s per core
+ * here, benchmarks/csrc-style probe). sum u * x = sum w * x + 128 * rowsum(x); the int32 lanes wrap (two's
+ * complement), and since the true sum fits in int32 (K <= MAX_K), subtracting 128 * rowsum in wrapping
+ * arithmetic gives it exactly. */
 #define EB_U8S8 1
-static void panel_colsum(const int8_t *restrict panel, int64_t K4, int32_t colsum[16]) {
-    for (int j = 0; j < 16; j++) colsum[j] = 0;
-    for (int64_t q = 0; q < K4; q++)
-        for (int j = 0; j < 16; j++)
-            for (int t = 0; t < 4; t++) colsum[j] += panel[q * 64 + j * 4 + t];
+#define EB_PANEL_FLIP 0x80u
+/* Exact sum of K int8 values. */
+static int32_t row_sum(const int8_t *restrict x, int64_t K) {
+    const __m512i ones = _mm512_set1_epi8(1);
+    __m512i s = _mm512_setzero_si512();
+    for (int64_t k = 0; k < K; k += 64) {
+        const __mmask64 live = K - k >= 64 ? ~(__mmask64)0 : (((__mmask64)1 << (K - k)) - 1);
+        s = _mm512_dpbusd_epi32(s, ones, _mm512_maskz_loadu_epi8(live, x + k));
+    }
+    return _mm512_reduce_add_epi32(s);
 }
 
-/* The VNNI tile is 8 rows x 16 columns at 512 bits: one k-group of the panel (16 columns x 4 bytes) is one zmm,
- * so each row costs one broadcast and one vpdpbusd per 64 products. Measured against the 4x16 ymm tile (2 threads,
- * hot): 1152 x 384 x 384 0.86 -> 0.65 ms, 512 x 4096 x 4096 33.3 -> 23.1 ms. */
+/* The VNNI tile is 8 rows x 16 columns at 512 bits: one k-group of the panel (16 columns x 4 bytes) is one zmm.
+ * Measured against the 4x16 ymm tile (2 threads, hot): 1152 x 384 x 384 0.86 -> 0.65 ms, 512 x 4096 x 4096
+ * 33.3 -> 23.1 ms. */
 #define EB_PANEL_ROWS 8
-#define EB_ROW_U8(R)                                                                                              \
-    a##R = _mm512_dpbusd_epi32(a##R, _mm512_set1_epi32(*(const int32_t *)(x##R + 4 * q)), wq);
+#define EB_ROW_U8(R) a##R = _mm512_dpbusd_epi32(a##R, wq, _mm512_set1_epi32(*(const int32_t *)(x##R + 4 * q)));
+/* finish() on the tile's rows, 16 columns each, straight from the accumulators: the same operations in the same
+ * order. The outlier sums of the 8 rows advance together, one weight column at a time (8 independent add chains). */
+#define EB_ROW_SCALE(R)                                                                                           \
+    const int64_t row##R = m0 + (R < mr ? R : 0); /* spare rows: computed, not stored */                            \
+    __m512 y##R = _mm512_mul_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(                               \
+                      a##R, _mm512_set1_epi32((int32_t)(128u * (uint32_t)rowsum[R])))), _mm512_set1_ps(e->xs[row##R])), ws16), \
+           o##R = _mm512_setzero_ps();
+#define EB_ROW_OUTLIER(R) o##R = _mm512_add_ps(o##R, _mm512_mul_ps(_mm512_set1_ps(xo[row##R * C + c]), wc));
+#define EB_ROW_STORE(R)                                                                                           \
+    if (R < mr) {                                                                                                 \
+        if (C) y##R = _mm512_add_ps(y##R, o##R);                                                                  \
+        if (add) y##R = _mm512_add_ps(y##R, _mm512_loadu_ps(add + row##R * N));                                     \
+        if (bias) y##R = _mm512_add_ps(y##R, _mm512_loadu_ps(bias));                                              \
+        _mm512_storeu_ps(out + row##R * N, y##R);                                                                   \
+    }
+#define EB_ROW_OUT(R)                                                                                             \
+    _mm512_storeu_si512((void *)acc[R], _mm512_sub_epi32(a##R, _mm512_set1_epi32((int32_t)(128u * (uint32_t)rowsum[R]))));
+/* The tile's exact sums; with e (16 live columns, outliers given as wo) finished into the output from the registers,
+ * else written to acc for finish(). (Storing the 512-bit sums and reading them back in 256-bit halves stalled on
+ * store forwarding: measured, 2 threads, 1152 x 384 x 1536 with 7 outlier columns 2.22 -> 2.01 ms, without
+ * outliers 1.81 -> 1.73 ms.) */
 static void micro_tile(const int8_t *const xr[EB_PANEL_ROWS], const int8_t *restrict panel, int64_t K4,
-                       const int32_t colsum[16], int32_t acc[EB_PANEL_ROWS][16]) {
+                       const int32_t rowsum[EB_PANEL_ROWS], const eb_epi *e, int mr, int64_t m0, int64_t n0,
+                       int32_t acc[EB_PANEL_ROWS][16]) {
     const int8_t *x0 = xr[0], *x1 = xr[1], *x2 = xr[2], *x3 = xr[3], *x4 = xr[4], *x5 = xr[5], *x6 = xr[6],
                  *x7 = xr[7];
     __m512i a0 = _mm512_setzero_si512(), a1 = a0, a2 = a0, a3 = a0, a4 = a0, a5 = a0, a6 = a0, a7 = a0;
@@ -74,15 +104,33 @@ static void micro_tile(const int8_t *const xr[EB_PANEL_ROWS], const int8_t *rest
         const __m512i wq = _mm512_loadu_si512((const void *)(panel + q * 64));
         EB_ROW_U8(0) EB_ROW_U8(1) EB_ROW_U8(2) EB_ROW_U8(3) EB_ROW_U8(4) EB_ROW_U8(5) EB_ROW_U8(6) EB_ROW_U8(7)
     }
-    const __m512i c = _mm512_slli_epi32(_mm512_loadu_si512((const void *)colsum), 7);
-    _mm512_storeu_si512((void *)acc[0], _mm512_sub_epi32(a0, c)), _mm512_storeu_si512((void *)acc[1], _mm512_sub_epi32(a1, c));
-    _mm512_storeu_si512((void *)acc[2], _mm512_sub_epi32(a2, c)), _mm512_storeu_si512((void *)acc[3], _mm512_sub_epi32(a3, c));
-    _mm512_storeu_si512((void *)acc[4], _mm512_sub_epi32(a4, c)), _mm512_storeu_si512((void *)acc[5], _mm512_sub_epi32(a5, c));
-    _mm512_storeu_si512((void *)acc[6], _mm512_sub_epi32(a6, c)), _mm512_storeu_si512((void *)acc[7], _mm512_sub_epi32(a7, c));
+    if (!e) {
+        EB_ROW_OUT(0) EB_ROW_OUT(1) EB_ROW_OUT(2) EB_ROW_OUT(3) EB_ROW_OUT(4) EB_ROW_OUT(5) EB_ROW_OUT(6) EB_ROW_OUT(7)
+        return;
+    }
+    const int64_t N = e->N, C = e->n_out;
+    const float *restrict xo = e->xo, *restrict wo = e->wo ? e->wo + n0 : NULL;
+    const float *restrict add = e->add ? e->add + n0 : NULL, *restrict bias = e->bias ? e->bias + n0 : NULL;
+    float *restrict out = e->out + n0;
+    const __m512 ws16 = _mm512_loadu_ps(e->ws + n0);
+    EB_ROW_SCALE(0) EB_ROW_SCALE(1) EB_ROW_SCALE(2) EB_ROW_SCALE(3)
+    EB_ROW_SCALE(4) EB_ROW_SCALE(5) EB_ROW_SCALE(6) EB_ROW_SCALE(7)
+    for (int64_t c = 0; c < C; c++) {
+        const __m512 wc = _mm512_loadu_ps(wo + c * N);
+        EB_ROW_OUTLIER(0) EB_ROW_OUTLIER(1) EB_ROW_OUTLIER(2) EB_ROW_OUTLIER(3)
+        EB_ROW_OUTLIER(4) EB_ROW_OUTLIER(5) EB_ROW_OUTLIER(6) EB_ROW_OUTLIER(7)
+    }
+    EB_ROW_STORE(0) EB_ROW_STORE(1) EB_ROW_STORE(2) EB_ROW_STORE(3)
+    EB_ROW_STORE(4) EB_ROW_STORE(5) EB_ROW_STORE(6) EB_ROW_STORE(7)
 }
 #undef EB_ROW_U8
+#undef EB_ROW_OUT
+#undef EB_ROW_SCALE
+#undef EB_ROW_OUTLIER
+#undef EB_ROW_STORE
 #else
 #define EB_U8S8 0
+#define EB_PANEL_FLIP 0x00u
 #define EB_PANEL_ROWS 4
 #endif
 
@@ -116,27 +164,92 @@ static void micro_4x16(const int8_t *restrict x0, const int8_t *restrict x1, con
 #undef EB_ROW
 #endif
 
-/* Many rows: 16-column panels split over threads; every 4 activation rows run the register tile over a panel.
- * Returns 1 (nothing written) when the padded copy of x cannot be allocated; a thread without memory for its
- * panel computes its columns with the row kernel instead. */
-int eb_gemm_panels(const int8_t *x, const int8_t *w, const float *xs, const float *ws, const float *xo,
-                   const int64_t *cols, int64_t n_out, float *out, int64_t M, int64_t K, int64_t N) {
-    const int64_t K4 = (K + 3) / 4, npanels = (N + 15) / 16;
-    const int8_t *xp = x;
-    int64_t ldx = K;
-    int8_t *xpad = NULL;
-    if (EB_U8S8) { /* x + 128 as unsigned bytes, rows padded to whole k-groups (padding meets zero weights) */
-        xpad = (int8_t *)calloc((size_t)(M * K4 * 4), 1);
-        if (!xpad) return 1;
-        for (int64_t m = 0; m < M; m++)
-            for (int64_t k = 0; k < K; k++) xpad[m * K4 * 4 + k] = (int8_t)((uint8_t)x[m * K + k] ^ 0x80u);
-        xp = xpad, ldx = K4 * 4;
-    } else if (K % 4) { /* the tile reads whole 4-byte k-groups: give every row a zero-padded tail */
-        xpad = (int8_t *)calloc((size_t)(M * K4 * 4), 1);
-        if (!xpad) return 1;
-        for (int64_t m = 0; m < M; m++) memcpy(xpad + m * K4 * 4, x + m * K, (size_t)K);
-        xp = xpad, ldx = K4 * 4;
+#if !EB_U8S8
+/* finish() for a whole register tile (rows m0 .. m0 + mr - 1, the 16 columns from n0), 8 columns at a time: the
+ * same operations in the same order, with the outlier columns' sums of all rows in flight together (one sum per
+ * output element is a chain of dependent adds; interleaving the rows hides their latency). */
+static void tile_epilogue(const eb_epi *e, const int32_t acc[EB_PANEL_ROWS][16], int mr, int64_t m0, int64_t n0) {
+    const int64_t N = e->N, C = e->n_out;
+    const float *restrict xo = e->xo, *restrict wo = e->wo, *restrict add = e->add, *restrict bias = e->bias;
+    float *restrict out = e->out;
+    int64_t rows[EB_PANEL_ROWS];
+    for (int r = 0; r < EB_PANEL_ROWS; r++) rows[r] = m0 + (r < mr ? r : 0); /* spare rows: computed, not stored */
+    for (int j = 0; j < 16; j += 8) {
+        const __m256 wsj = _mm256_loadu_ps(e->ws + n0 + j);
+        __m256 y[EB_PANEL_ROWS], o[EB_PANEL_ROWS];
+        for (int r = 0; r < EB_PANEL_ROWS; r++) {
+            const __m256 a = _mm256_cvtepi32_ps(_mm256_loadu_si256((const __m256i *)(acc[r] + j)));
+            y[r] = _mm256_mul_ps(_mm256_mul_ps(a, _mm256_set1_ps(e->xs[rows[r]])), wsj);
+            o[r] = _mm256_setzero_ps();
+        }
+        if (C) {
+            for (int64_t c = 0; c < C; c++) {
+                const __m256 wc = _mm256_loadu_ps(wo + c * N + n0 + j);
+                for (int r = 0; r < EB_PANEL_ROWS; r++)
+                    o[r] = _mm256_add_ps(o[r], _mm256_mul_ps(_mm256_set1_ps(xo[rows[r] * C + c]), wc));
+            }
+            for (int r = 0; r < EB_PANEL_ROWS; r++) y[r] = _mm256_add_ps(y[r], o[r]);
+        }
+        for (int r = 0; r < mr; r++) {
+            __m256 v = y[r];
+            if (add) v = _mm256_add_ps(v, _mm256_loadu_ps(add + rows[r] * N + n0 + j));
+            if (bias) v = _mm256_add_ps(v, _mm256_loadu_ps(bias + n0 + j));
+            _mm256_storeu_ps(out + rows[r] * N + n0 + j, v);
+        }
     }
+}
+#endif
+
+/* Rows m_lo .. m_hi - 1 of one packed panel (columns n0 .. n0 + nn - 1), EB_PANEL_ROWS at a time through the
+ * register tile and its epilogue. */
+static void panel_sweep(const int8_t *xp, int64_t ldx, const int32_t *rowsum, const int8_t *restrict panel,
+                        const int8_t *w, const eb_epi *e, int64_t m_lo, int64_t m_hi, int64_t K, int64_t n0, int nn) {
+    const int64_t K4 = ldx / 4;
+    const int fast = nn == 16 && (!e->n_out || e->wo); /* the vector epilogue applies */
+    for (int64_t m0 = m_lo; m0 < m_hi; m0 += EB_PANEL_ROWS) {
+        const int mr = m_hi - m0 < EB_PANEL_ROWS ? (int)(m_hi - m0) : EB_PANEL_ROWS;
+        const int8_t *xr[EB_PANEL_ROWS];
+        for (int r = 0; r < EB_PANEL_ROWS; r++) xr[r] = xp + (m0 + (r < mr ? r : 0)) * ldx; /* spare rows: discarded */
+        int32_t acc[EB_PANEL_ROWS][16];
+#if EB_U8S8
+        int32_t rs[EB_PANEL_ROWS];
+        for (int r = 0; r < EB_PANEL_ROWS; r++) rs[r] = rowsum ? rowsum[m0 + (r < mr ? r : 0)] : row_sum(xr[r], K);
+        micro_tile(xr, panel, K4, rs, fast ? e : NULL, mr, m0, n0, acc);
+        if (fast) continue;
+#else
+        (void)rowsum;
+        micro_4x16(xr[0], xr[1], xr[2], xr[3], panel, K4, acc);
+        if (fast) {
+            tile_epilogue(e, acc, mr, m0, n0);
+            continue;
+        }
+#endif
+        for (int r = 0; r < mr; r++)
+            for (int j = 0; j < nn; j++) finish(e, acc[r][j], w + (n0 + j) * K, m0 + r, n0 + j);
+    }
+}
+
+/* Many rows: 16-column panels split over threads; each panel is packed and swept over all rows. (Blocking the
+ * rows so that a block of x stays in L2 while a thread's panels sweep it measured no faster at MiniLM's shapes or
+ * at 512 x 4096 x 4096: the tile reads 32 bytes of x per 8 vpdpbusd, far below L3's bandwidth.) Returns 1 (nothing
+ * written) when the zero-padded copy of x it needs (x not ready and K % 4) cannot be allocated; so with x_ready it
+ * never fails. A thread without memory for its panel computes its columns with a plain dot product instead. */
+int eb_gemm_panels(const int8_t *x, int x_ready, const int8_t *w, const eb_epi *e, int64_t M, int64_t K, int64_t N) {
+    const int64_t K4 = (K + 3) / 4, npanels = (N + 15) / 16, ldx = K4 * 4;
+    const int8_t *xp = x;
+    int8_t *xpad = NULL;
+    if (!x_ready && K % 4) { /* the tile reads whole 4-byte k-groups: rows padded with zeros */
+        xpad = (int8_t *)calloc((size_t)(M * ldx), 1);
+        if (!xpad) return 1;
+        for (int64_t m = 0; m < M; m++) memcpy(xpad + m * ldx, x + m * K, (size_t)K);
+        xp = xpad;
+    }
+    int32_t *rowsum = NULL;
+#if EB_U8S8
+    rowsum = (int32_t *)malloc((size_t)M * sizeof(int32_t)); /* NULL: each tile sums its rows itself */
+    if (rowsum)
+        for (int64_t m = 0; m < M; m++) rowsum[m] = row_sum(xp + m * ldx, K);
+#endif
 #pragma omp parallel if (npanels >= 4)
     {
         int8_t *panel = (int8_t *)aligned_alloc(64, (size_t)(K4 * 64));
@@ -144,46 +257,18 @@ int eb_gemm_panels(const int8_t *x, const int8_t *w, const float *xs, const floa
         for (int64_t p = 0; p < npanels; p++) {
             const int64_t n0 = 16 * p;
             const int nn = N - n0 < 16 ? (int)(N - n0) : 16;
-            if (!panel) {
-                for (int j = 0; j < nn; j++)
-                    for (int64_t m = 0; m < M; m++)
-                        out[m * N + n0 + j] = finish(dot_1x1(x + m * K, w + (n0 + j) * K, K), w + (n0 + j) * K, xs[m],
-                                                     ws[n0 + j], xo ? xo + m * n_out : xo, cols, n_out);
+            if (panel) {
+                pack_panel(w, K, n0, nn, K4, EB_PANEL_FLIP, panel);
+                panel_sweep(xp, ldx, rowsum, panel, w, e, 0, M, K, n0, nn);
                 continue;
             }
-            pack_panel(w, K, n0, nn, K4, panel);
-#if EB_U8S8
-            int32_t colsum[16];
-            panel_colsum(panel, K4, colsum);
-#endif
-            for (int64_t m0 = 0; m0 < M; m0 += EB_PANEL_ROWS) {
-                const int mr = M - m0 < EB_PANEL_ROWS ? (int)(M - m0) : EB_PANEL_ROWS;
-                const int8_t *xr[EB_PANEL_ROWS];
-                for (int r = 0; r < EB_PANEL_ROWS; r++) xr[r] = xp + (m0 + (r < mr ? r : 0)) * ldx; /* spare rows: discarded */
-                int32_t acc[EB_PANEL_ROWS][16];
-#if EB_U8S8
-                micro_tile(xr, panel, K4, colsum, acc);
-#else
-                micro_4x16(xr[0], xr[1], xr[2], xr[3], panel, K4, acc);
-#endif
-                for (int r = 0; r < mr; r++) {
-                    const int64_t m = m0 + r;
-                    if (nn == 16 && !n_out) { /* the same two multiplies as finish(), 8 outputs at a time */
-                        const __m256 xsm = _mm256_set1_ps(xs[m]);
-                        for (int j = 0; j < 16; j += 8) {
-                            const __m256 y = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_loadu_si256((const __m256i *)(acc[r] + j))), xsm);
-                            _mm256_storeu_ps(out + m * N + n0 + j, _mm256_mul_ps(y, _mm256_loadu_ps(ws + n0 + j)));
-                        }
-                        continue;
-                    }
-                    for (int j = 0; j < nn; j++)
-                        out[m * N + n0 + j] = finish(acc[r][j], w + (n0 + j) * K, xs[m], ws[n0 + j],
-                                                     xo ? xo + m * n_out : xo, cols, n_out);
-                }
-            }
+            for (int j = 0; j < nn; j++)
+                for (int64_t m = 0; m < M; m++)
+                    finish(e, dot_1x1(xp + m * ldx, w + (n0 + j) * K, K), w + (n0 + j) * K, m, n0 + j);
         }
         free(panel);
     }
+    free(rowsum);
     free(xpad);
     return 0;
 }
