@@ -82,11 +82,14 @@ def minilm():
         tok(calibration_sentences()[:32], padding=True, return_tensors="pt")
 
 
-def _compare(model, inputs, pick, native_disabled, *, backend="inductor", rel=None, float_out=None) -> None:
+def _compare(model, inputs, pick, native_disabled, *, backend="inductor", rel=None, float_out=None,
+             kernels_exact=True) -> None:
     """Compiled vs eager, first with the native kernels, then (the same compiled graph) with the references.
     ``rel=None``: max difference within 1e-4 of the output scale; 0: bit-identical; "sensitivity": Frobenius
     relative error within 3x the model's response to a 1-ulp change of its embedding weights; "quality": the
-    compiled model is as close to the float model (``float_out``) as the eager one, within 1.5x its error."""
+    compiled model is as close to the float model (``float_out``) as the eager one, within 1.5x its error.
+    ``kernels_exact=False`` (a native kernel that sums in another order than its reference, the FP8 GEMM): eager
+    with the native kernels is checked against eager with the references by "quality" instead of within 1e-4."""
 
     def check(got, want, what):
         if rel == "quality":
@@ -118,7 +121,12 @@ def _compare(model, inputs, pick, native_disabled, *, backend="inductor", rel=No
         native_disabled()  # the same compiled graph, now served by the references
         eager_ref = pick(model(**inputs))
         check(pick(compiled(**inputs)), eager_ref, "references")
-        _close(eager_ref, eager, "references vs native kernels (eager)")
+        if kernels_exact:
+            _close(eager_ref, eager, "references vs native kernels (eager)")
+        else:
+            err_n = float((eager - float_out).norm() / float_out.norm())
+            err_r = float((eager_ref - float_out).norm() / float_out.norm())
+            assert err_n <= 1.5 * err_r + 1e-5, f"native kernels: error {err_n:.3g} vs the references' {err_r:.3g}"
     torch._dynamo.reset()
 
 
@@ -153,15 +161,20 @@ def test_minilm_compiles_fullgraph_and_matches_eager(minilm, cfg_name, native_di
     if getattr(cfg, "needs_calibration", False):
         calibrate(model, [calib], progress=False)
     pick = lambda out: out.last_hidden_state  # noqa: E731
-    _compare(model, dict(inputs), pick, native_disabled, backend="aot_eager", rel=0)
-    native.library.cache_clear()
-    os.environ.pop("EIGHTBIT_NATIVE", None)
     with torch.no_grad():
         float_out = pick(base(**inputs))
+    # FP8: where the CPU has AVX-512 BF16 a native FP8 GEMM sums the exact products in its own order, and on MiniLM
+    # that rounding moves activations across e4m3 boundaries (2 % of the output scale, like a 1-ulp weight change)
+    exact = not cfg_name.startswith("fp8")
+    _compare(model, dict(inputs), pick, native_disabled, backend="aot_eager", rel=0, float_out=float_out,
+             kernels_exact=exact)
+    native.library.cache_clear()
+    os.environ.pop("EIGHTBIT_NATIVE", None)
     # "quality", not "sensitivity": compiling the float embeddings module alone moves the FP8-static output by
     # 1.5 % on AVX-512 inductor code (an activation outlier crossing an e4m3 rounding boundary), 250x the 1-ulp
     # sensitivity of the embedding weights; what must hold is that the compiled model is as accurate as eager
-    _compare(model, dict(inputs), pick, native_disabled, backend="inductor", rel="quality", float_out=float_out)
+    _compare(model, dict(inputs), pick, native_disabled, backend="inductor", rel="quality", float_out=float_out,
+             kernels_exact=exact)
 
 
 def test_compile_traced_without_native_library(native_disabled):

@@ -5,6 +5,8 @@ adding a power of two whose ulp is the fp8 subnormal step, so the FPU rounds), f
 scale: one read of the input and one byte written per value, bit-identical to PyTorch's own casts (tests).
 ``dequantize_fp8``: a 256-entry table lookup times the scale. Scales are one value or one per leading index
 (per-channel weights); other layouts go to the reference.
+``fp8_linear``: a GEMM on the codes with AVX-512 BF16 (csrc/fp8_gemm.c: every fp8 code is exactly a bfloat16 and
+their products are exact in float32), where the CPU has it; elsewhere the reference dequantizes and runs F.linear.
 """
 from __future__ import annotations
 
@@ -96,3 +98,38 @@ def finite_amax_cpu(x: torch.Tensor, axis: int | None):
     if bits >= 0x7F800000:
         return NotImplemented
     return torch.tensor(_bits_to_float(bits), dtype=torch.float32)
+
+
+_bf16_tables: dict[torch.dtype, torch.Tensor] = {}
+
+
+def bf16_table(fp8_dtype: torch.dtype) -> torch.Tensor:
+    """bfloat16 bit patterns (int16) of the 256 codes of ``fp8_dtype``: exact, every fp8 value is a bfloat16."""
+    t = _bf16_tables.get(fp8_dtype)
+    if t is None:
+        t = _bf16_tables[fp8_dtype] = decode_table(fp8_dtype).to(torch.bfloat16).view(torch.int16).contiguous()
+    return t
+
+
+def _fp8_gemm_available() -> bool:
+    return native.available() and bool(native.library().eb_fp8_gemm_supported())
+
+
+@register("fp8_linear", "cpu", available=_fp8_gemm_available)
+def fp8_linear_cpu(x_q, x_scale, w_q, w_scale, bias, fp8_dtype, dtype):
+    """Kernel of ``fp8_linear``: ``((codes(x) @ codes(w).T) * x_scale) * w_scale + bias`` with exact products and
+    float32 sums (``eb_fp8_linear``), cast to ``dtype``. Empty shapes and allocation failures go to the reference."""
+    m, k = x_q.shape
+    n = w_q.shape[0]
+    lib = native.library()
+    if m == 0 or n == 0 or k == 0 or lib is None or not lib.eb_fp8_gemm_supported():
+        return NotImplemented
+    p = native.ptr
+    xs = x_scale.to(torch.float32).contiguous()
+    ws = w_scale.to(torch.float32).contiguous()
+    b = None if bias is None else bias.to(torch.float32).contiguous()
+    out = native.empty((m, n), dtype=torch.float32)
+    if lib.eb_fp8_linear(p(x_q.contiguous()), p(w_q.contiguous()), p(bf16_table(fp8_dtype)), p(xs),
+                          int(xs.dim() > 0), p(ws), int(ws.dim() > 0), p(b), p(out), m, k, n):
+        return NotImplemented
+    return out if dtype == torch.float32 else out.to(dtype)

@@ -66,6 +66,8 @@ _SIGNATURES = {
                        None),
     "eb_fp8_to_fp32": ([_vp, _vp, _vp, _i64, _i64, _i64, _vp], None),
     "eb_absmax_bits": ([_vp, _i64], ctypes.c_uint32),
+    "eb_fp8_gemm_supported": ([], ctypes.c_int),
+    "eb_fp8_linear": ([_vp, _vp, _vp, _vp, _i64, _vp, _i64, _vp, _vp, _i64, _i64, _i64], ctypes.c_int),
 }
 
 
