@@ -3,6 +3,9 @@
  * activation preparation. Built together with the other C files in csrc/ into one library
  * (eightbit.kernels.native_cpu); bit-identical to the PyTorch references (tests/kernels/test_native_cpu.py). */
 #include "int8_gemm.h"
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 /* The few-rows tile: acc[r][j] = exact int32 dot products of mr (<= EB_TILE_ROWS) activation rows xr[r] with 4
  * weight rows wr[j], all of length K. Each weight vector is loaded once and used for every activation row, so M
@@ -291,27 +294,60 @@ static int prepare_row(const float *restrict x, const uint8_t *restrict flag, in
     return 0;
 }
 
-/* col_flag[c0..c1) |= |x[m, c]| >= threshold over all rows (NaN compares false: never an outlier). */
-static void flag_columns(const float *restrict x, int64_t M, int64_t K, float threshold, int64_t c0, int64_t c1,
-                         uint8_t *restrict col_flag) {
-    for (int64_t m = 0; m < M; m++) {
+/* colmax[c] = max(colmax[c], |x[m, c]|) over rows m0 .. m1 - 1; a NaN never replaces the running maximum (the
+ * comparison is false), so NaN is never an outlier; Inf is. */
+static void column_maxima(const float *restrict x, int64_t m0, int64_t m1, int64_t K, float *restrict colmax) {
+    for (int64_t m = m0; m < m1; m++) {
         const float *restrict xr = x + m * K;
-        for (int64_t c = c0; c < c1; c++) col_flag[c] |= (uint8_t)(fabsf(xr[c]) >= threshold);
+        for (int64_t c = 0; c < K; c++) {
+            const float a = fabsf(xr[c]);
+            colmax[c] = a > colmax[c] ? a : colmax[c];
+        }
     }
 }
 
+/* Both passes in one parallel region with the same static split of the rows, so that the second pass finds each
+ * thread's rows in its own cache: (1) per-thread column maxima of |x|, merged into col_flag[c] = max >= threshold
+ * (threshold > 0); (2) per row, absmax over the unflagged columns and the codes. (The former first pass flagged
+ * columns a byte at a time over column chunks split between threads; measured, 1152 x 384 with an outlier column,
+ * 2 threads: 0.123 -> 0.092 ms hot, 0.243 -> 0.209 ms with x evicted from the caches.) */
 static int prepare(const float *x, int64_t M, int64_t K, float threshold, int8_t *q, int64_t ldq, float *absmax,
                    uint8_t *col_flag) {
     memset(col_flag, 0, (size_t)K);
-    if (threshold > 0.0f) {
-        const int64_t chunks = (K + 255) / 256;
-#pragma omp parallel for schedule(static) if (M * K >= 65536)
-        for (int64_t t = 0; t < chunks; t++)
-            flag_columns(x, M, K, threshold, t * 256, (t + 1) * 256 < K ? (t + 1) * 256 : K, col_flag);
+    const int outliers = threshold > 0.0f;
+    float *colmax = NULL;
+    int nt_max = 1;
+#ifdef _OPENMP
+    nt_max = M * K >= 65536 ? omp_get_max_threads() : 1;
+#endif
+    if (outliers) {
+        colmax = (float *)calloc((size_t)(nt_max * K), sizeof(float));
+        if (!colmax) { /* without scratch: one thread, one buffer-free pass per row over all columns */
+            for (int64_t m = 0; m < M; m++)
+                for (int64_t c = 0; c < K; c++) col_flag[c] |= (uint8_t)(fabsf(x[m * K + c]) >= threshold);
+        }
     }
     int fail = 0;
-#pragma omp parallel for schedule(static) reduction(| : fail) if (M * K >= 65536)
-    for (int64_t m = 0; m < M; m++) fail |= prepare_row(x + m * K, col_flag, K, q + m * ldq, ldq, absmax + m);
+#pragma omp parallel num_threads(nt_max) reduction(| : fail)
+    {
+        int tid = 0, nt = 1;
+#ifdef _OPENMP
+        tid = omp_get_thread_num(), nt = omp_get_num_threads();
+#endif
+        const int64_t m0 = M * tid / nt, m1 = M * (tid + 1) / nt;
+        if (colmax) {
+            column_maxima(x, m0, m1, K, colmax + tid * K);
+#pragma omp barrier
+#pragma omp single
+            for (int64_t c = 0; c < K; c++) {
+                float mx = colmax[c];
+                for (int t = 1; t < nt; t++) mx = colmax[t * K + c] > mx ? colmax[t * K + c] : mx;
+                col_flag[c] = (uint8_t)(mx >= threshold);
+            }
+        }
+        for (int64_t m = m0; m < m1; m++) fail |= prepare_row(x + m * K, col_flag, K, q + m * ldq, ldq, absmax + m);
+    }
+    free(colmax);
     return fail;
 }
 
