@@ -56,6 +56,10 @@ def _samples() -> dict[str, list[tuple[tuple, dict]]]:
                          torch.float8_e5m2, torch.bfloat16), {})],
         "finite_amax": [((x, None), {}), ((x, 1), {})],
         "finite_minmax": [((x, None), {}), ((x, 0), {})],
+        "quantize_int8": [((x, scale, torch.tensor(0, dtype=torch.int32), None, True), {}),
+                          ((x, torch.rand(5, generator=g) + 0.1, torch.randint(0, 256, (5,), dtype=torch.int32,
+                                                                               generator=g), 0, False), {}),
+                          ((x.half(), scale, torch.tensor(3, dtype=torch.int32), None, False), {})],
         "optimizer_update": [
             (("adam", p.clone(), grad, [s.clone() for s in states8], [a.clone() for a in absmaxes], codes, hyper, 2, 64,
               [-1, 7]), {}),

@@ -389,3 +389,30 @@ def test_native_absmax_matches_torch(lib, gen):
         assert absmax_cpu(x) is None
         assert float(finite_amax(x)) == 1.0  # the finite-only fallback
     assert absmax_cpu(torch.ones(4, dtype=torch.float64)) is None
+
+
+@pytest.mark.parametrize("per_row", [False, True])
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_quantize_int8_kernel_bit_identical(lib, gen, per_row, symmetric):
+    """Affine int8 codes: the native pass equals the reference's division, round half to even, NaN -> 0 and clamp
+    on ties (k + 0.5 steps), NaN, +-Inf, huge and subnormal values, odd sizes (per tensor: a partial work unit)."""
+    from eightbit.functional.affine import quantize_int8_reference
+    from eightbit.kernels.cpu.affine import quantize_int8_cpu
+
+    rows, cols = (7, 1031) if per_row else (3, 70001)
+    scale = torch.rand(rows, generator=gen) * 0.1 + 1e-3 if per_row else torch.tensor(0.0371)
+    x = torch.randn(rows, cols, generator=gen) * 3
+    s_b = scale.reshape(-1, 1) if per_row else scale
+    ties = (torch.randint(-130, 130, (rows, 64), generator=gen).float() + 0.5) * s_b  # exact half steps (mostly)
+    x[:, :64] = ties
+    x[:, 64:72] = torch.tensor([float("nan"), float("inf"), -float("inf"), 3e38, -3e38, 1e-40, -0.0, 0.0])
+    zp = (torch.randint(0, 256, (rows,), generator=gen, dtype=torch.int32) if per_row
+          else torch.tensor(0 if symmetric else 131, dtype=torch.int32))
+    if symmetric:
+        zp = torch.zeros_like(zp)
+    axis = 0 if per_row else None
+    got = quantize_int8_cpu(x, scale, zp, axis, symmetric)
+    want = quantize_int8_reference(x, scale, zp, axis, symmetric)
+    assert got.dtype == want.dtype == (torch.int8 if symmetric else torch.uint8)
+    assert torch.equal(got, want)
+    assert quantize_int8_cpu(x.double(), scale, zp, axis, symmetric) is NotImplemented

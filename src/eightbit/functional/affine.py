@@ -185,11 +185,19 @@ def quantize_int8(
         if zero_point is None:
             raise ValueError("zero_point is required with a given scale when symmetric=False")
         zp = _check_zero_point(zero_point, scale)
+    return ops.quantize_int8(x.contiguous(), scale, zp, axis, symmetric), scale, zp
+
+
+@ops.reference("quantize_int8")
+def quantize_int8_reference(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, axis: int | None,
+                            symmetric: bool) -> torch.Tensor:
+    """Reference of the ``quantize_int8`` op: the codes of :func:`quantize_int8` for a checked float32 ``scale``
+    and int32 ``zero_point`` (0-dim, or ``(x.shape[axis],)`` with a non-negative ``axis``)."""
     s = broadcast_scale(scale, x, axis)
     y = torch.nan_to_num(torch.round(x.to(torch.float32) / s), nan=0.0)
     if symmetric:
-        return y.clamp_(-127, 127).to(torch.int8), scale, zp
-    return (y + broadcast_scale(zp, x, axis)).clamp_(0, 255).to(torch.uint8), scale, zp
+        return y.clamp_(-127, 127).to(torch.int8)
+    return (y + broadcast_scale(zero_point, x, axis)).clamp_(0, 255).to(torch.uint8)
 
 
 def affine_params(lo: torch.Tensor, hi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

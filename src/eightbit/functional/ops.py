@@ -47,6 +47,8 @@ SCHEMAS: dict[str, str] = {
     "fp8_linear": ("(Tensor x_q, Tensor x_scale, Tensor w_q, Tensor w_scale, Tensor? bias, ScalarType fp8_dtype, "
                    "ScalarType dtype) -> Tensor"),
     "finite_minmax": "(Tensor x, int? axis) -> (Tensor, Tensor)",
+    # affine int8 codes for checked scale / zero point (0-dim, or one per slice along axis)
+    "quantize_int8": "(Tensor x, Tensor scale, Tensor zero_point, int? axis, bool symmetric) -> Tensor",
     # optimizers: one update step of one parameter, state kept block-wise in 8 bits or in float32
     "optimizer_update": (
         "(str rule, Tensor(a!) p, Tensor g, Tensor(b!)[] states, Tensor(c!)[] absmaxes, Tensor[] codes, "
@@ -160,6 +162,11 @@ def _(x, axis):
 def _(x, axis):
     shape = () if axis is None else (x.shape[axis],)
     return x.new_empty(shape, dtype=torch.float32), x.new_empty(shape, dtype=torch.float32)
+
+
+@_fake("quantize_int8")
+def _(x, scale, zero_point, axis, symmetric):
+    return x.new_empty(x.shape, dtype=torch.int8 if symmetric else torch.uint8)
 
 
 @_fake("optimizer_update")

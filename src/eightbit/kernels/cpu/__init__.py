@@ -1,4 +1,4 @@
 """CPU kernels: native C (``csrc/``, built and loaded by :mod:`.native`) registered against the eightbit ops.
 Each module registers its kernels on import; without a C compiler only the pure-PyTorch ``int8_mm`` kernel is
 registered and every other op runs its reference."""
-from . import blockwise, fp8, int8, optimizer  # noqa: F401  (registration)
+from . import affine, blockwise, fp8, int8, optimizer  # noqa: F401  (registration)

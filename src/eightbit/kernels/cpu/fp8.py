@@ -11,45 +11,16 @@ their products are exact in float32), where the CPU has it; elsewhere the refere
 from __future__ import annotations
 
 import struct
-from typing import Callable
-
 import torch
 
 from ...functional.fp8 import FORMAT_OF_DTYPE
 from ..registry import register
 from . import native
 
-_UNIT = 1 << 16  # elements per work unit when one scale covers everything
-
 
 
 def _bits_to_float(bits: int) -> float:
     return struct.unpack("<f", struct.pack("<i", bits))[0]
-
-
-def _rowwise(x: torch.Tensor, scale: torch.Tensor, call: Callable, out_dtype: torch.dtype) -> torch.Tensor | None:
-    """Run a native row-wise cast ``call(lib, x_ptr, scale_ptr, scale_stride, rows, cols, out_ptr)`` over a
-    contiguous ``x`` whose ``scale`` is one value or one per leading index; None when that does not fit."""
-    lib = native.library()
-    if lib is None or x.dim() == 0:
-        return None
-    scale = scale.to(torch.float32)
-    n = x.numel()
-    out = native.empty(x.shape, dtype=out_dtype)
-    ptr, xi, oi = native.ptr, x.element_size(), out.element_size()
-    if scale.numel() == 1:  # one scale: cut the data into rows of _UNIT so the kernel can parallelize
-        s = scale.reshape(1).contiguous()
-        body = n // _UNIT
-        if body:
-            call(lib, ptr(x), ptr(s), 0, body, _UNIT, ptr(out))
-        if n % _UNIT:
-            call(lib, ptr(x) + body * _UNIT * xi, ptr(s), 0, 1, n % _UNIT, ptr(out) + body * _UNIT * oi)
-        return out
-    rows = x.shape[0]
-    if scale.shape[:1] != (rows,) or scale.numel() != rows or scale.dim() != x.dim():
-        return None
-    call(lib, ptr(x), ptr(scale.reshape(rows).contiguous()), 1, rows, n // max(rows, 1), ptr(out))
-    return out
 
 
 _tables: dict[torch.dtype, torch.Tensor] = {}
@@ -69,8 +40,8 @@ def quantize_fp8_cpu(x: torch.Tensor, scale: torch.Tensor, fp8_dtype: torch.dtyp
     f = FORMAT_OF_DTYPE[fp8_dtype]
     xf = (x if x.dtype == torch.float32 else x.to(torch.float32)).contiguous()
     magic = _bits_to_float((127 + 24 - f.bias - f.man_bits) << 23)
-    out = _rowwise(xf, scale, lambda lib, xs, ss, stride, rows, cols, o: lib.eb_fp32_to_fp8(
-        xs, ss, stride, rows, cols, magic, f.man_bits, f.bias, f.max_code, f.nan_code, f.overflow_code,
+    out = native.rowwise(xf, [scale], lambda lib, xs, ps, stride, rows, cols, o: lib.eb_fp32_to_fp8(
+        xs, ps[0], stride, rows, cols, magic, f.man_bits, f.bias, f.max_code, f.nan_code, f.overflow_code,
         int(bool(saturate)), int(f.fnuz), o), torch.uint8)
     return NotImplemented if out is None else out
 
@@ -80,8 +51,8 @@ def dequantize_fp8_cpu(q: torch.Tensor, scale: torch.Tensor, fp8_dtype: torch.dt
     """Kernel of ``dequantize_fp8``: ``table[q] * scale`` in float32 for uint8 bit patterns ``q``, then cast."""
     table = decode_table(fp8_dtype)
     codes = q.contiguous()
-    out = _rowwise(codes, scale, lambda lib, cs, ss, stride, rows, cols, o: lib.eb_fp8_to_fp32(
-        cs, native.ptr(table), ss, stride, rows, cols, o), torch.float32)
+    out = native.rowwise(codes, [scale], lambda lib, cs, ps, stride, rows, cols, o: lib.eb_fp8_to_fp32(
+        cs, native.ptr(table), ps[0], stride, rows, cols, o), torch.float32)
     if out is None:
         return NotImplemented
     return out if dtype == torch.float32 else out.to(dtype)

@@ -30,6 +30,7 @@ import shutil
 import subprocess
 import tempfile
 import time
+from typing import Callable, Sequence
 import warnings
 from pathlib import Path
 
@@ -67,6 +68,7 @@ _SIGNATURES = {
     "eb_fp8_to_fp32": ([_vp, _vp, _vp, _i64, _i64, _i64, _vp], None),
     "eb_absmax_bits": ([_vp, _i64], ctypes.c_uint32),
     "eb_fp8_gemm_supported": ([], ctypes.c_int),
+    "eb_quantize_int8": ([_vp, _vp, _vp, _i64, _i64, _i64, _i32, _vp], None),
     "eb_fp8_linear": ([_vp, _vp, _vp, _vp, _i64, _vp, _i64, _vp, _vp, _i64, _i64, _i64], ctypes.c_int),
 }
 
@@ -250,4 +252,37 @@ def empty(shape: tuple[int, ...] | torch.Size, dtype: torch.dtype) -> torch.Tens
         stop = (out.data_ptr() + nbytes) // _HUGE * _HUGE
         if stop > start:
             madvise(start, stop - start, _MADV_HUGEPAGE)  # a failure only loses the hint
+    return out
+
+
+# ---------------------------------------------------------------- row-wise element casts
+_UNIT = 1 << 16  # elements per work unit when one scale covers everything
+
+
+def rowwise(x: torch.Tensor, params: Sequence[torch.Tensor], call: Callable, out_dtype: torch.dtype) -> torch.Tensor | None:
+    """Run a native row-wise cast ``call(lib, x_ptr, param_ptrs, param_stride, rows, cols, out_ptr)`` over a
+    contiguous ``x`` whose per-row parameters (``params``: scales, zero points, all of one layout) are one value
+    each or one per leading index (shaped to broadcast against ``x``); None when that does not fit. Float
+    parameters are passed as float32, integer ones as int32."""
+    lib = library()
+    if lib is None or x.dim() == 0 or not params:
+        return None
+    params = [t.to(torch.float32 if t.is_floating_point() else torch.int32) for t in params]
+    n = x.numel()
+    out = empty(x.shape, dtype=out_dtype)
+    xi, oi = x.element_size(), out.element_size()
+    if all(t.numel() == 1 for t in params):  # one value each: cut the data into rows of _UNIT so the kernel can parallelize
+        ps = [t.reshape(1).contiguous() for t in params]
+        pp = [ptr(t) for t in ps]
+        body = n // _UNIT
+        if body:
+            call(lib, ptr(x), pp, 0, body, _UNIT, ptr(out))
+        if n % _UNIT:
+            call(lib, ptr(x) + body * _UNIT * xi, pp, 0, 1, n % _UNIT, ptr(out) + body * _UNIT * oi)
+        return out
+    rows = x.shape[0]
+    if any(t.shape[:1] != (rows,) or t.numel() != rows or t.dim() != x.dim() for t in params):
+        return None
+    ps = [t.reshape(rows).contiguous() for t in params]
+    call(lib, ptr(x), [ptr(t) for t in ps], 1, rows, n // max(rows, 1), ptr(out))
     return out

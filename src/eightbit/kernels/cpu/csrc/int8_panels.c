@@ -259,6 +259,9 @@ int eb_gemm_panels(const int8_t *x, int x_ready, const int8_t *w, const eb_epi *
             const int nn = N - n0 < 16 ? (int)(N - n0) : 16;
             if (panel) {
                 pack_panel(w, K, n0, nn, K4, EB_PANEL_FLIP, panel);
+                if (p + 1 < npanels) /* the next panel's weight rows into L2 while this one computes */
+                    for (int64_t off = 16 * K; off < 32 * K && n0 * K + off < N * K; off += 64)
+                        _mm_prefetch((const char *)(w + n0 * K + off), _MM_HINT_T1);
                 panel_sweep(xp, ldx, rowsum, panel, w, e, 0, M, K, n0, nn);
                 continue;
             }
