@@ -416,3 +416,25 @@ def test_quantize_int8_kernel_bit_identical(lib, gen, per_row, symmetric):
     assert got.dtype == want.dtype == (torch.int8 if symmetric else torch.uint8)
     assert torch.equal(got, want)
     assert quantize_int8_cpu(x.double(), scale, zp, axis, symmetric) is NotImplemented
+
+
+@pytest.mark.parametrize("axis", [None, 0])
+def test_finite_minmax_kernel_equals_reference(lib, gen, axis):
+    """min/max over the finite values, NaN and +-Inf ignored, slices without finite values giving 0, per tensor
+    (several work units and a partial one) and per row."""
+    from eightbit.functional.affine import finite_minmax_reference
+    from eightbit.kernels.cpu.affine import finite_minmax_cpu
+
+    x = torch.randn(9, 20001, generator=gen) * 5
+    x[0, :50] = float("nan")
+    x[1, 7], x[2, 9] = float("inf"), -float("inf")
+    x[3] = float("nan")  # a row without finite values
+    x[4, ::2] = float("inf")
+    x[5, 100] = 1e30  # the extremes are finite values
+    x[6, 200] = -1e30
+    for t in (x, torch.full((3, 5), float("nan")), torch.full((70000,), -float("inf")), torch.tensor([[-0.0, 2.0]])):
+        if axis == 0 and t.dim() == 1:
+            continue
+        got, want = finite_minmax_cpu(t, axis), finite_minmax_reference(t, axis)
+        assert all(g.dtype == torch.float32 and g.shape == w.shape and torch.equal(g, w) for g, w in zip(got, want))
+    assert finite_minmax_cpu(x.double(), axis) is NotImplemented
