@@ -20,6 +20,8 @@ subnormal scale go to the reference, which handles them specially.
 """
 from __future__ import annotations
 
+import threading
+
 import torch
 
 from ...functional.int8 import SEQUENTIAL_OUTLIER_COLUMNS, dequantize_weight_columns, outlier_product
@@ -91,6 +93,23 @@ def int8_vectorwise_quant_cpu(x: torch.Tensor, threshold: float):
     return q, absmax, flags.view(torch.bool)
 
 
+_SCRATCH_KEEP = 64 << 20  # largest scratch buffer kept between calls
+_local = threading.local()
+
+
+def _scratch(nbytes: int) -> torch.Tensor:
+    """A uint8 buffer of at least ``nbytes`` for one call's temporaries (nothing returned aliases it), reused by
+    the calling thread's next call (up to _SCRATCH_KEEP bytes). Why: between other ops' allocations a fresh buffer
+    of this size is often a fresh mapping whose pages fault in again (MiniLM batch 64, the model run alone: 14.6
+    thousand page faults and 40 ms of system time per forward before, 0.7 thousand and 6 ms after)."""
+    buf = getattr(_local, "scratch", None)
+    if buf is None or buf.numel() < nbytes:
+        buf = torch.empty(nbytes, dtype=torch.uint8)
+        if nbytes <= _SCRATCH_KEEP:
+            _local.scratch = buf
+    return buf
+
+
 def _align(n: int) -> int:
     return -(-n // 64) * 64
 
@@ -115,7 +134,7 @@ def int8_linear_cpu(x, weight, weight_absmax, bias, threshold):
     offsets = [0]
     for size in sizes[:-1]:
         offsets.append(offsets[-1] + _align(size))
-    scratch = torch.empty(offsets[-1] + sizes[-1], dtype=torch.uint8)
+    scratch = _scratch(offsets[-1] + sizes[-1])
     q_p, xs_p, ws_p, fl_p, cols_p, xo_p, wo_p = (scratch.data_ptr() + o for o in offsets)
     out = native.empty((m, n), dtype=torch.float32)
     w = weight.contiguous()
