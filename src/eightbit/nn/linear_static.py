@@ -11,9 +11,11 @@ Compute. Symmetric INT8 with static activations and float32 compute runs a real 
 int8 codes times the int8 weight, summed exactly in int32 (the ``int8_matmul_dequant`` op), scaled by
 ``input_scale * weight_scale``; the result is the simulated-quantization product without its float32
 summation error (the two scales enter as ``(s * 127) / 127``, the op's absmax form, within one ulp of s).
-Every other format (FP8, asymmetric uint8, dynamic activations, float64/bf16 compute) is simulated
+FP8 runs the ``fp8_linear`` op on the codes: a real FP8 GEMM where the device has one (CUDA FP8 tensor cores; on
+CPUs with AVX-512 BF16 a GEMM on the codes as bfloat16, exact products and float32 sums), else its reference,
+the dequantized product. Every other format (asymmetric uint8, float64/bf16 compute) is simulated
 quantization, as in the paper: the input is quantized then dequantized with its scale, and the GEMM runs in
-``compute_dtype`` on the dequantized weight (this CPU has no fp8 GEMM). The dequantized weight is never
+``compute_dtype`` on the dequantized weight. The dequantized weight is never
 cached: it is rebuilt each call in chunks of at most ``CHUNK_ELEMENTS`` values (16 MB in fp32), so the layer
 keeps its 1-byte footprint at the cost of one dequantization pass per forward. Bias stays in float;
 Softmax/GELU/LayerNorm around the layer are untouched.
