@@ -52,7 +52,7 @@ static void pack_panel(const int8_t *restrict w, int64_t K, int64_t n0, int nn, 
  * (-127..127): vpdpbusd adds each group of four u * x products to an int32 lane without saturation, with the
  * activation's 4 bytes as its broadcast operand, so a k-group of the 8x16 tile is one panel load, 8 broadcasts and
  * 8 vpdpbusd (no sign or abs work); register-resident that runs at one vpdpbusd per cycle (3.64 G/s per core
- * here, benchmarks/csrc-style probe). sum u * x = sum w * x + 128 * rowsum(x); the int32 lanes wrap (two's
+ * here, a standalone loop over an L1-resident panel). sum u * x = sum w * x + 128 * rowsum(x); the int32 lanes wrap (two's
  * complement), and since the true sum fits in int32 (K <= MAX_K), subtracting 128 * rowsum in wrapping
  * arithmetic gives it exactly. */
 #define EB_U8S8 1
@@ -200,14 +200,14 @@ static void tile_epilogue(const eb_epi *e, const int32_t acc[EB_PANEL_ROWS][16],
 }
 #endif
 
-/* Rows m_lo .. m_hi - 1 of one packed panel (columns n0 .. n0 + nn - 1), EB_PANEL_ROWS at a time through the
- * register tile and its epilogue. */
+/* All M rows against one packed panel (columns n0 .. n0 + nn - 1), EB_PANEL_ROWS at a time through the register
+ * tile and its epilogue. */
 static void panel_sweep(const int8_t *xp, int64_t ldx, const int32_t *rowsum, const int8_t *restrict panel,
-                        const int8_t *w, const eb_epi *e, int64_t m_lo, int64_t m_hi, int64_t K, int64_t n0, int nn) {
+                        const int8_t *w, const eb_epi *e, int64_t M, int64_t K, int64_t n0, int nn) {
     const int64_t K4 = ldx / 4;
     const int fast = nn == 16 && (!e->n_out || e->wo); /* the vector epilogue applies */
-    for (int64_t m0 = m_lo; m0 < m_hi; m0 += EB_PANEL_ROWS) {
-        const int mr = m_hi - m0 < EB_PANEL_ROWS ? (int)(m_hi - m0) : EB_PANEL_ROWS;
+    for (int64_t m0 = 0; m0 < M; m0 += EB_PANEL_ROWS) {
+        const int mr = M - m0 < EB_PANEL_ROWS ? (int)(M - m0) : EB_PANEL_ROWS;
         const int8_t *xr[EB_PANEL_ROWS];
         for (int r = 0; r < EB_PANEL_ROWS; r++) xr[r] = xp + (m0 + (r < mr ? r : 0)) * ldx; /* spare rows: discarded */
         int32_t acc[EB_PANEL_ROWS][16];
@@ -262,7 +262,7 @@ int eb_gemm_panels(const int8_t *x, int x_ready, const int8_t *w, const eb_epi *
                 if (p + 1 < npanels) /* the next panel's weight rows into L2 while this one computes */
                     for (int64_t off = 16 * K; off < 32 * K && n0 * K + off < N * K; off += 64)
                         _mm_prefetch((const char *)(w + n0 * K + off), _MM_HINT_T1);
-                panel_sweep(xp, ldx, rowsum, panel, w, e, 0, M, K, n0, nn);
+                panel_sweep(xp, ldx, rowsum, panel, w, e, M, K, n0, nn);
                 continue;
             }
             for (int j = 0; j < nn; j++)
