@@ -86,7 +86,10 @@ typedef struct {
     if (mr > R) {                                                                                                 \
         __m512 y = _mm512_mul_ps(_mm512_mul_ps(a##R, _mm512_set1_ps(e->xs[(m0 + R) * e->xs_stride])), ws16);    \
         if (e->bias) y = _mm512_add_ps(y, b16);                                                                   \
-        _mm512_mask_storeu_ps(e->out + (m0 + R) * e->N + n0, cols, y);                                            \
+        if (nn >= 16) /* plain stores where the panel is whole: masked ones are slower on Zen 4 */              \
+            _mm512_storeu_ps(e->out + (m0 + R) * e->N + n0, y);                                                   \
+        else                                                                                                      \
+            _mm512_mask_storeu_ps(e->out + (m0 + R) * e->N + n0, cols, y);                                        \
     }
 /* mr (<= 8) rows from m0 of the bfloat16 activations (ld apart) times one panel, finished into out. mr is a literal
  * at every call site (tile()), so the row tests fold away. */
