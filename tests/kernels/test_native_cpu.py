@@ -472,3 +472,17 @@ def test_int8_linear_scratch_reuse_is_safe(lib, gen):
     for t in threads:
         t.join()
     assert not errors
+
+
+def test_int8_kernels_decline_a_threshold_float32_rounds_to_zero(lib, gen):
+    """A positive threshold below float32's smallest subnormal would reach C as 0 (no outliers) while the reference
+    flags every column: the kernels hand such a call to the reference."""
+    from eightbit.functional.int8 import int8_linear_reference
+    from eightbit.functional.vectorwise import quantize_vectorwise
+    from eightbit.kernels.cpu.int8 import int8_linear_cpu, int8_vectorwise_quant_cpu
+
+    w_int8, w_absmax = quantize_vectorwise(torch.randn(5, 12, generator=gen))
+    x = torch.randn(3, 12, generator=gen)
+    assert int8_linear_cpu(x, w_int8, w_absmax, None, 1e-50) is NotImplemented
+    assert int8_vectorwise_quant_cpu(x, 1e-50) is NotImplemented
+    assert torch.equal(int8_linear_cpu(x, w_int8, w_absmax, None, 1e-40), int8_linear_reference(x, w_int8, w_absmax, None, 1e-40))

@@ -23,7 +23,6 @@ __all__ = ["register", "reference_only", "registered_kernels", "forced_reference
 
 _LIB = torch.library.Library("eightbit", "IMPL")
 _REGISTERED: dict[tuple[str, str], Callable] = {}
-_DISPATCH_KEYS = {"cpu": "CPU", "cuda": "CUDA"}
 _state = threading.local()
 
 
@@ -68,9 +67,9 @@ def register(op: str, device_type: str, *, available: Callable[[], bool] = lambd
             out = fn(*args, **kwargs)
             return references[op](*args, **kwargs) if out is NotImplemented else out
 
-        # Library.impl directly: torch.library.register_kernel wraps the kernel in a dynamo-disable frame, ~3 us
-        # a call (the op is opaque to dynamo either way: it traces the fake implementation, never this function)
-        _LIB.impl(op, kernel, _DISPATCH_KEYS.get(device_type, device_type.upper()))
+        # register_kernel wraps the kernel in a dynamo-disable frame (~3 us a call): kept, so that eager code
+        # between graph breaks of a compiled model never has dynamo try to trace a kernel's ctypes calls
+        torch.library.register_kernel(f"eightbit::{op}", device_type, kernel, lib=_LIB)
         _REGISTERED[(op, device_type)] = fn
         return fn
 

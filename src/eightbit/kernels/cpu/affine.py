@@ -1,7 +1,8 @@
 """Native CPU kernels of ``quantize_int8`` and ``finite_minmax`` (csrc/affine_cpu.c). ``quantize_int8``: the affine
 int8 codes in one pass, bit-identical to the reference's division, round, NaN-to-zero and clamp (five tensor passes
 and their temporaries there). ``finite_minmax``: min and max over the finite values in one pass (the reference
-runs amin, amax and, when anything is non-finite, a masked copy). Float32 inputs, one scale or slice per leading
+runs amin, amax and, when anything is non-finite, a masked copy), equal to it up to the sign of a zero result
+(+0 and -0 compare equal). Float32 inputs, one scale or slice per leading
 index; other dtypes and layouts go to the references."""
 from __future__ import annotations
 

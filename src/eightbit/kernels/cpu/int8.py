@@ -67,6 +67,12 @@ def int8_matmul_dequant_cpu(x_int8, x_absmax, w_int8, w_absmax) -> torch.Tensor:
     return acc * (x_absmax.unsqueeze(1) / _INT8_MAX) * (w_absmax.unsqueeze(0) / _INT8_MAX)
 
 
+def _threshold_fits(threshold: float) -> bool:
+    """Whether the C float the kernels take keeps the threshold's meaning: a positive one below float32's
+    smallest subnormal would become 0 (decomposition off) where the reference flags every column."""
+    return threshold <= 0 or float(torch.tensor(threshold, dtype=torch.float32)) > 0
+
+
 def prepare(x: torch.Tensor, threshold: float):
     """``eb_int8_prepare`` on float32 ``x`` [M, K]: (int8 codes, outlier columns zeroed; float32 absmax [M]; uint8
     outlier flags [K]), or None when the reference must run (a row with NaN/Inf or a subnormal scale)."""
@@ -84,7 +90,7 @@ def prepare(x: torch.Tensor, threshold: float):
 @register("int8_vectorwise_quant", "cpu", available=native.available)
 def int8_vectorwise_quant_cpu(x: torch.Tensor, threshold: float):
     """Kernel of ``int8_vectorwise_quant``: one native pass for the outlier scan and the row quantization."""
-    if x.numel() == 0 or native.library() is None:
+    if x.numel() == 0 or native.library() is None or not _threshold_fits(threshold):
         return NotImplemented
     prepared = prepare(x, threshold)
     if prepared is None:
@@ -123,7 +129,7 @@ def int8_linear_cpu(x, weight, weight_absmax, bias, threshold):
     Output cast to ``x.dtype``."""
     m, k = x.shape
     lib = native.library()
-    if m == 0 or k > _NATIVE_MAX_K or lib is None:
+    if m == 0 or k > _NATIVE_MAX_K or lib is None or not _threshold_fits(threshold):
         return NotImplemented
     n = weight.shape[0]
     xf = (x if x.dtype == torch.float32 else x.float()).contiguous()

@@ -37,7 +37,8 @@ void eb_quantize_int8(const float *x, const float *scale, const int32_t *zero_po
 
 /* Per row of cols float32 values: lo = min and hi = max over the finite values; a row without any gives
  * lo = +Inf, hi = -Inf, or 0 and 0 with zero_empty (the finite_minmax op's convention; without it the caller
- * reduces several rows of one slice first). Exact (min and max round nothing). */
+ * reduces several rows of one slice first). Exact (min and max round nothing), up to the sign of a zero result
+ * where +0 and -0 both occur: like torch's amin/amax, which zero is returned then depends on the order. */
 void eb_finite_minmax(const float *x, int64_t rows, int64_t cols, int32_t zero_empty, float *lo, float *hi) {
 #pragma omp parallel for schedule(static) if (rows * cols >= 65536 && rows > 1)
     for (int64_t r = 0; r < rows; r++) {
