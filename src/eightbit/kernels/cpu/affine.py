@@ -2,8 +2,8 @@
 int8 codes in one pass, bit-identical to the reference's division, round, NaN-to-zero and clamp (five tensor passes
 and their temporaries there). ``finite_minmax``: min and max over the finite values in one pass (the reference
 runs amin, amax and, when anything is non-finite, a masked copy), equal to it up to the sign of a zero result
-(+0 and -0 compare equal). Float32 inputs, one scale or slice per leading
-index; other dtypes and layouts go to the references."""
+(+0 and -0 compare equal). Float32 inputs, one scale or slice per leading index; other dtypes and layouts go to
+the references."""
 from __future__ import annotations
 
 import torch
@@ -28,9 +28,6 @@ def quantize_int8_cpu(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Te
     return out.view(torch.int8) if symmetric else out
 
 
-_UNIT = 1 << 16  # values per row when one slice covers the whole tensor (rows are what the kernel parallelizes)
-
-
 @register("finite_minmax", "cpu", available=native.available)
 def finite_minmax_cpu(x: torch.Tensor, axis: int | None):
     """Kernel of ``finite_minmax`` for float32 ``x``, per tensor or per slice along axis 0."""
@@ -43,12 +40,12 @@ def finite_minmax_cpu(x: torch.Tensor, axis: int | None):
         lo, hi = torch.empty(rows), torch.empty(rows)
         lib.eb_finite_minmax(p(xc), rows, n // rows, 1, p(lo), p(hi))
         return lo, hi
-    body, tail = divmod(n, _UNIT)
+    body, tail = divmod(n, native.ROW_UNIT)
     lo, hi = torch.empty(body + (tail > 0)), torch.empty(body + (tail > 0))
     if body:
-        lib.eb_finite_minmax(p(xc), body, _UNIT, 0, p(lo), p(hi))
+        lib.eb_finite_minmax(p(xc), body, native.ROW_UNIT, 0, p(lo), p(hi))
     if tail:
-        lib.eb_finite_minmax(p(xc) + 4 * body * _UNIT, 1, tail, 0, p(lo) + 4 * body, p(hi) + 4 * body)
+        lib.eb_finite_minmax(p(xc) + 4 * body * native.ROW_UNIT, 1, tail, 0, p(lo) + 4 * body, p(hi) + 4 * body)
     lo, hi = lo.min(), hi.max()
     if bool(lo.isinf()):  # no finite value anywhere
         return torch.zeros((), dtype=torch.float32), torch.zeros((), dtype=torch.float32)

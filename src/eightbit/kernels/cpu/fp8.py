@@ -11,12 +11,12 @@ their products are exact in float32), where the CPU has it; elsewhere the refere
 from __future__ import annotations
 
 import struct
+
 import torch
 
 from ...functional.fp8 import FORMAT_OF_DTYPE
 from ..registry import register
 from . import native
-
 
 
 def _bits_to_float(bits: int) -> float:

@@ -53,7 +53,7 @@ def native_gemm(x: torch.Tensor, x_absmax: torch.Tensor, w: torch.Tensor, w_absm
     ws = (w_absmax.float() / _INT8_MAX).contiguous()
     out = native.empty((m, n), dtype=torch.float32)
     p = native.ptr
-    native.library().eb_int8_gemm(p(x), p(w), p(xs), p(ws), None, None, 0, p(out), m, k, n)
+    native.library().eb_int8_gemm(p(x), p(w), p(xs), p(ws), p(out), m, k, n)
     return out
 
 

@@ -38,7 +38,7 @@ import torch
 
 from ..._memory import empty  # noqa: F401  (re-exported: the kernels' output buffers)
 
-__all__ = ["available", "empty", "library", "ptr", "build_key", "cache_dir", "MAX_BLOCK"]
+__all__ = ["available", "empty", "library", "ptr", "rowwise", "ROW_UNIT", "build_key", "cache_dir", "MAX_BLOCK"]
 
 MAX_BLOCK = 4096  # the C kernels' per-block scratch (csrc/blocks.h): larger blocks run the references
 
@@ -60,7 +60,7 @@ _SIGNATURES = {
     "eb_optim_f32": ([_i32, _vp, _vp, _vp, _vp, _vp, _i32, _i64], None),
     "eb_hyper_size": ([], _i64),
     "eb_lut_size": ([], _i64),
-    "eb_int8_gemm": ([_vp, _vp, _vp, _vp, _vp, _vp, _i64, _vp, _i64, _i64, _i64], None),
+    "eb_int8_gemm": ([_vp, _vp, _vp, _vp, _vp, _i64, _i64, _i64], None),
     "eb_int8_prepare": ([_vp, _i64, _i64, ctypes.c_float, _vp, _vp, _vp], ctypes.c_int),
     "eb_int8_linear": ([_vp, _i64, _i64, _vp, _vp, _vp, _i64, ctypes.c_float, _i64, _vp, _vp, _vp, _vp, _vp, _vp,
                         _vp, _vp], _i64),
@@ -219,14 +219,12 @@ def ptr(t: torch.Tensor | None) -> int | None:
     return None if t is None else t.data_ptr()
 
 
-# output buffers backed by huge pages: eightbit._memory.empty (also used by the streaming loader)
-
-
 # ---------------------------------------------------------------- row-wise element casts
-_UNIT = 1 << 16  # elements per work unit when one scale covers everything
+ROW_UNIT = 1 << 16  # elements per row when one parameter covers a whole tensor (rows are what kernels parallelize)
 
 
-def rowwise(x: torch.Tensor, params: Sequence[torch.Tensor], call: Callable, out_dtype: torch.dtype) -> torch.Tensor | None:
+def rowwise(x: torch.Tensor, params: Sequence[torch.Tensor], call: Callable,
+            out_dtype: torch.dtype) -> torch.Tensor | None:
     """Run a native row-wise cast ``call(lib, x_ptr, param_ptrs, param_stride, rows, cols, out_ptr)`` over a
     contiguous ``x`` whose per-row parameters (``params``: scales, zero points, all of one layout) are one value
     each or one per leading index (shaped to broadcast against ``x``); None when that does not fit. Float
@@ -238,14 +236,14 @@ def rowwise(x: torch.Tensor, params: Sequence[torch.Tensor], call: Callable, out
     n = x.numel()
     out = empty(x.shape, dtype=out_dtype)
     xi, oi = x.element_size(), out.element_size()
-    if all(t.numel() == 1 for t in params):  # one value each: cut the data into rows of _UNIT so the kernel can parallelize
+    if all(t.numel() == 1 for t in params):  # one value each: rows of ROW_UNIT, so the kernel can parallelize
         ps = [t.reshape(1).contiguous() for t in params]
         pp = [ptr(t) for t in ps]
-        body = n // _UNIT
+        body = n // ROW_UNIT
         if body:
-            call(lib, ptr(x), pp, 0, body, _UNIT, ptr(out))
-        if n % _UNIT:
-            call(lib, ptr(x) + body * _UNIT * xi, pp, 0, 1, n % _UNIT, ptr(out) + body * _UNIT * oi)
+            call(lib, ptr(x), pp, 0, body, ROW_UNIT, ptr(out))
+        if n % ROW_UNIT:
+            call(lib, ptr(x) + body * ROW_UNIT * xi, pp, 0, 1, n % ROW_UNIT, ptr(out) + body * ROW_UNIT * oi)
         return out
     rows = x.shape[0]
     if any(t.shape[:1] != (rows,) or t.numel() != rows or t.dim() != x.dim() for t in params):

@@ -224,9 +224,10 @@ static void gemm(const int8_t *x, int x_ready, const int8_t *w, const eb_epi *e,
     gemm_rows(x, w, e, M, K, N); /* with x_ready the panel nest never fails (it allocates nothing it needs) */
 }
 
-void eb_int8_gemm(const int8_t *x, const int8_t *w, const float *xs, const float *ws, const float *xo,
-                  const int64_t *cols, int64_t n_out, float *out, int64_t M, int64_t K, int64_t N) {
-    const eb_epi e = {xs, ws, xo, cols, NULL, n_out, NULL, NULL, out, N};
+/* out [M, N] = (x @ w.T) * outer(xs, ws), exact int32 sums (int8_matmul_dequant). */
+void eb_int8_gemm(const int8_t *x, const int8_t *w, const float *xs, const float *ws, float *out, int64_t M, int64_t K,
+                  int64_t N) {
+    const eb_epi e = {xs, ws, NULL, NULL, NULL, 0, NULL, NULL, out, N};
     gemm(x, 0, w, &e, M, K, N);
 }
 
