@@ -280,7 +280,7 @@ def test_optimizer_state_bytes_counts_8bit_state():
     biases = sum(p.numel() for n, p in model.named_parameters() if n.endswith("bias"))
     nblocks = sum(-(-p.numel() // W.BLOCKSIZE) for n, p in model.named_parameters() if n.endswith("weight"))
     n8 = sum(1 for n, _ in model.named_parameters() if n.endswith("weight"))
-    counters = 6 * 2 * 8 + n8 * 8  # step, skipped_steps (int64) per parameter; blocksize per 8-bit one
+    counters = 6 * 3 * 8 + n8 * 8  # step, skipped_steps, skipped_blocks (int64) per parameter; blocksize per 8-bit one
     code_maps = 2 * 256 * 4  # the signed and unsigned dynamic maps, shared by every parameter
     assert optimizer_state_bytes(opt) == 2 * weights + 2 * 4 * nblocks + 2 * 4 * biases + counters + code_maps
 

@@ -80,10 +80,12 @@ def test_stochastic_rounding_bit_identical_and_unbiased(lib, gen, code_name):
     code = CODES[code_name]()
     x = _hostile(2048 * 9, gen, nonneg=code_name.endswith("unsigned")).view(9, 2048)
     x[4, 9] = float("nan")  # a flagged block rounds nothing
-    seed, first = int(torch.randint(2**31 - 1, (1,), generator=gen)), 2**33 + 12345  # index wraps past 2^31
-    q, absmax = native_quantize(x, code, seed=seed, first=first)
-    q_ref, absmax_ref = quantize_blocks(x, codebook(code), seed, first)
-    assert torch.equal(q, q_ref) and torch.equal(absmax.nan_to_num(), absmax_ref.nan_to_num())
+    seed = int(torch.randint(2**31 - 1, (1,), generator=gen))
+    # the element counter is taken mod 2^31: far past it, and a block that crosses it (its hashes cannot step)
+    for first in (2**33 + 12345, 2**31 - 1000):
+        q, absmax = native_quantize(x, code, seed=seed, first=first)
+        q_ref, absmax_ref = quantize_blocks(x, codebook(code), seed, first)
+        assert torch.equal(q, q_ref) and torch.equal(absmax.nan_to_num(), absmax_ref.nan_to_num()), first
     # unbiased: the mean over many seeds of the dequantized value approaches x (RTN stays biased)
     x1 = torch.rand(1, 2048, generator=gen) * 0.01 + 0.5  # inside one code interval of every map
     x1[0, 0] = 1.0  # pins absmax
@@ -171,6 +173,44 @@ def test_optimizer_native_matches_reference(lib, gen, name, kw):
             assert torch.equal(v, o2.state[p2][k]), (k, step)
         diff = p1.detach() != p2.detach()
         assert not diff.any(), f"step {step}: {int(diff.sum())} parameters differ, first at {int(diff.nonzero()[0])}"
+
+
+@pytest.mark.parametrize("bs", [64, 256, 2048])
+def test_adam_native_scale_folding_and_its_fallbacks(lib, gen, bs):
+    """Adam's fused pass folds a block's power-of-two scale into its decode tables (AVX-512 VBMI) only while the
+    smallest code stays a normal float: blocks of tiny gradients (scales of 2^-110 and below, and all-zero
+    blocks with absmax 0) take the multiplying decoder. Bit-identical to the reference either way, with the
+    blocks mixed in one tensor, over several steps, NaN/Inf blocks skipped."""
+    n = bs * 12 + 40
+    p1 = torch.nn.Parameter(torch.randn(n, generator=gen))
+    p2 = torch.nn.Parameter(p1.detach().clone())
+    o1, o2 = O.AdamW8bit([p1], 1e-3, blocksize=bs), O.AdamW8bit([p2], 1e-3, blocksize=bs)
+    for step in range(5):
+        g = torch.randn(n, generator=gen)
+        g[:bs] *= 1e-20  # v underflows to 0 or near it: absmax 0 or far below 2^-103
+        g[bs : 2 * bs] *= 1e-17
+        g[2 * bs : 3 * bs] = 0.0
+        g[3 * bs : 4 * bs] *= 1e18  # scales near the top of the float range
+        if step == 3:
+            g[5 * bs + 1], g[-1] = float("nan"), float("inf")
+        p1.grad, p2.grad = g.clone(), g.clone()
+        o1.step()
+        with reference_only():
+            o2.step()
+        for k, v in o1.state[p1].items():
+            assert torch.equal(v, o2.state[p2][k]), (k, step)
+        assert torch.equal(p1.detach(), p2.detach()), step
+    assert int(o1.state[p1]["skipped_blocks"]) == 2
+
+
+def test_optimizer_update_rejects_a_malformed_skip_counter(gen):
+    from eightbit.functional.optimizer import OptimHyper, optimizer_update
+    p, g = torch.randn(100, generator=gen), torch.randn(100, generator=gen)
+    s = [torch.zeros(100)]
+    for bad in (torch.zeros(1), torch.zeros(2, dtype=torch.int64), 3):
+        with pytest.raises(ValueError, match="skipped"):
+            optimizer_update("momentum", p, g, s, [], [], OptimHyper(lr=0.1), wd_mode=0, blocksize=64, seeds=[-1],
+                             skipped=bad)
 
 
 def test_adam_native_thread_split_is_deterministic(lib, gen):

@@ -168,7 +168,7 @@ def test_nonfinite_propagate_isolated_to_block(cls, gen):
 def test_nonfinite_skip_and_raise(bad, gen):
     p = torch.nn.Parameter(torch.randn(5000, generator=gen))
     q = torch.nn.Parameter(torch.randn(5000, generator=gen))
-    opt = O.AdamW8bit([p, q], lr=1e-2)
+    opt = O.AdamW8bit([p, q], lr=1e-2, nonfinite="skip")
     p.grad, q.grad = torch.randn_like(p), torch.randn_like(q)
     opt.step()
     snap = {k: v.clone() for k, v in opt.state[p].items()}
@@ -181,11 +181,82 @@ def test_nonfinite_skip_and_raise(bad, gen):
     for k, v in snap.items():
         if k != "skipped_steps":
             assert torch.equal(opt.state[p][k], v), k
-    assert int(opt.state[p]["skipped_steps"]) == 1
+    assert int(opt.state[p]["skipped_steps"]) == 1 and int(opt.state[p]["skipped_blocks"]) == 0
     assert not torch.equal(q.detach(), q_snap)  # the other parameter still stepped
     opt_r = O.AdamW8bit([p], lr=1e-2, nonfinite="raise")
     with pytest.raises(FloatingPointError, match="non-finite"):
         opt_r.step()
+
+
+SKIP_BLOCK_CASES = {  # optimizer, its arguments, 8-bit or 32-bit state
+    "AdamW8bit": (O.AdamW8bit, {}), "AdamW32bit": (O.AdamW32bit, {}), "Lion8bit": (O.Lion8bit, {}),
+    "SGD8bit": (O.SGD8bit, {"momentum": 0.9}), "RMSprop8bit": (O.RMSprop8bit, {}), "Adagrad8bit": (O.Adagrad8bit, {}),
+    "AdEMAMix8bit": (O.AdEMAMix8bit, {}),
+}
+
+
+@pytest.mark.parametrize("name", list(SKIP_BLOCK_CASES))
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_nonfinite_skip_block_default(name, bad, gen):
+    """The default: a block whose gradient holds a NaN/Inf keeps its values and state, every other block steps
+    exactly as with a clean gradient (the kernel and the reference alike), and state["skipped_blocks"] counts."""
+    cls, kw = SKIP_BLOCK_CASES[name]
+    n, bs = 8 * 256 + 100, 256  # the partial last block (100 values) can be skipped too
+    p = torch.nn.Parameter(torch.randn(n, generator=gen))
+    opt = cls([p], lr=1e-3, blocksize=bs, min_8bit_size=0, **kw)
+    p.grad = torch.randn(n, generator=gen)
+    opt.step()
+    clean = cls([torch.nn.Parameter(p.detach().clone())], lr=1e-3, blocksize=bs, min_8bit_size=0, **kw)
+    clean.load_state_dict(opt.state_dict())
+    cp = clean.param_groups[0]["params"][0]
+    before = {k: v.clone() for k, v in opt.state[p].items()}
+    p_before = p.detach().clone()
+    g = torch.randn(n, generator=gen)
+    cp.grad = g.clone()
+    clean.step()
+    g[3 * bs + 7], g[8 * bs + 99] = bad, bad
+    p.grad = g
+    twin = cls([torch.nn.Parameter(p_before.clone())], lr=1e-3, blocksize=bs, min_8bit_size=0, **kw)
+    twin.load_state_dict(opt.state_dict())  # the same step under the reference: the kernel must agree
+    tp = twin.param_groups[0]["params"][0]
+    tp.grad = g.clone()
+    with reference_only():
+        twin.step()
+    opt.step()
+    skipped = torch.zeros(n, dtype=torch.bool)
+    skipped[3 * bs : 4 * bs] = skipped[8 * bs :] = True
+    assert torch.equal(p.detach()[skipped], p_before[skipped])
+    assert torch.equal(p.detach()[~skipped], cp.detach()[~skipped])
+    assert torch.equal(p.detach(), tp.detach())
+    block_skipped = torch.tensor([i in (3, 8) for i in range(9)])
+    for k, v in opt.state[p].items():
+        assert torch.equal(v, twin.state[tp][k]), k
+        if k.startswith("absmax"):
+            assert torch.equal(v[block_skipped], before[k][block_skipped]), k
+            assert torch.equal(v[~block_skipped], clean.state[cp][k][~block_skipped]), k
+        elif isinstance(v, torch.Tensor) and v.shape == p.shape:
+            assert torch.equal(v[skipped], before[k][skipped]), k
+            assert torch.equal(v[~skipped], clean.state[cp][k][~skipped]), k
+    assert int(opt.state[p]["skipped_blocks"]) == 2 and int(opt.state[p]["skipped_steps"]) == 0
+    assert int(opt.state[p]["step"]) == 2
+
+
+def test_nonfinite_skip_block_acts_as_skip_when_norms_come_first(gen):
+    """Percentile clipping and LAMB's trust ratio read the whole gradient first: the whole parameter is skipped."""
+    for opt_fn in (lambda ps: O.AdamW8bit(ps, lr=1e-3, percentile_clipping=90), lambda ps: O.LAMB8bit(ps, lr=1e-3)):
+        p = torch.nn.Parameter(torch.randn(4096, generator=gen))
+        opt = opt_fn([p])
+        p.grad = torch.randn(4096, generator=gen)
+        opt.step()
+        snap, p_snap = {k: v.clone() for k, v in opt.state[p].items()}, p.detach().clone()
+        p.grad = torch.randn(4096, generator=gen)
+        p.grad[5] = float("nan")
+        opt.step()
+        assert torch.equal(p.detach(), p_snap)
+        assert int(opt.state[p]["skipped_steps"]) == 1
+        for k, v in snap.items():
+            if k != "skipped_steps":
+                assert torch.equal(opt.state[p][k], v), k
 
 
 @pytest.mark.parametrize(

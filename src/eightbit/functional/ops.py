@@ -52,7 +52,7 @@ SCHEMAS: dict[str, str] = {
     # optimizers: one update step of one parameter, state kept block-wise in 8 bits or in float32
     "optimizer_update": (
         "(str rule, Tensor(a!) p, Tensor g, Tensor(b!)[] states, Tensor(c!)[] absmaxes, Tensor[] codes, "
-        "float[] hyper, int wd_mode, int blocksize, int[] seeds) -> ()"
+        "float[] hyper, int wd_mode, int blocksize, int[] seeds, Tensor(d!)? skipped=None) -> ()"
     ),
     "optimizer_update_norm": (
         "(str rule, Tensor p, Tensor g, Tensor[] states, Tensor[] absmaxes, Tensor[] codes, float[] hyper, "
@@ -170,7 +170,7 @@ def _(x, scale, zero_point, axis, symmetric):
 
 
 @_fake("optimizer_update")
-def _(rule, p, g, states, absmaxes, codes, hyper, wd_mode, blocksize, seeds):
+def _(rule, p, g, states, absmaxes, codes, hyper, wd_mode, blocksize, seeds, skipped=None):
     return None
 
 

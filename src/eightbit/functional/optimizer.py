@@ -178,7 +178,7 @@ def _chunks(n: int, blocksize: int):
         yield nfull * blocksize, n, n - nfull * blocksize
 
 
-def _steps(rule, p, g, states, absmaxes, codes, hyper, wd_mode, blocksize, seeds, write):
+def _steps(rule, p, g, states, absmaxes, codes, hyper, wd_mode, blocksize, seeds, write, skipped=None):
     fn = RULES[rule]
     cd = compute_dtype(p)
     h = _scalars(hyper, cd, p.device)
@@ -203,25 +203,35 @@ def _steps(rule, p, g, states, absmaxes, codes, hyper, wd_mode, blocksize, seeds
         if not write:
             total += d.float().square().sum()
             continue
+        keep = None  # (nb, 1): blocks whose gradient is finite (all of them unless skipped is given)
+        if skipped is not None:
+            keep = torch.isfinite(gf[lo:hi].view(nb, width)).all(dim=1, keepdim=True)
+            skipped += (~keep).sum()
         for i, (f, s) in enumerate(zip(flats, new)):
+            old = f[lo:hi].view(nb, width)
             if eight:
                 q, a = quantize_blocks(s.float(), cbs[i], seeds[i], lo)
-                f[lo:hi] = q.view(-1)
+                if keep is not None:
+                    q, a = torch.where(keep, q, old), torch.where(keep[:, 0], a, absmaxes[i][b0 : b0 + nb])
+                f[lo:hi] = q.reshape(-1)
                 absmaxes[i][b0 : b0 + nb] = a
             else:
-                f[lo:hi] = s.reshape(-1).to(f.dtype)
+                f[lo:hi] = (s if keep is None else torch.where(keep, s.to(f.dtype), old)).reshape(-1).to(f.dtype)
         if wd_mode == WD_DECOUPLED:
             p32 = p32 * (1 - h.lr * h.weight_decay)
-        pf[lo:hi] = (p32 - (h.lr * h.update_scale) * d).view(-1).to(p.dtype)
+        new_p = (p32 - (h.lr * h.update_scale) * d).to(p.dtype)
+        pf[lo:hi] = (new_p if keep is None else torch.where(keep, new_p, pf[lo:hi].view(nb, width))).reshape(-1)
     return total
 
 
 @ops.reference("optimizer_update")
 def optimizer_update_reference(rule: str, p: torch.Tensor, g: torch.Tensor, states: list[torch.Tensor],
                                absmaxes: list[torch.Tensor], codes: list[torch.Tensor], hyper: list[float],
-                               wd_mode: int, blocksize: int, seeds: list[int]) -> None:
-    """Reference of the ``optimizer_update`` op: one step of ``rule`` in place on ``p`` and its ``states``."""
-    _steps(rule, p, g, states, absmaxes, codes, hyper, wd_mode, blocksize, seeds, True)
+                               wd_mode: int, blocksize: int, seeds: list[int],
+                               skipped: torch.Tensor | None = None) -> None:
+    """Reference of the ``optimizer_update`` op: one step of ``rule`` in place on ``p`` and its ``states``
+    (blocks whose gradient holds a NaN/Inf left as they are and counted in ``skipped`` when it is given)."""
+    _steps(rule, p, g, states, absmaxes, codes, hyper, wd_mode, blocksize, seeds, True, skipped)
 
 
 @ops.reference("optimizer_update_norm")
@@ -256,18 +266,27 @@ def _check_update_args(rule, p, g, states, absmaxes, codes, blocksize) -> None:
 
 def optimizer_update(rule: str, p: torch.Tensor, g: torch.Tensor, states: list[torch.Tensor],
                      absmaxes: list[torch.Tensor], codes: list[torch.Tensor], hyper: OptimHyper, *,
-                     wd_mode: int, blocksize: int, seeds: list[int]) -> None:
+                     wd_mode: int, blocksize: int, seeds: list[int], skipped: torch.Tensor | None = None) -> None:
     """One step of ``rule`` (see ``RULES``) on contiguous parameter ``p`` with gradient ``g``, in place.
 
     ``states``: the rule's states, uint8 codes (8-bit: ``absmaxes`` float32 (ceil(numel / blocksize),) and
     ``codes`` 256-entry code maps, one per state) or float32 (float64 for float64 ``p``; ``absmaxes`` and
     ``codes`` empty). ``seeds[i] >= 0`` rounds 8-bit state i stochastically with that seed, ``-1`` to nearest.
-    Raises ValueError for an unknown rule or mismatched states."""
+    ``skipped``: None (a NaN/Inf in ``g`` reaches the parameter and flags its states' blocks), or an int64 tensor
+    of one element on ``p``'s device: each block of ``blocksize`` values (the last may be shorter; 32-bit states
+    too) whose gradient holds a NaN/Inf is left untouched, parameter and states, and ``skipped`` grows by their
+    number. The check rides on the update's own read of the gradient (no extra pass).
+    Raises ValueError for an unknown rule, mismatched states or a malformed ``skipped``."""
     _check_update_args(rule, p, g, states, absmaxes, codes, blocksize)
     if len(seeds) != len(states):
         raise ValueError(f"seeds must have one entry per state, got {len(seeds)} for {len(states)} states")
+    if skipped is not None and (not isinstance(skipped, torch.Tensor) or skipped.dtype != torch.int64
+                                or skipped.numel() != 1 or skipped.device != p.device):
+        got = (f"{skipped.dtype} of shape {tuple(skipped.shape)} on {skipped.device}"
+               if isinstance(skipped, torch.Tensor) else type(skipped).__name__)
+        raise ValueError(f"skipped must be None or an int64 tensor of one element on {p.device}, got {got}")
     ops.optimizer_update(rule, p, g.contiguous(), states, absmaxes, codes, hyper.as_list(), wd_mode, blocksize,
-                         [int(s) for s in seeds])
+                         [int(s) for s in seeds], skipped)
 
 
 def optimizer_update_norm(rule: str, p: torch.Tensor, g: torch.Tensor, states: list[torch.Tensor],

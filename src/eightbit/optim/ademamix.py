@@ -35,7 +35,7 @@ class AdEMAMix(Optimizer8bit):
         percentile_clipping: float = 100,
         max_unorm: float = 0.0,
         blocksize: int = 2048,
-        nonfinite: str = "skip",
+        nonfinite: str = "skip_block",
         state_code: str = "auto",
         stochastic_rounding: bool = True,
     ) -> None:

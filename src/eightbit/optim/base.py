@@ -35,7 +35,7 @@ except Exception:  # pragma: no cover - torch built without distributed
 
 __all__ = ["Optimizer8bit", "bit_variants", "WD_NONE", "WD_L2", "WD_DECOUPLED"]
 
-NONFINITE_CHOICES = ("skip", "raise", "propagate")
+NONFINITE_CHOICES = ("skip_block", "skip", "raise", "propagate")
 # state_code -> (signed, device) -> Codebook of the 8-bit states
 STATE_CODES = {"binary": binary_codebook, "dynamic": dynamic_codebook}
 
@@ -103,9 +103,14 @@ class Optimizer8bit(torch.optim.Optimizer):
     Keyword options common to all: ``optim_bits`` (8 or 32), ``min_8bit_size`` (tensors with fewer elements
     keep 32-bit state), ``percentile_clipping`` (clip the gradient at this percentile of the last 100
     gradient norms of the parameter; 100 = off), ``max_unorm`` (cap ||update|| at max_unorm * ||param||;
-    0 = off), ``blocksize`` (64..4096), ``nonfinite``: "skip" (default: a parameter whose gradient holds a
-    NaN/Inf is left untouched, param and all its state, and ``state["skipped_steps"]`` counts it), "raise"
-    (FloatingPointError) or "propagate" (no check; the NaN reaches only the quantization blocks it is in).
+    0 = off), ``blocksize`` (64..4096), ``nonfinite``: what a gradient holding NaN/Inf does. "skip_block"
+    (default): each block of ``blocksize`` values whose gradient holds one is left untouched, parameter values
+    and state, the other blocks step, and ``state["skipped_blocks"]`` counts them; the update kernel checks each
+    block as it reads it, so this costs no extra pass over the gradient. With percentile clipping or an update
+    norm (LAMB, LARS, ``max_unorm``), which read the whole gradient before the update, it acts as "skip".
+    "skip": the whole parameter is left untouched, values and all state, and ``state["skipped_steps"]`` counts
+    it (one more read of the gradient per step). "raise": FloatingPointError, nothing changed. "propagate": no
+    check (the NaN reaches the parameter and the quantization blocks it is in).
     ``stochastic_rounding`` (default True): 8-bit unsigned states (second moments, Adagrad sums) are rounded
     up or down at random, unbiased, with a counter-based hash of (step, element) (reproducible; see
     `eightbit.functional.rounding`), so that they keep following changes smaller than half a code step;
@@ -227,6 +232,7 @@ class Optimizer8bit(torch.optim.Optimizer):
         pin = home.type == "cpu" and paging.pinned(dev)
         state["step"] = torch.zeros((), dtype=torch.int64)
         state["skipped_steps"] = torch.zeros((), dtype=torch.int64)
+        state["skipped_blocks"] = torch.zeros((), dtype=torch.int64, device=dev)  # where the update kernel runs
         if config["percentile_clipping"] < 100:
             state["gnorm_history"] = torch.zeros(100, dtype=torch.float32, device=dev)
         if eight and self.state_spec(config):
@@ -321,7 +327,8 @@ class Optimizer8bit(torch.optim.Optimizer):
             expected |= set(names)
         if config["percentile_clipping"] < 100:
             expected.add("gnorm_history")
-        missing, unknown = expected - set(st) - {"skipped_steps"}, set(st) - expected
+        expected.add("skipped_blocks")
+        missing, unknown = expected - set(st) - {"skipped_steps", "skipped_blocks"}, set(st) - expected
         if missing or unknown:
             raise ValueError(f"{where}: missing entries {sorted(missing)}, unexpected entries {sorted(unknown)} "
                              f"for {type(self).__name__} (expected {sorted(expected)})")
@@ -345,7 +352,7 @@ class Optimizer8bit(torch.optim.Optimizer):
                 _check_entry(where, name, st[name], compute_dtype(p), tuple(p.shape))
         if "gnorm_history" in expected:
             _check_entry(where, "gnorm_history", st["gnorm_history"], torch.float32, (100,))
-        for name in ("step", "skipped_steps"):
+        for name in ("step", "skipped_steps", "skipped_blocks"):
             v = st.get(name, 0)
             if not (isinstance(v, int) or (isinstance(v, torch.Tensor) and v.numel() == 1 and not v.is_floating_point())):
                 raise ValueError(f"{where}[{name!r}] must be an integer count, got {v!r}")
@@ -388,11 +395,20 @@ class Optimizer8bit(torch.optim.Optimizer):
         state = self.state[p]
         if not state:
             self._init_state(pl, state, config, p.numel() * (2 if p.is_complex() else 1))
-        if config["nonfinite"] != "propagate" and not _all_finite(gl, groups):
-            if config["nonfinite"] == "raise":
+        mode = config["nonfinite"]
+        norms_first = config["percentile_clipping"] < 100 or self.needs_update_norm(config)
+        if mode == "skip_block" and norms_first:
+            mode = "skip"  # a NaN would reach the gradient-norm history or the update norm before the update
+        if mode in ("skip", "raise") and not _all_finite(gl, groups):
+            if mode == "raise":
                 raise FloatingPointError(f"non-finite gradient for a parameter of shape {tuple(p.shape)}")
             state["skipped_steps"] += 1
             return False
+        skipped = None
+        if mode == "skip_block":  # checked by the update kernel, block by block
+            skipped = state.get("skipped_blocks")
+            if skipped is None or skipped.device != pl.device:  # a state saved before the counter existed
+                skipped = state["skipped_blocks"] = torch.zeros((), dtype=torch.int64, device=pl.device)
         state["step"] += 1
         step = int(state["step"])
         grad_scale = self._percentile_scale(gl, state, config, step, groups)
@@ -416,7 +432,8 @@ class Optimizer8bit(torch.optim.Optimizer):
             else:
                 unorm, pnorm = float(usq) ** 0.5, float(work.float().norm())
             h = dataclasses.replace(h, update_scale=self.update_scale(unorm, pnorm, config))
-        optimizer_update(rule, work, g, states, absmaxes, codes, h, wd_mode=wd_mode, blocksize=bs, seeds=seeds)
+        optimizer_update(rule, work, g, states, absmaxes, codes, h, wd_mode=wd_mode, blocksize=bs, seeds=seeds,
+                         skipped=skipped)
         if paged:
             paging.write_back(host, on_device)
         if work is not pl:

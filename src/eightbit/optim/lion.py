@@ -27,7 +27,7 @@ class Lion(Optimizer8bit):
         percentile_clipping: float = 100,
         max_unorm: float = 0.0,
         blocksize: int = 2048,
-        nonfinite: str = "skip",
+        nonfinite: str = "skip_block",
         state_code: str = "auto",
     ) -> None:
         super().__init__(params, dict(

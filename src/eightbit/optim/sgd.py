@@ -30,7 +30,7 @@ class SGD(Optimizer8bit):
         percentile_clipping: float = 100,
         max_unorm: float = 0.0,
         blocksize: int = 2048,
-        nonfinite: str = "skip",
+        nonfinite: str = "skip_block",
         state_code: str = "auto",
     ) -> None:
         if nesterov and (momentum <= 0 or dampening != 0):

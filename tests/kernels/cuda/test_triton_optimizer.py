@@ -55,7 +55,7 @@ def triton_ops(monkeypatch):
     monkeypatch.setattr(ops, "optimizer_update_norm", norm)
 
 
-def _run(name, kw, gen, dtype=torch.float32, steps=5):
+def _run(name, kw, gen, dtype=torch.float32, steps=5, bad=False):
     n = 2048 * 3 + 77  # full blocks and the partial last block
     p2 = torch.nn.Parameter(torch.randn(n, generator=gen).to(dtype))  # the reference's, on the CPU
     p1 = torch.nn.Parameter(on(p2.detach().clone()))
@@ -65,9 +65,16 @@ def _run(name, kw, gen, dtype=torch.float32, steps=5):
     for step in range(steps):
         g = torch.randn(n, generator=gen)
         g[100:300] *= 1e4  # outliers in one block
+        if bad and step:  # nonfinite="skip_block" (the default): these blocks must not move
+            g[2048 + 5], g[n - 1] = float("nan"), -float("inf")
         p1.grad, p2.grad = on(g.clone().to(dtype)), g.clone().to(dtype)
         before = p2.detach().float().clone()
+        before1 = back(p1.detach()).clone()
         o1.step()
+        if bad and step:
+            kept = torch.zeros(n, dtype=torch.bool)
+            kept[2048:4096] = kept[3 * 2048:] = True
+            assert torch.equal(back(p1.detach())[kept], before1[kept]), step
         with reference_only():
             o2.step()
         moved = p2.detach().float() - before
@@ -101,6 +108,13 @@ def test_states_bit_identical_to_reference(triton_ops, gen, name, kw):
 @pytest.mark.parametrize("name", ["AdamW8bit", "Lion8bit", "AdamW32bit"])
 def test_bfloat16_parameters(triton_ops, gen, name):
     _run(name, {}, gen, dtype=torch.bfloat16, steps=3)
+
+
+@pytest.mark.parametrize("name", ["AdamW8bit", "AdamW32bit", "Lion8bit", "RMSprop8bit"])
+def test_skip_block_equals_reference(triton_ops, gen, name):
+    """nonfinite="skip_block": blocks whose gradient holds a NaN/Inf keep values and state; the states and the
+    skipped-block count bit-identical to the reference's."""
+    _run(name, {}, gen, steps=3, bad=True)
 
 
 def test_nan_gradient_block_isolated(triton_ops, gen):

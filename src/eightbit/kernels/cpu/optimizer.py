@@ -38,19 +38,23 @@ def _available() -> bool:
 
 
 @register("optimizer_update", "cpu", available=_available)
-def optimizer_update_cpu(rule, p, g, states, absmaxes, codes, hyper, wd_mode, blocksize, seeds):
+def optimizer_update_cpu(rule, p, g, states, absmaxes, codes, hyper, wd_mode, blocksize, seeds, skipped=None):
     """Kernel of ``optimizer_update`` for 8-bit or float32 states of float32 parameters (see the module docstring)."""
     k = len(states)
     lib = native.library()
     if (lib is None or rule not in NATIVE_RULES or k not in (1, 2) or blocksize > native.MAX_BLOCK
             or p.dtype != torch.float32 or g.dtype != torch.float32 or not p.is_contiguous()):
         return NotImplemented
+    skip = int(skipped is not None)
     if not absmaxes:  # 32-bit states: the rule in place on them (small tensors under min_8bit_size, 32-bit classes)
         if not all(s.dtype == torch.float32 and s.is_contiguous() and s.numel() == p.numel() for s in states):
             return NotImplemented
         g = g.contiguous()
-        lib.eb_optim_f32(NATIVE_RULES[rule], p.data_ptr(), g.data_ptr(), states[0].data_ptr(),
-                         states[1].data_ptr() if k == 2 else None, ctypes.byref(Hyper(*hyper)), wd_mode, p.numel())
+        n = lib.eb_optim_f32(NATIVE_RULES[rule], p.data_ptr(), g.data_ptr(), states[0].data_ptr(),
+                             states[1].data_ptr() if k == 2 else None, ctypes.byref(Hyper(*hyper)), wd_mode,
+                             p.numel(), blocksize, skip)
+        if n:
+            skipped += n
         return None
     tables = [native_tables(codebook(c)) for c in codes]
     if any(t is None for t in tables) or not all(a.is_contiguous() for a in absmaxes):
@@ -58,18 +62,22 @@ def optimizer_update_cpu(rule, p, g, states, absmaxes, codes, hyper, wd_mode, bl
     g = g.contiguous()
     n = p.numel()
     nfull = n // blocksize
-    h = Hyper(*hyper)
-    luts = (Lut * k)(*[t.lut for t in tables])
-    seed_arr = (ctypes.c_int64 * k)(*seeds)
+    h = ctypes.byref(Hyper(*hyper))
+    # pointers as plain integers (the second state's repeat the first's for one-state rules: unused there)
+    luts = [ctypes.addressof(t.lut) for t in tables] * (3 - k)
+    qs, ams = [s.data_ptr() for s in states] * (3 - k), [m.data_ptr() for m in absmaxes] * (3 - k)
+    sds = list(seeds) * (3 - k)
+    pp, gp = p.data_ptr(), g.data_ptr()
 
-    def run(first: int, nblocks: int, width: int) -> None:
-        q = (ctypes.c_void_p * k)(*[s.data_ptr() + first for s in states])
-        a = (ctypes.c_void_p * k)(*[m.data_ptr() + 4 * (first // blocksize) for m in absmaxes])
-        lib.eb_optim_blocks(NATIVE_RULES[rule], p.data_ptr() + 4 * first, g.data_ptr() + 4 * first, k, q, a, luts,
-                            ctypes.byref(h), wd_mode, seed_arr, first, nblocks, width)
+    def run(first: int, nblocks: int, width: int) -> int:
+        b = 4 * (first // blocksize)
+        return lib.eb_optim_blocks(NATIVE_RULES[rule], pp + 4 * first, gp + 4 * first, k, qs[0] + first,
+                                   qs[1] + first, ams[0] + b, ams[1] + b, luts[0], luts[1], h, wd_mode, sds[0],
+                                   sds[1], first, nblocks, width, skip)
 
-    if nfull:
-        run(0, nfull, blocksize)
+    bad = run(0, nfull, blocksize) if nfull else 0
     if n % blocksize:
-        run(nfull * blocksize, 1, n - nfull * blocksize)
+        bad += run(nfull * blocksize, 1, n - nfull * blocksize)
+    if bad:
+        skipped += bad
     return None

@@ -147,7 +147,7 @@ class Lut(ctypes.Structure):
                 ("bin_groups", ctypes.c_int32), ("bin_signed", ctypes.c_int32), ("bin_off", ctypes.c_int32 * 8),
                 ("bin_shift", ctypes.c_int32 * 8), ("bin_bottom", ctypes.c_int32 * 8),
                 ("bin_knear", ctypes.c_int32 * 32), ("bin_knegoff", ctypes.c_int32 * 32),
-                ("bin_kshift", ctypes.c_int32 * 32), ("bin_kshift2", ctypes.c_int32 * 32),
+                ("bin_kshift", ctypes.c_int32 * 32), ("bin_kdraw", ctypes.c_int32 * 32),
                 ("bin_bf16", ctypes.c_uint16 * 256)]
 
 
@@ -169,9 +169,10 @@ def binary_params(groups: tuple, signed: bool) -> tuple[list[int], list[int], li
 
 def binade_params(groups: tuple, signed: bool) -> tuple[list[int], list[int], list[int], list[int]]:
     """Per-binade tables of the 16-lane encoders (``csrc/bincode.h``), at position ``e & 31`` for float32
-    exponent field ``e`` (binade k = 126 - e, k = 0..31): (near, negoff, shift, shift2) with ``near`` = half a
+    exponent field ``e`` (binade k = 126 - e, k = 0..31): (near, negoff, shift, draw) with ``near`` = half a
     gap less one minus the group's offset (nearest magnitude ``(a + near + negative) >> shift``), ``negoff`` =
-    minus the offset, ``shift2`` = 32 - shift. Below the smallest code cmin the nearest entries give 0 or 1
+    minus the offset, ``draw`` = 24 - shift (a 24-bit draw shifted right by it is a uniform
+    integer below one gap: the stochastic magnitude is ``(a - offset + (draw' >> draw)) >> shift``). Below the smallest code cmin the nearest entries give 0 or 1
     split at cmin / 2 (binade of cmin / 2: shift 23; below: shift 31, i.e. 0); the stochastic encoder handles
     that region apart."""
     off, shift, bottom = binary_params(groups, signed)
@@ -181,7 +182,7 @@ def binade_params(groups: tuple, signed: bool) -> tuple[list[int], list[int], li
         t = bits - 1 - j
         per_binade += [(off[t], shift[t])] * binades
     half_min = bottom[0] - (1 << 23)  # bits of cmin / 2
-    near, negoff, sh, sh2 = [0] * 32, [0] * 32, [0] * 32, [0] * 32
+    near, negoff, sh, draw = [0] * 32, [0] * 32, [0] * 32, [0] * 32
     m32 = 0xFFFFFFFF
     for k in range(32):
         pos = (126 - k) & 31
@@ -194,9 +195,9 @@ def binade_params(groups: tuple, signed: bool) -> tuple[list[int], list[int], li
         else:
             o, s_ = off[0], 31
             near[pos] = 0
-        negoff[pos], sh[pos], sh2[pos] = (-o) & m32, s_, 32 - s_
+        negoff[pos], sh[pos], draw[pos] = (-o) & m32, s_, (24 - s_) & m32  # below cmin: >= 2^31 (shifts to 0)
     as_i32 = lambda v: [x - (1 << 32) if x >= 1 << 31 else x for x in v]  # noqa: E731
-    return as_i32(near), as_i32(negoff), sh, sh2
+    return as_i32(near), as_i32(negoff), sh, as_i32(draw)
 
 
 class NativeTables(NamedTuple):
@@ -221,7 +222,7 @@ def _build_native(cb: Codebook) -> NativeTables | None:
         off, shift, bottom = binary_params(cb.groups, cb.signed)
         s.bin_groups, s.bin_signed = len(cb.groups), int(cb.signed)
         s.bin_off[:], s.bin_shift[:], s.bin_bottom[:] = off, shift, bottom
-        s.bin_knear[:], s.bin_knegoff[:], s.bin_kshift[:], s.bin_kshift2[:] = binade_params(cb.groups, cb.signed)
+        s.bin_knear[:], s.bin_knegoff[:], s.bin_kshift[:], s.bin_kdraw[:] = binade_params(cb.groups, cb.signed)
         bits = code.view(torch.int32).to(torch.int64) & 0xFFFFFFFF
         assert not bool((bits & 0xFFFF).any()), "binary map codes fit bfloat16"  # at most 7 fraction bits
         s.bin_bf16[:] = (bits >> 16).tolist()

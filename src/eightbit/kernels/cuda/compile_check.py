@@ -73,11 +73,11 @@ def _cases():
                     sig[f"{prefix}{i}"] = "*fp32" if (eight and i < k) else _KIND_PTR[p_kind]
             for name in ("z0", "z1", "z2", "seed0", "seed1", "seed2"):
                 sig[name] = "i32"
-            sig.update({"norm_ptr": "*fp32", "start": "i32", "width": "i32", "block0": "i32"})
+            sig.update({"norm_ptr": "*fp32", "skip_ptr": "*i64", "start": "i32", "width": "i32", "block0": "i32"})
             sig.update({f: "fp32" for f in FIELDS})
             cx = {"RULE": optimizer.RULE_IDS[rule], "NSTATES": k, "EIGHT": eight, "WD_MODE": wd,
                   "SR0": sr[0] and eight, "SR1": sr[1] and eight, "SR2": sr[2] and eight, "P_KIND": p_kind,
-                  "G_KIND": p_kind, "NORM": norm, "BLOCK": 2048}
+                  "G_KIND": p_kind, "NORM": norm, "SKIP": not norm, "BLOCK": 2048}  # skip_block: the default
             blocks = (2048, 16384) if (eight and not norm and rule in ("adam", "ademamix")) else (2048,)
             for block in blocks:
                 yield (f"optimizer/{rule}/states{k}/{'8bit' if eight else '32bit'}/wd{wd}/p{p_kind}"

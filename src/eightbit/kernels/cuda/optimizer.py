@@ -37,26 +37,26 @@ def _load_state(s_ptr, a_ptr, c_ptr, offs, mask, b, EIGHT: tl.constexpr):
 
 
 @triton.jit
-def _store_state(x, s_ptr, a_ptr, c_ptr, m_ptr, zero_index, seed, offs, mask, b, EIGHT: tl.constexpr,
+def _store_state(x, s_ptr, a_ptr, c_ptr, m_ptr, zero_index, seed, offs, mask, keep, b, EIGHT: tl.constexpr,
                  STOCHASTIC: tl.constexpr, POW2: tl.constexpr):
     if EIGHT:
         q, amax = quantize_block(x, mask, c_ptr, m_ptr, zero_index, seed, offs, STOCHASTIC, POW2)
-        tl.store(s_ptr + offs, q, mask=mask)
-        tl.store(a_ptr + b, amax)
+        tl.store(s_ptr + offs, q, mask=mask & keep)
+        tl.store(a_ptr + b, amax, mask=keep)
     else:
-        tl.store(s_ptr + offs, x, mask=mask)
+        tl.store(s_ptr + offs, x, mask=mask & keep)
 
 
 @triton.jit
 def optimizer_kernel(
     p_ptr, g_ptr, s0, s1, s2, a0, a1, a2, c0, c1, c2, m0, m1, m2, z0, z1, z2, seed0, seed1, seed2, norm_ptr,
-    start, width, block0,
+    skip_ptr, start, width, block0,
     lr, weight_decay, grad_scale, update_scale, beta1, one_minus_beta1, beta2, one_minus_beta2, beta3,
     one_minus_beta3, alpha, eps, bias_correction1, bias_correction2_sqrt, lr_decay, nesterov,
     RULE: tl.constexpr, NSTATES: tl.constexpr, EIGHT: tl.constexpr, WD_MODE: tl.constexpr,
     SR0: tl.constexpr, SR1: tl.constexpr, SR2: tl.constexpr, PW0: tl.constexpr, PW1: tl.constexpr,
     PW2: tl.constexpr, P_KIND: tl.constexpr, G_KIND: tl.constexpr,
-    NORM: tl.constexpr, BLOCK: tl.constexpr,
+    NORM: tl.constexpr, SKIP: tl.constexpr, BLOCK: tl.constexpr,
 ):
     pid = tl.program_id(0)
     b = block0 + pid  # this block's absmax entry
@@ -64,7 +64,13 @@ def optimizer_kernel(
     mask = lane < width
     offs = start + pid.to(tl.int64) * width + lane
     p = load_f32(p_ptr, offs, mask, P_KIND)
-    g = load_f32(g_ptr, offs, mask, G_KIND) * grad_scale
+    g = load_f32(g_ptr, offs, mask, G_KIND)
+    keep = True  # SKIP: a block whose gradient holds a NaN/Inf writes nothing and is counted
+    if SKIP:
+        bad = tl.max(tl.where(mask & ((g != g) | (tl.abs(g) == float("inf"))), 1, 0), axis=0)
+        keep = bad == 0
+        tl.atomic_add(skip_ptr, bad.to(tl.int64))
+    g = g * grad_scale
     if WD_MODE == 1:
         g = tl.fma(p, weight_decay, g)  # one rounding, as the reference's addcmul
     x0 = g  # placeholders for the states a rule does not have
@@ -108,17 +114,17 @@ def optimizer_kernel(
         tl.store(norm_ptr + pid, tl.sum(tl.where(mask, d * d, 0.0), axis=0))
     else:
         if NSTATES > 0:
-            _store_state(x0, s0, a0, c0, m0, z0, seed0, offs, mask, b, EIGHT, SR0, PW0)
+            _store_state(x0, s0, a0, c0, m0, z0, seed0, offs, mask, keep, b, EIGHT, SR0, PW0)
         if NSTATES > 1:
-            _store_state(x1, s1, a1, c1, m1, z1, seed1, offs, mask, b, EIGHT, SR1, PW1)
+            _store_state(x1, s1, a1, c1, m1, z1, seed1, offs, mask, keep, b, EIGHT, SR1, PW1)
         if NSTATES > 2:
-            _store_state(x2, s2, a2, c2, m2, z2, seed2, offs, mask, b, EIGHT, SR2, PW2)
+            _store_state(x2, s2, a2, c2, m2, z2, seed2, offs, mask, keep, b, EIGHT, SR2, PW2)
         if WD_MODE == 2:
             p = p * (1.0 - lr * weight_decay)
-        store_f32(p_ptr, offs, p - (lr * update_scale) * d, mask, P_KIND)
+        store_f32(p_ptr, offs, p - (lr * update_scale) * d, mask & keep, P_KIND)
 
 
-def _launch(rule, p, g, states, absmaxes, codes, hyper, wd_mode, blocksize, seeds, norm):
+def _launch(rule, p, g, states, absmaxes, codes, hyper, wd_mode, blocksize, seeds, norm, skipped=None):
     """Run the kernel over the full blocks and the partial last block; None when it does not apply."""
     k = len(states)
     eight = bool(absmaxes)
@@ -142,19 +148,21 @@ def _launch(rule, p, g, states, absmaxes, codes, hyper, wd_mode, blocksize, seed
     for start, count, width, b0 in full_and_partial(n, blocksize):
         block = triton.next_power_of_2(width)
         optimizer_kernel[(count,)](
-            arg(p), arg(g), *s, *a, *c, *m, *z, *sd, partial[b0:] if norm else partial, start, width, b0,
+            arg(p), arg(g), *s, *a, *c, *m, *z, *sd, partial[b0:] if norm else partial,
+            skipped if skipped is not None else partial, start, width, b0,
             *[float(v) for v in hyper],
             RULE=RULE_IDS[rule], NSTATES=k, EIGHT=eight, WD_MODE=wd_mode, SR0=sr[0], SR1=sr[1], SR2=sr[2], PW0=pw[0], PW1=pw[1], PW2=pw[2],
-            P_KIND=kind_of(p.dtype), G_KIND=kind_of(g.dtype), NORM=norm, BLOCK=block,
+            P_KIND=kind_of(p.dtype), G_KIND=kind_of(g.dtype), NORM=norm, SKIP=skipped is not None, BLOCK=block,
             num_warps=warps_for_block(block), **LAUNCH)
     return partial
 
 
 @device_guarded
-def optimizer_update(rule, p, g, states, absmaxes, codes, hyper, wd_mode, blocksize, seeds):
-    """Kernel of ``optimizer_update`` (in place); NotImplemented for float64 parameters."""
+def optimizer_update(rule, p, g, states, absmaxes, codes, hyper, wd_mode, blocksize, seeds, skipped=None):
+    """Kernel of ``optimizer_update`` (in place; ``skipped``: blocks with a NaN/Inf gradient write nothing and are
+    counted with an atomic add); NotImplemented for float64 parameters."""
     return NotImplemented if _launch(rule, p, g, states, absmaxes, codes, hyper, wd_mode, blocksize, seeds,
-                                     False) is None else None
+                                     False, skipped) is None else None
 
 
 @device_guarded

@@ -195,6 +195,18 @@ static inline void bin_store8(__m256i idx, uint8_t *q) {
 }
 #endif
 
+#if defined(__AVX512F__) && defined(__AVX512CD__)
+/* Hashes (i * phi + 2 seed mod 2^32, i = first + lane masked to 31 bits) of the 16 lanes from element first, and
+ * their step per 16 elements (valid while first + lane does not pass 2^31). */
+static inline __m512i bin_hashes16(uint32_t first, uint32_t seed) {
+    const __m512i lane16 = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    return _mm512_add_epi32(_mm512_mullo_epi32(_mm512_add_epi32(_mm512_set1_epi32((int32_t)(first & M31)), lane16),
+                                               _mm512_set1_epi32((int32_t)EB_PHI)),
+                            _mm512_set1_epi32((int32_t)(seed << 1)));
+}
+static inline __m512i bin_hash_step16(void) { return _mm512_set1_epi32((int32_t)(16u * EB_PHI)); }
+#endif
+
 /* Codes of x[0..bs) * inv (inv: the exact reciprocal of the block's power-of-two scale) into q. */
 static void bin_encode_block(const lut_t *L, const float *restrict x, int64_t bs, float inv, int64_t seed,
                              int64_t first, uint8_t *restrict q) {
@@ -208,6 +220,20 @@ static void bin_encode_block(const lut_t *L, const float *restrict x, int64_t bs
         if (seed >= 0) {
             const __m512i m31 = _mm512_set1_epi32((int32_t)M31), phi = _mm512_set1_epi32((int32_t)EB_PHI);
             const __m512i off = _mm512_set1_epi32((int32_t)(sd << 1));
+            if ((uint64_t)(base & M31) + (uint64_t)bs <= 0x80000000ull) {
+                /* the counter does not wrap past 2^31 inside the block, so each lane's hash advances by 16 phi per
+                 * 16 values: one add per 16 draws (an unsigned map takes the complement, e = d ^ 0xFFFFFF) */
+                __m512i hv = bin_hashes16(base, sd);
+                if (W.is_signed) {
+                    for (; i + 64 <= bs; i += 64)
+                        bin_encode64(&W, x + i, winv, BIN_STOCHASTIC_S, &hv, bin_hash_step16(), q + i);
+                } else {
+                    hv = _mm512_xor_si512(hv, _mm512_set1_epi32(-1));
+                    for (; i + 64 <= bs; i += 64)
+                        bin_encode64(&W, x + i, winv, BIN_STOCHASTIC_U, &hv, bin_hash_step16(), q + i);
+                    hv = _mm512_xor_si512(hv, _mm512_set1_epi32(-1));
+                }
+            }
             for (; i + 16 <= bs; i += 16) {
                 const __m512i k = _mm512_and_si512(_mm512_add_epi32(_mm512_set1_epi32((int32_t)(base + (uint32_t)i)), lane16), m31);
                 const __m512i d = _mm512_srli_epi32(_mm512_add_epi32(_mm512_mullo_epi32(k, phi), off), 8);
@@ -215,6 +241,7 @@ static void bin_encode_block(const lut_t *L, const float *restrict x, int64_t bs
                 _mm_storeu_si128((__m128i *)(q + i), _mm512_cvtepi32_epi8(idx));
             }
         } else {
+            for (; i + 64 <= bs; i += 64) bin_encode64(&W, x + i, winv, BIN_NEAREST, NULL, _mm512_setzero_si512(), q + i);
             for (; i + 16 <= bs; i += 16) {
                 const __m512i idx = bin_nearest16(&W, _mm512_castps_si512(_mm512_mul_ps(_mm512_loadu_ps(x + i), winv)));
                 _mm_storeu_si128((__m128i *)(q + i), _mm512_cvtepi32_epi8(idx));

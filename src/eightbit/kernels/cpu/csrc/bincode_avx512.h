@@ -8,7 +8,7 @@
  * magnitude (a + near + negative) >> shift, the region below the smallest code included. Valid for |n| < 1
  * (the encoder takes the 8-lane path for a block scaled by 2^127, whose values may reach 2). */
 typedef struct {
-    __m512i near_lo, near_hi, neg_lo, neg_hi, sh_lo, sh_hi, sh2_lo, sh2_hi, off, shift, cmin, one, maxmag,
+    __m512i near_lo, near_hi, neg_lo, neg_hi, sh_lo, sh_hi, dr_lo, dr_hi, off, shift, cmin, one, maxmag,
         inv_cmin, m7f, sbit, e95;
     int is_signed;
 } bin_v16_t;
@@ -21,8 +21,8 @@ static inline bin_v16_t bin_v16(const lut_t *L) {
     v.neg_hi = _mm512_loadu_si512(L->bin_knegoff + 16);
     v.sh_lo = _mm512_loadu_si512(L->bin_kshift);
     v.sh_hi = _mm512_loadu_si512(L->bin_kshift + 16);
-    v.sh2_lo = _mm512_loadu_si512(L->bin_kshift2);
-    v.sh2_hi = _mm512_loadu_si512(L->bin_kshift2 + 16);
+    v.dr_lo = _mm512_loadu_si512(L->bin_kdraw);
+    v.dr_hi = _mm512_loadu_si512(L->bin_kdraw + 16);
     v.off = _mm512_zextsi256_si512(_mm256_loadu_si256((const __m256i *)L->bin_off));
     v.shift = _mm512_zextsi256_si512(_mm256_loadu_si256((const __m256i *)L->bin_shift));
     v.cmin = _mm512_set1_epi32(L->bin_bottom[0]);
@@ -50,6 +50,19 @@ static inline __m512 bin_decode16(const bin_v16_t *V, __m512i idx) {
     return _mm512_castsi512_ps(_mm512_maskz_mov_epi32(_mm512_test_epi32_mask(mag, mag), bits));
 }
 
+/* Stores the 64 indices (0..255) of r[0..4) (16 each, in order) as bytes: two saturating packs interleave the
+ * four vectors per 128-bit lane (dword 4 L + j of the result holds r[j]'s values 4 L .. 4 L + 3), one dword
+ * permute restores the order (vpmovdb costs two uops per 16). */
+static inline void bin_store64(const __m512i r[4], uint8_t *q) {
+#if !defined(__AVX512BW__)
+    for (int j = 0; j < 4; j++) _mm_storeu_si128((__m128i *)(q + 16 * j), _mm512_cvtepi32_epi8(r[j]));
+    return;
+#endif
+    const __m512i b = _mm512_packus_epi16(_mm512_packus_epi32(r[0], r[1]), _mm512_packus_epi32(r[2], r[3]));
+    const __m512i order = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+    _mm512_storeu_si512(q, _mm512_permutexvar_epi32(order, b));
+}
+
 /* Index from magnitude; "neg" holds the lanes with bits <= 0 (+0 included: both zeros go to index 127). */
 static inline __m512i bin_index16(const bin_v16_t *V, __m512i mag, __mmask16 neg) {
     mag = _mm512_min_epu32(mag, V->maxmag);
@@ -67,21 +80,26 @@ static inline __m512i bin_nearest16(const bin_v16_t *V, __m512i bits) {
     return bin_index16(V, mag, neg);
 }
 
-/* From the smallest code up: with r = a - offset, the lower magnitude is r >> shift and the fraction's top 24
- * bits W = (r << (32 - shift)) >> 8 (exact: a gap is at most 2^23 in the bits); the reference moves up
- * (positive) iff d < W, and for negative n (lower index = larger magnitude) keeps the larger magnitude iff
- * d >= 2^24 - W: both are a carry out of bit 24 of W + d', d' = d or 2^24 - 1 - d. Below the smallest code the
- * reference's float fraction decides (lanes there are rare: that part is skipped when none is). */
+/* From the smallest code up: with r = a - offset, the lower magnitude is r >> s (s = shift, at most 23: a gap
+ * is at most 2^23 in the bits) and the fraction is low / 2^s, low = r mod 2^s. The reference moves up
+ * (positive n) iff u = d / 2^24 < low / 2^s, i.e. D < low with D = d >> (24 - s) (low * 2^(24 - s) is a multiple
+ * of 2^(24 - s)); that is the carry of low + (2^s - 1 - D) out of bit s, and 2^s - 1 - D = d' >> (24 - s) for
+ * d' = d ^ 0xFFFFFF. For negative n (lower index = larger magnitude) the larger magnitude is kept iff
+ * d >= 2^24 - W, the same carry with d' = d. So the magnitude is (r + (d' >> (24 - s))) >> s. Below the smallest
+ * code the reference's float fraction decides (lanes there are rare: that part is skipped when none is). */
+static inline __m512i bin_carry16(const bin_v16_t *V, __m512i r, __m512i e, __m512i dd) {
+    const __m512i frac = _mm512_srlv_epi32(dd, _mm512_permutex2var_epi32(V->dr_lo, e, V->dr_hi));
+    return _mm512_srlv_epi32(_mm512_add_epi32(r, frac), _mm512_permutex2var_epi32(V->sh_lo, e, V->sh_hi));
+}
+
 static inline __m512i bin_stochastic16(const bin_v16_t *V, __m512 n, __m512i d) {
     const __m512i bits = _mm512_castps_si512(n), zero = _mm512_setzero_si512();
     const __m512i a = _mm512_and_si512(bits, V->m7f);
     const __mmask16 neg = _mm512_cmple_epi32_mask(bits, zero);
     const __m512i e = _mm512_max_epi32(_mm512_srli_epi32(a, 23), V->e95);
     const __m512i r = _mm512_add_epi32(a, _mm512_permutex2var_epi32(V->neg_lo, e, V->neg_hi));
-    const __m512i fl = _mm512_srlv_epi32(r, _mm512_permutex2var_epi32(V->sh_lo, e, V->sh_hi));
-    const __m512i w = _mm512_srli_epi32(_mm512_sllv_epi32(r, _mm512_permutex2var_epi32(V->sh2_lo, e, V->sh2_hi)), 8);
     const __m512i dd = _mm512_mask_xor_epi32(d, (__mmask16)~neg, d, _mm512_set1_epi32(0xFFFFFF));
-    __m512i mag = _mm512_add_epi32(fl, _mm512_srli_epi32(_mm512_add_epi32(w, dd), 24));
+    __m512i mag = bin_carry16(V, r, e, dd);
     const __mmask16 below = _mm512_cmplt_epu32_mask(a, V->cmin);
     if (below) {
         const __m512 u = _mm512_mul_ps(_mm512_cvtepi32_ps(d), _mm512_set1_ps(1.0f / 16777216.0f));
@@ -93,7 +111,53 @@ static inline __m512i bin_stochastic16(const bin_v16_t *V, __m512 n, __m512i d) 
     }
     return bin_index16(V, mag, neg);
 }
+
+/* bin_stochastic16 for an unsigned map, the draw given as e = d ^ 0xFFFFFF: every lane that is not "negative"
+ * (bits <= 0, index 0 whatever the draw) uses d' = e, and no sign bit needs clearing (a negative lane's garbage
+ * magnitude is masked to index 0, and it is never below the smallest code as an unsigned integer). */
+static inline __m512i bin_stochastic16u(const bin_v16_t *V, __m512 n, __m512i e24) {
+    const __m512i a = _mm512_castps_si512(n), zero = _mm512_setzero_si512();
+    const __mmask16 neg = _mm512_cmple_epi32_mask(a, zero);
+    const __m512i e = _mm512_max_epi32(_mm512_srli_epi32(a, 23), V->e95);
+    const __m512i r = _mm512_add_epi32(a, _mm512_permutex2var_epi32(V->neg_lo, e, V->neg_hi));
+    __m512i mag = bin_carry16(V, r, e, e24);
+    const __mmask16 below = _mm512_cmplt_epu32_mask(a, V->cmin);
+    if (below) {
+        const __m512i d = _mm512_xor_si512(e24, _mm512_set1_epi32(0xFFFFFF));
+        const __m512 u = _mm512_mul_ps(_mm512_cvtepi32_ps(d), _mm512_set1_ps(1.0f / 16777216.0f));
+        const __m512 c_lo = _mm512_castsi512_ps(_mm512_maskz_mov_epi32(neg, _mm512_or_si512(V->cmin, V->sbit)));
+        const __m512 fz = _mm512_mul_ps(_mm512_sub_ps(n, c_lo), _mm512_castsi512_ps(V->inv_cmin));
+        const __mmask16 upz = _mm512_cmp_ps_mask(u, fz, _CMP_LT_OQ);
+        mag = _mm512_mask_mov_epi32(mag, below, zero);
+        mag = _mm512_mask_mov_epi32(mag, below & (neg ^ upz), V->one);
+    }
+    return _mm512_maskz_mov_epi32((__mmask16)~neg, _mm512_min_epu32(mag, V->maxmag));
+}
 #endif
+/* Codes of the 64 values x[0..64) * inv into q[0..64): mode 0 nearest, 1 stochastic on an unsigned map (*hv: the
+ * complemented hashes of the 16 lanes, stepped down by step per 16 values), 2 stochastic on a signed map (*hv: the
+ * hashes, stepped up); bin_encode_block explains the hashes. */
+#if defined(__AVX512F__) && defined(__AVX512CD__)
+enum { BIN_NEAREST = 0, BIN_STOCHASTIC_U = 1, BIN_STOCHASTIC_S = 2 };
+static inline void bin_encode64(const bin_v16_t *W, const float *x, __m512 inv, int mode, __m512i *hv, __m512i step,
+                                uint8_t *q) {
+    __m512i r[4];
+    for (int j = 0; j < 4; j++) {
+        const __m512 n = _mm512_mul_ps(_mm512_loadu_ps(x + 16 * j), inv);
+        if (mode == BIN_NEAREST) {
+            r[j] = bin_nearest16(W, _mm512_castps_si512(n));
+        } else if (mode == BIN_STOCHASTIC_U) {
+            r[j] = bin_stochastic16u(W, n, _mm512_srli_epi32(*hv, 8));
+            *hv = _mm512_sub_epi32(*hv, step);
+        } else {
+            r[j] = bin_stochastic16(W, n, _mm512_srli_epi32(*hv, 8));
+            *hv = _mm512_add_epi32(*hv, step);
+        }
+    }
+    bin_store64(r, q);
+}
+#endif
+
 #if defined(__AVX512BW__)
 /* Values of 32 codes q[0..32) (unscaled) into lo (first 16) and hi: every code of a binary map is a bfloat16,
  * so its top 16 bits come from a 256-entry table of words (four vpermi2w over 64 entries each). */
@@ -118,6 +182,63 @@ static inline void bin_decode32(const bin_w32_t *W, const uint8_t *q, __m512 *lo
     const __m512i r = _mm512_mask_mov_epi16(r0, b7, r1);
     *lo = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm512_castsi512_si256(r)), 16));
     *hi = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm512_extracti64x4_epi64(r, 1)), 16));
+}
+#endif
+#if defined(__AVX512VBMI__) && defined(__AVX512BW__)
+/* Decoding with the block's scale folded into the table: for a scale 2^k, code value * 2^k is the code's bfloat16
+ * with k added to its exponent (exact while every nonzero code stays a normal float: bin_fold_exponent), so the
+ * scaled values of 64 codes come from two byte tables (high and low byte of the bfloat16; two vpermi2b each,
+ * bit 7 choosing the half) and two rounds of unpacking, with no multiply. lo[0..1] / hi[0..1] hold codes 0..127,
+ * lo[2..3] / hi[2..3] codes 128..255. */
+typedef struct {
+    __m512i lo[4], hi[4];
+    int32_t k; /* the scale exponent the tables hold (tables are rebuilt only when it changes) */
+} bin_b64_t;
+
+/* k of a block scale that can be folded (a positive power of two 2^k with cmin * 2^k normal), else INT32_MIN:
+ * zero, NaN, a scale that is not a power of two (a state loaded from elsewhere) or one small enough to make the
+ * smallest code subnormal decode by multiplying. */
+static inline int32_t bin_fold_exponent(const lut_t *L, float scale) {
+    uint32_t u;
+    memcpy(&u, &scale, 4);
+    const int32_t e = (int32_t)(u >> 23);
+    if ((u & 0x807FFFFFu) || e == 0 || e == 255 || (L->bin_bottom[0] >> 23) + e - 127 < 1) return INT32_MIN;
+    return e - 127;
+}
+
+static inline void bin_b64(const lut_t *L, int32_t k, bin_b64_t *T) {
+    const __m512i add = _mm512_set1_epi16((int16_t)(k * 128)), m7f = _mm512_set1_epi16(0x7FFF);
+    for (int j = 0; j < 4; j++) {
+        __m512i w0 = _mm512_loadu_si512(L->bin_bf16 + 64 * j), w1 = _mm512_loadu_si512(L->bin_bf16 + 64 * j + 32);
+        w0 = _mm512_mask_add_epi16(w0, _mm512_test_epi16_mask(w0, m7f), w0, add); /* zeros stay +0 */
+        w1 = _mm512_mask_add_epi16(w1, _mm512_test_epi16_mask(w1, m7f), w1, add);
+        T->lo[j] = _mm512_inserti64x4(_mm512_castsi256_si512(_mm512_cvtepi16_epi8(w0)), _mm512_cvtepi16_epi8(w1), 1);
+        T->hi[j] = _mm512_inserti64x4(_mm512_castsi256_si512(_mm512_cvtepi16_epi8(_mm512_srli_epi16(w0, 8))),
+                                      _mm512_cvtepi16_epi8(_mm512_srli_epi16(w1, 8)), 1);
+    }
+    T->k = k;
+}
+
+/* Byte order that makes the unpacks below come out in element order: the byte at 16 L + 4 r + j (128-bit lane
+ * L) is code 16 r + 4 L + j. */
+static const uint8_t bin_unpack_order[64] __attribute__((aligned(64))) = {
+    0, 1, 2, 3, 16, 17, 18, 19, 32, 33, 34, 35, 48, 49, 50, 51, 4, 5, 6, 7, 20, 21, 22, 23, 36, 37, 38, 39,
+    52, 53, 54, 55, 8, 9, 10, 11, 24, 25, 26, 27, 40, 41, 42, 43, 56, 57, 58, 59, 12, 13, 14, 15, 28, 29, 30, 31,
+    44, 45, 46, 47, 60, 61, 62, 63};
+
+/* Scaled values of the 64 codes q[0..64) into out[0..4) (16 each, in order). */
+static inline void bin_decode64(const bin_b64_t *T, const uint8_t *q, __m512 out[4]) {
+    const __m512i c = _mm512_permutexvar_epi8(_mm512_load_si512(bin_unpack_order), _mm512_loadu_si512(q));
+    const __mmask64 top = _mm512_movepi8_mask(c);
+    const __m512i lo = _mm512_mask_blend_epi8(top, _mm512_permutex2var_epi8(T->lo[0], c, T->lo[1]),
+                                              _mm512_permutex2var_epi8(T->lo[2], c, T->lo[3]));
+    const __m512i hi = _mm512_mask_blend_epi8(top, _mm512_permutex2var_epi8(T->hi[0], c, T->hi[1]),
+                                              _mm512_permutex2var_epi8(T->hi[2], c, T->hi[3]));
+    const __m512i wl = _mm512_unpacklo_epi8(lo, hi), wh = _mm512_unpackhi_epi8(lo, hi), z = _mm512_setzero_si512();
+    out[0] = _mm512_castsi512_ps(_mm512_unpacklo_epi16(z, wl));
+    out[1] = _mm512_castsi512_ps(_mm512_unpackhi_epi16(z, wl));
+    out[2] = _mm512_castsi512_ps(_mm512_unpacklo_epi16(z, wh));
+    out[3] = _mm512_castsi512_ps(_mm512_unpackhi_epi16(z, wh));
 }
 #endif
 #endif

@@ -26,7 +26,7 @@ typedef struct {
     int32_t bin_groups;    /* binary dynamic map (bincode.h): its number of groups, else 0 */
     int32_t bin_signed;
     int32_t bin_off[8], bin_shift[8], bin_bottom[8]; /* per group t = floor(log2 magnitude code) */
-    int32_t bin_knear[32], bin_knegoff[32], bin_kshift[32], bin_kshift2[32]; /* per binade (tables.binade_params) */
+    int32_t bin_knear[32], bin_knegoff[32], bin_kshift[32], bin_kdraw[32]; /* per binade (tables.binade_params) */
     uint16_t bin_bf16[256];                           /* each code's top 16 bits (its low 16 are zero) */
 } lut_t;
 

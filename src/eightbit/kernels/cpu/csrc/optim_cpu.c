@@ -8,10 +8,23 @@
  */
 #include "blocks.h"
 
-/* Floats ahead that the fused Adam pass prefetches p and g (2 KB): the encodes between two blocks' passes read no
- * memory, so without it the streams restart cold at every block (measured: one thread 28-30 -> 26-27 ms per
- * 20M-parameter step; 1024-4096 ahead were no better). */
+/* The fused passes prefetch p and g on two horizons: EB_AHEAD floats ahead into L1 (2 KB: without it the streams
+ * restart cold at every block; one thread 28-30 -> 26-27 ms per 20M-parameter step), and EB_NEXT floats ahead (two
+ * 2048-value blocks) into L2. The encodes between two blocks' passes read no memory, so without the second the
+ * memory idles through them and each pass waits on DRAM: AdamW8bit, 20M parameters, 2 threads, 11.4 -> 9.4 ms
+ * (one block ahead 9.6, four 9.4-9.8). */
 #define EB_AHEAD 512
+#define EB_NEXT 4096
+/* Both prefetches for the 32 floats of p and of g from element i. */
+#define EB_PREFETCH32(p, g, i)                                                                                    \
+    do {                                                                                                          \
+        for (int pf_ = 0; pf_ < 32; pf_ += 16) {                                                                  \
+            _mm_prefetch((const char *)((p) + (i) + pf_ + EB_AHEAD), _MM_HINT_T0);                                \
+            _mm_prefetch((const char *)((g) + (i) + pf_ + EB_AHEAD), _MM_HINT_T0);                                \
+            _mm_prefetch((const char *)((p) + (i) + pf_ + EB_NEXT), _MM_HINT_T1);                                 \
+            _mm_prefetch((const char *)((g) + (i) + pf_ + EB_NEXT), _MM_HINT_T1);                                 \
+        }                                                                                                         \
+    } while (0)
 
 /* Field order of eightbit.functional.optimizer.OptimHyper (checked against the ctypes mirror at load). */
 typedef struct {
@@ -97,26 +110,66 @@ static void rule_block(int32_t rule, float *restrict p, const float *restrict g,
 
 #include "optim_fused.h"
 
-/* One step on 32-bit states (s0, s1: float32 arrays of n values, s1 unused by one-state rules): the rule in place,
- * in runs of 2048 values over the threads. The reference makes the same float32 operations per element. */
-void eb_optim_f32(int32_t rule, float *p, const float *g, float *s0, float *s1, const eb_hyper_t *h, int32_t wd_mode,
-                  int64_t n) {
-    const eb_hyper_t hv = *h;
-    const int64_t run = 2048, runs = (n + run - 1) / run;
-#pragma omp parallel for schedule(static) if (runs >= 32)
-    for (int64_t r = 0; r < runs; r++) {
-        const int64_t o = r * run, len = n - o < run ? n - o : run;
-        rule_block(rule, p + o, g + o, &hv, wd_mode, len, s0 + o, s1 ? s1 + o : s0 + o);
-    }
+/* Whether the n gradient values from g hold a NaN or an Inf (read ahead of a block's update: it brings the block's
+ * gradient into L1, where the update then finds it). */
+static inline int nonfinite(const float *restrict g, int64_t n) {
+    int64_t i = 0;
+    uint32_t m = 0;
+#if defined(__AVX512F__)
+    const __m512i m7f = _mm512_set1_epi32(0x7FFFFFFF);
+    __m512i acc = _mm512_setzero_si512();
+    for (; i + 16 <= n; i += 16)
+        acc = _mm512_max_epu32(acc, _mm512_and_si512(_mm512_loadu_si512((const void *)(g + i)), m7f));
+    m = (uint32_t)_mm512_reduce_max_epu32(acc);
+#endif
+    const uint32_t t = absmax_bits(g + i, n - i);
+    return (t > m ? t : m) >= 0x7F800000u;
 }
 
-/* One step over nblocks blocks of bs values. q[s], absmax[s], luts[s], seeds[s] for each of the nstates
- * (1 or 2) 8-bit states; seeds[s] < 0 rounds state s to nearest. ``first``: the index of the first element
+/* One step on 32-bit states (s0, s1: float32 arrays of n values, s1 unused by one-state rules): the rule in place,
+ * in runs of 2048 values (or one block of bs) over the threads. The reference makes the same float32 operations
+ * per element. skip != 0: blocks of bs values whose gradient holds a NaN/Inf are left untouched; returns their
+ * number. */
+int64_t eb_optim_f32(int32_t rule, float *p, const float *g, float *s0, float *s1, const eb_hyper_t *h,
+                     int32_t wd_mode, int64_t n, int64_t bs, int32_t skip) {
+    const eb_hyper_t hv = *h;
+    const int64_t run = bs > 2048 ? bs : 2048 / bs * bs, runs = (n + run - 1) / run;
+    int64_t nskip = 0;
+#pragma omp parallel for schedule(static) if (runs >= 32) reduction(+ : nskip)
+    for (int64_t r = 0; r < runs; r++) {
+        const int64_t o = r * run, len = n - o < run ? n - o : run;
+        if (!skip) {
+            rule_block(rule, p + o, g + o, &hv, wd_mode, len, s0 + o, s1 ? s1 + o : s0 + o);
+            continue;
+        }
+        for (int64_t b = o; b < o + len; b += bs) {
+            const int64_t w = o + len - b < bs ? o + len - b : bs;
+            if (nonfinite(g + b, w))
+                nskip++;
+            else
+                rule_block(rule, p + b, g + b, &hv, wd_mode, w, s0 + b, s1 ? s1 + b : s0 + b);
+        }
+    }
+    return nskip;
+}
+
+/* One step over nblocks blocks of bs values. q_s, absmax_s, lut_s, seed_s for each of the nstates (1 or 2) 8-bit
+ * states (scalars, not arrays: building ctypes arrays cost more per call than a small tensor's step); seed_s < 0
+ * rounds state s to nearest. ``first``: the index of the first element
  * passed within the whole tensor (the stochastic draws are keyed on it), so a partial last block can be
- * passed on its own. */
-void eb_optim_blocks(int32_t rule, float *p, const float *g, int32_t nstates, uint8_t *const *q, float *const *absmax,
-                     const lut_t *luts, const eb_hyper_t *h, int32_t wd_mode, const int64_t *seeds, int64_t first,
-                     int64_t nblocks, int64_t bs) {
+ * passed on its own. skip != 0: a block whose gradient holds a NaN/Inf is left untouched (parameter, codes and
+ * absmax); returns the number of such blocks. */
+int64_t eb_optim_blocks(int32_t rule, float *p, const float *g, int32_t nstates, uint8_t *q0, uint8_t *q1,
+                        float *absmax0, float *absmax1, const lut_t *lut0, const lut_t *lut1, const eb_hyper_t *h,
+                        int32_t wd_mode, int64_t seed0, int64_t seed1, int64_t first, int64_t nblocks, int64_t bs,
+                        int32_t skip) {
+    uint8_t *const q[2] = {q0, q1};
+    float *const absmax[2] = {absmax0, absmax1};
+    const int64_t seeds[2] = {seed0, seed1};
+    lut_t luts[2];
+    luts[0] = *lut0;
+    luts[1] = nstates > 1 ? *lut1 : *lut0;
+    int64_t nskip = 0;
     const eb_hyper_t hv = *h;
 #if defined(__AVX2__) && defined(__FMA__)
     const int fused = rule == RULE_ADAM && nstates == 2 && luts[0].bin_groups && luts[1].bin_groups && bs % 8 == 0;
@@ -130,11 +183,21 @@ void eb_optim_blocks(int32_t rule, float *p, const float *g, int32_t nstates, ui
         V[1] = bin_vec(&luts[1]);
     }
 #endif
-#pragma omp parallel for schedule(static) if (nblocks >= 16)
+#pragma omp parallel if (nblocks >= 16) reduction(+ : nskip)
+    {
+#ifdef EB_FOLD
+    bin_b64_t F[2]; /* this thread's folded decode tables, rebuilt when a block's scale differs from the last */
+    F[0].k = F[1].k = INT32_MIN;
+#endif
+#pragma omp for schedule(static)
     for (int64_t b = 0; b < nblocks; b++) {
         float s0[MAX_BLOCK], s1[MAX_BLOCK];
         float *s[2] = {s0, s1};
         const int64_t o = b * bs;
+        if (skip && nonfinite(g + o, bs)) {
+            nskip++;
+            continue;
+        }
 #if defined(__AVX512F__) && defined(__AVX512CD__) && defined(__AVX512BW__)
         if (fused1) {
             uint32_t amax0;
@@ -146,6 +209,18 @@ void eb_optim_blocks(int32_t rule, float *p, const float *g, int32_t nstates, ui
 #if defined(__AVX2__) && defined(__FMA__)
         if (fused) {
             uint32_t amax[2];
+#ifdef EB_FOLD
+            const int32_t k0 = bin_fold_exponent(&luts[0], absmax[0][b]), k1 = bin_fold_exponent(&luts[1], absmax[1][b]);
+            if (bs % 64 == 0 && k0 != INT32_MIN && k1 != INT32_MIN) {
+                if (F[0].k != k0) bin_b64(&luts[0], k0, &F[0]);
+                if (F[1].k != k1) bin_b64(&luts[1], k1, &F[1]);
+                adam_fold_block(p + o, g + o, &hv, wd_mode, bs, q[0] + o, q[1] + o, &F[0], &F[1], s0, s1, &amax[0],
+                                &amax[1]);
+                for (int32_t k = 0; k < 2; k++)
+                    quantize_block_known(s[k], bs, &luts[k], amax[k], seeds[k], first + o, q[k] + o, absmax[k] + b, 0);
+                continue;
+            }
+#endif
             adam_binary_block(p + o, g + o, &hv, wd_mode, bs, q[0] + o, q[1] + o, absmax[0][b], absmax[1][b], &V[0],
                               &V[1], s0, s1, &amax[0], &amax[1]);
             for (int32_t k = 0; k < 2; k++)
@@ -170,4 +245,6 @@ void eb_optim_blocks(int32_t rule, float *p, const float *g, int32_t nstates, ui
             quantize_block(s[k], bs, &luts[k], seeds[k], first + o, q[k] + o, absmax[k] + b, 0);
         }
     }
+    }
+    return nskip;
 }

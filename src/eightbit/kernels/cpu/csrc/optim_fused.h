@@ -49,10 +49,7 @@ static void adam_binary_block(float *restrict p, const float *restrict g, const 
         const bin_w32_t T0 = bin_w32(V0->lut), T1 = bin_w32(V1->lut);
         for (; i + 32 <= bs; i += 32) { /* decoding by table: 32 codes per four word permutes */
             __m512 m_lo, m_hi, v_lo, v_hi;
-            _mm_prefetch((const char *)(p + i + EB_AHEAD), _MM_HINT_T0);
-            _mm_prefetch((const char *)(p + i + EB_AHEAD + 16), _MM_HINT_T0);
-            _mm_prefetch((const char *)(g + i + EB_AHEAD), _MM_HINT_T0);
-            _mm_prefetch((const char *)(g + i + EB_AHEAD + 16), _MM_HINT_T0);
+            EB_PREFETCH32(p, g, i);
             bin_decode32(&T0, q0 + i, &m_lo, &m_hi);
             bin_decode32(&T1, q1 + i, &v_lo, &v_hi);
             ADAM16(m_lo, v_lo, i);
@@ -68,6 +65,7 @@ static void adam_binary_block(float *restrict p, const float *restrict g, const 
     }
 #endif
     for (; i < bs; i += 8) {
+        if (!(i & 31)) EB_PREFETCH32(p, g, i);
         const __m256 m_old = _mm256_mul_ps(bin_decode8(V0, _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(q0 + i)))), va0);
         const __m256 v_old = _mm256_mul_ps(bin_decode8(V1, _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(q1 + i)))), va1);
         __m256 pi = _mm256_loadu_ps(p + i), gi = _mm256_mul_ps(_mm256_loadu_ps(g + i), gs);
@@ -93,6 +91,71 @@ static void adam_binary_block(float *restrict p, const float *restrict g, const 
 }
 #endif
 
+#if defined(__AVX512VBMI__) && defined(__AVX512BW__) && defined(__AVX512CD__)
+#define EB_FOLD 1
+/* Adam's pass for a block whose two scales fold into the decode tables (bin_b64): the operations of
+ * adam_binary_block's 16-lane body without the two scale multiplies, 64 values per round. wd_mode and unit_gs
+ * (grad_scale == 1: g * 1 is g, so the multiply is dropped) are constants in each instance (adam_fold_block). */
+static inline __attribute__((always_inline)) void adam_fold_pass(float *restrict p, const float *restrict g,
+                                                                  const eb_hyper_t *h, const int wd_mode,
+                                                                  const int unit_gs, int64_t bs, const uint8_t *q0,
+                                                                  const uint8_t *q1, const bin_b64_t *T0,
+                                                                  const bin_b64_t *T1, float *restrict s0,
+                                                                  float *restrict s1, uint32_t *amax0,
+                                                                  uint32_t *amax1) {
+    const __m512 gs = _mm512_set1_ps(h->grad_scale), b1 = _mm512_set1_ps(h->beta1), c1 = _mm512_set1_ps(h->one_minus_beta1);
+    const __m512 b2 = _mm512_set1_ps(h->beta2), c2 = _mm512_set1_ps(h->one_minus_beta2), eps = _mm512_set1_ps(h->eps);
+    const __m512 r1 = _mm512_set1_ps(1.0f / h->bias_correction1), r2 = _mm512_set1_ps(1.0f / h->bias_correction2_sqrt);
+    const __m512 l2 = _mm512_set1_ps(h->weight_decay);
+    const __m512 decay = _mm512_set1_ps(1.0f - h->lr * h->weight_decay), step = _mm512_set1_ps(h->lr * h->update_scale);
+    const __m512i m7f = _mm512_set1_epi32(0x7FFFFFFF);
+    __m512i x0 = _mm512_setzero_si512(), x1 = _mm512_setzero_si512();
+    for (int64_t i = 0; i < bs; i += 64) {
+        EB_PREFETCH32(p, g, i);
+        EB_PREFETCH32(p, g, i + 32);
+        __m512 mo[4], vo[4];
+        bin_decode64(T0, q0 + i, mo);
+        bin_decode64(T1, q1 + i, vo);
+        for (int j = 0; j < 4; j++) {
+            const int64_t o = i + 16 * j;
+            __m512 pi = _mm512_loadu_ps(p + o), gi = _mm512_loadu_ps(g + o);
+            if (!unit_gs) gi = _mm512_mul_ps(gi, gs);
+            if (wd_mode == WD_L2) gi = _mm512_fmadd_ps(l2, pi, gi);
+            const __m512 m = _mm512_add_ps(_mm512_mul_ps(mo[j], b1), _mm512_mul_ps(gi, c1));
+            const __m512 v = _mm512_add_ps(_mm512_mul_ps(vo[j], b2), _mm512_mul_ps(_mm512_mul_ps(gi, gi), c2));
+            const __m512 a = _mm512_div_ps(_mm512_mul_ps(m, r1), _mm512_add_ps(_mm512_mul_ps(_mm512_sqrt_ps(v), r2), eps));
+            if (wd_mode == WD_DECOUPLED) pi = _mm512_mul_ps(pi, decay);
+            _mm512_storeu_ps(p + o, _mm512_sub_ps(pi, _mm512_mul_ps(step, a)));
+            _mm512_storeu_ps(s0 + o, m);
+            _mm512_storeu_ps(s1 + o, v);
+            x0 = _mm512_max_epu32(x0, _mm512_and_si512(_mm512_castps_si512(m), m7f));
+            x1 = _mm512_max_epu32(x1, _mm512_and_si512(_mm512_castps_si512(v), m7f));
+        }
+    }
+    *amax0 = (uint32_t)_mm512_reduce_max_epu32(x0);
+    *amax1 = (uint32_t)_mm512_reduce_max_epu32(x1);
+}
+
+/* adam_fold_pass instantiated per weight-decay mode and unit gradient scale (bs a multiple of 64). */
+static void adam_fold_block(float *restrict p, const float *restrict g, const eb_hyper_t *h, int32_t wd_mode,
+                            int64_t bs, const uint8_t *q0, const uint8_t *q1, const bin_b64_t *T0, const bin_b64_t *T1,
+                            float *restrict s0, float *restrict s1, uint32_t *amax0, uint32_t *amax1) {
+    const int unit = h->grad_scale == 1.0f;
+#define EB_CASE(WD)                                                                                               \
+    if (wd_mode == (WD)) {                                                                                        \
+        if (unit)                                                                                                 \
+            adam_fold_pass(p, g, h, (WD), 1, bs, q0, q1, T0, T1, s0, s1, amax0, amax1);                           \
+        else                                                                                                      \
+            adam_fold_pass(p, g, h, (WD), 0, bs, q0, q1, T0, T1, s0, s1, amax0, amax1);                           \
+        return;                                                                                                   \
+    }
+    EB_CASE(WD_NONE)
+    EB_CASE(WD_L2)
+    EB_CASE(WD_DECOUPLED)
+#undef EB_CASE
+}
+#endif
+
 #if defined(__AVX512F__) && defined(__AVX512CD__) && defined(__AVX512BW__)
 /* One-state rules (momentum, rmsprop, adagrad, lion) with the state on a binary dynamic map, bs a multiple of 32:
  * decode, rule, parameter write and the new state's absmax bits in one pass, with rule_block's float32 operations
@@ -110,10 +173,7 @@ static void one_state_binary_block(int32_t rule, float *restrict p, const float 
     const bin_w32_t T = bin_w32(L0);
     __m512i mx = _mm512_setzero_si512();
     for (int64_t i = 0; i < bs; i += 32) {
-        _mm_prefetch((const char *)(p + i + EB_AHEAD), _MM_HINT_T0);
-        _mm_prefetch((const char *)(p + i + EB_AHEAD + 16), _MM_HINT_T0);
-        _mm_prefetch((const char *)(g + i + EB_AHEAD), _MM_HINT_T0);
-        _mm_prefetch((const char *)(g + i + EB_AHEAD + 16), _MM_HINT_T0);
+        EB_PREFETCH32(p, g, i);
         __m512 old[2];
         bin_decode32(&T, q0 + i, &old[0], &old[1]);
         for (int half = 0; half < 2; half++) {
