@@ -241,6 +241,28 @@ def test_nonfinite_skip_block_default(name, bad, gen):
     assert int(opt.state[p]["step"]) == 2
 
 
+@pytest.mark.parametrize("saved", [None, 5, torch.tensor(5, dtype=torch.int32), torch.tensor([5])])
+def test_skip_counter_from_a_loaded_state(saved, gen):
+    """A state saved without "skipped_blocks" (earlier versions), or with it as an int or another integer dtype,
+    steps and counts on: the counter becomes an int64 tensor on the parameter's device."""
+    p = torch.nn.Parameter(torch.randn(5000, generator=gen))
+    p.grad = torch.randn(5000, generator=gen)
+    opt = O.AdamW8bit([p], lr=1e-3)
+    opt.step()
+    sd = opt.state_dict()
+    if saved is None:
+        del sd["state"][0]["skipped_blocks"]
+    else:
+        sd["state"][0]["skipped_blocks"] = saved
+    fresh = O.AdamW8bit([p], lr=1e-3)
+    fresh.load_state_dict(sd)
+    p.grad[3] = float("nan")
+    fresh.step()
+    counter = fresh.state[p]["skipped_blocks"]
+    assert counter.dtype == torch.int64 and int(counter) == (0 if saved is None else 5) + 1
+    assert int(fresh.state[p]["step"]) == 2
+
+
 def test_nonfinite_skip_block_acts_as_skip_when_norms_come_first(gen):
     """Percentile clipping and LAMB's trust ratio read the whole gradient first: the whole parameter is skipped."""
     for opt_fn in (lambda ps: O.AdamW8bit(ps, lr=1e-3, percentile_clipping=90), lambda ps: O.LAMB8bit(ps, lr=1e-3)):

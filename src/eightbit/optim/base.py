@@ -106,7 +106,10 @@ class Optimizer8bit(torch.optim.Optimizer):
     0 = off), ``blocksize`` (64..4096), ``nonfinite``: what a gradient holding NaN/Inf does. "skip_block"
     (default): each block of ``blocksize`` values whose gradient holds one is left untouched, parameter values
     and state, the other blocks step, and ``state["skipped_blocks"]`` counts them; the update kernel checks each
-    block as it reads it, so this costs no extra pass over the gradient. With percentile clipping or an update
+    block as it reads it, so this costs no extra pass over the gradient. The parameter's step count still
+    advances, so a skipped block's bias correction later counts one step its moments did not take (Adam: that
+    block's steps are off by the ratio of two consecutive bias corrections, about 1 % at most after the tenth
+    step, vanishing as ``1 - beta2^t`` approaches 1). With percentile clipping or an update
     norm (LAMB, LARS, ``max_unorm``), which read the whole gradient before the update, it acts as "skip".
     "skip": the whole parameter is left untouched, values and all state, and ``state["skipped_steps"]`` counts
     it (one more read of the gradient per step). "raise": FloatingPointError, nothing changed. "propagate": no
@@ -406,9 +409,11 @@ class Optimizer8bit(torch.optim.Optimizer):
             return False
         skipped = None
         if mode == "skip_block":  # checked by the update kernel, block by block
-            skipped = state.get("skipped_blocks")
-            if skipped is None or skipped.device != pl.device:  # a state saved before the counter existed
-                skipped = state["skipped_blocks"] = torch.zeros((), dtype=torch.int64, device=pl.device)
+            skipped = state.get("skipped_blocks", 0)
+            if not (isinstance(skipped, torch.Tensor) and skipped.dtype == torch.int64 and skipped.numel() == 1
+                    and skipped.device == pl.device):  # saved before the counter existed, or as an int / other dtype
+                skipped = torch.tensor(int(skipped), dtype=torch.int64, device=pl.device)
+                state["skipped_blocks"] = skipped
         state["step"] += 1
         step = int(state["step"])
         grad_scale = self._percentile_scale(gl, state, config, step, groups)

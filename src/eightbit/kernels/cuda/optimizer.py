@@ -69,7 +69,7 @@ def optimizer_kernel(
     if SKIP:
         bad = tl.max(tl.where(mask & ((g != g) | (tl.abs(g) == float("inf"))), 1, 0), axis=0)
         keep = bad == 0
-        tl.atomic_add(skip_ptr, bad.to(tl.int64))
+        tl.atomic_add(skip_ptr, bad.to(tl.int64), mask=bad > 0)  # no contended atomic for clean blocks
     g = g * grad_scale
     if WD_MODE == 1:
         g = tl.fma(p, weight_decay, g)  # one rounding, as the reference's addcmul
