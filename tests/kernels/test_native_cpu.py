@@ -175,16 +175,17 @@ def test_optimizer_native_matches_reference(lib, gen, name, kw):
         assert not diff.any(), f"step {step}: {int(diff.sum())} parameters differ, first at {int(diff.nonzero()[0])}"
 
 
+@pytest.mark.parametrize("name", ["AdamW8bit", "SGD8bit", "RMSprop8bit", "Adagrad8bit", "Lion8bit"])
 @pytest.mark.parametrize("bs", [64, 256, 2048])
-def test_adam_native_scale_folding_and_its_fallbacks(lib, gen, bs):
-    """Adam's fused pass folds a block's power-of-two scale into its decode tables (AVX-512 VBMI) only while the
+def test_native_scale_folding_and_its_fallbacks(lib, gen, bs, name):
+    """The fused passes fold a block's power-of-two scale into their decode tables (AVX-512 VBMI) only while the
     smallest code stays a normal float: blocks of tiny gradients (scales of 2^-110 and below, and all-zero
     blocks with absmax 0) take the multiplying decoder. Bit-identical to the reference either way, with the
     blocks mixed in one tensor, over several steps, NaN/Inf blocks skipped."""
     n = bs * 12 + 40
     p1 = torch.nn.Parameter(torch.randn(n, generator=gen))
     p2 = torch.nn.Parameter(p1.detach().clone())
-    o1, o2 = O.AdamW8bit([p1], 1e-3, blocksize=bs), O.AdamW8bit([p2], 1e-3, blocksize=bs)
+    o1, o2 = OPTIMIZERS[name](p1, blocksize=bs), OPTIMIZERS[name](p2, blocksize=bs)
     for step in range(5):
         g = torch.randn(n, generator=gen)
         g[:bs] *= 1e-20  # v underflows to 0 or near it: absmax 0 or far below 2^-103

@@ -201,7 +201,16 @@ int64_t eb_optim_blocks(int32_t rule, float *p, const float *g, int32_t nstates,
 #if defined(__AVX512F__) && defined(__AVX512CD__) && defined(__AVX512BW__)
         if (fused1) {
             uint32_t amax0;
-            one_state_binary_block(rule, p + o, g + o, &hv, wd_mode, bs, q[0] + o, absmax[0][b], &luts[0], s0, &amax0);
+            const bin_b64_t *F0 = NULL;
+#ifdef EB_FOLD
+            const int32_t k0 = bin_fold_exponent(&luts[0], absmax[0][b]);
+            if (bs % 64 == 0 && k0 != INT32_MIN) {
+                if (F[0].k != k0) bin_b64(&luts[0], k0, &F[0]);
+                F0 = &F[0];
+            }
+#endif
+            one_state_binary_block(rule, p + o, g + o, &hv, wd_mode, bs, q[0] + o, absmax[0][b], &luts[0], F0, s0,
+                                   &amax0);
             quantize_block_known(s0, bs, &luts[0], amax0, seeds[0], first + o, q[0] + o, absmax[0] + b, 0);
             continue;
         }

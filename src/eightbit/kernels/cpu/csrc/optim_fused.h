@@ -159,10 +159,14 @@ static void adam_fold_block(float *restrict p, const float *restrict g, const eb
 #if defined(__AVX512F__) && defined(__AVX512CD__) && defined(__AVX512BW__)
 /* One-state rules (momentum, rmsprop, adagrad, lion) with the state on a binary dynamic map, bs a multiple of 32:
  * decode, rule, parameter write and the new state's absmax bits in one pass, with rule_block's float32 operations
- * in its order (bit-identical). */
+ * in its order (bit-identical). F: the block's scale folded into byte tables (bin_b64; bs a multiple of 64), or
+ * NULL to decode by word table and multiply. */
+#if !(defined(__AVX512VBMI__) && defined(__AVX512BW__)) /* no folded tables here: F is always NULL */
+typedef struct bin_b64_unused bin_b64_t;
+#endif
 static void one_state_binary_block(int32_t rule, float *restrict p, const float *restrict g, const eb_hyper_t *h,
                                    int32_t wd_mode, int64_t bs, const uint8_t *q0, float a0, const lut_t *L0,
-                                   float *restrict s0, uint32_t *amax0) {
+                                   const bin_b64_t *F, float *restrict s0, uint32_t *amax0) {
     const __m512 gs = _mm512_set1_ps(h->grad_scale), b1 = _mm512_set1_ps(h->beta1), c1 = _mm512_set1_ps(h->one_minus_beta1);
     const __m512 b2 = _mm512_set1_ps(h->beta2), c2 = _mm512_set1_ps(h->one_minus_beta2), eps = _mm512_set1_ps(h->eps);
     const __m512 l2 = _mm512_set1_ps(wd_mode == WD_L2 ? h->weight_decay : 0.0f), nest = _mm512_set1_ps(h->nesterov);
@@ -172,13 +176,22 @@ static void one_state_binary_block(int32_t rule, float *restrict p, const float 
     const __m512i m7f = _mm512_set1_epi32(0x7FFFFFFF);
     const bin_w32_t T = bin_w32(L0);
     __m512i mx = _mm512_setzero_si512();
-    for (int64_t i = 0; i < bs; i += 32) {
+    const int64_t round = F ? 64 : 32;
+    for (int64_t i = 0; i < bs; i += round) {
+        __m512 old[4];
+        int parts = 2;
         EB_PREFETCH32(p, g, i);
-        __m512 old[2];
-        bin_decode32(&T, q0 + i, &old[0], &old[1]);
-        for (int half = 0; half < 2; half++) {
+#ifdef EB_FOLD
+        if (F) {
+            EB_PREFETCH32(p, g, i + 32);
+            bin_decode64(F, q0 + i, old);
+            parts = 4;
+        } else
+#endif
+            bin_decode32(&T, q0 + i, &old[0], &old[1]);
+        for (int half = 0; half < parts; half++) {
             const int64_t j = i + 16 * half;
-            const __m512 s = _mm512_mul_ps(old[half], va);
+            const __m512 s = F ? old[half] : _mm512_mul_ps(old[half], va);
             __m512 pi = _mm512_loadu_ps(p + j), gi = _mm512_mul_ps(_mm512_loadu_ps(g + j), gs);
             if (wd_mode == WD_L2) gi = _mm512_fmadd_ps(l2, pi, gi);
             __m512 d, sn;
