@@ -148,6 +148,18 @@ OPTIMIZERS = {
 }
 
 
+def _step_native_and_reference(o1, p1, o2, p2, g, step):
+    """One step of o1 (native kernels) and o2 (reference) with gradient g: states and parameters bit-identical."""
+    p1.grad, p2.grad = g.clone(), g.clone()
+    o1.step()
+    with reference_only():
+        o2.step()
+    for k, v in o1.state[p1].items():
+        assert torch.equal(v, o2.state[p2][k]), (k, step)
+    diff = p1.detach() != p2.detach()
+    assert not diff.any(), f"step {step}: {int(diff.sum())} parameters differ, first at {int(diff.nonzero()[0])}"
+
+
 @pytest.mark.parametrize("kw", [{}, {"stochastic_rounding": False}, {"percentile_clipping": 90},
                                 {"state_code": "dynamic"}, {"min_8bit_size": 10**9}])  # the last: 32-bit states
 @pytest.mark.parametrize("name", list(OPTIMIZERS))
@@ -165,14 +177,7 @@ def test_optimizer_native_matches_reference(lib, gen, name, kw):
     for step in range(6):
         g = torch.randn(n, generator=gen)
         g[100:300] *= 1e4  # outliers in one block
-        p1.grad, p2.grad = g.clone(), g.clone()
-        o1.step()
-        with reference_only():
-            o2.step()
-        for k, v in o1.state[p1].items():
-            assert torch.equal(v, o2.state[p2][k]), (k, step)
-        diff = p1.detach() != p2.detach()
-        assert not diff.any(), f"step {step}: {int(diff.sum())} parameters differ, first at {int(diff.nonzero()[0])}"
+        _step_native_and_reference(o1, p1, o2, p2, g, step)
 
 
 @pytest.mark.parametrize("name", ["AdamW8bit", "SGD8bit", "RMSprop8bit", "Adagrad8bit", "Lion8bit"])
@@ -194,13 +199,7 @@ def test_native_scale_folding_and_its_fallbacks(lib, gen, bs, name):
         g[3 * bs : 4 * bs] *= 1e18  # scales near the top of the float range
         if step == 3:
             g[5 * bs + 1], g[-1] = float("nan"), float("inf")
-        p1.grad, p2.grad = g.clone(), g.clone()
-        o1.step()
-        with reference_only():
-            o2.step()
-        for k, v in o1.state[p1].items():
-            assert torch.equal(v, o2.state[p2][k]), (k, step)
-        assert torch.equal(p1.detach(), p2.detach()), step
+        _step_native_and_reference(o1, p1, o2, p2, g, step)
     assert int(o1.state[p1]["skipped_blocks"]) == 2
 
 

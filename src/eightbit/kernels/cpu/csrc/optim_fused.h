@@ -2,6 +2,53 @@
  * dynamic maps, decode, rule, parameter write and the new states' absmax in one pass, then the caller encodes. */
 #ifndef EIGHTBIT_OPTIM_FUSED_H
 #define EIGHTBIT_OPTIM_FUSED_H
+#if defined(__AVX512F__) && defined(__AVX512CD__)
+/* Adam's hyperparameters broadcast to 16 lanes. */
+typedef struct {
+    __m512 gs, b1, c1, b2, c2, eps, r1, r2, l2, decay, step;
+    __m512i m7f;
+} adam16_k;
+
+static inline adam16_k adam16_consts(const eb_hyper_t *h, int32_t wd_mode) {
+    adam16_k k;
+    k.gs = _mm512_set1_ps(h->grad_scale);
+    k.b1 = _mm512_set1_ps(h->beta1);
+    k.c1 = _mm512_set1_ps(h->one_minus_beta1);
+    k.b2 = _mm512_set1_ps(h->beta2);
+    k.c2 = _mm512_set1_ps(h->one_minus_beta2);
+    k.eps = _mm512_set1_ps(h->eps);
+    k.r1 = _mm512_set1_ps(1.0f / h->bias_correction1);
+    k.r2 = _mm512_set1_ps(1.0f / h->bias_correction2_sqrt);
+    k.l2 = _mm512_set1_ps(wd_mode == WD_L2 ? h->weight_decay : 0.0f);
+    k.decay = _mm512_set1_ps(1.0f - h->lr * h->weight_decay);
+    k.step = _mm512_set1_ps(h->lr * h->update_scale);
+    k.m7f = _mm512_set1_epi32(0x7FFFFFFF);
+    return k;
+}
+
+/* Adam on the 16 values from element o, given their decoded (scaled) states: the parameter written, the new
+ * states stored to s0 + o and s1 + o, their absmax bits folded into *x0 and *x1; rule_block's float32 operations
+ * in its order (bit-identical). unit_gs: grad_scale is 1 (g * 1 is g, the multiply is dropped). */
+static inline __attribute__((always_inline)) void adam16(const adam16_k *K, __m512 m_old, __m512 v_old,
+                                                          float *restrict p, const float *restrict g, int64_t o,
+                                                          const int wd_mode, const int unit_gs, float *restrict s0,
+                                                          float *restrict s1, __m512i *x0, __m512i *x1) {
+    __m512 pi = _mm512_loadu_ps(p + o), gi = _mm512_loadu_ps(g + o);
+    if (!unit_gs) gi = _mm512_mul_ps(gi, K->gs);
+    if (wd_mode == WD_L2) gi = _mm512_fmadd_ps(K->l2, pi, gi);
+    const __m512 m = _mm512_add_ps(_mm512_mul_ps(m_old, K->b1), _mm512_mul_ps(gi, K->c1));
+    const __m512 v = _mm512_add_ps(_mm512_mul_ps(v_old, K->b2), _mm512_mul_ps(_mm512_mul_ps(gi, gi), K->c2));
+    const __m512 a = _mm512_div_ps(_mm512_mul_ps(m, K->r1),
+                                   _mm512_add_ps(_mm512_mul_ps(_mm512_sqrt_ps(v), K->r2), K->eps));
+    if (wd_mode == WD_DECOUPLED) pi = _mm512_mul_ps(pi, K->decay);
+    _mm512_storeu_ps(p + o, _mm512_sub_ps(pi, _mm512_mul_ps(K->step, a)));
+    _mm512_storeu_ps(s0 + o, m);
+    _mm512_storeu_ps(s1 + o, v);
+    *x0 = _mm512_max_epu32(*x0, _mm512_and_si512(_mm512_castps_si512(m), K->m7f));
+    *x1 = _mm512_max_epu32(*x1, _mm512_and_si512(_mm512_castps_si512(v), K->m7f));
+}
+#endif
+
 #if defined(__AVX2__) && defined(__FMA__)
 /* Adam (both states on binary dynamic maps, bs a multiple of 8): decode, rule, parameter write and the new
  * states' absmax bits in one pass where the generic path makes five, with rule_block's float32 operations in
@@ -22,29 +69,11 @@ static void adam_binary_block(float *restrict p, const float *restrict g, const 
 #if defined(__AVX512F__) && defined(__AVX512CD__)
     {   /* 16 lanes: the same operations */
         const bin_v16_t W0 = bin_v16(V0->lut), W1 = bin_v16(V1->lut);
-        const __m512 zgs = _mm512_set1_ps(h->grad_scale), zb1 = _mm512_set1_ps(h->beta1), zc1 = _mm512_set1_ps(h->one_minus_beta1);
-        const __m512 zb2 = _mm512_set1_ps(h->beta2), zc2 = _mm512_set1_ps(h->one_minus_beta2), zeps = _mm512_set1_ps(h->eps);
-        const __m512 zr1 = _mm512_set1_ps(1.0f / h->bias_correction1), zr2 = _mm512_set1_ps(1.0f / h->bias_correction2_sqrt);
-        const __m512 zl2 = _mm512_set1_ps(wd_mode == WD_L2 ? h->weight_decay : 0.0f);
-        const __m512 zdecay = _mm512_set1_ps(1.0f - h->lr * h->weight_decay), zstep = _mm512_set1_ps(h->lr * h->update_scale);
+        const adam16_k K = adam16_consts(h, wd_mode);
         const __m512 za0 = _mm512_set1_ps(a0), za1 = _mm512_set1_ps(a1);
-        const __m512i z7f = _mm512_set1_epi32(0x7FFFFFFF);
         __m512i zx0 = _mm512_setzero_si512(), zx1 = _mm512_setzero_si512();
-#define ADAM16(M_CODE, V_CODE, J)                                                                                     \
-    do {                                                                                                              \
-        const __m512 m_old = _mm512_mul_ps((M_CODE), za0), v_old = _mm512_mul_ps((V_CODE), za1);                      \
-        __m512 pi = _mm512_loadu_ps(p + (J)), gi = _mm512_mul_ps(_mm512_loadu_ps(g + (J)), zgs);                      \
-        if (wd_mode == WD_L2) gi = _mm512_fmadd_ps(zl2, pi, gi);                                                      \
-        const __m512 m = _mm512_add_ps(_mm512_mul_ps(m_old, zb1), _mm512_mul_ps(gi, zc1));                           \
-        const __m512 v = _mm512_add_ps(_mm512_mul_ps(v_old, zb2), _mm512_mul_ps(_mm512_mul_ps(gi, gi), zc2));        \
-        const __m512 a = _mm512_div_ps(_mm512_mul_ps(m, zr1), _mm512_add_ps(_mm512_mul_ps(_mm512_sqrt_ps(v), zr2), zeps)); \
-        if (wd_mode == WD_DECOUPLED) pi = _mm512_mul_ps(pi, zdecay);                                                  \
-        _mm512_storeu_ps(p + (J), _mm512_sub_ps(pi, _mm512_mul_ps(zstep, a)));                                        \
-        _mm512_storeu_ps(s0 + (J), m);                                                                                \
-        _mm512_storeu_ps(s1 + (J), v);                                                                                \
-        zx0 = _mm512_max_epu32(zx0, _mm512_and_si512(_mm512_castps_si512(m), z7f));                                   \
-        zx1 = _mm512_max_epu32(zx1, _mm512_and_si512(_mm512_castps_si512(v), z7f));                                   \
-    } while (0)
+#define ADAM16(M_CODE, V_CODE, J) \
+    adam16(&K, _mm512_mul_ps((M_CODE), za0), _mm512_mul_ps((V_CODE), za1), p, g, (J), wd_mode, 0, s0, s1, &zx0, &zx1)
 #if defined(__AVX512BW__)
         const bin_w32_t T0 = bin_w32(V0->lut), T1 = bin_w32(V1->lut);
         for (; i + 32 <= bs; i += 32) { /* decoding by table: 32 codes per four word permutes */
@@ -93,8 +122,8 @@ static void adam_binary_block(float *restrict p, const float *restrict g, const 
 
 #if defined(__AVX512VBMI__) && defined(__AVX512BW__) && defined(__AVX512CD__)
 #define EB_FOLD 1
-/* Adam's pass for a block whose two scales fold into the decode tables (bin_b64): the operations of
- * adam_binary_block's 16-lane body without the two scale multiplies, 64 values per round. wd_mode and unit_gs
+/* Adam's pass for a block whose two scales fold into the decode tables (bin_b64): adam16 without the two scale
+ * multiplies, 64 values per round. wd_mode and unit_gs
  * (grad_scale == 1: g * 1 is g, so the multiply is dropped) are constants in each instance (adam_fold_block). */
 static inline __attribute__((always_inline)) void adam_fold_pass(float *restrict p, const float *restrict g,
                                                                   const eb_hyper_t *h, const int wd_mode,
@@ -103,12 +132,7 @@ static inline __attribute__((always_inline)) void adam_fold_pass(float *restrict
                                                                   const bin_b64_t *T1, float *restrict s0,
                                                                   float *restrict s1, uint32_t *amax0,
                                                                   uint32_t *amax1) {
-    const __m512 gs = _mm512_set1_ps(h->grad_scale), b1 = _mm512_set1_ps(h->beta1), c1 = _mm512_set1_ps(h->one_minus_beta1);
-    const __m512 b2 = _mm512_set1_ps(h->beta2), c2 = _mm512_set1_ps(h->one_minus_beta2), eps = _mm512_set1_ps(h->eps);
-    const __m512 r1 = _mm512_set1_ps(1.0f / h->bias_correction1), r2 = _mm512_set1_ps(1.0f / h->bias_correction2_sqrt);
-    const __m512 l2 = _mm512_set1_ps(h->weight_decay);
-    const __m512 decay = _mm512_set1_ps(1.0f - h->lr * h->weight_decay), step = _mm512_set1_ps(h->lr * h->update_scale);
-    const __m512i m7f = _mm512_set1_epi32(0x7FFFFFFF);
+    const adam16_k K = adam16_consts(h, wd_mode);
     __m512i x0 = _mm512_setzero_si512(), x1 = _mm512_setzero_si512();
     for (int64_t i = 0; i < bs; i += 64) {
         EB_PREFETCH32(p, g, i);
@@ -116,21 +140,7 @@ static inline __attribute__((always_inline)) void adam_fold_pass(float *restrict
         __m512 mo[4], vo[4];
         bin_decode64(T0, q0 + i, mo);
         bin_decode64(T1, q1 + i, vo);
-        for (int j = 0; j < 4; j++) {
-            const int64_t o = i + 16 * j;
-            __m512 pi = _mm512_loadu_ps(p + o), gi = _mm512_loadu_ps(g + o);
-            if (!unit_gs) gi = _mm512_mul_ps(gi, gs);
-            if (wd_mode == WD_L2) gi = _mm512_fmadd_ps(l2, pi, gi);
-            const __m512 m = _mm512_add_ps(_mm512_mul_ps(mo[j], b1), _mm512_mul_ps(gi, c1));
-            const __m512 v = _mm512_add_ps(_mm512_mul_ps(vo[j], b2), _mm512_mul_ps(_mm512_mul_ps(gi, gi), c2));
-            const __m512 a = _mm512_div_ps(_mm512_mul_ps(m, r1), _mm512_add_ps(_mm512_mul_ps(_mm512_sqrt_ps(v), r2), eps));
-            if (wd_mode == WD_DECOUPLED) pi = _mm512_mul_ps(pi, decay);
-            _mm512_storeu_ps(p + o, _mm512_sub_ps(pi, _mm512_mul_ps(step, a)));
-            _mm512_storeu_ps(s0 + o, m);
-            _mm512_storeu_ps(s1 + o, v);
-            x0 = _mm512_max_epu32(x0, _mm512_and_si512(_mm512_castps_si512(m), m7f));
-            x1 = _mm512_max_epu32(x1, _mm512_and_si512(_mm512_castps_si512(v), m7f));
-        }
+        for (int j = 0; j < 4; j++) adam16(&K, mo[j], vo[j], p, g, i + 16 * j, wd_mode, unit_gs, s0, s1, &x0, &x1);
     }
     *amax0 = (uint32_t)_mm512_reduce_max_epu32(x0);
     *amax1 = (uint32_t)_mm512_reduce_max_epu32(x1);
