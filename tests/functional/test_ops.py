@@ -65,6 +65,13 @@ def _samples() -> dict[str, list[tuple[tuple, dict]]]:
               [-1, 7]), {}),
             (("rmsprop", p.clone(), grad, [torch.rand(n, generator=g)], [], [], hyper, 1, 64, [-1]), {}),
         ],
+        "optimizer_update_many": [
+            (("adam", [p.clone(), p[:100].clone()], [grad, grad[:100].clone()],
+              [s.clone() for s in states8] + [s[:100].clone() for s in states8],
+              [a.clone() for a in absmaxes] + [a[:2].clone() for a in absmaxes], codes + codes, hyper + hyper, 2,
+              [64, 64], [-1, 7, -1, 9], [torch.zeros((), dtype=torch.int64), torch.zeros((), dtype=torch.int64)]), {}),
+            (("rmsprop", [p.clone()], [grad], [torch.rand(n, generator=g)], [], [], hyper, 1, [64], [-1], []), {}),
+        ],
         "optimizer_update_norm": [(("lamb", p, grad, states8, absmaxes, codes, hyper, 0, 64), {})],
     }
 

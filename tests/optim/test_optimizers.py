@@ -263,6 +263,51 @@ def test_skip_counter_from_a_loaded_state(saved, gen):
     assert int(fresh.state[p]["step"]) == 2
 
 
+@pytest.mark.parametrize("cls,kw", [(O.AdamW8bit, {}), (O.SGD8bit, {"momentum": 0.9}), (O.Lion8bit, {}),
+                                    (O.AdamW8bit, {"nonfinite": "skip"})])
+def test_batched_step_equals_one_parameter_at_a_time(cls, kw, gen):
+    """A group's plain updates run as one optimizer_update_many call per kind of state (8-bit, 32-bit); the result
+    is bit-identical to stepping each parameter with its own optimizer (one op call each), NaN blocks included.
+    A non-contiguous parameter and one without a gradient take their own paths in the same step."""
+    shapes = [(64, 80), (300,), (4096 + 5,), (10,), (128, 40), (7, 3)]
+    params = [torch.nn.Parameter(torch.randn(s, generator=gen)) for s in shapes]
+    params.append(torch.nn.Parameter(torch.randn(96, 70, generator=gen).t()))  # non-contiguous
+    params.append(torch.nn.Parameter(torch.randn(50, generator=gen)))  # never has a gradient
+    twins = [torch.nn.Parameter(p.detach().clone()) for p in params]
+    opt = cls(params, lr=1e-3, min_8bit_size=2000, **kw)
+    singles = [cls([t], lr=1e-3, min_8bit_size=2000, **kw) for t in twins]
+    for step in range(4):
+        for i, (p, t) in enumerate(zip(params[:-1], twins[:-1])):
+            g = torch.randn(p.shape, generator=gen)
+            if step == 2 and i == 2:
+                g.view(-1)[5] = float("nan")
+            p.grad, t.grad = g.clone(), g.clone()
+        opt.step()
+        for o in singles:
+            o.step()
+        for p, t, o in zip(params, twins, singles):
+            assert torch.equal(p.detach(), t.detach()), step
+            for k, v in opt.state[p].items():
+                assert torch.equal(torch.as_tensor(v), torch.as_tensor(o.state[t][k])), (k, step)
+    assert not opt.state[params[-1]]
+
+
+def test_optimizer_update_many_checks_its_lists(gen):
+    from eightbit.functional.optimizer import OptimHyper, optimizer_update_many
+    p = [torch.randn(100, generator=gen), torch.randn(50, generator=gen)]
+    g = [torch.randn(100, generator=gen), torch.randn(50, generator=gen)]
+    s = [[torch.zeros(100)], [torch.zeros(50)]]
+    h = [OptimHyper(lr=0.1)] * 2
+    with pytest.raises(ValueError, match="seeds must have one entry per parameter"):
+        optimizer_update_many("momentum", p, g, s, [[], []], [[], []], h, wd_mode=0, blocksizes=[64, 64], seeds=[[-1]])
+    with pytest.raises(ValueError, match="parameter 1"):
+        optimizer_update_many("momentum", p, g, [s[0], [torch.zeros(49)]], [[], []], [[], []], h, wd_mode=0,
+                              blocksizes=[64, 64], seeds=[[-1], [-1]])
+    optimizer_update_many("momentum", p, g, s, [[], []], [[], []], h, wd_mode=0, blocksizes=[64, 64],
+                          seeds=[[-1], [-1]])
+    assert bool(s[0][0].ne(0).any()) and bool(s[1][0].ne(0).any())
+
+
 def test_nonfinite_skip_block_acts_as_skip_when_norms_come_first(gen):
     """Percentile clipping and LAMB's trust ratio read the whole gradient first: the whole parameter is skipped."""
     for opt_fn in (lambda ps: O.AdamW8bit(ps, lr=1e-3, percentile_clipping=90), lambda ps: O.LAMB8bit(ps, lr=1e-3)):

@@ -54,6 +54,12 @@ SCHEMAS: dict[str, str] = {
         "(str rule, Tensor(a!) p, Tensor g, Tensor(b!)[] states, Tensor(c!)[] absmaxes, Tensor[] codes, "
         "float[] hyper, int wd_mode, int blocksize, int[] seeds, Tensor(d!)? skipped=None) -> ()"
     ),
+    # the same step for several parameters in one call (one rule, states per parameter: len(states) / len(ps);
+    # hypers: the OptimHyper fields of each parameter in turn; skipped: empty or one counter per parameter)
+    "optimizer_update_many": (
+        "(str rule, Tensor(a!)[] ps, Tensor[] gs, Tensor(b!)[] states, Tensor(c!)[] absmaxes, Tensor[] codes, "
+        "float[] hypers, int wd_mode, int[] blocksizes, int[] seeds, Tensor(d!)[] skipped) -> ()"
+    ),
     "optimizer_update_norm": (
         "(str rule, Tensor p, Tensor g, Tensor[] states, Tensor[] absmaxes, Tensor[] codes, float[] hyper, "
         "int wd_mode, int blocksize) -> Tensor"
@@ -171,6 +177,11 @@ def _(x, scale, zero_point, axis, symmetric):
 
 @_fake("optimizer_update")
 def _(rule, p, g, states, absmaxes, codes, hyper, wd_mode, blocksize, seeds, skipped=None):
+    return None
+
+
+@_fake("optimizer_update_many")
+def _(rule, ps, gs, states, absmaxes, codes, hypers, wd_mode, blocksizes, seeds, skipped):
     return None
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import warnings
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, NamedTuple
 
 import torch
 
@@ -22,7 +22,7 @@ from .._checks import check_choice, check_number
 from ..functional.blockwise import VALID_BLOCKSIZES, check_blocksize
 from ..functional.codes import binary_codebook, codebook, dynamic_codebook
 from ..functional.optimizer import (WD_DECOUPLED, WD_L2, WD_NONE, OptimHyper, compute_dtype, optimizer_update,
-                                    optimizer_update_norm)
+                                    optimizer_update_many, optimizer_update_norm)
 from ..functional.rounding import step_seed
 from . import paging
 from .manager import GlobalOptimManager
@@ -79,6 +79,28 @@ def _all_finite(g: torch.Tensor, groups: list) -> bool:
             return math.isfinite(lo.item()) and math.isfinite(hi.item())
         return bool(torch.isfinite(lo) & torch.isfinite(hi))  # one device sync
     return _sum_over(groups, (~torch.isfinite(g)).sum()).item() == 0
+
+
+class _Job(NamedTuple):
+    """One parameter's prepared update (Optimizer8bit._prepare): the op's arguments and how to run it."""
+
+    config: dict
+    local: torch.Tensor  # the parameter's local tensor (real view of a complex one)
+    work: torch.Tensor  # local, or its contiguous copy (written back after the op)
+    g: torch.Tensor
+    states: list
+    absmaxes: list
+    codes: list
+    hyper: OptimHyper
+    seeds: list
+    rule: str
+    wd_mode: int
+    blocksize: int
+    skipped: torch.Tensor | None
+    paged: bool
+    norm: bool  # the step is scaled by an update norm (LAMB, LARS, max_unorm)
+    groups: list
+    batch_key: tuple | None  # None: runs alone (paged, update norm, copy-back)
 
 
 def _state_code(config: dict[str, Any], signed: bool) -> str:
@@ -363,7 +385,8 @@ class Optimizer8bit(torch.optim.Optimizer):
     # ----- step ----------------------------------------------------------------------------------
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
-        """One optimizer step over all parameters with a gradient; returns ``closure()`` if given."""
+        """One optimizer step over all parameters with a gradient; returns ``closure()`` if given. Plain updates
+        (no paging, no update norm) of a group run as one ``optimizer_update_many`` op per kind of state."""
         loss = None
         if closure is not None:
             with torch.enable_grad():
@@ -371,11 +394,21 @@ class Optimizer8bit(torch.optim.Optimizer):
         paged: set[torch.device] = set()
         try:
             for group in self.param_groups:
-                for p in group["params"]:
-                    if p.grad is None:
-                        continue
-                    if self._step_param(p, self._config(p, group)):
-                        paged.add(_local(p).device)
+                batches: dict[tuple, list[_Job]] = {}
+                try:
+                    for p in group["params"]:
+                        if p.grad is None:
+                            continue
+                        job = self._prepare(p, self._config(p, group))
+                        if job is None:
+                            continue
+                        if job.batch_key is not None:
+                            batches.setdefault(job.batch_key, []).append(job)
+                        elif self._run(job):
+                            paged.add(job.work.device)
+                finally:  # prepared jobs have advanced their step counters: they run even if a later one raised
+                    for jobs in batches.values():
+                        self._run_many(jobs)
         finally:  # the states already written back are current even when a later parameter raises
             paging.synchronize(paged)
         return loss
@@ -388,25 +421,31 @@ class Optimizer8bit(torch.optim.Optimizer):
         return torch.device("cpu") if self._pages(p_local) else p_local.device
 
     def _step_param(self, p: torch.Tensor, config: dict[str, Any]) -> bool:
-        """One parameter's update; True when its state was paged in and out."""
+        """One parameter's update on its own; True when its state was paged in and out."""
+        job = self._prepare(p, config)
+        return False if job is None else self._run(job)
+
+    def _prepare(self, p: torch.Tensor, config: dict[str, Any]) -> _Job | None:
+        """Everything of one parameter's update up to the op: state created, non-finite check, step counted,
+        the op's arguments; None when there is nothing to update (empty, or skipped)."""
         pl, gl = _local(p), _local(p.grad)
         if gl.is_sparse:
             raise RuntimeError(f"{type(self).__name__} does not support sparse gradients")
         groups = _shard_groups(p)  # non-empty for a sharded DTensor: collectives below, even on an empty shard
         if pl.numel() == 0 and not groups:
-            return False
+            return None
         state = self.state[p]
         if not state:
             self._init_state(pl, state, config, p.numel() * (2 if p.is_complex() else 1))
         mode = config["nonfinite"]
-        norms_first = config["percentile_clipping"] < 100 or self.needs_update_norm(config)
-        if mode == "skip_block" and norms_first:
+        norm = self.needs_update_norm(config)
+        if mode == "skip_block" and (config["percentile_clipping"] < 100 or norm):
             mode = "skip"  # a NaN would reach the gradient-norm history or the update norm before the update
         if mode in ("skip", "raise") and not _all_finite(gl, groups):
             if mode == "raise":
                 raise FloatingPointError(f"non-finite gradient for a parameter of shape {tuple(p.shape)}")
             state["skipped_steps"] += 1
-            return False
+            return None
         skipped = None
         if mode == "skip_block":  # checked by the update kernel, block by block
             skipped = state.get("skipped_blocks", 0)
@@ -422,28 +461,49 @@ class Optimizer8bit(torch.optim.Optimizer):
         h = OptimHyper(lr=config["lr"], weight_decay=config.get("weight_decay", 0.0), grad_scale=grad_scale,
                        **self.hyper(config, step))
         states, absmaxes, codes, seeds = self._op_args(work, g, state, config)
+        rule, wd_mode = self.rule_for(config)
+        bs = int(state.get("blocksize", config["blocksize"]))  # a loaded bitsandbytes state keeps its 256
         paged = self._pages(pl)
-        if paged:  # this parameter's state visits the device for its update only
+        key = None  # jobs with equal keys share one op call
+        if not (paged or norm or work is not pl):
+            key = (rule, wd_mode, len(states), bool(absmaxes), skipped is not None, work.device)
+        return _Job(config, pl, work, g, states, absmaxes, codes, h, seeds, rule, wd_mode, bs, skipped, paged, norm,
+                    groups, key)
+
+    def _run(self, job: _Job) -> bool:
+        """The op of one prepared update (paging, update norm and copy-back included); True when paged."""
+        states, absmaxes, h, work, g = job.states, job.absmaxes, job.hyper, job.work, job.g
+        if job.paged:  # this parameter's state visits the device for its update only
             host = states + absmaxes
             on_device = paging.fetch(host, work.device)
             states, absmaxes = on_device[: len(states)], on_device[len(states):]
-        rule, wd_mode = self.rule_for(config)
-        bs = int(state.get("blocksize", config["blocksize"]))  # a loaded bitsandbytes state keeps its 256
-        if self.needs_update_norm(config):
-            usq = optimizer_update_norm(rule, work, g, states, absmaxes, codes, h, wd_mode=wd_mode, blocksize=bs)
-            if groups:  # norms of the whole parameter, not of this shard
-                sq = _sum_over(groups, torch.stack([usq.to(work.device), work.float().square().sum()]))
+        if job.norm:
+            usq = optimizer_update_norm(job.rule, work, g, states, absmaxes, job.codes, h, wd_mode=job.wd_mode,
+                                        blocksize=job.blocksize)
+            if job.groups:  # norms of the whole parameter, not of this shard
+                sq = _sum_over(job.groups, torch.stack([usq.to(work.device), work.float().square().sum()]))
                 unorm, pnorm = float(sq[0]) ** 0.5, float(sq[1]) ** 0.5
             else:
                 unorm, pnorm = float(usq) ** 0.5, float(work.float().norm())
-            h = dataclasses.replace(h, update_scale=self.update_scale(unorm, pnorm, config))
-        optimizer_update(rule, work, g, states, absmaxes, codes, h, wd_mode=wd_mode, blocksize=bs, seeds=seeds,
-                         skipped=skipped)
-        if paged:
+            h = dataclasses.replace(h, update_scale=self.update_scale(unorm, pnorm, job.config))
+        optimizer_update(job.rule, work, g, states, absmaxes, job.codes, h, wd_mode=job.wd_mode,
+                         blocksize=job.blocksize, seeds=job.seeds, skipped=job.skipped)
+        if job.paged:
             paging.write_back(host, on_device)
-        if work is not pl:
-            pl.copy_(work)
-        return paged
+        if work is not job.local:
+            job.local.copy_(work)
+        return job.paged
+
+    def _run_many(self, jobs: list[_Job]) -> None:
+        """The ops of prepared plain updates sharing a batch key, in one call."""
+        if len(jobs) == 1:
+            self._run(jobs[0])
+            return
+        j0 = jobs[0]
+        optimizer_update_many(j0.rule, [j.work for j in jobs], [j.g for j in jobs], [j.states for j in jobs],
+                              [j.absmaxes for j in jobs], [j.codes for j in jobs], [j.hyper for j in jobs],
+                              wd_mode=j0.wd_mode, blocksizes=[j.blocksize for j in jobs], seeds=[j.seeds for j in jobs],
+                              skipped=[j.skipped for j in jobs] if j0.skipped is not None else None)
 
     def _percentile_scale(self, g: torch.Tensor, state: dict, config: dict, step: int, groups: list) -> float:
         if config["percentile_clipping"] >= 100:

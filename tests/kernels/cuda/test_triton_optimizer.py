@@ -12,8 +12,8 @@ import torch
 
 import eightbit.optim as O
 from eightbit.functional import ops
-from eightbit.functional.optimizer import (OptimHyper, WD_DECOUPLED, optimizer_update_norm_reference,
-                                           optimizer_update_reference)
+from eightbit.functional.optimizer import (OptimHyper, WD_DECOUPLED, optimizer_update_many_reference,
+                                           optimizer_update_norm_reference, optimizer_update_reference)
 from eightbit.kernels import forced_reference, reference_only
 from eightbit.kernels.cuda import optimizer as K
 from tests.kernels.test_native_cpu import _ulp
@@ -51,7 +51,14 @@ def triton_ops(monkeypatch):
         out = NotImplemented if forced_reference() else K.optimizer_update_norm(*args)
         return optimizer_update_norm_reference(*args) if out is NotImplemented else out
 
+    def many(*args):
+        if forced_reference():
+            optimizer_update_many_reference(*args)
+        else:
+            K.optimizer_update_many(*args)
+
     monkeypatch.setattr(ops, "optimizer_update", update)
+    monkeypatch.setattr(ops, "optimizer_update_many", many)
     monkeypatch.setattr(ops, "optimizer_update_norm", norm)
 
 
@@ -115,6 +122,28 @@ def test_skip_block_equals_reference(triton_ops, gen, name):
     """nonfinite="skip_block": blocks whose gradient holds a NaN/Inf keep values and state; the states and the
     skipped-block count bit-identical to the reference's."""
     _run(name, {}, gen, steps=3, bad=True)
+
+
+def test_many_parameters_in_one_call(triton_ops, gen):
+    """optimizer_update_many on the Triton kernel (one launch per parameter): states bit-identical to the
+    reference's for a group of 8-bit and 32-bit parameters, a NaN block skipped."""
+    shapes = [2048 * 2 + 5, 3000, 100, 40]
+    ps = [torch.nn.Parameter(on(torch.randn(n, generator=gen))) for n in shapes]
+    refs = [torch.nn.Parameter(back(p.detach()).clone()) for p in ps]
+    o1, o2 = O.AdamW8bit(ps, 1e-3, min_8bit_size=2048), O.AdamW8bit(refs, 1e-3, min_8bit_size=2048)
+    for step in range(3):
+        for p, r in zip(ps, refs):
+            g = torch.randn(r.shape, generator=gen)
+            if step == 1:
+                g[3] = float("nan")
+            p.grad, r.grad = on(g.clone()), g
+        o1.step()
+        with reference_only():
+            o2.step()
+        for p, r in zip(ps, refs):
+            for key, v in o1.state[p].items():
+                assert torch.equal(back(v), o2.state[r][key]), (key, step)
+    assert all(int(o1.state[p]["skipped_blocks"]) == 1 for p in ps)
 
 
 def test_nan_gradient_block_isolated(triton_ops, gen):

@@ -14,7 +14,7 @@ import ctypes
 import torch
 
 from ...functional.codes import codebook
-from ...functional.optimizer import FIELDS
+from ...functional.optimizer import FIELDS, optimizer_update_reference, split_many
 from ..registry import register
 from . import native
 from .tables import Lut, native_tables
@@ -80,4 +80,15 @@ def optimizer_update_cpu(rule, p, g, states, absmaxes, codes, hyper, wd_mode, bl
         bad += run(nfull * blocksize, 1, n - nfull * blocksize)
     if bad:
         skipped += bad
+    return None
+
+
+@register("optimizer_update_many", "cpu", available=_available)
+def optimizer_update_many_cpu(rule, ps, gs, states, absmaxes, codes, hypers, wd_mode, blocksizes, seeds, skipped):
+    """Kernel of ``optimizer_update_many``: ``optimizer_update_cpu`` for each parameter (the reference for one it
+    declines), in one op call."""
+    for p, g, bs, (s, a, c, h, sd, sk) in zip(ps, gs, blocksizes, split_many(ps, states, absmaxes, codes, hypers,
+                                                                               seeds, skipped)):
+        if optimizer_update_cpu(rule, p, g, s, a, c, h, wd_mode, bs, sd, sk) is NotImplemented:
+            optimizer_update_reference(rule, p, g, s, a, c, h, wd_mode, bs, sd, sk)
     return None

@@ -65,6 +65,7 @@ KERNELS = {
     "dequantize_blockwise": blockwise.dequantize_blockwise,
     "dequantize_blockwise.out": _dequantize_blockwise_out,
     "optimizer_update": optimizer.optimizer_update,
+    "optimizer_update_many": optimizer.optimizer_update_many,
     "optimizer_update_norm": optimizer.optimizer_update_norm,
     "fp8_linear": fp8.fp8_linear,
 }

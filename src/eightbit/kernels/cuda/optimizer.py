@@ -17,8 +17,8 @@ import triton
 import triton.language as tl
 
 from ...functional.codes import codebook
-from ...functional.optimizer import FIELDS
-from ._common import LAUNCH, arg, device_guarded, kind_of, load_f32, store_f32, warps_for_block
+from ...functional.optimizer import FIELDS, optimizer_update_reference, split_many
+from ._common import LAUNCH, arg, device_guarded, kind_of, load_f32, on_device, store_f32, warps_for_block
 from .blockwise import MAX_BLOCK, full_and_partial, padded_midpoints, quantize_block
 
 RULE_IDS = {"adam": 0, "lamb": 1, "momentum": 2, "rmsprop": 3, "adagrad": 4, "lion": 5, "ademamix": 6}
@@ -163,6 +163,18 @@ def optimizer_update(rule, p, g, states, absmaxes, codes, hyper, wd_mode, blocks
     counted with an atomic add); NotImplemented for float64 parameters."""
     return NotImplemented if _launch(rule, p, g, states, absmaxes, codes, hyper, wd_mode, blocksize, seeds,
                                      False, skipped) is None else None
+
+
+def optimizer_update_many(rule, ps, gs, states, absmaxes, codes, hypers, wd_mode, blocksizes, seeds, skipped):
+    """Kernel of ``optimizer_update_many``: the kernel launches of each parameter, on its own GPU (the reference
+    for one the kernel declines), in one op call."""
+    for p, g, bs, (s, a, c, h, sd, sk) in zip(ps, gs, blocksizes, split_many(ps, states, absmaxes, codes, hypers,
+                                                                               seeds, skipped)):
+        with on_device(p):
+            launched = _launch(rule, p, g, s, a, c, h, wd_mode, bs, sd, False, sk)
+        if launched is None:
+            optimizer_update_reference(rule, p, g, s, a, c, h, wd_mode, bs, sd, sk)
+    return None
 
 
 @device_guarded
