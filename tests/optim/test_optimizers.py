@@ -292,6 +292,33 @@ def test_batched_step_equals_one_parameter_at_a_time(cls, kw, gen):
     assert not opt.state[params[-1]]
 
 
+def test_batched_step_with_a_damaged_state_steps_the_others(gen):
+    """A damaged state in a batch raises its ValueError after every other prepared parameter has stepped (each then
+    runs on its own); nothing is half-updated."""
+    ps = [torch.nn.Parameter(torch.randn(4096, generator=gen)) for _ in range(3)]
+    ps.append(torch.nn.Parameter(torch.randn(10, generator=gen)))  # a 32-bit batch of its own
+    opt = O.AdamW8bit(ps, lr=1e-3, min_8bit_size=1000)
+    for p in ps:
+        p.grad = torch.randn(p.shape, generator=gen)
+    opt.step()
+    snap = [p.detach().clone() for p in ps]
+    opt.state[ps[1]]["absmax1"] = torch.zeros(5)  # wrong length for 4096 values in blocks of 2048
+    with pytest.raises(ValueError, match="absmax"):
+        opt.step()
+    moved = [not torch.equal(p.detach(), s) for p, s in zip(ps, snap)]
+    assert moved == [True, False, True, True]
+
+
+def test_raw_many_op_rejects_lists_that_disagree(gen):
+    from eightbit.functional import ops
+    from eightbit.functional.optimizer import OptimHyper
+    p, g = [torch.randn(100, generator=gen) for _ in range(2)], [torch.randn(100, generator=gen) for _ in range(2)]
+    s = [torch.zeros(100), torch.zeros(100)]
+    h = OptimHyper(lr=0.1).as_list() * 2
+    with pytest.raises(ValueError, match="optimizer_update_many"):
+        ops.optimizer_update_many("momentum", p, g, s, [], [], h, 0, [64], [-1, -1], [])
+
+
 def test_optimizer_update_many_checks_its_lists(gen):
     from eightbit.functional.optimizer import OptimHyper, optimizer_update_many
     p = [torch.randn(100, generator=gen), torch.randn(50, generator=gen)]

@@ -234,15 +234,21 @@ def optimizer_update_reference(rule: str, p: torch.Tensor, g: torch.Tensor, stat
     _steps(rule, p, g, states, absmaxes, codes, hyper, wd_mode, blocksize, seeds, True, skipped)
 
 
-def split_many(ps: list, states: list, absmaxes: list, codes: list, hypers: list, seeds: list, skipped: list):
-    """Per-parameter argument tuples (states, absmaxes, codes, hyper, seeds, skipped) of ``optimizer_update_many``'s
-    flat lists."""
+def split_many(ps: list, gs: list, states: list, absmaxes: list, codes: list, hypers: list, blocksizes: list,
+               seeds: list, skipped: list):
+    """Per-parameter argument tuples (p, g, states, absmaxes, codes, hyper, blocksize, seeds, skipped) of
+    ``optimizer_update_many``'s flat lists; ValueError if their lengths disagree (checked before the first)."""
     n, nh = len(ps), len(FIELDS)
     k = len(states) // n if n else 0
+    if (len(gs) != n or len(blocksizes) != n or len(states) != n * k or len(absmaxes) not in (0, n * k) or len(codes) != len(absmaxes)
+            or len(hypers) != n * nh or len(seeds) != n * k or len(skipped) not in (0, n)):
+        raise ValueError(f"optimizer_update_many: for {n} parameters with {k} states each, states, absmaxes/codes "
+                         f"(8-bit) and seeds need {n * k} entries, hypers {n * nh}, skipped 0 or {n}; got "
+                         f"{len(states)}, {len(absmaxes)}/{len(codes)}, {len(seeds)}, {len(hypers)}, {len(skipped)}")
     for i in range(n):
-        yield (states[i * k : (i + 1) * k], absmaxes[i * k : (i + 1) * k] if absmaxes else [],
-               codes[i * k : (i + 1) * k] if codes else [], hypers[i * nh : (i + 1) * nh], seeds[i * k : (i + 1) * k],
-               skipped[i] if skipped else None)
+        yield (ps[i], gs[i], states[i * k : (i + 1) * k], absmaxes[i * k : (i + 1) * k] if absmaxes else [],
+               codes[i * k : (i + 1) * k] if codes else [], hypers[i * nh : (i + 1) * nh], blocksizes[i],
+               seeds[i * k : (i + 1) * k], skipped[i] if skipped else None)
 
 
 @ops.reference("optimizer_update_many")
@@ -251,8 +257,8 @@ def optimizer_update_many_reference(rule: str, ps: list[torch.Tensor], gs: list[
                                     codes: list[torch.Tensor], hypers: list[float], wd_mode: int,
                                     blocksizes: list[int], seeds: list[int], skipped: list[torch.Tensor]) -> None:
     """Reference of the ``optimizer_update_many`` op: ``optimizer_update``'s reference for each parameter."""
-    for p, g, bs, (s, a, c, h, sd, sk) in zip(ps, gs, blocksizes, split_many(ps, states, absmaxes, codes, hypers,
-                                                                               seeds, skipped)):
+    for p, g, s, a, c, h, bs, sd, sk in split_many(ps, gs, states, absmaxes, codes, hypers, blocksizes, seeds,
+                                                     skipped):
         _steps(rule, p, g, s, a, c, h, wd_mode, bs, sd, True, sk)
 
 
@@ -324,7 +330,15 @@ def optimizer_update_many(rule: str, ps: list[torch.Tensor], gs: list[torch.Tens
     ~10 us each), with the same ``rule`` and ``wd_mode``; every other argument is one entry per parameter
     (``states[i]``, ``absmaxes[i]``, ... as in :func:`optimizer_update`; all parameters with 8-bit states, or all
     with 32-bit ones, and the same number of states). ``skipped``: None, or one counter per parameter.
-    Raises ValueError as :func:`optimizer_update` does, naming the parameter's position."""
+    Every argument is checked (:func:`check_update_many`) before any parameter is touched: a ValueError
+    (TypeError for a malformed code map) names the parameter's position and leaves all of them unchanged."""
+    check_update_many(rule, ps, gs, states, absmaxes, codes, hypers, blocksizes, seeds, skipped)
+    dispatch_update_many(rule, ps, gs, states, absmaxes, codes, hypers, wd_mode, blocksizes, seeds, skipped)
+
+
+def check_update_many(rule: str, ps: list, gs: list, states: list, absmaxes: list, codes: list, hypers: list,
+                      blocksizes: list, seeds: list, skipped: list | None) -> None:
+    """The checks of :func:`optimizer_update_many` (arguments as there), code maps included, without the step."""
     n = len(ps)
     lists = {"gs": gs, "states": states, "absmaxes": absmaxes, "codes": codes, "hypers": hypers,
              "blocksizes": blocksizes, "seeds": seeds}
@@ -342,12 +356,19 @@ def optimizer_update_many(rule: str, ps: list[torch.Tensor], gs: list[torch.Tens
                              f"{'8-bit' if eight else '32-bit'} like the first")
         try:
             _check_update_args(rule, ps[i], gs[i], states[i], absmaxes[i], codes[i], blocksizes[i])
+            for c in codes[i]:
+                codebook(c)  # cached on the tensor: the kernel's own lookup then cannot fail half-way
             if len(seeds[i]) != k:
                 raise ValueError(f"seeds must have one entry per state, got {len(seeds[i])} for {k} states")
             if skipped is not None:
                 _check_skipped(skipped[i], ps[i])
         except ValueError as e:
             raise ValueError(f"parameter {i}: {e}") from None
+
+
+def dispatch_update_many(rule: str, ps: list, gs: list, states: list, absmaxes: list, codes: list, hypers: list,
+                         wd_mode: int, blocksizes: list, seeds: list, skipped: list | None) -> None:
+    """The ``optimizer_update_many`` op on checked arguments (:func:`check_update_many`), flattened."""
     flat = lambda xs: [t for x in xs for t in x]  # noqa: E731
     ops.optimizer_update_many(rule, ps, [g.contiguous() for g in gs], flat(states), flat(absmaxes), flat(codes),
                               [v for h in hypers for v in h.as_list()], wd_mode, [int(b) for b in blocksizes],

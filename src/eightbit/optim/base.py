@@ -21,8 +21,8 @@ import torch
 from .._checks import check_choice, check_number
 from ..functional.blockwise import VALID_BLOCKSIZES, check_blocksize
 from ..functional.codes import binary_codebook, codebook, dynamic_codebook
-from ..functional.optimizer import (WD_DECOUPLED, WD_L2, WD_NONE, OptimHyper, compute_dtype, optimizer_update,
-                                    optimizer_update_many, optimizer_update_norm)
+from ..functional.optimizer import (WD_DECOUPLED, WD_L2, WD_NONE, OptimHyper, check_update_many, compute_dtype,
+                                    dispatch_update_many, optimizer_update, optimizer_update_norm)
 from ..functional.rounding import step_seed
 from . import paging
 from .manager import GlobalOptimManager
@@ -395,6 +395,7 @@ class Optimizer8bit(torch.optim.Optimizer):
         try:
             for group in self.param_groups:
                 batches: dict[tuple, list[_Job]] = {}
+                error: BaseException | None = None
                 try:
                     for p in group["params"]:
                         if p.grad is None:
@@ -406,9 +407,15 @@ class Optimizer8bit(torch.optim.Optimizer):
                             batches.setdefault(job.batch_key, []).append(job)
                         elif self._run(job):
                             paged.add(job.work.device)
-                finally:  # prepared jobs have advanced their step counters: they run even if a later one raised
-                    for jobs in batches.values():
+                except BaseException as e:  # noqa: BLE001 - re-raised below, after the prepared jobs ran
+                    error = e
+                for jobs in batches.values():  # prepared jobs have advanced their step counters: they all run
+                    try:
                         self._run_many(jobs)
+                    except Exception as e:  # noqa: BLE001 - the first error of the group is raised
+                        error = error or e
+                if error is not None:
+                    raise error
         finally:  # the states already written back are current even when a later parameter raises
             paging.synchronize(paged)
         return loss
@@ -419,11 +426,6 @@ class Optimizer8bit(torch.optim.Optimizer):
 
     def _state_device(self, p_local: torch.Tensor) -> torch.device:
         return torch.device("cpu") if self._pages(p_local) else p_local.device
-
-    def _step_param(self, p: torch.Tensor, config: dict[str, Any]) -> bool:
-        """One parameter's update on its own; True when its state was paged in and out."""
-        job = self._prepare(p, config)
-        return False if job is None else self._run(job)
 
     def _prepare(self, p: torch.Tensor, config: dict[str, Any]) -> _Job | None:
         """Everything of one parameter's update up to the op: state created, non-finite check, step counted,
@@ -495,15 +497,30 @@ class Optimizer8bit(torch.optim.Optimizer):
         return job.paged
 
     def _run_many(self, jobs: list[_Job]) -> None:
-        """The ops of prepared plain updates sharing a batch key, in one call."""
+        """The ops of prepared plain updates sharing a batch key, in one call. If a parameter's arguments fail
+        the checks (a damaged state), each job runs on its own instead, so that the others still step, and the
+        first error is raised after them."""
         if len(jobs) == 1:
             self._run(jobs[0])
             return
         j0 = jobs[0]
-        optimizer_update_many(j0.rule, [j.work for j in jobs], [j.g for j in jobs], [j.states for j in jobs],
-                              [j.absmaxes for j in jobs], [j.codes for j in jobs], [j.hyper for j in jobs],
-                              wd_mode=j0.wd_mode, blocksizes=[j.blocksize for j in jobs], seeds=[j.seeds for j in jobs],
-                              skipped=[j.skipped for j in jobs] if j0.skipped is not None else None)
+        args = (j0.rule, [j.work for j in jobs], [j.g for j in jobs], [j.states for j in jobs],
+                [j.absmaxes for j in jobs], [j.codes for j in jobs], [j.hyper for j in jobs])
+        tail = ([j.blocksize for j in jobs], [j.seeds for j in jobs],
+                [j.skipped for j in jobs] if j0.skipped is not None else None)
+        try:
+            check_update_many(*args, *tail)
+        except (ValueError, TypeError):
+            error = None
+            for job in jobs:
+                try:
+                    self._run(job)
+                except Exception as e:  # noqa: BLE001 - the first one is raised after every job ran
+                    error = error or e
+            if error is not None:
+                raise error from None
+            return
+        dispatch_update_many(*args, j0.wd_mode, *tail)
 
     def _percentile_scale(self, g: torch.Tensor, state: dict, config: dict, step: int, groups: list) -> float:
         if config["percentile_clipping"] >= 100:

@@ -87,8 +87,8 @@ def optimizer_update_cpu(rule, p, g, states, absmaxes, codes, hyper, wd_mode, bl
 def optimizer_update_many_cpu(rule, ps, gs, states, absmaxes, codes, hypers, wd_mode, blocksizes, seeds, skipped):
     """Kernel of ``optimizer_update_many``: ``optimizer_update_cpu`` for each parameter (the reference for one it
     declines), in one op call."""
-    for p, g, bs, (s, a, c, h, sd, sk) in zip(ps, gs, blocksizes, split_many(ps, states, absmaxes, codes, hypers,
-                                                                               seeds, skipped)):
+    for p, g, s, a, c, h, bs, sd, sk in split_many(ps, gs, states, absmaxes, codes, hypers, blocksizes, seeds,
+                                                     skipped):
         if optimizer_update_cpu(rule, p, g, s, a, c, h, wd_mode, bs, sd, sk) is NotImplemented:
             optimizer_update_reference(rule, p, g, s, a, c, h, wd_mode, bs, sd, sk)
     return None

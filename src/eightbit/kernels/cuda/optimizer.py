@@ -168,8 +168,8 @@ def optimizer_update(rule, p, g, states, absmaxes, codes, hyper, wd_mode, blocks
 def optimizer_update_many(rule, ps, gs, states, absmaxes, codes, hypers, wd_mode, blocksizes, seeds, skipped):
     """Kernel of ``optimizer_update_many``: the kernel launches of each parameter, on its own GPU (the reference
     for one the kernel declines), in one op call."""
-    for p, g, bs, (s, a, c, h, sd, sk) in zip(ps, gs, blocksizes, split_many(ps, states, absmaxes, codes, hypers,
-                                                                               seeds, skipped)):
+    for p, g, s, a, c, h, bs, sd, sk in split_many(ps, gs, states, absmaxes, codes, hypers, blocksizes, seeds,
+                                                     skipped):
         with on_device(p):
             launched = _launch(rule, p, g, s, a, c, h, wd_mode, bs, sd, False, sk)
         if launched is None:
