@@ -240,8 +240,9 @@ def split_many(ps: list, gs: list, states: list, absmaxes: list, codes: list, hy
     ``optimizer_update_many``'s flat lists; ValueError if their lengths disagree (checked before the first)."""
     n, nh = len(ps), len(FIELDS)
     k = len(states) // n if n else 0
-    if (len(gs) != n or len(blocksizes) != n or len(states) != n * k or len(absmaxes) not in (0, n * k) or len(codes) != len(absmaxes)
-            or len(hypers) != n * nh or len(seeds) != n * k or len(skipped) not in (0, n)):
+    if (len(gs) != n or len(blocksizes) != n or len(states) != n * k or len(absmaxes) not in (0, n * k)
+            or len(codes) != len(absmaxes) or len(hypers) != n * nh or len(seeds) != n * k
+            or len(skipped) not in (0, n)):
         raise ValueError(f"optimizer_update_many: for {n} parameters with {k} states each, states, absmaxes/codes "
                          f"(8-bit) and seeds need {n * k} entries, hypers {n * nh}, skipped 0 or {n}; got "
                          f"{len(states)}, {len(absmaxes)}/{len(codes)}, {len(seeds)}, {len(hypers)}, {len(skipped)}")
@@ -292,9 +293,13 @@ def _check_update_args(rule, p, g, states, absmaxes, codes, blocksize) -> None:
             raise ValueError(f"absmaxes[{i}] must be float32 of shape ({nblocks},)")
 
 
-def _check_skipped(skipped: object, p: torch.Tensor) -> None:
-    if (not isinstance(skipped, torch.Tensor) or skipped.dtype != torch.int64 or skipped.numel() != 1
-            or skipped.device != p.device):
+def _check_step_args(rule, p, g, states, absmaxes, codes, blocksize, seeds, skipped) -> None:
+    """The checks of one parameter's :func:`optimizer_update` (ValueError)."""
+    _check_update_args(rule, p, g, states, absmaxes, codes, blocksize)
+    if len(seeds) != len(states):
+        raise ValueError(f"seeds must have one entry per state, got {len(seeds)} for {len(states)} states")
+    if skipped is not None and (not isinstance(skipped, torch.Tensor) or skipped.dtype != torch.int64
+                                or skipped.numel() != 1 or skipped.device != p.device):
         got = (f"{skipped.dtype} of shape {tuple(skipped.shape)} on {skipped.device}"
                if isinstance(skipped, torch.Tensor) else type(skipped).__name__)
         raise ValueError(f"skipped must be None or an int64 tensor of one element on {p.device}, got {got}")
@@ -313,11 +318,7 @@ def optimizer_update(rule: str, p: torch.Tensor, g: torch.Tensor, states: list[t
     too) whose gradient holds a NaN/Inf is left untouched, parameter and states, and ``skipped`` grows by their
     number. The check rides on the update's own read of the gradient (no extra pass).
     Raises ValueError for an unknown rule, mismatched states or a malformed ``skipped``."""
-    _check_update_args(rule, p, g, states, absmaxes, codes, blocksize)
-    if len(seeds) != len(states):
-        raise ValueError(f"seeds must have one entry per state, got {len(seeds)} for {len(states)} states")
-    if skipped is not None:
-        _check_skipped(skipped, p)
+    _check_step_args(rule, p, g, states, absmaxes, codes, blocksize, seeds, skipped)
     ops.optimizer_update(rule, p, g.contiguous(), states, absmaxes, codes, hyper.as_list(), wd_mode, blocksize,
                          [int(s) for s in seeds], skipped)
 
@@ -355,13 +356,10 @@ def check_update_many(rule: str, ps: list, gs: list, states: list, absmaxes: lis
             raise ValueError(f"parameter {i}: every parameter must have {k} states, "
                              f"{'8-bit' if eight else '32-bit'} like the first")
         try:
-            _check_update_args(rule, ps[i], gs[i], states[i], absmaxes[i], codes[i], blocksizes[i])
+            _check_step_args(rule, ps[i], gs[i], states[i], absmaxes[i], codes[i], blocksizes[i], seeds[i],
+                             None if skipped is None else skipped[i])
             for c in codes[i]:
                 codebook(c)  # cached on the tensor: the kernel's own lookup then cannot fail half-way
-            if len(seeds[i]) != k:
-                raise ValueError(f"seeds must have one entry per state, got {len(seeds[i])} for {k} states")
-            if skipped is not None:
-                _check_skipped(skipped[i], ps[i])
         except ValueError as e:
             raise ValueError(f"parameter {i}: {e}") from None
 

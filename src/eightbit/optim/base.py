@@ -338,7 +338,8 @@ class Optimizer8bit(torch.optim.Optimizer):
                 self.state[p] = st
 
     def _check_state(self, pid: Any, st: Any, p: torch.Tensor, config: dict[str, Any]) -> None:
-        """Raise ValueError unless ``st`` is a well-formed state of local parameter ``p`` under ``config``."""
+        """Raise ValueError unless ``st`` is a well-formed state of local parameter ``p`` under ``config``; its
+        blocksize and skipped_blocks become int64 tensors."""
         where = f"state_dict['state'][{pid!r}]"
         if not isinstance(st, dict):
             raise ValueError(f"{where} must be a dict, got {type(st).__name__}")
@@ -352,8 +353,9 @@ class Optimizer8bit(torch.optim.Optimizer):
             expected |= set(names)
         if config["percentile_clipping"] < 100:
             expected.add("gnorm_history")
-        expected.add("skipped_blocks")
-        missing, unknown = expected - set(st) - {"skipped_steps", "skipped_blocks"}, set(st) - expected
+        optional = {"skipped_steps", "skipped_blocks"}  # counters that earlier versions did not save
+        expected |= optional
+        missing, unknown = expected - set(st) - optional, set(st) - expected
         if missing or unknown:
             raise ValueError(f"{where}: missing entries {sorted(missing)}, unexpected entries {sorted(unknown)} "
                              f"for {type(self).__name__} (expected {sorted(expected)})")
@@ -381,6 +383,9 @@ class Optimizer8bit(torch.optim.Optimizer):
             v = st.get(name, 0)
             if not (isinstance(v, int) or (isinstance(v, torch.Tensor) and v.numel() == 1 and not v.is_floating_point())):
                 raise ValueError(f"{where}[{name!r}] must be an integer count, got {v!r}")
+        # the update kernel adds to this counter in place: an int64 tensor (moved to the parameter's device by
+        # load_state_dict), also for a state saved before it existed or saved as an int or another integer dtype
+        st["skipped_blocks"] = torch.tensor(int(st.get("skipped_blocks", 0)), dtype=torch.int64)
 
     # ----- step ----------------------------------------------------------------------------------
     @torch.no_grad()
@@ -448,13 +453,7 @@ class Optimizer8bit(torch.optim.Optimizer):
                 raise FloatingPointError(f"non-finite gradient for a parameter of shape {tuple(p.shape)}")
             state["skipped_steps"] += 1
             return None
-        skipped = None
-        if mode == "skip_block":  # checked by the update kernel, block by block
-            skipped = state.get("skipped_blocks", 0)
-            if not (isinstance(skipped, torch.Tensor) and skipped.dtype == torch.int64 and skipped.numel() == 1
-                    and skipped.device == pl.device):  # saved before the counter existed, or as an int / other dtype
-                skipped = torch.tensor(int(skipped), dtype=torch.int64, device=pl.device)
-                state["skipped_blocks"] = skipped
+        skipped = state["skipped_blocks"] if mode == "skip_block" else None  # checked by the kernel, per block
         state["step"] += 1
         step = int(state["step"])
         grad_scale = self._percentile_scale(gl, state, config, step, groups)

@@ -92,6 +92,18 @@ static inline __m512i bin_carry16(const bin_v16_t *V, __m512i r, __m512i e, __m5
     return _mm512_srlv_epi32(_mm512_add_epi32(r, frac), _mm512_permutex2var_epi32(V->sh_lo, e, V->sh_hi));
 }
 
+/* The magnitudes of the lanes below the smallest code (mask below), where the reference's float fraction decides:
+ * lower code 0 (positive) or -cmin (negative), up with probability (n - lo) / cmin. */
+static inline __m512i bin_below16(const bin_v16_t *V, __m512 n, __m512i d, __mmask16 neg, __mmask16 below,
+                                  __m512i mag) {
+    const __m512 u = _mm512_mul_ps(_mm512_cvtepi32_ps(d), _mm512_set1_ps(1.0f / 16777216.0f));
+    const __m512 c_lo = _mm512_castsi512_ps(_mm512_maskz_mov_epi32(neg, _mm512_or_si512(V->cmin, V->sbit)));
+    const __m512 fz = _mm512_mul_ps(_mm512_sub_ps(n, c_lo), _mm512_castsi512_ps(V->inv_cmin));
+    const __mmask16 upz = _mm512_cmp_ps_mask(u, fz, _CMP_LT_OQ);
+    mag = _mm512_mask_mov_epi32(mag, below, _mm512_setzero_si512());
+    return _mm512_mask_mov_epi32(mag, below & (neg ^ upz), V->one); /* positive: up; negative: not up */
+}
+
 static inline __m512i bin_stochastic16(const bin_v16_t *V, __m512 n, __m512i d) {
     const __m512i bits = _mm512_castps_si512(n), zero = _mm512_setzero_si512();
     const __m512i a = _mm512_and_si512(bits, V->m7f);
@@ -101,14 +113,7 @@ static inline __m512i bin_stochastic16(const bin_v16_t *V, __m512 n, __m512i d) 
     const __m512i dd = _mm512_mask_xor_epi32(d, (__mmask16)~neg, d, _mm512_set1_epi32(0xFFFFFF));
     __m512i mag = bin_carry16(V, r, e, dd);
     const __mmask16 below = _mm512_cmplt_epu32_mask(a, V->cmin);
-    if (below) {
-        const __m512 u = _mm512_mul_ps(_mm512_cvtepi32_ps(d), _mm512_set1_ps(1.0f / 16777216.0f));
-        const __m512 c_lo = _mm512_castsi512_ps(_mm512_maskz_mov_epi32(neg, _mm512_or_si512(V->cmin, V->sbit)));
-        const __m512 fz = _mm512_mul_ps(_mm512_sub_ps(n, c_lo), _mm512_castsi512_ps(V->inv_cmin));
-        const __mmask16 upz = _mm512_cmp_ps_mask(u, fz, _CMP_LT_OQ);
-        mag = _mm512_mask_mov_epi32(mag, below, zero);
-        mag = _mm512_mask_mov_epi32(mag, below & (neg ^ upz), V->one); /* positive: up; negative: not up */
-    }
+    if (below) mag = bin_below16(V, n, d, neg, below, mag);
     return bin_index16(V, mag, neg);
 }
 
@@ -122,15 +127,7 @@ static inline __m512i bin_stochastic16u(const bin_v16_t *V, __m512 n, __m512i e2
     const __m512i r = _mm512_add_epi32(a, _mm512_permutex2var_epi32(V->neg_lo, e, V->neg_hi));
     __m512i mag = bin_carry16(V, r, e, e24);
     const __mmask16 below = _mm512_cmplt_epu32_mask(a, V->cmin);
-    if (below) {
-        const __m512i d = _mm512_xor_si512(e24, _mm512_set1_epi32(0xFFFFFF));
-        const __m512 u = _mm512_mul_ps(_mm512_cvtepi32_ps(d), _mm512_set1_ps(1.0f / 16777216.0f));
-        const __m512 c_lo = _mm512_castsi512_ps(_mm512_maskz_mov_epi32(neg, _mm512_or_si512(V->cmin, V->sbit)));
-        const __m512 fz = _mm512_mul_ps(_mm512_sub_ps(n, c_lo), _mm512_castsi512_ps(V->inv_cmin));
-        const __mmask16 upz = _mm512_cmp_ps_mask(u, fz, _CMP_LT_OQ);
-        mag = _mm512_mask_mov_epi32(mag, below, zero);
-        mag = _mm512_mask_mov_epi32(mag, below & (neg ^ upz), V->one);
-    }
+    if (below) mag = bin_below16(V, n, _mm512_xor_si512(e24, _mm512_set1_epi32(0xFFFFFF)), neg, below, mag);
     return _mm512_maskz_mov_epi32((__mmask16)~neg, _mm512_min_epu32(mag, V->maxmag));
 }
 #endif
@@ -217,6 +214,15 @@ static inline void bin_b64(const lut_t *L, int32_t k, bin_b64_t *T) {
                                       _mm512_cvtepi16_epi8(_mm512_srli_epi16(w1, 8)), 1);
     }
     T->k = k;
+}
+
+/* T holding scale's tables (rebuilt only when its exponent changed), or NULL when the scale does not fold
+ * (bin_fold_exponent) or bs is not a multiple of 64. */
+static inline const bin_b64_t *bin_fold(const lut_t *L, float scale, int64_t bs, bin_b64_t *T) {
+    const int32_t k = bin_fold_exponent(L, scale);
+    if (bs % 64 || k == INT32_MIN) return NULL;
+    if (T->k != k) bin_b64(L, k, T);
+    return T;
 }
 
 /* Byte order that makes the unpacks below come out in element order: the byte at 16 L + 4 r + j (128-bit lane

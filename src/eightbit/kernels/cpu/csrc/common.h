@@ -11,7 +11,14 @@
 static inline uint32_t absmax_bits(const float *restrict x, int64_t n) {
     const uint32_t *restrict u = (const uint32_t *)x; /* type pun: built with -fno-strict-aliasing */
     uint32_t m = 0;
-    for (int64_t i = 0; i < n; i++) {
+    int64_t i = 0;
+#if defined(__AVX512F__) /* the compiler keeps this loop at 256 bits (-mprefer-vector-width=256) */
+    const __m512i m7f = _mm512_set1_epi32(0x7FFFFFFF);
+    __m512i acc = _mm512_setzero_si512();
+    for (; i + 16 <= n; i += 16) acc = _mm512_max_epu32(acc, _mm512_and_si512(_mm512_loadu_si512(u + i), m7f));
+    m = (uint32_t)_mm512_reduce_max_epu32(acc);
+#endif
+    for (; i < n; i++) {
         const uint32_t a = u[i] & 0x7FFFFFFFu;
         m = a > m ? a : m;
     }

@@ -112,19 +112,7 @@ static void rule_block(int32_t rule, float *restrict p, const float *restrict g,
 
 /* Whether the n gradient values from g hold a NaN or an Inf (read ahead of a block's update: it brings the block's
  * gradient into L1, where the update then finds it). */
-static inline int nonfinite(const float *restrict g, int64_t n) {
-    int64_t i = 0;
-    uint32_t m = 0;
-#if defined(__AVX512F__)
-    const __m512i m7f = _mm512_set1_epi32(0x7FFFFFFF);
-    __m512i acc = _mm512_setzero_si512();
-    for (; i + 16 <= n; i += 16)
-        acc = _mm512_max_epu32(acc, _mm512_and_si512(_mm512_loadu_si512((const void *)(g + i)), m7f));
-    m = (uint32_t)_mm512_reduce_max_epu32(acc);
-#endif
-    const uint32_t t = absmax_bits(g + i, n - i);
-    return (t > m ? t : m) >= 0x7F800000u;
-}
+static inline int nonfinite(const float *restrict g, int64_t n) { return absmax_bits(g, n) >= 0x7F800000u; }
 
 /* One step on 32-bit states (s0, s1: float32 arrays of n values, s1 unused by one-state rules): the rule in place,
  * in runs of 2048 values (or one block of bs) over the threads. The reference makes the same float32 operations
@@ -203,11 +191,7 @@ int64_t eb_optim_blocks(int32_t rule, float *p, const float *g, int32_t nstates,
             uint32_t amax0;
             const bin_b64_t *F0 = NULL;
 #ifdef EB_FOLD
-            const int32_t k0 = bin_fold_exponent(&luts[0], absmax[0][b]);
-            if (bs % 64 == 0 && k0 != INT32_MIN) {
-                if (F[0].k != k0) bin_b64(&luts[0], k0, &F[0]);
-                F0 = &F[0];
-            }
+            F0 = bin_fold(&luts[0], absmax[0][b], bs, &F[0]);
 #endif
             one_state_binary_block(rule, p + o, g + o, &hv, wd_mode, bs, q[0] + o, absmax[0][b], &luts[0], F0, s0,
                                    &amax0);
@@ -219,16 +203,11 @@ int64_t eb_optim_blocks(int32_t rule, float *p, const float *g, int32_t nstates,
         if (fused) {
             uint32_t amax[2];
 #ifdef EB_FOLD
-            const int32_t k0 = bin_fold_exponent(&luts[0], absmax[0][b]), k1 = bin_fold_exponent(&luts[1], absmax[1][b]);
-            if (bs % 64 == 0 && k0 != INT32_MIN && k1 != INT32_MIN) {
-                if (F[0].k != k0) bin_b64(&luts[0], k0, &F[0]);
-                if (F[1].k != k1) bin_b64(&luts[1], k1, &F[1]);
-                adam_fold_block(p + o, g + o, &hv, wd_mode, bs, q[0] + o, q[1] + o, &F[0], &F[1], s0, s1, &amax[0],
-                                &amax[1]);
-                for (int32_t k = 0; k < 2; k++)
-                    quantize_block_known(s[k], bs, &luts[k], amax[k], seeds[k], first + o, q[k] + o, absmax[k] + b, 0);
-                continue;
-            }
+            const bin_b64_t *F0 = bin_fold(&luts[0], absmax[0][b], bs, &F[0]);
+            const bin_b64_t *F1 = bin_fold(&luts[1], absmax[1][b], bs, &F[1]);
+            if (F0 && F1)
+                adam_fold_block(p + o, g + o, &hv, wd_mode, bs, q[0] + o, q[1] + o, F0, F1, s0, s1, &amax[0], &amax[1]);
+            else
 #endif
             adam_binary_block(p + o, g + o, &hv, wd_mode, bs, q[0] + o, q[1] + o, absmax[0][b], absmax[1][b], &V[0],
                               &V[1], s0, s1, &amax[0], &amax[1]);
