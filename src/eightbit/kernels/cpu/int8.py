@@ -20,6 +20,7 @@ subnormal scale go to the reference, which handles them specially.
 """
 from __future__ import annotations
 
+import functools
 import threading
 
 import torch
@@ -67,6 +68,7 @@ def int8_matmul_dequant_cpu(x_int8, x_absmax, w_int8, w_absmax) -> torch.Tensor:
     return acc * (x_absmax.unsqueeze(1) / _INT8_MAX) * (w_absmax.unsqueeze(0) / _INT8_MAX)
 
 
+@functools.lru_cache(maxsize=64)  # asked on every forward; building the float32 tensor cost ~3 us a call
 def _threshold_fits(threshold: float) -> bool:
     """Whether the C float the kernels take keeps the threshold's meaning: a positive one below float32's
     smallest subnormal would become 0 (decomposition off) where the reference flags every column."""
