@@ -369,6 +369,45 @@ def test_int8_kernel_with_outlier_columns(lib, gen, m, n_cols):
     assert (no_decomp - want).abs().max() > 0.1  # the outlier part is really there
 
 
+@pytest.mark.parametrize("m", [3, 300])  # one thread (small M * K) and the parallel prepare
+def test_int8_kernel_flag_guess_never_changes_the_result(lib, gen, m):
+    """The kernel guesses each call's outlier columns from the same weight's previous call (one pass over x when
+    right). Right, wrong (other columns, fewer, none), a guess that would hide a NaN row, and a right guess with a
+    NaN row (the kernel defers the call to the reference): every call equals the
+    reference, and the guess kept afterwards is the flags found."""
+    from eightbit.functional import ops
+    from eightbit.functional.int8 import int8_linear_reference, outlier_columns
+    from eightbit.functional.vectorwise import quantize_vectorwise
+    from eightbit.kernels.cpu.int8 import _flag_guess
+
+    k = 517
+    w_int8, w_absmax = quantize_vectorwise(torch.randn(300, k, generator=gen))
+    bias = torch.randn(300, generator=gen)
+
+    def planted(cols):
+        x = torch.randn(m, k, generator=gen)
+        x[:, cols] += torch.where(x[:, cols] < 0, -30.0, 30.0)
+        return x
+
+    a, b = [3, 100, 516], [7, 200]
+    nan_row = planted([])
+    nan_row[1, a[0]] = float("nan")  # no outliers: with the guess a, this NaN would sit in a flagged column
+    sequence = [planted(a), planted(a), planted(b), planted([]), planted([]), planted(a), nan_row, nan_row, planted(a[:1])]
+    wants = []
+    for i, x in enumerate(sequence):
+        got = ops.int8_linear(x, w_int8, w_absmax, bias, 6.0)
+        want = int8_linear_reference(x, w_int8, w_absmax, bias, 6.0)
+        wants.append(want)
+        assert torch.equal(got.isnan(), want.isnan()), f"call {i}"
+        assert torch.equal(got.nan_to_num(), want.nan_to_num()), f"call {i}"
+        guess = _flag_guess(w_int8, k)
+        flags = torch.zeros(k, dtype=torch.bool)
+        flags[outlier_columns(x, 6.0)] = True
+        assert guess[k] == 1 and torch.equal(guess[:k].bool(), flags), f"call {i}"
+    for want in wants[6:8]:  # the NaN row after a wrong guess, then after a right one: its output row only
+        assert want[1].isnan().all() and not want[0].isnan().any()
+
+
 @pytest.mark.parametrize("m,k", [(1, 4096), (3, 33), (70, 257)])
 @pytest.mark.parametrize("threshold", [0.0, 6.0])
 def test_int8_prepare_activations_matches_reference(lib, gen, m, k, threshold):

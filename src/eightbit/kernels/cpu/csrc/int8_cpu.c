@@ -316,9 +316,15 @@ static void column_maxima(const float *restrict x, int64_t m0, int64_t m1, int64
  * thread's rows in its own cache: (1) per-thread column maxima of |x|, merged into col_flag[c] = max >= threshold
  * (threshold > 0); (2) per row, absmax over the unflagged columns and the codes. (The former first pass flagged
  * columns a byte at a time over column chunks split between threads; measured, 1152 x 384 with an outlier column,
- * 2 threads: 0.123 -> 0.092 ms hot, 0.243 -> 0.209 ms with x evicted from the caches.) */
+ * 2 threads: 0.123 -> 0.092 ms hot, 0.243 -> 0.209 ms with x evicted from the caches.)
+ *
+ * With a guess of the flags (guess[0 .. K) and guess[K] = 1; the caller keeps the previous call's flags of the same
+ * weight: outlier features sit in the same columns call after call) the two passes become one: each row updates the
+ * column maxima and is quantized against the guessed flags while it is in L1. After the merge the guess is checked;
+ * if it differs from the flags the rows redo step (2) with the true flags, so the result never depends on the
+ * guess. The flags found are written back to guess (guess[K] = 1) for the next call. */
 static int prepare(const float *x, int64_t M, int64_t K, float threshold, int8_t *q, int64_t ldq, float *absmax,
-                   uint8_t *col_flag) {
+                   uint8_t *col_flag, uint8_t *guess) {
     memset(col_flag, 0, (size_t)K);
     const int outliers = threshold > 0.0f;
     float *colmax = NULL;
@@ -333,11 +339,14 @@ static int prepare(const float *x, int64_t M, int64_t K, float threshold, int8_t
                 for (int64_t c = 0; c < K; c++) col_flag[c] |= (uint8_t)(fabsf(x[m * K + c]) >= threshold);
         }
     }
-    int fail = 0;
-    uint8_t any_flag = 0;
+    int fail = 0, spec_fail = 0, redo = 1;
+    uint8_t any_flag = 0, any_guess = 0;
+    const int speculate = colmax && guess && guess[K] == 1;
+    if (speculate)
+        for (int64_t c = 0; c < K; c++) any_guess |= guess[c];
     if (outliers && !colmax)
         for (int64_t c = 0; c < K; c++) any_flag |= col_flag[c];
-#pragma omp parallel num_threads(nt_max) reduction(| : fail)
+#pragma omp parallel num_threads(nt_max) reduction(| : fail, spec_fail)
     {
         int tid = 0, nt = 1;
 #ifdef _OPENMP
@@ -345,26 +354,46 @@ static int prepare(const float *x, int64_t M, int64_t K, float threshold, int8_t
 #endif
         const int64_t m0 = M * tid / nt, m1 = M * (tid + 1) / nt;
         if (colmax) {
-            column_maxima(x, m0, m1, K, colmax + tid * K);
+            if (speculate) {
+                const uint8_t *gflags = any_guess ? guess : NULL;
+                for (int64_t m = m0; m < m1; m++) {
+                    column_maxima(x, m, m + 1, K, colmax + tid * K);
+                    spec_fail |= prepare_row(x + m * K, gflags, K, q + m * ldq, ldq, absmax + m);
+                }
+            } else {
+                column_maxima(x, m0, m1, K, colmax + tid * K);
+            }
 #pragma omp barrier
 #pragma omp single
-            for (int64_t c = 0; c < K; c++) {
-                float mx = colmax[c];
-                for (int t = 1; t < nt; t++) mx = colmax[t * K + c] > mx ? colmax[t * K + c] : mx;
-                col_flag[c] = (uint8_t)(mx >= threshold);
-                any_flag |= col_flag[c];
+            {
+                int same = speculate;
+                for (int64_t c = 0; c < K; c++) {
+                    float mx = colmax[c];
+                    for (int t = 1; t < nt; t++) mx = colmax[t * K + c] > mx ? colmax[t * K + c] : mx;
+                    col_flag[c] = (uint8_t)(mx >= threshold);
+                    any_flag |= col_flag[c];
+                    same &= speculate && col_flag[c] == guess[c];
+                }
+                redo = !same;
             }
         }
-        const uint8_t *flags = any_flag ? col_flag : NULL; /* none flagged: the rows skip reading the flags */
-        for (int64_t m = m0; m < m1; m++) fail |= prepare_row(x + m * K, flags, K, q + m * ldq, ldq, absmax + m);
+        if (redo) {
+            const uint8_t *flags = any_flag ? col_flag : NULL; /* none flagged: the rows skip reading the flags */
+            for (int64_t m = m0; m < m1; m++) fail |= prepare_row(x + m * K, flags, K, q + m * ldq, ldq, absmax + m);
+        }
     }
     free(colmax);
+    if (!redo) fail = spec_fail; /* the guess was the flags: the speculative rows are the result */
+    if (guess && outliers) {
+        memcpy(guess, col_flag, (size_t)K);
+        guess[K] = 1;
+    }
     return fail;
 }
 
 int eb_int8_prepare(const float *x, int64_t M, int64_t K, float threshold, int8_t *q, float *absmax,
                     uint8_t *col_flag) {
-    return prepare(x, M, K, threshold, q, K, absmax, col_flag);
+    return prepare(x, M, K, threshold, q, K, absmax, col_flag, NULL);
 }
 
 
@@ -375,13 +404,14 @@ int eb_int8_prepare(const float *x, int64_t M, int64_t K, float threshold, int8_
  * for the panel nest also their dequantized weight columns, wo: xo_cap x N) and summed in the GEMM's epilogue in
  * the reference's order, the bias last. Returns -1 when a row needs the reference (nothing usable written);
  * otherwise C, the number of outlier columns (indices in cols). When C > xo_cap it stops before the GEMM: the
- * caller computes the outlier product and hands it to eb_int8_linear_finish. */
+ * caller computes the outlier product and hands it to eb_int8_linear_finish. guess (K + 1 bytes, or NULL): the
+ * outlier flags of this weight's previous call, read as prepare's guess and overwritten with the flags found. */
 int64_t eb_int8_linear(const float *x, int64_t M, int64_t K, const int8_t *w, const float *w_absmax,
                        const float *bias, int64_t N, float threshold, int64_t xo_cap, int8_t *q, float *xs, float *ws,
-                       uint8_t *flags, int64_t *cols, float *xo, float *wo, float *out) {
+                       uint8_t *flags, int64_t *cols, float *xo, float *wo, float *out, uint8_t *guess) {
     const int panels = use_panels(M, K);
     const int64_t ldq = panels ? (K + 3) / 4 * 4 : K;
-    if (prepare(x, M, K, threshold, q, ldq, xs, flags)) return -1;
+    if (prepare(x, M, K, threshold, q, ldq, xs, flags, guess)) return -1;
     int64_t C = 0;
     for (int64_t c = 0; c < K; c++)
         if (flags[c]) cols[C++] = c;
