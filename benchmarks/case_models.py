@@ -6,7 +6,7 @@ Configurations: the built-in real model MiniLM (all-MiniLM-L6-v2) at batch 1 (on
 bf16, torch.ao dynamic int8 (``quantize_dynamic`` on the nn.Linear layers; GPT-2's Conv1D layers are first
 rewritten as nn.Linear with the same weights), ONNX Runtime's dynamic int8 model exported from the same fp32
 weights (MatMul weights per channel, the most accurate of its dynamic settings here), and eightbit's
-LLM.int8() (threshold 6), FP8 E4M3 (static and dynamic activations) and INT8 static, all through
+LLM.int8() (threshold 6, and threshold 0: no outlier decomposition), FP8 E4M3 (static and dynamic activations) and INT8 static, all through
 ``eightbit.quantize_model``. Static methods are calibrated on the shipped calibration sentences (MiniLM) or
 8 random sequences (GPT-2) outside the timed region.
 
@@ -175,6 +175,9 @@ def _impls(model: nn.Module, model64: nn.Module, keys: tuple[str, ...], kind: st
         Impl("onnxruntime dynamic int8",
              lambda: _onnxruntime(_Forward(copy.deepcopy(model), keys, kind), args, kind, ref, batch)),
         Impl("eightbit LLM.int8() t=6", eb(eightbit.Int8Config(threshold=6.0))),
+        # the same without the outlier decomposition: the work torch.ao does (per-row instead of per-tensor
+        # scales), so the difference between the two rows is what the decomposition costs
+        Impl("eightbit LLM.int8() t=0", eb(eightbit.Int8Config(threshold=0.0))),
         Impl("eightbit FP8 e4m3 static", eb(eightbit.FP8Config(format="e4m3", activation="static"))),
         Impl("eightbit FP8 e4m3 dynamic", eb(eightbit.FP8Config(format="e4m3", activation="dynamic"))),
         Impl("eightbit INT8 static", eb(eightbit.Int8StaticConfig(calibration="minmax"))),

@@ -70,6 +70,7 @@ typedef struct {
     const float *add, *bias;  /* [M, N] and [N], or NULL */
     float *out;               /* [M, N] */
     int64_t N;
+    float *wo_fill;           /* = wo, to be filled by the panel nest (each thread its panels' columns), or NULL */
 } eb_epi;
 
 static inline void finish(const eb_epi *e, int32_t acc, const int8_t *restrict wn, int64_t m, int64_t n) {
