@@ -122,12 +122,13 @@ class Linear8bitLt(QuantizedLinear):
         # bitsandbytes' ``layer.weight`` is the int8 matrix (an Int8Params whose ``.CB`` is the matrix itself and
         # ``.SCB`` the row absmax): the same here when the layer holds int8 weights. The attributes are set on
         # every access because ``.to()`` / ``load_state_dict`` may have replaced the buffers since.
-        buffers = self.__dict__.get("_buffers", {})
-        if name == "weight" and "weight_int8" in buffers:
-            w = buffers["weight_int8"]
-            if not torch.compiler.is_compiling():
-                w.CB, w.SCB = w, buffers["weight_absmax"]
-            return w
+        if name == "weight":
+            buffers = self.__dict__.get("_buffers", {})
+            if "weight_int8" in buffers:
+                w = buffers["weight_int8"]
+                if not torch.compiler.is_compiling():
+                    w.CB, w.SCB = w, buffers["weight_absmax"]
+                return w
         return super().__getattr__(name)
 
     @property
@@ -138,7 +139,10 @@ class Linear8bitLt(QuantizedLinear):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.has_fp16_weights:
             return int8_linear_float_weight(x, self.weight, self.bias, threshold=self.threshold)
-        return int8_linear(x, self.weight_int8, self.weight_absmax, self.bias, threshold=self.threshold)
+        # straight from the registries: each attribute lookup otherwise runs __getattr__ below (~1 us apiece)
+        buffers = self._buffers
+        return int8_linear(x, buffers["weight_int8"], buffers["weight_absmax"], self._parameters["bias"],
+                           threshold=self.threshold)
 
     @torch.no_grad()
     def dequantized_weight(self) -> torch.Tensor:

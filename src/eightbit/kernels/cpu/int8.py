@@ -141,6 +141,17 @@ def _align(n: int) -> int:
     return -(-n // 64) * 64
 
 
+@functools.lru_cache(maxsize=256)  # a model repeats a few shapes; computing this cost ~2 us a call
+def _layout(m: int, k: int, n: int, cap: int) -> tuple[tuple[int, ...], int]:
+    """Offsets and total bytes of one int8_linear call's scratch: q (m rows of whole 4-byte groups, int8) |
+    xs (m f32) | ws (n f32) | flags (k u8) | cols (k i64) | xo (m*cap f32) | wo (cap*n f32), each 64-byte aligned."""
+    sizes = [m * (-(-k // 4) * 4), 4 * m, 4 * n, k, 8 * k, 4 * m * cap, 4 * cap * n]
+    offsets = [0]
+    for size in sizes[:-1]:
+        offsets.append(offsets[-1] + _align(size))
+    return tuple(offsets), offsets[-1] + sizes[-1]
+
+
 @register("int8_linear", "cpu", available=native.available)
 def int8_linear_cpu(x, weight, weight_absmax, bias, threshold):
     """Kernel of ``int8_linear`` (LLM.int8() forward): one native call (``eb_int8_linear``: prepare, scales, exact
@@ -155,14 +166,10 @@ def int8_linear_cpu(x, weight, weight_absmax, bias, threshold):
     n = weight.shape[0]
     xf = (x if x.dtype == torch.float32 else x.float()).contiguous()
     cap = min(k, SEQUENTIAL_OUTLIER_COLUMNS)
-    # one scratch allocation: q (m rows of whole 4-byte groups, int8) | xs (m f32) | ws (n f32) | flags (k u8) |
-    # cols (k i64) | xo (m*cap f32) | wo (cap*n f32)
-    sizes = [m * (-(-k // 4) * 4), 4 * m, 4 * n, k, 8 * k, 4 * m * cap, 4 * cap * n]
-    offsets = [0]
-    for size in sizes[:-1]:
-        offsets.append(offsets[-1] + _align(size))
-    scratch = _scratch(offsets[-1] + sizes[-1])
-    q_p, xs_p, ws_p, fl_p, cols_p, xo_p, wo_p = (scratch.data_ptr() + o for o in offsets)
+    offsets, total = _layout(m, k, n, cap)
+    scratch = _scratch(total)
+    base = scratch.data_ptr()
+    q_p, xs_p, ws_p, fl_p, cols_p, xo_p, wo_p = (base + o for o in offsets)
     out = native.empty((m, n), dtype=torch.float32)
     w = weight.contiguous()
     wa = weight_absmax if weight_absmax.dtype == torch.float32 else weight_absmax.float()
