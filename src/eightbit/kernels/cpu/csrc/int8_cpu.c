@@ -312,17 +312,6 @@ static void column_maxima(const float *restrict x, int64_t m0, int64_t m1, int64
     }
 }
 
-/* Both passes in one parallel region with the same static split of the rows, so that the second pass finds each
- * thread's rows in its own cache: (1) per-thread column maxima of |x|, merged into col_flag[c] = max >= threshold
- * (threshold > 0); (2) per row, absmax over the unflagged columns and the codes. (The former first pass flagged
- * columns a byte at a time over column chunks split between threads; measured, 1152 x 384 with an outlier column,
- * 2 threads: 0.123 -> 0.092 ms hot, 0.243 -> 0.209 ms with x evicted from the caches.)
- *
- * With a guess of the flags (guess[0 .. K) and guess[K] = 1; the caller keeps the previous call's flags of the same
- * weight: outlier features sit in the same columns call after call) the two passes become one: each row updates the
- * column maxima and is quantized against the guessed flags while it is in L1. After the merge the guess is checked;
- * if it differs from the flags the rows redo step (2) with the true flags, so the result never depends on the
- * guess. The flags found are written back to guess (guess[K] = 1) for the next call. */
 /* The flagged columns' indices into cols; returns their number. */
 static int64_t flagged_columns(const uint8_t *flags, int64_t K, int64_t *cols) {
     int64_t C = 0;
@@ -341,6 +330,19 @@ static inline void gather_row(const float *restrict x, int64_t m, int64_t K, con
     for (int64_t j = 0; j < C; j++) xo[m * C + j] = x[m * K + cols[j]];
 }
 
+/* Both passes in one parallel region with the same static split of the rows, so that the second pass finds each
+ * thread's rows in its own cache: (1) per-thread column maxima of |x|, merged into col_flag[c] = max >= threshold
+ * (threshold > 0); (2) per row, absmax over the unflagged columns and the codes. (The former first pass flagged
+ * columns a byte at a time over column chunks split between threads; measured, 1152 x 384 with an outlier column,
+ * 2 threads: 0.123 -> 0.092 ms hot, 0.243 -> 0.209 ms with x evicted from the caches.)
+ *
+ * With a guess of the flags (guess[0 .. K) and guess[K] = 1; the caller keeps the previous call's flags of the same
+ * weight: outlier features sit in the same columns call after call) the two passes become one: each row updates the
+ * column maxima and is quantized against the guessed flags while it is in L1. After the merge the guess is checked;
+ * if it differs from the flags the rows redo step (2) with the true flags, so the result never depends on the
+ * guess. The flags found are written back to guess (guess[K] = 1) for the next call. Out: the flagged columns in
+ * cols (K entries; may be NULL) and their number in n_cols; with xo (M x n_cols) and n_cols <= xo_cap, each row's
+ * values in them, gathered in the pass that quantizes the row. */
 static int prepare(const float *x, int64_t M, int64_t K, float threshold, int8_t *q, int64_t ldq, float *absmax,
                    uint8_t *col_flag, uint8_t *guess, int64_t *cols, int64_t *n_cols, float *xo, int64_t xo_cap) {
     memset(col_flag, 0, (size_t)K);
