@@ -210,3 +210,22 @@ def test_from_linear_on_meta_device():
     layer = Linear8bitLt.from_linear(lin)
     assert layer.weight_int8.shape == (32, 64) and layer.weight_int8.dtype == torch.int8
     assert layer.weight_absmax.shape == (32,) and layer.weight_absmax.dtype == torch.float32
+
+
+def test_forward_with_a_parametrized_bias():
+    """forward reads its tensors from the module's registries; a bias moved out of them by
+    torch.nn.utils.parametrize is still found and its parametrization applied."""
+    from torch.nn.utils import parametrize
+
+    layer = Linear8bitLt.from_linear(nn.Linear(16, 8), threshold=6.0)
+    doubled = copy.deepcopy(layer)
+    with torch.no_grad():
+        doubled.bias *= 2
+    x = torch.randn(3, 16)
+
+    class Twice(nn.Module):
+        def forward(self, b):
+            return 2 * b
+
+    parametrize.register_parametrization(layer, "bias", Twice())
+    assert torch.equal(layer(x), doubled(x))

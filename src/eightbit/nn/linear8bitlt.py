@@ -139,10 +139,13 @@ class Linear8bitLt(QuantizedLinear):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.has_fp16_weights:
             return int8_linear_float_weight(x, self.weight, self.bias, threshold=self.threshold)
-        # straight from the registries: each attribute lookup otherwise runs __getattr__ below (~1 us apiece)
-        buffers = self._buffers
-        return int8_linear(x, buffers["weight_int8"], buffers["weight_absmax"], self._parameters["bias"],
-                           threshold=self.threshold)
+        # straight from the registries: each attribute lookup otherwise runs __getattr__ below (~1 us apiece);
+        # attributes moved out of them (torch.nn.utils.parametrize) go the usual way
+        buffers, params = self._buffers, self._parameters
+        if "weight_int8" in buffers and "weight_absmax" in buffers and "bias" in params:
+            return int8_linear(x, buffers["weight_int8"], buffers["weight_absmax"], params["bias"],
+                               threshold=self.threshold)
+        return int8_linear(x, self.weight_int8, self.weight_absmax, self.bias, threshold=self.threshold)
 
     @torch.no_grad()
     def dequantized_weight(self) -> torch.Tensor:
