@@ -136,6 +136,15 @@ def _time_calls(fn: Callable[[], Any], n: int) -> float:
     return (time.perf_counter() - start) / n
 
 
+def paired_ratio(a: Row, b: Row) -> float | None:
+    """Median over the rounds both rows were timed in of a's sample time / b's: within a round the two ran seconds
+    apart, so a drift of the machine's speed between rounds (a shared VM's) cancels, which the ratio of the two
+    medians does not. None without common rounds."""
+    times_b = {rnd: t for rnd, t in b.extra.get("round_ms", [])}
+    ratios = [t / times_b[rnd] for rnd, t in a.extra.get("round_ms", []) if times_b.get(rnd)]
+    return _percentile(ratios, 50) if ratios else None
+
+
 def _percentile(values: list[float], q: float) -> float:
     """Linear-interpolated percentile (numpy's default method), q in [0, 100]."""
     s = sorted(values)
@@ -171,7 +180,7 @@ def measure(
             reps = ctx.repeats if sample_t * ctx.repeats <= ctx.budget_s else max(3, int(ctx.budget_s / sample_t))
             # the build call and the calibration call t1 already warmed it up; fast calls get extra warm-up samples
             warm = ctx.warmup if sample_t < 1.0 else 0
-            plans.append(dict(impl=impl, built=b, calls=calls, reps=reps, warm=warm, times=[], error=None))
+            plans.append(dict(impl=impl, built=b, calls=calls, reps=reps, warm=warm, times=[], rounds=[], error=None))
         except Exception as e:  # noqa: BLE001
             rows.append(Row(case, config, impl.name, "error", reason=describe_exception(e)))
     rounds = max([p["warm"] + p["reps"] for p in plans], default=0)
@@ -190,6 +199,7 @@ def measure(
                     continue
                 if r >= p["warm"]:
                     p["times"].append(t)
+                    p["rounds"].append(r)
     finally:
         if gc_was_enabled:
             gc.enable()
@@ -204,6 +214,8 @@ def measure(
             median_ms=med * 1e3, p10_ms=_percentile(p["times"], 10) * 1e3, p90_ms=_percentile(p["times"], 90) * 1e3,
             samples=len(p["times"]), calls_per_sample=p["calls"], rel_error=b.rel_error, extra=dict(b.extra),
         )
+        # each sample with its round, so that two implementations can be compared round by round (paired_ratio)
+        row.extra["round_ms"] = [[rnd, t * 1e3] for rnd, t in zip(p["rounds"], p["times"])]
         if bytes_per_call is not None:
             row.gbps = bytes_per_call / med / 1e9
         if floor_s is not None:

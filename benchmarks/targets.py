@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .common import Row
+from .common import Row, paired_ratio
 
 EB_LINEAR = "eightbit Linear8bitLt"
 EB_LINEAR_OUTLIERS = "eightbit Linear8bitLt, 0.1% outliers"
@@ -52,6 +52,8 @@ def evaluate(rows: list[Row]) -> list[dict[str, Any]]:
     eb, tao, fp32 = (_find(rows, "models", n, minilm) for n in (
         "eightbit LLM.int8() t=6", "torch.ao dynamic int8", "torch fp32"))
     out.append(_target("MiniLM batch 64, LLM.int8() time / torch.ao dynamic int8", t(eb), t(tao), "<=", 1.0))
+    out.append(_target("MiniLM batch 64, LLM.int8() / torch.ao, median of per-round ratios",
+                       eb and tao and paired_ratio(eb, tao), 1.0, "<=", 1.0))
     out.append(_target("MiniLM batch 64, LLM.int8() time / fp32", t(eb), t(fp32), "<=", 0.6))
     out.append(_target("MiniLM batch 64, LLM.int8() worst sentence cosine vs float64",
                        eb and eb.extra.get("cosine_min"), 1.0, ">=", 0.999, unit=""))

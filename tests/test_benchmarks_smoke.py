@@ -103,3 +103,18 @@ def test_optim_step_modes_write_json(tmp_path, mode):
     data = json.loads((out.with_name(name) if name else out).read_text())
     assert data["command"].startswith("python -m benchmarks.optim_step")
     assert "eightbit" in proc.stdout or "binary" in proc.stdout
+
+
+def test_paired_ratio_cancels_a_drift_between_rounds():
+    """Two implementations timed in the same rounds while the machine's speed drifts 2x from round to round: the
+    median of per-round ratios is their true 0.9, the ratio of the medians is not; rounds only one side has are
+    skipped, and no common round gives None."""
+    from benchmarks.common import Row, paired_ratio
+
+    speed = [1.0, 2.0, 1.0, 2.0, 2.0, 1.5, 2.0]
+    a = Row("models", "c", "a", "ok", extra={"round_ms": [[r, 90.0 * s] for r, s in enumerate(speed)] + [[9, 1.0]]})
+    b = Row("models", "c", "b", "ok", extra={"round_ms": [[r, 100.0 * s] for r, s in enumerate(speed)]})
+    assert paired_ratio(a, b) == pytest.approx(0.9)
+    b_shifted = Row("models", "c", "b", "ok", extra={"round_ms": [[r, 100.0 * s] for r, s in enumerate(speed[1:])]})
+    assert paired_ratio(a, b_shifted) != pytest.approx(0.9)  # pairing by round, not by position, is what cancels
+    assert paired_ratio(a, Row("models", "c", "b", "ok", extra={"round_ms": [[20, 5.0]]})) is None
