@@ -243,7 +243,8 @@ static void panel_sweep(const int8_t *xp, int64_t ldx, const int32_t *rowsum, co
  * rows so that a block of x stays in L2 while a thread's panels sweep it measured no faster at MiniLM's shapes or
  * at 512 x 4096 x 4096: the tile reads 32 bytes of x per 8 vpdpbusd, far below L3's bandwidth. Tried again with the
  * asm tile: each thread packing all its panels once and sweeping them over 128 KB blocks of x took MiniLM's 36
- * layers from 36.2 to 39.7 ms.) Returns 1 (nothing
+ * layers from 36.2 to 39.7 ms; a two-panel 8 x 32 tile, which reads x once per 32 columns, measured equal without
+ * outliers and slower with them, 36.7-37.1 -> 42.1-43.3 ms.) Returns 1 (nothing
  * written) when the zero-padded copy of x it needs (x not ready and K % 4) cannot be allocated; so with x_ready it
  * never fails. A thread without memory for its panel computes its columns with a plain dot product instead. */
 int eb_gemm_panels(const int8_t *x, int x_ready, const int8_t *w, const eb_epi *e, int64_t M, int64_t K, int64_t N) {
