@@ -32,9 +32,11 @@ def test_int8_threshold_6_close_threshold_0_degrades(seed, gen):
     ids = torch.randint(0, model.config.vocab_size, (8, 64), generator=gen)
     rel6, top6 = _logit_errors(model, ids, 6.0)
     rel0, top0 = _logit_errors(model, ids, 0.0)
-    # measured over seeds: rel6 0.033-0.045, rel0 0.081-0.101 (>= 2.3x), top-1 0.81-0.96 vs 0.72-0.90
+    # Measured on 2026-12-06 over 260 fresh seeds: rel6 <= 0.0505, top6 >= 0.76, rel0 / rel6 >= 1.84. Top-1
+    # agreement is not compared between the two: where both are near 1 they differ by a token either way (seed
+    # 1064092221: 0.996 both; 765710408: 0.945 with decomposition, 0.947 without), which failed CI by chance.
     assert rel6 < 0.07 and top6 > 0.7, (rel6, top6)
-    assert rel0 > 1.8 * rel6 and top0 < top6, (rel0, rel6, top0, top6)
+    assert rel0 > 1.5 * rel6, (rel0, rel6, top0, top6)
 
 
 def test_bad_arguments():
