@@ -330,6 +330,15 @@ static inline void gather_row(const float *restrict x, int64_t m, int64_t K, con
     for (int64_t j = 0; j < C; j++) xo[m * C + j] = x[m * K + cols[j]];
 }
 
+/* Row m's codes against the C flagged columns cols (flags[cols[j]] set; no flags read when C = 0), and its values
+ * in them when xo is given and C <= xo_cap. Returns prepare_row's result. */
+static inline int quantize_row(const float *x, int64_t m, int64_t K, const uint8_t *flags, const int64_t *cols,
+                               int64_t C, int8_t *q, int64_t ldq, float *absmax, float *xo, int64_t xo_cap) {
+    const int fail = prepare_row(x + m * K, C ? flags : NULL, K, q + m * ldq, ldq, absmax + m);
+    if (xo && C && C <= xo_cap) gather_row(x, m, K, cols, C, xo);
+    return fail;
+}
+
 /* Both passes in one parallel region with the same static split of the rows, so that the second pass finds each
  * thread's rows in its own cache: (1) per-thread column maxima of |x|, merged into col_flag[c] = max >= threshold
  * (threshold > 0); (2) per row, absmax over the unflagged columns and the codes. (The former first pass flagged
@@ -360,17 +369,9 @@ static int prepare(const float *x, int64_t M, int64_t K, float threshold, int8_t
         }
     }
     int fail = 0, spec_fail = 0, redo = 1;
-    uint8_t any_flag = 0, any_guess = 0;
     const int speculate = colmax && guess && guess[K] == 1;
-    int64_t C = 0; /* columns of the pass that gathers: the guess's while speculating, then the flags' */
-    if (speculate) {
-        for (int64_t c = 0; c < K; c++) any_guess |= guess[c];
-        C = flagged_columns(guess, K, cols);
-    }
-    if (outliers && !colmax) {
-        for (int64_t c = 0; c < K; c++) any_flag |= col_flag[c];
-        C = flagged_columns(col_flag, K, cols);
-    }
+    /* the flagged columns of the pass that quantizes: the guess's while speculating, then the flags' */
+    int64_t C = speculate ? flagged_columns(guess, K, cols) : flagged_columns(col_flag, K, cols);
 #pragma omp parallel num_threads(nt_max) reduction(| : fail, spec_fail)
     {
         int tid = 0, nt = 1;
@@ -380,12 +381,9 @@ static int prepare(const float *x, int64_t M, int64_t K, float threshold, int8_t
         const int64_t m0 = M * tid / nt, m1 = M * (tid + 1) / nt;
         if (colmax) {
             if (speculate) {
-                const uint8_t *gflags = any_guess ? guess : NULL;
-                const int gather = xo && C && C <= xo_cap;
                 for (int64_t m = m0; m < m1; m++) {
                     column_maxima(x, m, m + 1, K, colmax + tid * K);
-                    spec_fail |= prepare_row(x + m * K, gflags, K, q + m * ldq, ldq, absmax + m);
-                    if (gather) gather_row(x, m, K, cols, C, xo);
+                    spec_fail |= quantize_row(x, m, K, guess, cols, C, q, ldq, absmax, xo, xo_cap);
                 }
             } else {
                 column_maxima(x, m0, m1, K, colmax + tid * K);
@@ -393,26 +391,18 @@ static int prepare(const float *x, int64_t M, int64_t K, float threshold, int8_t
 #pragma omp barrier
 #pragma omp single
             {
-                int same = speculate;
                 for (int64_t c = 0; c < K; c++) {
                     float mx = colmax[c];
                     for (int t = 1; t < nt; t++) mx = colmax[t * K + c] > mx ? colmax[t * K + c] : mx;
                     col_flag[c] = (uint8_t)(mx >= threshold);
-                    any_flag |= col_flag[c];
-                    same &= speculate && col_flag[c] == guess[c];
                 }
-                redo = !same;
+                redo = !speculate || memcmp(col_flag, guess, (size_t)K) != 0;
                 if (redo) C = flagged_columns(col_flag, K, cols); /* no thread reads cols until the barrier */
             }
         }
-        if (redo) {
-            const uint8_t *flags = any_flag ? col_flag : NULL; /* none flagged: the rows skip reading the flags */
-            const int gather = xo && C && C <= xo_cap;
-            for (int64_t m = m0; m < m1; m++) {
-                fail |= prepare_row(x + m * K, flags, K, q + m * ldq, ldq, absmax + m);
-                if (gather) gather_row(x, m, K, cols, C, xo);
-            }
-        }
+        if (redo)
+            for (int64_t m = m0; m < m1; m++)
+                fail |= quantize_row(x, m, K, col_flag, cols, C, q, ldq, absmax, xo, xo_cap);
     }
     free(colmax);
     if (!redo) fail = spec_fail; /* the guess was the flags: the speculative rows are the result */
@@ -450,8 +440,7 @@ int64_t eb_int8_linear(const float *x, int64_t M, int64_t K, const int8_t *w, co
     if (C > xo_cap) return C;
     for (int64_t m = 0; m < M; m++) xs[m] = xs[m] / 127.0f;
     for (int64_t n = 0; n < N; n++) ws[n] = w_absmax[n] / 127.0f;
-    eb_epi e = {xs, ws, xo, cols, panels && C ? wo : NULL, C, NULL, bias, out, N};
-    e.wo_fill = panels && C ? wo : NULL;
+    const eb_epi e = {xs, ws, xo, cols, panels && C ? wo : NULL, C, NULL, bias, out, N};
     gemm(q, panels, w, &e, M, K, N);
     return C;
 }

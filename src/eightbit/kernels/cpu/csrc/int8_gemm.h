@@ -65,12 +65,12 @@ typedef struct {
     const float *xs, *ws;     /* row scales [M] and column scales [N] (absmax / 127) */
     const float *xo;          /* [M, n_out] outlier activations */
     const int64_t *cols;      /* [n_out] their column indices */
-    const float *wo;          /* [n_out, N] the dequantized weight columns, or NULL */
+    float *wo;                /* [n_out, N] the dequantized weight columns, filled by the panel nest (each thread
+                                 its panels' columns, before reading them), or NULL */
     int64_t n_out;
     const float *add, *bias;  /* [M, N] and [N], or NULL */
     float *out;               /* [M, N] */
     int64_t N;
-    float *wo_fill;           /* = wo, to be filled by the panel nest (each thread its panels' columns), or NULL */
 } eb_epi;
 
 static inline void finish(const eb_epi *e, int32_t acc, const int8_t *restrict wn, int64_t m, int64_t n) {

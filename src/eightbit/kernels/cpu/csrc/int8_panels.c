@@ -274,10 +274,9 @@ int eb_gemm_panels(const int8_t *x, int x_ready, const int8_t *w, const eb_epi *
         for (int64_t p = 0; p < npanels; p++) {
             const int64_t n0 = 16 * p;
             const int nn = N - n0 < 16 ? (int)(N - n0) : 16;
-            if (e->wo_fill) /* this panel's columns of the dequantized outlier weights (their rows are packed next) */
+            if (e->wo) /* this panel's columns of the dequantized outlier weights (their rows are packed next) */
                 for (int64_t j = 0; j < e->n_out; j++)
-                    for (int64_t n = n0; n < n0 + nn; n++)
-                        e->wo_fill[j * N + n] = (float)w[n * K + e->cols[j]] * e->ws[n];
+                    for (int64_t n = n0; n < n0 + nn; n++) e->wo[j * N + n] = (float)w[n * K + e->cols[j]] * e->ws[n];
             if (panel) {
                 pack_panel(w, K, n0, nn, K4, EB_PANEL_FLIP, panel);
                 if (p + 1 < npanels) /* the next panel's weight rows into L2 while this one computes */
