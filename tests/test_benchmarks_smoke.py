@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -115,6 +116,8 @@ def test_paired_ratio_cancels_a_drift_between_rounds():
     a = Row("models", "c", "a", "ok", extra={"round_ms": [[r, 90.0 * s] for r, s in enumerate(speed)] + [[9, 1.0]]})
     b = Row("models", "c", "b", "ok", extra={"round_ms": [[r, 100.0 * s] for r, s in enumerate(speed)]})
     assert paired_ratio(a, b) == pytest.approx(0.9)
+    medians = statistics.median(t for _, t in a.extra["round_ms"]) / statistics.median(t for _, t in b.extra["round_ms"])
+    assert medians != pytest.approx(0.9, rel=0.05)  # what the pairing corrects
     b_shifted = Row("models", "c", "b", "ok", extra={"round_ms": [[r, 100.0 * s] for r, s in enumerate(speed[1:])]})
     assert paired_ratio(a, b_shifted) != pytest.approx(0.9)  # pairing by round, not by position, is what cancels
     assert paired_ratio(a, Row("models", "c", "b", "ok", extra={"round_ms": [[20, 5.0]]})) is None

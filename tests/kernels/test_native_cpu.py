@@ -373,8 +373,8 @@ def test_int8_kernel_with_outlier_columns(lib, gen, m, n_cols):
 def test_int8_kernel_flag_guess_never_changes_the_result(lib, gen, m):
     """The kernel guesses each call's outlier columns from the same weight's previous call (one pass over x when
     right). Right, wrong (other columns, fewer, none), a guess that would hide a NaN row, and a right guess with a
-    NaN row (the kernel defers the call to the reference): every call equals the
-    reference, and the guess kept afterwards is the flags found."""
+    NaN row (the kernel defers the call to the reference): every call equals the reference, and the guess kept
+    afterwards is the flags found."""
     from eightbit.functional import ops
     from eightbit.functional.int8 import int8_linear_reference, outlier_columns
     from eightbit.functional.vectorwise import quantize_vectorwise
