@@ -274,7 +274,7 @@ def test_disabled_by_environment(monkeypatch):
         native.library.cache_clear()
 
 
-# every remainder of the 4-row and 2-row tiles, and both loop nests (panels from 16 rows at short K, 160 at long)
+# every remainder of the 4-row and 2-row row tiles, and both loop nests (the panel tile's remainders: below)
 @pytest.mark.parametrize("m", [1, 2, 3, 4, 5, 7, 16, 70, 256])
 @pytest.mark.parametrize("k", [1, 31, 32, 33, 63, 64, 65, 1000, 4099])
 def test_int8_kernel_exact(lib, gen, m, k):
@@ -369,12 +369,32 @@ def test_int8_kernel_with_outlier_columns(lib, gen, m, n_cols):
     assert (no_decomp - want).abs().max() > 0.1  # the outlier part is really there
 
 
+@pytest.mark.parametrize("m", range(8, 26))  # panels from 8 rows at short K: every last-tile row count they reach
+def test_int8_linear_kernel_every_panel_tile_remainder(lib, gen, m):
+    """The panel nest runs full tiles of rows and a last tile of the rest, each row count its own code (with
+    AVX-512 VNNI 8-row tiles and a last one of 5 to 12 rows; with AVX2 4-row tiles): with outlier columns, a bias
+    and a partial last panel (N % 16), every count equals the reference bit for bit."""
+    from eightbit.functional.int8 import int8_linear_reference
+    from eightbit.functional.vectorwise import quantize_vectorwise
+    from eightbit.kernels.cpu.int8 import int8_linear_cpu
+
+    w_int8, w_absmax = quantize_vectorwise(torch.randn(45, 133, generator=gen))
+    x = torch.randn(m, 133, generator=gen)
+    x[:, [5, 77]] *= 20  # outlier columns (|x| >= 6 in most rows)
+    bias = torch.randn(45, generator=gen)
+    for threshold in (6.0, 0.0):
+        got = int8_linear_cpu(x, w_int8, w_absmax, bias, threshold)
+        want = int8_linear_reference(x, w_int8, w_absmax, bias, threshold)
+        assert torch.equal(got, want), f"threshold {threshold}: max diff {(got - want).abs().max().item():.3g}"
+
+
 @pytest.mark.parametrize("m", [3, 300])  # one thread (small M * K) and the parallel prepare
 def test_int8_kernel_flag_guess_never_changes_the_result(lib, gen, m):
     """The kernel guesses each call's outlier columns from the same weight's previous call (one pass over x when
-    right). Right, wrong (other columns, fewer, none), a guess that would hide a NaN row, and a right guess with a
-    NaN row (the kernel defers the call to the reference): every call equals the reference, and the guess kept
-    afterwards is the flags found."""
+    right). Right, wrong (other columns, fewer, more, none), a guess that would hide a NaN row, a right guess with a
+    NaN row (the kernel defers the call to the reference) and with a NaN in an outlier column, a column the guess
+    lacks that reaches the threshold exactly, and one that holds Inf: every call equals the reference, and the guess
+    kept afterwards is the flags found."""
     from eightbit.functional import ops
     from eightbit.functional.int8 import int8_linear_reference, outlier_columns
     from eightbit.functional.vectorwise import quantize_vectorwise
@@ -392,7 +412,14 @@ def test_int8_kernel_flag_guess_never_changes_the_result(lib, gen, m):
     a, b = [3, 100, 516], [7, 200]
     nan_row = planted([])
     nan_row[1, a[0]] = float("nan")  # no outliers: with the guess a, this NaN would sit in a flagged column
-    sequence = [planted(a), planted(a), planted(b), planted([]), planted([]), planted(a), nan_row, nan_row, planted(a[:1])]
+    nan_flagged = planted(a)
+    nan_flagged[2, a[1]] = float("nan")  # a NaN inside a true outlier column: a right guess stays right
+    at_threshold = planted(a)
+    at_threshold[min(m - 1, 2), 50] = -6.0  # |x| == threshold flags a column the guess lacks
+    inf_col = planted(a)
+    inf_col[0, 60] = float("inf")  # Inf is an outlier: a column the guess lacks
+    sequence = [planted(a), planted(a), planted(b), planted([]), planted([]), planted(a), nan_row, nan_row, planted(a[:1]),
+                planted(a), nan_flagged, at_threshold, planted(a), inf_col, planted(a)]
     wants = []
     for i, x in enumerate(sequence):
         got = ops.int8_linear(x, w_int8, w_absmax, bias, 6.0)

@@ -7,7 +7,7 @@ sums on AVX2. Two exact routes are used instead:
 * ``eb_int8_gemm`` (native C, csrc/int8_cpu.c and int8_panels.c): exact int32 accumulation for activations in
   [-127, 127]; for few rows (decode, small batches) one pass over the weight rows in place, each weight vector
   multiplied with up to 4 activation rows in registers; for many rows per-thread packed 16-column panels under a
-  register tile (8x16 at 512 bits with AVX-512 VNNI, else 4x16).
+  register tile (8x16 at 512 bits with AVX-512 VNNI, the last tile of rows up to 12x16; else 4x16).
 * Without the native library (or for the -128 code the native GEMM does not take): int8 values converted to
   float32 in K chunks of 1024 and multiplied with the fp32 GEMM: products of int8 values are exact in float32
   and a sum of 1024 of them stays below 2**24, so the int32 result is exact.
@@ -124,9 +124,10 @@ _GUESSES_KEPT = 4096  # weights whose last outlier flags are kept per thread
 def _flag_guess(weight: torch.Tensor, k: int) -> torch.Tensor:
     """The calling thread's uint8 buffer [k + 1] of the outlier flags last found for ``weight`` (``[k]`` = 1 once
     filled), which ``eb_int8_linear`` reads as its guess and overwrites with the flags it finds. Why: outlier
-    features stay in the same columns call after call, and with a right guess the native prepare reads x once
-    (MiniLM's 36 layers, kernel only: 40.4 -> 37.0 ms). A wrong or stale guess (a freed weight's address reused)
-    costs the second pass only: the kernel checks the guess and never uses a wrong one."""
+    features stay in the same columns call after call, and with a right guess the native prepare reads x once,
+    without the column maxima (MiniLM's 36 layers, kernel only: 40.4 -> 37.0 ms, then about 1 % more). A wrong or
+    stale guess (a freed weight's address reused) costs the unguessed call's two passes on top: the kernel checks
+    the guess as it goes and never uses a wrong one."""
     guesses = getattr(_local, "guesses", None)
     if guesses is None or len(guesses) > _GUESSES_KEPT:
         guesses = _local.guesses = {}

@@ -339,6 +339,46 @@ static inline int quantize_row(const float *x, int64_t m, int64_t K, const uint8
     return fail;
 }
 
+/* One pass that quantizes every row against guessed flags (flags: 0/1 per column, C of them set, their indices in
+ * cols) and checks the guess on the way, with no column maxima: the guess is the flags exactly when no row has an
+ * unflagged |x| >= threshold (the row's absmax over the unflagged columns, which the quantizer computes anyway) and
+ * every flagged column has some |x| >= threshold (a running maximum over the C flagged values per thread, NaN never
+ * counting, as in column_maxima). A row with NaN/Inf among its unflagged columns, or one the reference must serve,
+ * counts as a miss. Returns 0 when the guess is confirmed (q, absmax and xo are then exactly what the flags give),
+ * 1 when it is not (the rows written are not to be used; a thread stops at its first miss). */
+static int prepare_guessed(const float *x, int64_t M, int64_t K, float threshold, const uint8_t *flags,
+                           const int64_t *cols, int64_t C, int8_t *q, int64_t ldq, float *absmax, float *xo,
+                           int64_t xo_cap, int nt_max) {
+    float *fmax = C ? (float *)calloc((size_t)(nt_max * C), sizeof(float)) : NULL;
+    if (C && !fmax) return 1;
+    int miss = 0, nt_used = 1;
+#pragma omp parallel num_threads(nt_max) reduction(| : miss)
+    {
+        int tid = 0, nt = 1;
+#ifdef _OPENMP
+        tid = omp_get_thread_num(), nt = omp_get_num_threads();
+#pragma omp single nowait
+        nt_used = nt;
+#endif
+        const int64_t m0 = M * tid / nt, m1 = M * (tid + 1) / nt;
+        float *restrict fm = fmax + tid * C;
+        for (int64_t m = m0; m < m1 && !miss; m++) {
+            miss = quantize_row(x, m, K, flags, cols, C, q, ldq, absmax, xo, xo_cap) || !(absmax[m] < threshold);
+            for (int64_t j = 0; j < C; j++) {
+                const float a = fabsf(x[m * K + cols[j]]);
+                fm[j] = a > fm[j] ? a : fm[j];
+            }
+        }
+    }
+    for (int64_t j = 0; j < C && !miss; j++) {
+        float mx = fmax[j];
+        for (int t = 1; t < nt_used; t++) mx = fmax[t * C + j] > mx ? fmax[t * C + j] : mx;
+        miss = !(mx >= threshold);
+    }
+    free(fmax);
+    return miss;
+}
+
 /* Both passes in one parallel region with the same static split of the rows, so that the second pass finds each
  * thread's rows in its own cache: (1) per-thread column maxima of |x|, merged into col_flag[c] = max >= threshold
  * (threshold > 0); (2) per row, absmax over the unflagged columns and the codes. (The former first pass flagged
@@ -346,21 +386,30 @@ static inline int quantize_row(const float *x, int64_t m, int64_t K, const uint8
  * 2 threads: 0.123 -> 0.092 ms hot, 0.243 -> 0.209 ms with x evicted from the caches.)
  *
  * With a guess of the flags (guess[0 .. K) and guess[K] = 1; the caller keeps the previous call's flags of the same
- * weight: outlier features sit in the same columns call after call) the two passes become one: each row updates the
- * column maxima and is quantized against the guessed flags while it is in L1. After the merge the guess is checked;
- * if it differs from the flags the rows redo step (2) with the true flags, so the result never depends on the
- * guess. The flags found are written back to guess (guess[K] = 1) for the next call. Out: the flagged columns in
- * cols (K entries; may be NULL) and their number in n_cols; with xo (M x n_cols) and n_cols <= xo_cap, each row's
- * values in them, gathered in the pass that quantizes the row. */
+ * weight: outlier features sit in the same columns call after call) prepare_guessed reads x once, with neither the
+ * column maxima nor their merge (MiniLM's 36 layers, kernel only: about 1 % faster than the former one pass that
+ * also kept the column maxima; the pass is bound by reading x).
+ * A guess it cannot confirm costs the two passes above on top, so the result never depends on the guess. The flags
+ * found are written back to guess (guess[K] = 1) for the next call. Out: the flagged columns in cols (K entries;
+ * may be NULL) and their number in n_cols; with xo (M x n_cols) and n_cols <= xo_cap, each row's values in them,
+ * gathered in the pass that quantizes the row. */
 static int prepare(const float *x, int64_t M, int64_t K, float threshold, int8_t *q, int64_t ldq, float *absmax,
                    uint8_t *col_flag, uint8_t *guess, int64_t *cols, int64_t *n_cols, float *xo, int64_t xo_cap) {
-    memset(col_flag, 0, (size_t)K);
     const int outliers = threshold > 0.0f;
-    float *colmax = NULL;
     int nt_max = 1;
 #ifdef _OPENMP
     nt_max = M * K >= 65536 ? omp_get_max_threads() : 1;
 #endif
+    if (outliers && guess && guess[K] == 1 && cols) {
+        for (int64_t c = 0; c < K; c++) col_flag[c] = guess[c] != 0; /* any nonzero byte is a flag */
+        const int64_t C = flagged_columns(col_flag, K, cols);
+        if (!prepare_guessed(x, M, K, threshold, col_flag, cols, C, q, ldq, absmax, xo, xo_cap, nt_max)) {
+            *n_cols = C;
+            return 0;
+        }
+    }
+    memset(col_flag, 0, (size_t)K);
+    float *colmax = NULL;
     if (outliers) {
         colmax = (float *)calloc((size_t)(nt_max * K), sizeof(float));
         if (!colmax) { /* without scratch: one thread, one buffer-free pass per row over all columns */
@@ -368,11 +417,9 @@ static int prepare(const float *x, int64_t M, int64_t K, float threshold, int8_t
                 for (int64_t c = 0; c < K; c++) col_flag[c] |= (uint8_t)(fabsf(x[m * K + c]) >= threshold);
         }
     }
-    int fail = 0, spec_fail = 0, redo = 1;
-    const int speculate = colmax && guess && guess[K] == 1;
-    /* the flagged columns of the pass that quantizes: the guess's while speculating, then the flags' */
-    int64_t C = speculate ? flagged_columns(guess, K, cols) : flagged_columns(col_flag, K, cols);
-#pragma omp parallel num_threads(nt_max) reduction(| : fail, spec_fail)
+    int fail = 0;
+    int64_t C = colmax ? 0 : flagged_columns(col_flag, K, cols);
+#pragma omp parallel num_threads(nt_max) reduction(| : fail)
     {
         int tid = 0, nt = 1;
 #ifdef _OPENMP
@@ -380,14 +427,7 @@ static int prepare(const float *x, int64_t M, int64_t K, float threshold, int8_t
 #endif
         const int64_t m0 = M * tid / nt, m1 = M * (tid + 1) / nt;
         if (colmax) {
-            if (speculate) {
-                for (int64_t m = m0; m < m1; m++) {
-                    column_maxima(x, m, m + 1, K, colmax + tid * K);
-                    spec_fail |= quantize_row(x, m, K, guess, cols, C, q, ldq, absmax, xo, xo_cap);
-                }
-            } else {
-                column_maxima(x, m0, m1, K, colmax + tid * K);
-            }
+            column_maxima(x, m0, m1, K, colmax + tid * K);
 #pragma omp barrier
 #pragma omp single
             {
@@ -396,16 +436,12 @@ static int prepare(const float *x, int64_t M, int64_t K, float threshold, int8_t
                     for (int t = 1; t < nt; t++) mx = colmax[t * K + c] > mx ? colmax[t * K + c] : mx;
                     col_flag[c] = (uint8_t)(mx >= threshold);
                 }
-                redo = !speculate || memcmp(col_flag, guess, (size_t)K) != 0;
-                if (redo) C = flagged_columns(col_flag, K, cols); /* no thread reads cols until the barrier */
+                C = flagged_columns(col_flag, K, cols); /* no thread reads cols until the barrier */
             }
         }
-        if (redo)
-            for (int64_t m = m0; m < m1; m++)
-                fail |= quantize_row(x, m, K, col_flag, cols, C, q, ldq, absmax, xo, xo_cap);
+        for (int64_t m = m0; m < m1; m++) fail |= quantize_row(x, m, K, col_flag, cols, C, q, ldq, absmax, xo, xo_cap);
     }
     free(colmax);
-    if (!redo) fail = spec_fail; /* the guess was the flags: the speculative rows are the result */
     if (guess && outliers) {
         memcpy(guess, col_flag, (size_t)K);
         guess[K] = 1;

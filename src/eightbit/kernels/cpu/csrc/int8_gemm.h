@@ -26,7 +26,8 @@
  * broadcasts one k-group of an activation row against two panel vectors, accumulating vertically (no
  * horizontal sums), the structure of MLAS's u8s8 kernel. Where the compiler targets AVX-512 VNNI (-march=native on
  * such a CPU), both nests take x + 128 as unsigned bytes against the signed weight (vpdpbusd at 512 bits, a row- or
- * column-sum correction at the end; the panel tile is then 8x16): the same exact int32 sums. */
+ * column-sum correction at the end; the panel tile is then 8x16, the last tile of rows up to 12x16): the same
+ * exact int32 sums. */
 #ifdef __AVX2__
 #include <immintrin.h>
 

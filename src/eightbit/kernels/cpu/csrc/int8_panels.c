@@ -68,54 +68,77 @@ static int32_t row_sum(const int8_t *restrict x, int64_t K) {
     return _mm512_reduce_add_epi32(s);
 }
 
-/* The VNNI tile is 8 rows x 16 columns at 512 bits: one k-group of the panel (16 columns x 4 bytes) is one zmm.
- * Measured against the 4x16 ymm tile (2 threads, hot): 1152 x 384 x 384 0.86 -> 0.65 ms, 512 x 4096 x 4096
- * 33.3 -> 23.1 ms. */
-#define EB_PANEL_ROWS 8
+/* The VNNI tile is up to 12 rows x 16 columns at 512 bits: one k-group of the panel (16 columns x 4 bytes) is one
+ * zmm, multiplied with one activation row per accumulator. Measured against the 4x16 ymm tile (2 threads, hot):
+ * 1152 x 384 x 384 0.86 -> 0.65 ms, 512 x 4096 x 4096 33.3 -> 23.1 ms (8 rows). Each row count has its own
+ * instance (tile_rows_u8 with a literal), so the last tile costs only its rows: with 8-row tiles alone, 12 rows
+ * (MiniLM at batch 1) computed 16 (M = 12, kernel only: 384 x 384 23.2 -> 20.3 us, 1536 x 384 54.8 -> 48.5 us).
+ * Full tiles are 8 rows (EB_PANEL_STEP) and the last takes up to 12, so 12 rows are one tile: 12-row tiles
+ * throughout measured 1-2 % slower at M = 1152 (MiniLM's 36 layers, medians of 41 interleaved runs). The panel nest
+ * runs from 8 rows (EB_ROWS_WIN), so last tiles have 5 to 12 rows; the smaller instances are there for any caller. */
+#define EB_PANEL_ROWS 12
+#define EB_PANEL_STEP 8
 /* Inline asm because GCC 12 copies every accumulator of the intrinsic's form through another register each
  * iteration (16 extra vmovdqa per 8 vpdpbusd) and does not fold the broadcast; here the accumulator is tied ("+v")
- * and the activation's 4 bytes are an embedded {1to16} broadcast addressed as row pointer + shared index (one
- * increment per k-group instead of eight). The loop went from 37 to 13 instructions per 8 vpdpbusd. Measured
- * (2 threads, MiniLM's shapes at M = 1152, builds interleaved): while the VM's cores were contended 1152 x 384 x 384
- * 0.70 -> 0.56 ms and 1152 x 1536 x 384 2.72 -> 2.25 ms; on quiet cores within 2 %. The "memory" clobber stands for
- * the activation bytes the asm reads. */
-#define EB_ROW_U8(R)                                                                                              \
-    __asm__("vpdpbusd (%2,%3)%{1to16%}, %1, %0" : "+v"(a##R) : "v"(wq), "r"(x##R), "r"(4 * q) : "memory");
+ * and the activation's 4 bytes are an embedded {1to16} broadcast. The loop went from 37 to 13 instructions per 8
+ * vpdpbusd. Measured (2 threads, MiniLM's shapes at M = 1152, builds interleaved): while the VM's cores were
+ * contended 1152 x 384 x 384 0.70 -> 0.56 ms and 1152 x 1536 x 384 2.72 -> 2.25 ms; on quiet cores within 2 %.
+ * Row r of the tile is addressed from base pointer b[r / 4] (rows 0, 4, 8, advanced 4 bytes per k-group) plus
+ * (r % 4) rows of ldx bytes: 3 base and 2 index registers for 12 rows. The "memory" clobber stands for the
+ * activation bytes the asm reads. */
+#define EB_DP0(A, B) __asm__("vpdpbusd (%2)%{1to16%}, %1, %0" : "+v"(A) : "v"(wq), "r"(B) : "memory");
+#define EB_DP1(A, B) __asm__("vpdpbusd (%2,%3,1)%{1to16%}, %1, %0" : "+v"(A) : "v"(wq), "r"(B), "r"(ld) : "memory");
+#define EB_DP2(A, B) __asm__("vpdpbusd (%2,%3,2)%{1to16%}, %1, %0" : "+v"(A) : "v"(wq), "r"(B), "r"(ld) : "memory");
+#define EB_DP3(A, B) __asm__("vpdpbusd (%2,%3,1)%{1to16%}, %1, %0" : "+v"(A) : "v"(wq), "r"(B), "r"(ld3) : "memory");
+#define EB_ALL(X) X(0) X(1) X(2) X(3) X(4) X(5) X(6) X(7) X(8) X(9) X(10) X(11)
 /* finish() on the tile's rows, 16 columns each, straight from the accumulators: the same operations in the same
- * order. The outlier sums of the 8 rows advance together, one weight column at a time (8 independent add chains). */
+ * order. The outlier sums of the rows advance together, one weight column at a time (independent add chains). */
 #define EB_ROW_SCALE(R)                                                                                           \
-    const int64_t row##R = m0 + (R < mr ? R : 0); /* spare rows: computed, not stored */                            \
+    const int64_t row##R = m0 + (R < MR ? R : 0);                                                                 \
     __m512 y##R = _mm512_mul_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(a##R), _mm512_set1_ps(e->xs[row##R])), ws16),         \
            o##R = _mm512_setzero_ps();
-#define EB_ROW_OUTLIER(R) o##R = _mm512_add_ps(o##R, _mm512_mul_ps(_mm512_set1_ps(xo[row##R * C + c]), wc));
+#define EB_ROW_OUTLIER(R)                                                                                         \
+    if (R < MR) o##R = _mm512_add_ps(o##R, _mm512_mul_ps(_mm512_set1_ps(xo[row##R * C + c]), wc));
 #define EB_ROW_STORE(R)                                                                                           \
-    if (R < mr) {                                                                                                 \
+    if (R < MR) {                                                                                                 \
         if (C) y##R = _mm512_add_ps(y##R, o##R);                                                                  \
         if (add) y##R = _mm512_add_ps(y##R, _mm512_loadu_ps(add + row##R * N));                                     \
         if (bias) y##R = _mm512_add_ps(y##R, _mm512_loadu_ps(bias));                                              \
         _mm512_storeu_ps(out + row##R * N, y##R);                                                                   \
     }
 #define EB_ROW_OUT(R)                                                                                             \
-    _mm512_storeu_si512((void *)acc[R], a##R);
-/* The tile's exact sums; with e (16 live columns, outliers given as wo) finished into the output from the registers,
- * else written to acc for finish(). (Storing the 512-bit sums and reading them back in 256-bit halves stalled on
- * store forwarding: measured, 2 threads, 1152 x 384 x 1536 with 7 outlier columns 2.22 -> 2.01 ms, without
- * outliers 1.81 -> 1.73 ms.) */
-static void micro_tile(const int8_t *const xr[EB_PANEL_ROWS], const int8_t *restrict panel, int64_t K4,
-                       const int32_t rowsum[EB_PANEL_ROWS], const eb_epi *e, int mr, int64_t m0, int64_t n0,
-                       int32_t acc[EB_PANEL_ROWS][16]) {
-    const int8_t *x0 = xr[0], *x1 = xr[1], *x2 = xr[2], *x3 = xr[3], *x4 = xr[4], *x5 = xr[5], *x6 = xr[6],
-                 *x7 = xr[7];
-    /* each accumulator starts at -128 * rowsum (wrapping), so it ends at the exact sum of w * x (see above) */
-#define EB_ROW_INIT(R) __m512i a##R = _mm512_set1_epi32((int32_t)(0u - 128u * (uint32_t)rowsum[R]));
-    EB_ROW_INIT(0) EB_ROW_INIT(1) EB_ROW_INIT(2) EB_ROW_INIT(3) EB_ROW_INIT(4) EB_ROW_INIT(5) EB_ROW_INIT(6) EB_ROW_INIT(7)
-#undef EB_ROW_INIT
+    if (R < MR) _mm512_storeu_si512((void *)acc[R], a##R);
+/* each accumulator starts at -128 * rowsum (wrapping), so it ends at the exact sum of w * x (see above) */
+#define EB_ROW_INIT(R) __m512i a##R = _mm512_set1_epi32((int32_t)(0u - 128u * (uint32_t)rowsum[R < MR ? R : 0]));
+/* The exact sums of MR consecutive activation rows (x: the first, rows ldx apart) with one panel; with e (16 live
+ * columns, outliers given as wo) finished into the output from the registers, else written to acc for finish().
+ * (Storing the 512-bit sums and reading them back in 256-bit halves stalled on store forwarding: measured, 2
+ * threads, 1152 x 384 x 1536 with 7 outlier columns 2.22 -> 2.01 ms, without outliers 1.81 -> 1.73 ms.) */
+static inline __attribute__((always_inline)) void tile_rows_u8(const int MR, const int8_t *x, int64_t ldx,
+                                                               const int8_t *restrict panel, int64_t K4,
+                                                               const int32_t *rowsum, const eb_epi *e, int64_t m0,
+                                                               int64_t n0, int32_t acc[EB_PANEL_ROWS][16]) {
+    const int64_t ld = ldx, ld3 = 3 * ldx;
+    const int8_t *b0 = x, *b1 = x + 4 * ldx, *b2 = x + 8 * ldx;
+    EB_ALL(EB_ROW_INIT)
     for (int64_t q = 0; q < K4; q++) {
         const __m512i wq = _mm512_loadu_si512((const void *)(panel + q * 64));
-        EB_ROW_U8(0) EB_ROW_U8(1) EB_ROW_U8(2) EB_ROW_U8(3) EB_ROW_U8(4) EB_ROW_U8(5) EB_ROW_U8(6) EB_ROW_U8(7)
+        if (MR > 0) EB_DP0(a0, b0)
+        if (MR > 1) EB_DP1(a1, b0)
+        if (MR > 2) EB_DP2(a2, b0)
+        if (MR > 3) EB_DP3(a3, b0)
+        if (MR > 4) EB_DP0(a4, b1)
+        if (MR > 5) EB_DP1(a5, b1)
+        if (MR > 6) EB_DP2(a6, b1)
+        if (MR > 7) EB_DP3(a7, b1)
+        if (MR > 8) EB_DP0(a8, b2)
+        if (MR > 9) EB_DP1(a9, b2)
+        if (MR > 10) EB_DP2(a10, b2)
+        if (MR > 11) EB_DP3(a11, b2)
+        b0 += 4, b1 += 4, b2 += 4;
     }
     if (!e) {
-        EB_ROW_OUT(0) EB_ROW_OUT(1) EB_ROW_OUT(2) EB_ROW_OUT(3) EB_ROW_OUT(4) EB_ROW_OUT(5) EB_ROW_OUT(6) EB_ROW_OUT(7)
+        EB_ALL(EB_ROW_OUT)
         return;
     }
     const int64_t N = e->N, C = e->n_out;
@@ -123,25 +146,39 @@ static void micro_tile(const int8_t *const xr[EB_PANEL_ROWS], const int8_t *rest
     const float *restrict add = e->add ? e->add + n0 : NULL, *restrict bias = e->bias ? e->bias + n0 : NULL;
     float *restrict out = e->out + n0;
     const __m512 ws16 = _mm512_loadu_ps(e->ws + n0);
-    EB_ROW_SCALE(0) EB_ROW_SCALE(1) EB_ROW_SCALE(2) EB_ROW_SCALE(3)
-    EB_ROW_SCALE(4) EB_ROW_SCALE(5) EB_ROW_SCALE(6) EB_ROW_SCALE(7)
+    EB_ALL(EB_ROW_SCALE)
     for (int64_t c = 0; c < C; c++) {
         const __m512 wc = _mm512_loadu_ps(wo + c * N);
-        EB_ROW_OUTLIER(0) EB_ROW_OUTLIER(1) EB_ROW_OUTLIER(2) EB_ROW_OUTLIER(3)
-        EB_ROW_OUTLIER(4) EB_ROW_OUTLIER(5) EB_ROW_OUTLIER(6) EB_ROW_OUTLIER(7)
+        EB_ALL(EB_ROW_OUTLIER)
     }
-    EB_ROW_STORE(0) EB_ROW_STORE(1) EB_ROW_STORE(2) EB_ROW_STORE(3)
-    EB_ROW_STORE(4) EB_ROW_STORE(5) EB_ROW_STORE(6) EB_ROW_STORE(7)
+    EB_ALL(EB_ROW_STORE)
 }
-#undef EB_ROW_U8
+#undef EB_DP0
+#undef EB_DP1
+#undef EB_DP2
+#undef EB_DP3
+#undef EB_ALL
+#undef EB_ROW_INIT
 #undef EB_ROW_OUT
 #undef EB_ROW_SCALE
 #undef EB_ROW_OUTLIER
 #undef EB_ROW_STORE
+/* tile_rows_u8 for mr (1 .. EB_PANEL_ROWS) rows, each count its own unrolled instance. */
+static void micro_tile(int mr, const int8_t *x, int64_t ldx, const int8_t *restrict panel, int64_t K4,
+                       const int32_t *rowsum, const eb_epi *e, int64_t m0, int64_t n0, int32_t acc[EB_PANEL_ROWS][16]) {
+    switch (mr) {
+#define EB_CASE(R) case R: tile_rows_u8(R, x, ldx, panel, K4, rowsum, e, m0, n0, acc); break;
+    EB_CASE(12) EB_CASE(11) EB_CASE(10) EB_CASE(9) EB_CASE(8) EB_CASE(7) EB_CASE(6) EB_CASE(5) EB_CASE(4) EB_CASE(3)
+    EB_CASE(2) EB_CASE(1)
+#undef EB_CASE
+    default: break;
+    }
+}
 #else
 #define EB_U8S8 0
 #define EB_PANEL_FLIP 0x00u
 #define EB_PANEL_ROWS 4
+#define EB_PANEL_STEP 4
 #endif
 
 #if !EB_U8S8
@@ -216,17 +253,17 @@ static void panel_sweep(const int8_t *xp, int64_t ldx, const int32_t *rowsum, co
                         const int8_t *w, const eb_epi *e, int64_t M, int64_t K, int64_t n0, int nn) {
     const int64_t K4 = ldx / 4;
     const int fast = nn == 16 && (!e->n_out || e->wo); /* the vector epilogue applies */
-    for (int64_t m0 = 0; m0 < M; m0 += EB_PANEL_ROWS) {
-        const int mr = M - m0 < EB_PANEL_ROWS ? (int)(M - m0) : EB_PANEL_ROWS;
-        const int8_t *xr[EB_PANEL_ROWS];
-        for (int r = 0; r < EB_PANEL_ROWS; r++) xr[r] = xp + (m0 + (r < mr ? r : 0)) * ldx; /* spare rows: discarded */
+    for (int64_t m0 = 0, mr; m0 < M; m0 += mr) {
+        mr = M - m0 <= EB_PANEL_ROWS ? (int)(M - m0) : EB_PANEL_STEP;
         int32_t acc[EB_PANEL_ROWS][16];
 #if EB_U8S8
         int32_t rs[EB_PANEL_ROWS];
-        for (int r = 0; r < EB_PANEL_ROWS; r++) rs[r] = rowsum ? rowsum[m0 + (r < mr ? r : 0)] : row_sum(xr[r], K);
-        micro_tile(xr, panel, K4, rs, fast ? e : NULL, mr, m0, n0, acc);
+        for (int r = 0; r < mr; r++) rs[r] = rowsum ? rowsum[m0 + r] : row_sum(xp + (m0 + r) * ldx, K);
+        micro_tile(mr, xp + m0 * ldx, ldx, panel, K4, rs, fast ? e : NULL, m0, n0, acc);
         if (fast) continue;
 #else
+        const int8_t *xr[EB_PANEL_ROWS];
+        for (int r = 0; r < EB_PANEL_ROWS; r++) xr[r] = xp + (m0 + (r < mr ? r : 0)) * ldx; /* spare rows: discarded */
         (void)rowsum;
         micro_4x16(xr[0], xr[1], xr[2], xr[3], panel, K4, acc);
         if (fast) {
@@ -274,17 +311,36 @@ int eb_gemm_panels(const int8_t *x, int x_ready, const int8_t *w, const eb_epi *
         for (int64_t p = 0; p < npanels; p++) {
             const int64_t n0 = 16 * p;
             const int nn = N - n0 < 16 ? (int)(N - n0) : 16;
-            if (e->wo) /* this panel's columns of the dequantized outlier weights (their rows are packed next) */
-                for (int64_t j = 0; j < e->n_out; j++)
-                    for (int64_t n = n0; n < n0 + nn; n++) e->wo[j * N + n] = (float)w[n * K + e->cols[j]] * e->ws[n];
             if (panel) {
                 pack_panel(w, K, n0, nn, K4, EB_PANEL_FLIP, panel);
+                if (e->wo) /* this panel's columns of the dequantized outlier weights, read from the panel in L1
+                              (one vector per column with VNNI; before, read a byte at a time from the weight rows:
+                              M = 12, 1536 x 384, 3 outlier columns, kernel only 45.2 -> 40.7 us) */
+                    for (int64_t j = 0; j < e->n_out; j++) {
+                        const int64_t q = e->cols[j] / 4, t = e->cols[j] % 4;
+#if EB_U8S8
+                        if (nn == 16) { /* byte t of each 4-byte group to the top, the flip undone, shifted down signed */
+                            const __m512i g = _mm512_slli_epi32(_mm512_load_si512((const void *)(panel + q * 64)),
+                                                                (unsigned)(24 - 8 * t));
+                            const __m512i v = _mm512_srai_epi32(_mm512_xor_si512(g, _mm512_set1_epi32(INT32_MIN)), 24);
+                            _mm512_storeu_ps(e->wo + j * N + n0,
+                                             _mm512_mul_ps(_mm512_cvtepi32_ps(v), _mm512_loadu_ps(e->ws + n0)));
+                            continue;
+                        }
+#endif
+                        for (int i = 0; i < nn; i++)
+                            e->wo[j * N + n0 + i] =
+                                (float)(int8_t)((uint8_t)panel[q * 64 + 4 * i + t] ^ EB_PANEL_FLIP) * e->ws[n0 + i];
+                    }
                 if (p + 1 < npanels) /* the next panel's weight rows into L2 while this one computes */
                     for (int64_t off = 16 * K; off < 32 * K && n0 * K + off < N * K; off += 64)
                         _mm_prefetch((const char *)(w + n0 * K + off), _MM_HINT_T1);
                 panel_sweep(xp, ldx, rowsum, panel, w, e, M, K, n0, nn);
                 continue;
             }
+            if (e->wo) /* without a panel: the dequantized outlier weights from the weight rows */
+                for (int64_t j = 0; j < e->n_out; j++)
+                    for (int64_t n = n0; n < n0 + nn; n++) e->wo[j * N + n] = (float)w[n * K + e->cols[j]] * e->ws[n];
             for (int j = 0; j < nn; j++)
                 for (int64_t m = 0; m < M; m++)
                     finish(e, dot_1x1(xp + m * ldx, w + (n0 + j) * K, K), w + (n0 + j) * K, m, n0 + j);
