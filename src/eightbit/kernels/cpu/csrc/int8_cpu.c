@@ -361,7 +361,7 @@ static int prepare_guessed(const float *x, int64_t M, int64_t K, float threshold
         nt_used = nt;
 #endif
         const int64_t m0 = M * tid / nt, m1 = M * (tid + 1) / nt;
-        float *restrict fm = fmax + tid * C;
+        float *restrict fm = C ? fmax + tid * C : NULL;
         for (int64_t m = m0; m < m1 && !miss; m++) {
             miss = quantize_row(x, m, K, flags, cols, C, q, ldq, absmax, xo, xo_cap) || !(absmax[m] < threshold);
             for (int64_t j = 0; j < C; j++) {

@@ -47,7 +47,7 @@ static void pack_panel(const int8_t *restrict w, int64_t K, int64_t n0, int nn, 
             }
 }
 
-#if defined(__AVX512VNNI__) && defined(__AVX512VL__)
+#if defined(__AVX512VNNI__) && defined(__AVX512VL__) && defined(__AVX512BW__)
 /* With VNNI the panel holds the weight as unsigned bytes u = w ^ 0x80 = w + 128 and the activations stay signed
  * (-127..127): vpdpbusd adds each group of four u * x products to an int32 lane without saturation, with the
  * activation's 4 bytes as its broadcast operand, so a k-group of the 8x16 tile is one panel load, 8 broadcasts and
@@ -119,7 +119,7 @@ static inline __attribute__((always_inline)) void tile_rows_u8(const int MR, con
                                                                const int32_t *rowsum, const eb_epi *e, int64_t m0,
                                                                int64_t n0, int32_t acc[EB_PANEL_ROWS][16]) {
     const int64_t ld = ldx, ld3 = 3 * ldx;
-    const int8_t *b0 = x, *b1 = x + 4 * ldx, *b2 = x + 8 * ldx;
+    const int8_t *b0 = x, *b1 = MR > 4 ? x + 4 * ldx : x, *b2 = MR > 8 ? x + 8 * ldx : x; /* only rows that exist */
     EB_ALL(EB_ROW_INIT)
     for (int64_t q = 0; q < K4; q++) {
         const __m512i wq = _mm512_loadu_si512((const void *)(panel + q * 64));
