@@ -90,6 +90,9 @@ static int32_t row_sum(const int8_t *restrict x, int64_t K) {
 #define EB_DP1(A, B) __asm__("vpdpbusd (%2,%3,1)%{1to16%}, %1, %0" : "+v"(A) : "v"(wq), "r"(B), "r"(ld) : "memory");
 #define EB_DP2(A, B) __asm__("vpdpbusd (%2,%3,2)%{1to16%}, %1, %0" : "+v"(A) : "v"(wq), "r"(B), "r"(ld) : "memory");
 #define EB_DP3(A, B) __asm__("vpdpbusd (%2,%3,1)%{1to16%}, %1, %0" : "+v"(A) : "v"(wq), "r"(B), "r"(ld3) : "memory");
+/* rows R .. R + 3 of the tile (those below MR), all from base pointer B */
+#define EB_ROWS4(R, A0, A1, A2, A3, B)                                                                            \
+    if (MR > R) EB_DP0(A0, B) if (MR > R + 1) EB_DP1(A1, B) if (MR > R + 2) EB_DP2(A2, B) if (MR > R + 3) EB_DP3(A3, B)
 #define EB_ALL(X) X(0) X(1) X(2) X(3) X(4) X(5) X(6) X(7) X(8) X(9) X(10) X(11)
 /* finish() on the tile's rows, 16 columns each, straight from the accumulators: the same operations in the same
  * order. The outlier sums of the rows advance together, one weight column at a time (independent add chains). */
@@ -123,18 +126,7 @@ static inline __attribute__((always_inline)) void tile_rows_u8(const int MR, con
     EB_ALL(EB_ROW_INIT)
     for (int64_t q = 0; q < K4; q++) {
         const __m512i wq = _mm512_loadu_si512((const void *)(panel + q * 64));
-        if (MR > 0) EB_DP0(a0, b0)
-        if (MR > 1) EB_DP1(a1, b0)
-        if (MR > 2) EB_DP2(a2, b0)
-        if (MR > 3) EB_DP3(a3, b0)
-        if (MR > 4) EB_DP0(a4, b1)
-        if (MR > 5) EB_DP1(a5, b1)
-        if (MR > 6) EB_DP2(a6, b1)
-        if (MR > 7) EB_DP3(a7, b1)
-        if (MR > 8) EB_DP0(a8, b2)
-        if (MR > 9) EB_DP1(a9, b2)
-        if (MR > 10) EB_DP2(a10, b2)
-        if (MR > 11) EB_DP3(a11, b2)
+        EB_ROWS4(0, a0, a1, a2, a3, b0) EB_ROWS4(4, a4, a5, a6, a7, b1) EB_ROWS4(8, a8, a9, a10, a11, b2)
         b0 += 4, b1 += 4, b2 += 4;
     }
     if (!e) {
@@ -157,6 +149,7 @@ static inline __attribute__((always_inline)) void tile_rows_u8(const int MR, con
 #undef EB_DP1
 #undef EB_DP2
 #undef EB_DP3
+#undef EB_ROWS4
 #undef EB_ALL
 #undef EB_ROW_INIT
 #undef EB_ROW_OUT
