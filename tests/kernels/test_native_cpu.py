@@ -388,17 +388,23 @@ def test_int8_linear_kernel_every_panel_tile_remainder(lib, gen, m):
         assert torch.equal(got, want), f"threshold {threshold}: max diff {(got - want).abs().max().item():.3g}"
 
 
+@pytest.mark.parametrize("path", ["op", "python kernel"])  # the op: the C++ kernel where it loads
 @pytest.mark.parametrize("m", [3, 300])  # one thread (small M * K) and the parallel prepare
-def test_int8_kernel_flag_guess_never_changes_the_result(lib, gen, m):
+def test_int8_kernel_flag_guess_never_changes_the_result(lib, gen, m, path):
     """The kernel guesses each call's outlier columns from the same weight's previous call (one pass over x when
     right). Right, wrong (other columns, fewer, more, none), a guess that would hide a NaN row, a right guess with a
     NaN row (the kernel defers the call to the reference) and with a NaN in an outlier column, a column the guess
     lacks that reaches the threshold exactly, and one that holds Inf: every call equals the reference, and the guess
-    kept afterwards is the flags found."""
+    the Python kernel keeps afterwards is the flags found (the C++ kernel keeps its own, the same way)."""
     from eightbit.functional import ops
     from eightbit.functional.int8 import int8_linear_reference, outlier_columns
     from eightbit.functional.vectorwise import quantize_vectorwise
+    from eightbit.kernels.cpu import torch_ext
     from eightbit.kernels.cpu.int8 import _flag_guess
+
+    call = ops.int8_linear
+    if path == "python kernel" and torch_ext.int8_linear_loaded():
+        call = torch.ops.eightbit_cpu.int8_linear_py
 
     k = 517
     w_int8, w_absmax = quantize_vectorwise(torch.randn(300, k, generator=gen))
@@ -422,11 +428,13 @@ def test_int8_kernel_flag_guess_never_changes_the_result(lib, gen, m):
                 planted(a), nan_flagged, at_threshold, planted(a), inf_col, planted(a)]
     wants = []
     for i, x in enumerate(sequence):
-        got = ops.int8_linear(x, w_int8, w_absmax, bias, 6.0)
+        got = call(x, w_int8, w_absmax, bias, 6.0)
         want = int8_linear_reference(x, w_int8, w_absmax, bias, 6.0)
         wants.append(want)
         assert torch.equal(got.isnan(), want.isnan()), f"call {i}"
         assert torch.equal(got.nan_to_num(), want.nan_to_num()), f"call {i}"
+        if call is ops.int8_linear and torch_ext.int8_linear_loaded():
+            continue
         guess = _flag_guess(w_int8, k)
         flags = torch.zeros(k, dtype=torch.bool)
         flags[outlier_columns(x, 6.0)] = True

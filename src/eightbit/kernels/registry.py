@@ -31,23 +31,37 @@ def forced_reference() -> bool:
     return getattr(_state, "reference", False) or os.environ.get("EIGHTBIT_REFERENCE", "0") == "1"
 
 
+# Called with the new state whenever reference_only() switches: kernels registered from C++, which cannot read
+# this module's thread-local flag, keep their own (kernels/cpu/torch_ext.py).
+_SWITCH_HOOKS: list[Callable[[bool], object]] = []
+
+
+def _set_reference(on: bool) -> None:
+    _state.reference = on
+    for hook in _SWITCH_HOOKS:
+        hook(on)
+
+
 @contextlib.contextmanager
 def reference_only() -> Iterator[None]:
     """Within this block every eightbit op runs its plain-PyTorch reference (thread-local)."""
     prev = getattr(_state, "reference", False)
-    _state.reference = True
+    _set_reference(True)
     try:
         yield
     finally:
-        _state.reference = prev
+        _set_reference(prev)
 
 
-def register(op: str, device_type: str, *, available: Callable[[], bool] = lambda: True) -> Callable:
+def register(op: str, device_type: str, *, available: Callable[[], bool] = lambda: True,
+             qualname: str | None = None) -> Callable:
     """Decorator registering ``fn`` as the kernel of op ``op`` (a name of ``ops.SCHEMAS``) on ``device_type``.
 
     ``fn`` takes the op's arguments and returns its result, or ``NotImplemented`` to let the reference run.
     ``available()`` is asked once, at registration: a kernel whose requirements are missing here (no native
-    library, no GPU toolchain) is not registered and the reference serves the device."""
+    library, no GPU toolchain) is not registered and the reference serves the device. ``qualname`` registers it
+    under another op of the same schema instead (``eightbit_cpu::int8_linear_py``: where a C++ kernel serves the
+    op and hands this one the cases it does not take)."""
     if op not in ops.SCHEMAS:
         raise ValueError(f"unknown op {op!r}; declared ops: {sorted(ops.SCHEMAS)}")
     references = ops.REFERENCES  # looked up per call: the reference of record, even if replaced later
@@ -69,7 +83,10 @@ def register(op: str, device_type: str, *, available: Callable[[], bool] = lambd
 
         # register_kernel wraps the kernel in a dynamo-disable frame (~3 us a call): kept, so that eager code
         # between graph breaks of a compiled model never has dynamo try to trace a kernel's ctypes calls
-        torch.library.register_kernel(f"eightbit::{op}", device_type, kernel, lib=_LIB)
+        if qualname is None:
+            torch.library.register_kernel(f"eightbit::{op}", device_type, kernel, lib=_LIB)
+        else:
+            torch.library.register_kernel(qualname, device_type, kernel)
         _REGISTERED[(op, device_type)] = fn
         return fn
 

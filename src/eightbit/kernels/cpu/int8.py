@@ -27,7 +27,7 @@ import torch
 
 from ...functional.int8 import SEQUENTIAL_OUTLIER_COLUMNS, dequantize_weight_columns, outlier_product
 from ..registry import register
-from . import native
+from . import native, torch_ext
 
 _EXACT_K = 1024  # 127 * 128 * 1024 < 2**24: exact float32 accumulation
 _INT8_MAX = 127.0
@@ -153,7 +153,10 @@ def _layout(m: int, k: int, n: int, cap: int) -> tuple[tuple[int, ...], int]:
     return tuple(offsets), offsets[-1] + sizes[-1]
 
 
-@register("int8_linear", "cpu", available=native.available)
+# Where the C++ kernel of the op loads (torch_ext), it serves eightbit::int8_linear and this one is reached as
+# eightbit_cpu::int8_linear_py for what the C++ kernel hands over.
+@register("int8_linear", "cpu", available=native.available,
+          qualname="eightbit_cpu::int8_linear_py" if torch_ext.int8_linear_loaded() else None)
 def int8_linear_cpu(x, weight, weight_absmax, bias, threshold):
     """Kernel of ``int8_linear`` (LLM.int8() forward): one native call (``eb_int8_linear``: prepare, scales, exact
     GEMM with the outlier columns' float part and the bias in its epilogue, in the reference's order) into one

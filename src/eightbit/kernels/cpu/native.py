@@ -38,7 +38,8 @@ import torch
 
 from ..._memory import empty  # noqa: F401  (re-exported: the kernels' output buffers)
 
-__all__ = ["available", "empty", "library", "ptr", "rowwise", "ROW_UNIT", "build_key", "cache_dir", "MAX_BLOCK"]
+__all__ = ["available", "empty", "library", "ptr", "rowwise", "ROW_UNIT", "build_key", "build_cached", "cache_dir",
+           "MAX_BLOCK"]
 
 MAX_BLOCK = 4096  # the C kernels' per-block scratch (csrc/blocks.h): larger blocks run the references
 
@@ -159,8 +160,14 @@ def _compile(cc: str, out: str) -> None:
 
 def _build(cc: str) -> Path:
     """Path of a valid cached library for this machine, building it when missing or invalid."""
+    return build_cached(f"eightbit_native_{build_key(cc)}.so", lambda out: _compile(cc, out))
+
+
+def build_cached(name: str, compile: Callable[[str], None]) -> Path:
+    """Path of the valid cached library ``name`` (a file name carrying the hash of what it is built from), built
+    with ``compile(output_path)`` when missing or invalid: atomically installed with its digest beside it."""
     directory = cache_dir()
-    target = directory / f"eightbit_native_{build_key(cc)}.so"
+    target = directory / name
     if _valid(target):
         return target
     directory.mkdir(parents=True, exist_ok=True)
@@ -174,7 +181,7 @@ def _build(cc: str) -> Path:
     os.close(fd)
     side_tmp = tmp + ".sha256"
     try:
-        _compile(cc, tmp)
+        compile(tmp)
         Path(side_tmp).write_text(_digest(Path(tmp)))
         os.replace(side_tmp, target.with_suffix(".sha256"))
         os.replace(tmp, target)

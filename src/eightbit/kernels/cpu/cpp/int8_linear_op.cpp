@@ -1,0 +1,142 @@
+// eightbit: the CPU kernel of the eightbit::int8_linear op in C++ (built and loaded by kernels/cpu/torch_ext.py).
+//
+// Why C++: the op's Python kernel costs the dispatcher's round trip into Python plus the Python work around the
+// native call, ~15-20 us a call inside a model; MiniLM at batch 1 (37 linear calls of ~15-40 us of arithmetic
+// each) spent a fifth of its forward there. This kernel does the same as eightbit.kernels.cpu.int8.int8_linear_cpu
+// for its common case: one call of the native C function eb_int8_linear (csrc/int8_cpu.c; its address is bound
+// once by the loader) into a per-thread scratch buffer, with the per-thread outlier-flag guess of each weight. Every
+// other case (forced references, shapes or dtypes it does not take, more than 32 outlier columns, rows the native
+// code hands back to the reference) goes to eightbit_cpu::int8_linear_py, the Python kernel, unchanged.
+#include <ATen/ATen.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <optional>
+#include <sys/mman.h>
+#include <unordered_map>
+#include <vector>
+
+namespace {
+
+using linear_fn = int64_t (*)(const float *, int64_t, int64_t, const int8_t *, const float *, const float *, int64_t,
+                              float, int64_t, int8_t *, float *, float *, uint8_t *, int64_t *, float *, float *,
+                              float *, uint8_t *);
+linear_fn g_linear = nullptr;
+constexpr int64_t kMaxK = (int64_t{2147483647}) / (128 * 127);  // int32 sums stay exact (int8.py _NATIVE_MAX_K)
+constexpr int64_t kOutlierCap = 32;                              // SEQUENTIAL_OUTLIER_COLUMNS
+constexpr size_t kScratchKeep = size_t{64} << 20;                // int8.py _SCRATCH_KEEP
+constexpr size_t kGuessesKept = 4096;                            // int8.py _GUESSES_KEPT
+thread_local bool tl_reference = false;                          // inside eightbit.kernels.reference_only()
+
+int64_t bind(int64_t address) {
+  g_linear = reinterpret_cast<linear_fn>(static_cast<uintptr_t>(address));
+  return 0;
+}
+
+int64_t set_reference(bool on) {
+  tl_reference = on;
+  return 0;
+}
+
+bool forced_reference() {
+  if (tl_reference) return true;
+  const char *env = std::getenv("EIGHTBIT_REFERENCE");
+  return env != nullptr && std::strcmp(env, "1") == 0;
+}
+
+at::Tensor python_kernel(const at::Tensor &x, const at::Tensor &weight, const at::Tensor &weight_absmax,
+                         const std::optional<at::Tensor> &bias, double threshold) {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("eightbit_cpu::int8_linear_py", "")
+                       .typed<at::Tensor(const at::Tensor &, const at::Tensor &, const at::Tensor &,
+                                         const std::optional<at::Tensor> &, double)>();
+  return op.call(x, weight, weight_absmax, bias, threshold);
+}
+
+int64_t aligned(int64_t n) { return (n + 63) / 64 * 64; }
+
+// The flags last found for this weight (k + 1 bytes, [k] = 1 once filled), this thread's (int8.py _flag_guess).
+uint8_t *flag_guess(const void *weight, int64_t k) {
+  thread_local std::unordered_map<const void *, std::vector<uint8_t>> guesses;
+  if (guesses.size() > kGuessesKept) guesses.clear();
+  std::vector<uint8_t> &g = guesses[weight];
+  if (static_cast<int64_t>(g.size()) != k + 1) g.assign(static_cast<size_t>(k + 1), 0);
+  return g.data();
+}
+
+// A 64-byte aligned buffer of at least nbytes for one call's temporaries: the thread's kept buffer (reused by its
+// next call) up to kScratchKeep bytes, else `once`, which the caller frees (int8.py _scratch).
+uint8_t *scratch(int64_t nbytes, std::vector<uint8_t> &once) {
+  thread_local std::vector<uint8_t> keep;
+  std::vector<uint8_t> &buf = static_cast<size_t>(nbytes) <= kScratchKeep ? keep : once;
+  if (buf.size() < static_cast<size_t>(nbytes) + 64) buf.resize(static_cast<size_t>(nbytes) + 64);
+  auto p = reinterpret_cast<uintptr_t>(buf.data());
+  return reinterpret_cast<uint8_t *>((p + 63) / 64 * 64);
+}
+
+// at::empty whose pages, for 4 MiB and more, are asked for as 2 MiB transparent huge pages before anything
+// touches them (eightbit._memory.empty: faulting a fresh large output in 4 KiB pages costs more than writing it).
+at::Tensor empty_output(int64_t m, int64_t n) {
+  at::Tensor out = at::empty({m, n}, at::TensorOptions().dtype(at::kFloat));
+  constexpr uintptr_t huge = uintptr_t{2} << 20;
+  const uintptr_t start = reinterpret_cast<uintptr_t>(out.data_ptr()), nbytes = static_cast<uintptr_t>(m * n) * 4;
+  if (nbytes >= 2 * huge) {
+    const uintptr_t lo = (start + huge - 1) / huge * huge, hi = (start + nbytes) / huge * huge;
+    if (hi > lo) madvise(reinterpret_cast<void *>(lo), hi - lo, MADV_HUGEPAGE);  // best effort: a failure loses the hint
+  }
+  return out;
+}
+
+bool float_dtype(at::ScalarType t) {
+  return t == at::kFloat || t == at::kBFloat16 || t == at::kHalf || t == at::kDouble;
+}
+
+at::Tensor int8_linear(const at::Tensor &x, const at::Tensor &weight, const at::Tensor &weight_absmax,
+                       const std::optional<at::Tensor> &bias, double threshold) {
+  const float threshold_f = static_cast<float>(threshold);
+  const bool fits = threshold <= 0 || threshold_f > 0.0f;  // a tiny positive threshold must not become 0
+  if (g_linear == nullptr || forced_reference() || !fits || x.dim() != 2 || x.size(0) == 0 || x.size(1) > kMaxK ||
+      !float_dtype(x.scalar_type()) || weight.scalar_type() != at::kChar || weight.dim() != 2 ||
+      !float_dtype(weight_absmax.scalar_type()) || (bias.has_value() && !float_dtype(bias->scalar_type())))
+    return python_kernel(x, weight, weight_absmax, bias, threshold);
+  const int64_t m = x.size(0), k = x.size(1), n = weight.size(0);
+  const at::Tensor xf = (x.scalar_type() == at::kFloat ? x : x.to(at::kFloat)).contiguous();
+  const at::Tensor w = weight.contiguous();
+  const at::Tensor wa = (weight_absmax.scalar_type() == at::kFloat ? weight_absmax : weight_absmax.to(at::kFloat))
+                            .contiguous();
+  std::optional<at::Tensor> b;
+  if (bias.has_value()) b = (bias->scalar_type() == at::kFloat ? *bias : bias->to(at::kFloat)).contiguous();
+  const int64_t cap = std::min(k, kOutlierCap);
+  // q (m rows of whole 4-byte groups) | xs (m) | ws (n) | flags (k) | cols (k int64) | xo (m x cap) | wo (cap x n)
+  const int64_t sizes[7] = {m * ((k + 3) / 4 * 4), 4 * m, 4 * n, k, 8 * k, 4 * m * cap, 4 * cap * n};
+  int64_t offsets[7], total = 0;
+  for (int i = 0; i < 7; i++) offsets[i] = total, total += aligned(sizes[i]);
+  std::vector<uint8_t> once;
+  uint8_t *base = scratch(total, once);
+  at::Tensor out = empty_output(m, n);
+  const int64_t c = g_linear(xf.data_ptr<float>(), m, k, static_cast<const int8_t *>(w.const_data_ptr()),
+                             wa.const_data_ptr<float>(), b ? b->const_data_ptr<float>() : nullptr, n, threshold_f, cap,
+                             reinterpret_cast<int8_t *>(base + offsets[0]), reinterpret_cast<float *>(base + offsets[1]),
+                             reinterpret_cast<float *>(base + offsets[2]), base + offsets[3],
+                             reinterpret_cast<int64_t *>(base + offsets[4]), reinterpret_cast<float *>(base + offsets[5]),
+                             reinterpret_cast<float *>(base + offsets[6]), out.data_ptr<float>(),
+                             flag_guess(w.const_data_ptr(), k));
+  if (c < 0 || c > cap)  // rows for the reference, or an outlier product for BLAS: the Python kernel does both
+    return python_kernel(x, weight, weight_absmax, bias, threshold);
+  return x.scalar_type() == at::kFloat ? out : out.to(x.scalar_type());
+}
+
+}  // namespace
+
+TORCH_LIBRARY(eightbit_cpu, m) {
+  m.def("bind_int8_linear(int address) -> int");
+  m.def("set_reference(bool on) -> int");
+  m.def("int8_linear_py(Tensor x, Tensor weight, Tensor weight_absmax, Tensor? bias, float threshold) -> Tensor");
+  m.impl("bind_int8_linear", c10::DispatchKey::CompositeExplicitAutograd, TORCH_FN(bind));
+  m.impl("set_reference", c10::DispatchKey::CompositeExplicitAutograd, TORCH_FN(set_reference));
+}
+
+TORCH_LIBRARY_IMPL(eightbit, CPU, m) { m.impl("int8_linear", TORCH_FN(int8_linear)); }

@@ -1,0 +1,109 @@
+"""The C++ CPU kernel of eightbit::int8_linear (kernels/cpu/cpp, loaded by kernels/cpu/torch_ext.py): it loads
+wherever a C++ compiler is, gives the reference's result bit for bit on the cases it takes, and hands every other
+case (dtypes, more than 32 outlier columns, rows for the reference, forced references) to the Python kernel."""
+import shutil
+import threading
+
+import pytest
+import torch
+
+from eightbit.functional import ops
+from eightbit.functional.int8 import int8_linear_reference
+from eightbit.functional.vectorwise import quantize_vectorwise
+from eightbit.kernels import reference_only
+from eightbit.kernels.cpu import native, torch_ext
+
+pytestmark = pytest.mark.skipif(native.library() is None, reason="no native library (no C compiler)")
+
+
+def _cxx_present() -> bool:
+    return any(shutil.which(n) for n in ("c++", "g++", "clang++"))
+
+
+def test_cpp_kernel_loads_where_a_cxx_compiler_is():
+    """With a C++ compiler (CI has one) the C++ kernel serves the op: a failed build would only warn and fall
+    back, so this makes it visible."""
+    if not _cxx_present():
+        pytest.skip("no C++ compiler here: the Python kernel serves the op")
+    assert torch_ext.int8_linear_loaded()
+    assert "int8_linear_op.cpp" in torch._C._dispatch_dump("eightbit::int8_linear")
+
+
+def _case(gen, m, k, n, n_outliers, x_dtype=torch.float32, bias_dtype=torch.float32):
+    w_int8, w_absmax = quantize_vectorwise(torch.randn(n, k, generator=gen))
+    x = torch.randn(m, k, generator=gen)
+    cols = torch.randperm(k, generator=gen)[:n_outliers]
+    x[:, cols] += torch.where(x[:, cols] < 0, -30.0, 30.0)
+    bias = None if bias_dtype is None else torch.randn(n, generator=gen).to(bias_dtype)
+    return x.to(x_dtype), w_int8, w_absmax, bias
+
+
+def _same(got, want):
+    return got.dtype == want.dtype and torch.equal(got.isnan(), want.isnan()) and torch.equal(got.nan_to_num(),
+                                                                                              want.nan_to_num())
+
+
+@pytest.mark.parametrize("m,k,n", [(1, 384, 384), (12, 384, 1536), (12, 1536, 384), (70, 257, 45), (300, 100, 33)])
+@pytest.mark.parametrize("n_outliers", [0, 3, 40])  # 40: more than the epilogue's 32, handed to the Python kernel
+def test_cpp_int8_linear_equals_reference(gen, m, k, n, n_outliers):
+    x, w, wa, b = _case(gen, m, k, n, min(n_outliers, k))
+    for threshold in (6.0, 0.0):
+        for _ in range(2):  # the second call runs with the first call's outlier guess
+            assert _same(ops.int8_linear(x, w, wa, b, threshold), int8_linear_reference(x, w, wa, b, threshold))
+
+
+@pytest.mark.parametrize("x_dtype", [torch.bfloat16, torch.float16, torch.float64])
+@pytest.mark.parametrize("bias_dtype", [None, torch.bfloat16, torch.float64])
+def test_cpp_int8_linear_dtypes(gen, x_dtype, bias_dtype):
+    x, w, wa, b = _case(gen, 20, 130, 50, 2, x_dtype, bias_dtype)
+    got = ops.int8_linear(x, w, wa, b, 6.0)
+    assert _same(got, int8_linear_reference(x, w, wa, b, 6.0)) and got.dtype == x_dtype
+
+
+def test_cpp_int8_linear_hands_over_special_rows_and_thresholds(gen):
+    """A NaN row and a subnormal-scale row go to the reference (through the Python kernel); a positive threshold
+    that float32 rounds to 0 as well; non-contiguous inputs are made contiguous."""
+    x, w, wa, b = _case(gen, 16, 96, 40, 2)
+    x[3, 5] = float("nan")
+    assert _same(ops.int8_linear(x, w, wa, b, 6.0), int8_linear_reference(x, w, wa, b, 6.0))
+    y = x.clone()
+    y[3] = 1e-38
+    assert _same(ops.int8_linear(y, w, wa, b, 6.0), int8_linear_reference(y, w, wa, b, 6.0))
+    x = x.nan_to_num()
+    assert _same(ops.int8_linear(x, w, wa, b, 1e-50), int8_linear_reference(x, w, wa, b, 1e-50))
+    xt = torch.randn(96, 16, generator=gen).T  # (16, 96), strided
+    assert _same(ops.int8_linear(xt, w, wa, b, 6.0), int8_linear_reference(xt, w, wa, b, 6.0))
+
+
+def test_cpp_int8_linear_obeys_forced_references(gen, monkeypatch):
+    """reference_only() and EIGHTBIT_REFERENCE=1 reach the C++ kernel too: the reference of record runs."""
+    x, w, wa, b = _case(gen, 12, 64, 32, 1)
+    marker = torch.full((12, 32), 7.0)
+    monkeypatch.setitem(ops.REFERENCES, "int8_linear", lambda *args: marker)
+    with reference_only():
+        assert ops.int8_linear(x, w, wa, b, 6.0) is marker
+    assert ops.int8_linear(x, w, wa, b, 6.0) is not marker  # switched back
+    monkeypatch.setenv("EIGHTBIT_REFERENCE", "1")
+    assert ops.int8_linear(x, w, wa, b, 6.0) is marker
+    monkeypatch.delenv("EIGHTBIT_REFERENCE")
+    assert ops.int8_linear(x, w, wa, b, 6.0) is not marker
+
+
+def test_cpp_int8_linear_threads(gen):
+    """Each thread has its own scratch and guesses: concurrent calls on shared weights stay exact."""
+    cases = [_case(gen, m, 200, 64, c) for m, c in [(9, 0), (40, 3), (12, 5), (100, 1)]]
+    wants = [int8_linear_reference(*c, 6.0) for c in cases]
+    errors = []
+
+    def work(seed):
+        for i in range(60):
+            j = (seed + i) % len(cases)
+            if not _same(ops.int8_linear(*cases[j], 6.0), wants[j]):
+                errors.append((seed, i))
+
+    threads = [threading.Thread(target=work, args=(s,)) for s in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
