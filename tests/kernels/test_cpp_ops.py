@@ -107,3 +107,31 @@ def test_cpp_int8_linear_threads(gen):
     for t in threads:
         t.join()
     assert not errors
+
+
+def test_a_failed_cpp_build_falls_back_to_the_python_kernel(tmp_path):
+    """A C++ build that fails (here: a compiler that always fails) warns once and leaves the Python kernel serving
+    the op, with the same results."""
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import warnings, torch\n"
+        "with warnings.catch_warnings(record=True) as caught:\n"
+        "    warnings.simplefilter('always')\n"
+        "    import eightbit\n"
+        "    from eightbit.kernels.cpu import torch_ext\n"
+        "    assert not torch_ext.int8_linear_loaded()\n"
+        "assert any('C++ op kernels unavailable' in str(w.message) for w in caught), [str(w.message) for w in caught]\n"
+        "from eightbit.functional import ops\n"
+        "from eightbit.functional.int8 import int8_linear_reference\n"
+        "from eightbit.functional.vectorwise import quantize_vectorwise\n"
+        "assert 'int8_linear_op.cpp' not in torch._C._dispatch_dump('eightbit::int8_linear')\n"
+        "w, wa = quantize_vectorwise(torch.randn(40, 64))\n"
+        "x = torch.randn(12, 64); x[:, 3] = 20\n"
+        "assert torch.equal(ops.int8_linear(x, w, wa, None, 6.0), int8_linear_reference(x, w, wa, None, 6.0))\n"
+    )
+    env = dict(os.environ, CXX=shutil.which("false") or "/bin/false")
+    res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-2000:]
