@@ -16,7 +16,9 @@ sums on AVX2. Two exact routes are used instead:
 scan and vector-wise quantization (written straight into the GEMM's activation layout), then the GEMM with the
 outlier columns' float part and the bias in its epilogue, summed in the reference's order
 (``functional.int8.outlier_product``), so the result equals the reference bit for bit. Rows holding NaN/Inf or a
-subnormal scale go to the reference, which handles them specially.
+subnormal scale go to the reference, which handles them specially. Where a C++ compiler is, the op's kernel is the
+C++ one of ``cpp/int8_linear_op.cpp`` (:mod:`.torch_ext`), which makes the same native call without the round trip
+into Python and hands this module's ``int8_linear_cpu`` what it does not take.
 """
 from __future__ import annotations
 
