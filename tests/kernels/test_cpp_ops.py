@@ -135,3 +135,21 @@ def test_a_failed_cpp_build_falls_back_to_the_python_kernel(tmp_path):
     env = dict(os.environ, CXX=shutil.which("false") or "/bin/false")
     res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-2000:]
+
+
+def test_int8_linear_op_rejects_mismatched_shapes_and_serves_other_absmax_dtypes(gen):
+    """Called directly (the public function checks first), the op's kernels read the weight, absmax and bias by
+    pointer: mismatched shapes are a ValueError, not a read past the end. An absmax in another float dtype goes
+    to the reference, which computes in that dtype."""
+    x, w, wa, b = _case(gen, 12, 64, 32, 1)
+    bad = [(x, w[:, :8].contiguous(), wa, b), (x, w, wa[:5], b), (x, w, wa.view(32, 1), b), (x, w, wa, b[:1])]
+    kernels = [torch.ops.eightbit.int8_linear.default]
+    if torch_ext.int8_linear_loaded():
+        kernels.append(torch.ops.eightbit_cpu.int8_linear_py.default)
+    for op in kernels:
+        for args in bad:
+            with pytest.raises(ValueError, match="int8_linear"):
+                op(*args, 6.0)
+    for dtype in (torch.bfloat16, torch.float64):
+        wad = wa.to(dtype)
+        assert _same(ops.int8_linear(x, w, wad, b, 6.0), int8_linear_reference(x, w, wad, b, 6.0))

@@ -167,9 +167,18 @@ def int8_linear_cpu(x, weight, weight_absmax, bias, threshold):
     Output cast to ``x.dtype``."""
     m, k = x.shape
     lib = native.library()
-    if m == 0 or k > _NATIVE_MAX_K or lib is None or not _threshold_fits(threshold):
+    # the absmax in float32 only: the reference computes in its dtype, which the native code does not
+    if (m == 0 or k > _NATIVE_MAX_K or lib is None or not _threshold_fits(threshold)
+            or weight_absmax.dtype != torch.float32):
         return NotImplemented
     n = weight.shape[0]
+    # the native code reads these by pointer: a mismatch is an error here, not a read past the end
+    if weight.shape[1] != k:
+        raise ValueError(f"int8_linear: weight has {weight.shape[1]} input features, x has {k}")
+    if weight_absmax.shape != (n,):
+        raise ValueError(f"int8_linear: weight_absmax must have shape ({n},), got {tuple(weight_absmax.shape)}")
+    if bias is not None and bias.shape != (n,):
+        raise ValueError(f"int8_linear: bias must have shape ({n},), got {tuple(bias.shape)}")
     xf = (x if x.dtype == torch.float32 else x.float()).contiguous()
     cap = min(k, SEQUENTIAL_OUTLIER_COLUMNS)
     offsets, total = _layout(m, k, n, cap)
@@ -178,8 +187,7 @@ def int8_linear_cpu(x, weight, weight_absmax, bias, threshold):
     q_p, xs_p, ws_p, fl_p, cols_p, xo_p, wo_p = (base + o for o in offsets)
     out = native.empty((m, n), dtype=torch.float32)
     w = weight.contiguous()
-    wa = weight_absmax if weight_absmax.dtype == torch.float32 else weight_absmax.float()
-    wa = wa.contiguous()
+    wa = weight_absmax.contiguous()
     b = None if bias is None else (bias if bias.dtype == torch.float32 else bias.float()).contiguous()
     b_p = None if b is None else b.data_ptr()
     c = lib.eb_int8_linear(xf.data_ptr(), m, k, w.data_ptr(), wa.data_ptr(), b_p, n, float(threshold), cap, q_p,

@@ -51,7 +51,7 @@ def _build(cxx: str) -> Path:
     version = subprocess.run([cxx, "--version"], capture_output=True, text=True, timeout=60).stdout
     flags = _FLAGS + _torch_flags()
     h = hashlib.sha256(_SOURCE.read_bytes())
-    for part in (" ".join(flags), version, torch.__version__):
+    for part in (" ".join(flags), version, torch.__version__, str(torch.version.git_version)):
         h.update(b"\0" + part.encode())
 
     def compile_to(out: str) -> None:

@@ -11,6 +11,10 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <atomic>
+#include <cfloat>
+#include <cmath>
+#include <memory>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
@@ -24,7 +28,7 @@ namespace {
 using linear_fn = int64_t (*)(const float *, int64_t, int64_t, const int8_t *, const float *, const float *, int64_t,
                               float, int64_t, int8_t *, float *, float *, uint8_t *, int64_t *, float *, float *,
                               float *, uint8_t *);
-linear_fn g_linear = nullptr;
+std::atomic<linear_fn> g_linear{nullptr};  // bound once at load (an op, so also rebindable: atomic)
 constexpr int64_t kMaxK = (int64_t{2147483647}) / (128 * 127);  // int32 sums stay exact (int8.py _NATIVE_MAX_K)
 constexpr int64_t kOutlierCap = 32;                              // SEQUENTIAL_OUTLIER_COLUMNS
 constexpr size_t kScratchKeep = size_t{64} << 20;                // int8.py _SCRATCH_KEEP
@@ -32,7 +36,7 @@ constexpr size_t kGuessesKept = 4096;                            // int8.py _GUE
 thread_local bool tl_reference = false;                          // inside eightbit.kernels.reference_only()
 
 int64_t bind(int64_t address) {
-  g_linear = reinterpret_cast<linear_fn>(static_cast<uintptr_t>(address));
+  g_linear.store(reinterpret_cast<linear_fn>(static_cast<uintptr_t>(address)));
   return 0;
 }
 
@@ -67,14 +71,21 @@ uint8_t *flag_guess(const void *weight, int64_t k) {
   return g.data();
 }
 
-// A 64-byte aligned buffer of at least nbytes for one call's temporaries: the thread's kept buffer (reused by its
-// next call) up to kScratchKeep bytes, else `once`, which the caller frees (int8.py _scratch).
-uint8_t *scratch(int64_t nbytes, std::vector<uint8_t> &once) {
-  thread_local std::vector<uint8_t> keep;
-  std::vector<uint8_t> &buf = static_cast<size_t>(nbytes) <= kScratchKeep ? keep : once;
-  if (buf.size() < static_cast<size_t>(nbytes) + 64) buf.resize(static_cast<size_t>(nbytes) + 64);
-  auto p = reinterpret_cast<uintptr_t>(buf.data());
-  return reinterpret_cast<uint8_t *>((p + 63) / 64 * 64);
+// A 64-byte aligned buffer of at least nbytes for one call's temporaries (not initialized): the thread's kept
+// buffer (reused by its next call) up to kScratchKeep bytes, else `once`, which the caller frees (int8.py _scratch).
+uint8_t *scratch(int64_t nbytes, std::unique_ptr<uint8_t[]> &once) {
+  thread_local std::unique_ptr<uint8_t[]> keep;
+  thread_local size_t kept = 0;
+  const size_t need = static_cast<size_t>(nbytes) + 64;
+  uint8_t *p;
+  if (need - 64 <= kScratchKeep) {
+    if (kept < need) keep.reset(new uint8_t[need]), kept = need;
+    p = keep.get();
+  } else {
+    once.reset(new uint8_t[need]);
+    p = once.get();
+  }
+  return reinterpret_cast<uint8_t *>((reinterpret_cast<uintptr_t>(p) + 63) / 64 * 64);
 }
 
 // at::empty whose pages, for 4 MiB and more, are asked for as 2 MiB transparent huge pages before anything
@@ -96,17 +107,25 @@ bool float_dtype(at::ScalarType t) {
 
 at::Tensor int8_linear(const at::Tensor &x, const at::Tensor &weight, const at::Tensor &weight_absmax,
                        const std::optional<at::Tensor> &bias, double threshold) {
-  const float threshold_f = static_cast<float>(threshold);
+  // as ctypes passes a double to a C float (beyond float's range: infinity, where a plain cast is undefined)
+  const float threshold_f = threshold > FLT_MAX ? INFINITY : threshold < -FLT_MAX ? -INFINITY : static_cast<float>(threshold);
   const bool fits = threshold <= 0 || threshold_f > 0.0f;  // a tiny positive threshold must not become 0
-  if (g_linear == nullptr || forced_reference() || !fits || x.dim() != 2 || x.size(0) == 0 || x.size(1) > kMaxK ||
-      !float_dtype(x.scalar_type()) || weight.scalar_type() != at::kChar || weight.dim() != 2 ||
-      !float_dtype(weight_absmax.scalar_type()) || (bias.has_value() && !float_dtype(bias->scalar_type())))
+  const linear_fn linear = g_linear.load(std::memory_order_relaxed);
+  // the absmax in float32 only: the reference computes in its dtype, which the native code does not
+  if (linear == nullptr || forced_reference() || !fits || x.dim() != 2 || weight.dim() != 2 || x.size(0) == 0 ||
+      x.size(1) > kMaxK || !float_dtype(x.scalar_type()) || weight.scalar_type() != at::kChar ||
+      weight_absmax.scalar_type() != at::kFloat || (bias.has_value() && !float_dtype(bias->scalar_type())))
     return python_kernel(x, weight, weight_absmax, bias, threshold);
   const int64_t m = x.size(0), k = x.size(1), n = weight.size(0);
+  // the native code reads these by pointer: a mismatch is an error here, not a read past the end
+  TORCH_CHECK_VALUE(weight.size(1) == k, "int8_linear: weight has ", weight.size(1), " input features, x has ", k);
+  TORCH_CHECK_VALUE(weight_absmax.dim() == 1 && weight_absmax.size(0) == n, "int8_linear: weight_absmax must have shape (",
+                    n, ",), got ", weight_absmax.sizes());
+  TORCH_CHECK_VALUE(!bias.has_value() || (bias->dim() == 1 && bias->size(0) == n), "int8_linear: bias must have shape (",
+                    n, ",), got ", bias.has_value() ? bias->sizes() : at::IntArrayRef{});
   const at::Tensor xf = (x.scalar_type() == at::kFloat ? x : x.to(at::kFloat)).contiguous();
   const at::Tensor w = weight.contiguous();
-  const at::Tensor wa = (weight_absmax.scalar_type() == at::kFloat ? weight_absmax : weight_absmax.to(at::kFloat))
-                            .contiguous();
+  const at::Tensor wa = weight_absmax.contiguous();
   std::optional<at::Tensor> b;
   if (bias.has_value()) b = (bias->scalar_type() == at::kFloat ? *bias : bias->to(at::kFloat)).contiguous();
   const int64_t cap = std::min(k, kOutlierCap);
@@ -114,10 +133,10 @@ at::Tensor int8_linear(const at::Tensor &x, const at::Tensor &weight, const at::
   const int64_t sizes[7] = {m * ((k + 3) / 4 * 4), 4 * m, 4 * n, k, 8 * k, 4 * m * cap, 4 * cap * n};
   int64_t offsets[7], total = 0;
   for (int i = 0; i < 7; i++) offsets[i] = total, total += aligned(sizes[i]);
-  std::vector<uint8_t> once;
+  std::unique_ptr<uint8_t[]> once;
   uint8_t *base = scratch(total, once);
   at::Tensor out = empty_output(m, n);
-  const int64_t c = g_linear(xf.data_ptr<float>(), m, k, static_cast<const int8_t *>(w.const_data_ptr()),
+  const int64_t c = linear(xf.data_ptr<float>(), m, k, static_cast<const int8_t *>(w.const_data_ptr()),
                              wa.const_data_ptr<float>(), b ? b->const_data_ptr<float>() : nullptr, n, threshold_f, cap,
                              reinterpret_cast<int8_t *>(base + offsets[0]), reinterpret_cast<float *>(base + offsets[1]),
                              reinterpret_cast<float *>(base + offsets[2]), base + offsets[3],
