@@ -62,8 +62,22 @@ def test_percentile_and_mse(gen):
         c = float(m.clip_range()[1])
         amax = float(x.abs().max())
         assert 0 < c <= amax + 1e-3
-        if spec is INT8:
-            assert c < 0.9 * amax  # int8 MSE clips gaussian tails
+        if spec is INT8:  # int8 MSE clips gaussian tails: near the clip that minimizes the expected error
+            assert abs(c - _gaussian_int8_mse_clip()) < 0.5, c
+
+
+def _gaussian_int8_mse_clip() -> float:
+    """The clip c minimizing the expected squared error of symmetric int8 (127 steps a side) on N(0, 1): clipping
+    error 2 * E[(|x| - c)^2; |x| > c] plus rounding noise (c / 127)^2 / 12 inside; 3.921. The observer's histogram
+    argmin over 200,000 samples lay within -0.22 .. +0.28 of it over 1,000 seeds (standard deviation ~0.07: the
+    error is flat near the optimum), so the test allows 0.5. (A bound on c / max|x| failed by chance: the sample
+    maximum itself varies, 4.3-5.)"""
+    def expected(c: float) -> float:
+        tail = 0.5 * math.erfc(c / math.sqrt(2))
+        density = math.exp(-c * c / 2) / math.sqrt(2 * math.pi)
+        return 2 * ((1 + c * c) * tail - c * density) + (c / 127) ** 2 / 12 * (1 - 2 * tail)
+
+    return min((3 + i / 1000 for i in range(2000)), key=expected)
 
 
 def test_histogram_merge_growing_range_is_exact():
