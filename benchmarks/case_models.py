@@ -6,9 +6,9 @@ Configurations: the built-in real model MiniLM (all-MiniLM-L6-v2) at batch 1 (on
 bf16, torch.ao dynamic int8 (``quantize_dynamic`` on the nn.Linear layers; GPT-2's Conv1D layers are first
 rewritten as nn.Linear with the same weights), ONNX Runtime's dynamic int8 model exported from the same fp32
 weights (MatMul weights per channel, the most accurate of its dynamic settings here), and eightbit's
-LLM.int8() (threshold 6, and threshold 0: no outlier decomposition), FP8 E4M3 (static and dynamic activations) and INT8 static, all through
-``eightbit.quantize_model``. Static methods are calibrated on the shipped calibration sentences (MiniLM) or
-8 random sequences (GPT-2) outside the timed region.
+LLM.int8() (threshold 6, and threshold 0: no outlier decomposition), FP8 E4M3 (static and dynamic activations) and
+INT8 static, all through ``eightbit.quantize_model``. Static methods are calibrated on the shipped calibration
+sentences (MiniLM) or 8 random sequences (GPT-2) outside the timed region.
 
 Accuracy (``rel_error``) is against the model run in float64: for MiniLM the sentence embeddings (mean-pooled
 over real tokens, L2-normalised; ``extra.cosine_min`` is the worst sentence's cosine), for GPT-2 the logits.

@@ -163,13 +163,14 @@ def measure(
     bytes_per_call: float | None = None,
     floor_s: float | None = None,
 ) -> list[Row]:
-    """Build and time every implementation of one configuration, interleaved round-robin.
+    """Build and time every implementation of one configuration, interleaved: one sample of each per round.
 
     Each sample loops a fast call enough times to last about ``ctx.sample_s``; every round runs the implementations
     in a new (seeded) random order, so that none always runs first or always right after the same other one: under a
     rotation each one always followed the same predecessor, and at MiniLM batch 1 whichever row ran right after
-    ONNX Runtime measured 10-25 % slower (LLM.int8() t=6 when it followed, t=0 when the two were swapped). ``bytes_per_call`` adds a GB/s column
-    (input bytes / median time); ``floor_s`` adds the physical floor and the ratio median / floor.
+    ONNX Runtime measured 10-25 % slower (LLM.int8() t=6 when it followed, t=0 when the two were swapped).
+    ``bytes_per_call`` adds a GB/s column (input bytes / median time); ``floor_s`` adds the physical floor and the
+    ratio median / floor.
     """
     log(f"[{case}] {config}")
     built, rows = build_all(case, config, impls)

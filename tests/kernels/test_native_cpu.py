@@ -424,8 +424,8 @@ def test_int8_kernel_flag_guess_never_changes_the_result(lib, gen, m, path):
     at_threshold[min(m - 1, 2), 50] = -6.0  # |x| == threshold flags a column the guess lacks
     inf_col = planted(a)
     inf_col[0, 60] = float("inf")  # Inf is an outlier: a column the guess lacks
-    sequence = [planted(a), planted(a), planted(b), planted([]), planted([]), planted(a), nan_row, nan_row, planted(a[:1]),
-                planted(a), nan_flagged, at_threshold, planted(a), inf_col, planted(a)]
+    sequence = [planted(a), planted(a), planted(b), planted([]), planted([]), planted(a), nan_row, nan_row,
+                planted(a[:1]), planted(a), nan_flagged, at_threshold, planted(a), inf_col, planted(a)]
     wants = []
     for i, x in enumerate(sequence):
         got = call(x, w_int8, w_absmax, bias, 6.0)
