@@ -18,7 +18,7 @@ import pytest
 from eightbit.kernels.cpu import native
 
 HERE = Path(__file__).parent
-MODULES = ["test_native_cpu.py", "test_int8_cpu.py", "test_packed_lut.py"]
+MODULES = ["test_native_cpu.py", "test_native_optim_many.py", "test_int8_cpu.py", "test_packed_lut.py"]
 
 
 @pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"), reason="the narrowing flags are x86 flags")

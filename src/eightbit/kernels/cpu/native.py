@@ -60,6 +60,8 @@ _SIGNATURES = {
     "eb_optim_blocks": ([_i32, _vp, _vp, _i32, _vp, _vp, _vp, _vp, _vp, _vp, _vp, _i32, _i64, _i64, _i64, _i64,
                          _i64, _i32], _i64),
     "eb_optim_f32": ([_i32, _vp, _vp, _vp, _vp, _vp, _i32, _i64, _i64, _i32], _i64),
+    "eb_optim_many": ([_i32, _i32, _i32, _i64, _i32, _i64, _vp, _vp], _i64),
+    "eb_optim_desc_fields": ([], _i64),
     "eb_hyper_size": ([], _i64),
     "eb_lut_size": ([], _i64),
     "eb_int8_gemm": ([_vp, _vp, _vp, _vp, _vp, _i64, _i64, _i64], None),

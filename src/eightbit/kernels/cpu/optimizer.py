@@ -1,11 +1,13 @@
-"""Native CPU kernel of the ``optimizer_update`` op (csrc/optim_cpu.c). 8-bit states (``eb_optim_blocks``): per
-block, dequantize the states, apply the rule, write the parameter and requantize, in one pass over L1-resident
-data. 32-bit states (``eb_optim_f32``: small tensors under ``min_8bit_size``, the 32-bit classes): the rule in
+"""Native CPU kernels of the ``optimizer_update`` and ``optimizer_update_many`` ops (csrc/optim_cpu.c). 8-bit states
+(``eb_optim_many``): per block, dequantize the states, apply the rule, write the parameter and requantize, in one
+pass over L1-resident data; the full blocks of all parameters of one op call (per block size) in one parallel
+region, each thread a contiguous run of the concatenated blocks, and a partial last block on its own
+(``eb_optim_blocks``). 32-bit states (``eb_optim_f32``: small tensors under ``min_8bit_size``, the 32-bit classes): the rule in
 place on them. Which rules it serves is the explicit table ``NATIVE_RULES`` (every rule of
 ``eightbit.functional.optimizer`` with one or two states; AdEMAMix's three and SGD without momentum run the
 reference); it declines (the reference runs) for parameters, gradients or 32-bit states other than float32,
 block sizes above 4096 and codes without native tables.
-States are bit-identical to the reference (tests/kernels/test_native_cpu.py).
+States are bit-identical to the reference (tests/kernels/test_native_cpu.py, test_native_optim_many.py).
 """
 from __future__ import annotations
 
@@ -34,7 +36,66 @@ def _available() -> bool:
     if lib is None:
         return False
     # a struct layout that disagrees with the C side would read garbage: refuse the kernel instead
-    return lib.eb_hyper_size() == ctypes.sizeof(Hyper) and lib.eb_lut_size() == ctypes.sizeof(Lut)
+    return (lib.eb_hyper_size() == ctypes.sizeof(Hyper) and lib.eb_lut_size() == ctypes.sizeof(Lut)
+            and lib.eb_optim_desc_fields() == _DESC_FIELDS)
+
+
+class _Parts:
+    """The native calls of a set of 8-bit updates: each parameter's full blocks as one part of an ``eb_optim_many``
+    call per block size (one parallel region for all of them), its partial last block as an ``eb_optim_blocks``
+    call of its own. Holds the ctypes objects the pointers refer to until ``run`` returns."""
+
+    def __init__(self, rule: str, wd_mode: int, nstates: int, skip: bool) -> None:
+        self.rule, self.wd_mode, self.k, self.skip = NATIVE_RULES[rule], wd_mode, nstates, int(skip)
+        self.full: dict[int, list[tuple[list[int], torch.Tensor | None]]] = {}  # block size -> (fields, skipped)
+        self.tails: list[tuple[tuple, torch.Tensor | None]] = []
+        self.keep: list = []
+
+    def add(self, p, g, states, absmaxes, codes, hyper, blocksize, seeds, skipped) -> bool:
+        """Adds one parameter's update; False (nothing added) where the kernel declines it."""
+        k = self.k
+        if (len(states) != k or blocksize > native.MAX_BLOCK or p.dtype != torch.float32 or g.dtype != torch.float32
+                or not p.is_contiguous() or not g.is_contiguous() or not all(a.is_contiguous() for a in absmaxes)):
+            return False
+        tables = [native_tables(codebook(c)) for c in codes]
+        if any(t is None for t in tables):
+            return False
+        h = Hyper(*hyper)
+        self.keep.append(h)
+        # pointers as plain integers (the second state's repeat the first's for one-state rules: unused there)
+        luts = [ctypes.addressof(t.lut) for t in tables] * (3 - k)
+        qs, ams = [s.data_ptr() for s in states] * (3 - k), [m.data_ptr() for m in absmaxes] * (3 - k)
+        sds = list(seeds) * (3 - k)
+        pp, gp, hp, n = p.data_ptr(), g.data_ptr(), ctypes.addressof(h), p.numel()
+        nfull = n // blocksize
+        if nfull:  # fields in the order of the C enum D_*
+            self.full.setdefault(blocksize, []).append(
+                ([pp, gp, qs[0], qs[1], ams[0], ams[1], luts[0], luts[1], hp, sds[0], sds[1], 0, nfull], skipped))
+        if n % blocksize:
+            first, b = nfull * blocksize, 4 * nfull
+            self.tails.append(((self.rule, pp + 4 * first, gp + 4 * first, k, qs[0] + first, qs[1] + first,
+                                ams[0] + b, ams[1] + b, luts[0], luts[1], hp, self.wd_mode, sds[0], sds[1], first, 1,
+                                n - first, self.skip), skipped))
+        return True
+
+    def run(self) -> None:
+        """Makes the calls; adds each parameter's skipped blocks to its counter."""
+        lib = native.library()
+        for bs, parts in self.full.items():
+            desc = (ctypes.c_int64 * (_DESC_FIELDS * len(parts)))(*[v for fields, _ in parts for v in fields])
+            nskip = (ctypes.c_int64 * len(parts))()
+            if lib.eb_optim_many(self.rule, self.k, self.wd_mode, bs, self.skip, len(parts), desc, nskip):
+                raise MemoryError("eb_optim_many: could not allocate its part list")
+            for (_, skipped), bad in zip(parts, nskip):
+                if bad:
+                    skipped += bad
+        for args, skipped in self.tails:
+            bad = lib.eb_optim_blocks(*args)
+            if bad:
+                skipped += bad
+
+
+_DESC_FIELDS = 13  # eb_optim_many's fields per part (checked against eb_optim_desc_fields in _available)
 
 
 @register("optimizer_update", "cpu", available=_available)
@@ -56,39 +117,27 @@ def optimizer_update_cpu(rule, p, g, states, absmaxes, codes, hyper, wd_mode, bl
         if n:
             skipped += n
         return None
-    tables = [native_tables(codebook(c)) for c in codes]
-    if any(t is None for t in tables) or not all(a.is_contiguous() for a in absmaxes):
+    parts = _Parts(rule, wd_mode, k, skipped is not None)
+    if not parts.add(p, g.contiguous(), states, absmaxes, codes, hyper, blocksize, seeds, skipped):
         return NotImplemented
-    g = g.contiguous()
-    n = p.numel()
-    nfull = n // blocksize
-    h = ctypes.byref(Hyper(*hyper))
-    # pointers as plain integers (the second state's repeat the first's for one-state rules: unused there)
-    luts = [ctypes.addressof(t.lut) for t in tables] * (3 - k)
-    qs, ams = [s.data_ptr() for s in states] * (3 - k), [m.data_ptr() for m in absmaxes] * (3 - k)
-    sds = list(seeds) * (3 - k)
-    pp, gp = p.data_ptr(), g.data_ptr()
-
-    def run(first: int, nblocks: int, width: int) -> int:
-        b = 4 * (first // blocksize)
-        return lib.eb_optim_blocks(NATIVE_RULES[rule], pp + 4 * first, gp + 4 * first, k, qs[0] + first,
-                                   qs[1] + first, ams[0] + b, ams[1] + b, luts[0], luts[1], h, wd_mode, sds[0],
-                                   sds[1], first, nblocks, width, skip)
-
-    bad = run(0, nfull, blocksize) if nfull else 0
-    if n % blocksize:
-        bad += run(nfull * blocksize, 1, n - nfull * blocksize)
-    if bad:
-        skipped += bad
+    parts.run()
     return None
 
 
 @register("optimizer_update_many", "cpu", available=_available)
 def optimizer_update_many_cpu(rule, ps, gs, states, absmaxes, codes, hypers, wd_mode, blocksizes, seeds, skipped):
-    """Kernel of ``optimizer_update_many``: ``optimizer_update_cpu`` for each parameter (the reference for one it
-    declines), in one op call."""
+    """Kernel of ``optimizer_update_many``: the 8-bit updates the kernel takes as one native call (one parallel
+    region over all their blocks), the others one by one (``optimizer_update_cpu``, or the reference where it
+    declines)."""
+    parts = None
     for p, g, s, a, c, h, bs, sd, sk in split_many(ps, gs, states, absmaxes, codes, hypers, blocksizes, seeds,
                                                      skipped):
+        if a and rule in NATIVE_RULES and len(s) in (1, 2):
+            parts = parts or _Parts(rule, wd_mode, len(s), sk is not None)
+            if parts.k == len(s) and parts.skip == (sk is not None) and parts.add(p, g, s, a, c, h, bs, sd, sk):
+                continue
         if optimizer_update_cpu(rule, p, g, s, a, c, h, wd_mode, bs, sd, sk) is NotImplemented:
             optimizer_update_reference(rule, p, g, s, a, c, h, wd_mode, bs, sd, sk)
+    if parts is not None:
+        parts.run()
     return None

@@ -190,6 +190,7 @@ static inline void bin_decode32(const bin_w32_t *W, const uint8_t *q, __m512 *lo
 typedef struct {
     __m512i lo[4], hi[4];
     int32_t k; /* the scale exponent the tables hold (tables are rebuilt only when it changes) */
+    const lut_t *lut; /* the map they were built from (optim_range resets k when it changes) */
 } bin_b64_t;
 
 /* k of a block scale that can be folded (a positive power of two 2^k with cmin * 2^k normal), else INT32_MIN:

@@ -6,6 +6,10 @@
  * on its own. Numerics mirror the reference (eightbit.functional.optimizer._steps) operation by operation in
  * float32 (no fast-math, no FMA contraction): states bit-identical, parameters equal.
  */
+#include <stdlib.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 #include "blocks.h"
 
 /* The fused passes prefetch p and g on two horizons: EB_AHEAD floats ahead into L1 (2 KB: without it the streams
@@ -141,24 +145,42 @@ int64_t eb_optim_f32(int32_t rule, float *p, const float *g, float *s0, float *s
     return nskip;
 }
 
-/* One step over nblocks blocks of bs values. q_s, absmax_s, lut_s, seed_s for each of the nstates (1 or 2) 8-bit
- * states (scalars, not arrays: building ctypes arrays cost more per call than a small tensor's step); seed_s < 0
- * rounds state s to nearest. ``first``: the index of the first element
- * passed within the whole tensor (the stochastic draws are keyed on it), so a partial last block can be
- * passed on its own. skip != 0: a block whose gradient holds a NaN/Inf is left untouched (parameter, codes and
- * absmax); returns the number of such blocks. */
-int64_t eb_optim_blocks(int32_t rule, float *p, const float *g, int32_t nstates, uint8_t *q0, uint8_t *q1,
-                        float *absmax0, float *absmax1, const lut_t *lut0, const lut_t *lut1, const eb_hyper_t *h,
-                        int32_t wd_mode, int64_t seed0, int64_t seed1, int64_t first, int64_t nblocks, int64_t bs,
-                        int32_t skip) {
-    uint8_t *const q[2] = {q0, q1};
-    float *const absmax[2] = {absmax0, absmax1};
-    const int64_t seeds[2] = {seed0, seed1};
+/* One tensor's part of a step on 8-bit states: its arrays, maps, hyperparameters and stochastic seeds (seed < 0:
+ * nearest); ``first`` is the index of element 0 of p within the whole parameter (the draws are keyed on it). */
+typedef struct {
+    float *p;
+    const float *g;
+    uint8_t *q[2];
+    float *absmax[2];
+    const lut_t *lut[2];
+    const eb_hyper_t *h;
+    int64_t seed[2], first, nblocks;
+} optim_part_t;
+
+/* Blocks [b0, b1) of part t (nstates 1 or 2 states of blocks of bs values); returns the number of blocks left
+ * untouched for a NaN/Inf gradient (skip != 0). F: this thread's folded decode tables (bin_b64), kept across calls
+ * and rebuilt when a block's scale or map differs from the last. */
+static int64_t optim_range(int32_t rule, int32_t nstates, int32_t wd_mode, int64_t bs, int32_t skip,
+                           const optim_part_t *t, int64_t b0, int64_t b1, void *fold) {
     lut_t luts[2];
-    luts[0] = *lut0;
-    luts[1] = nstates > 1 ? *lut1 : *lut0;
+    luts[0] = *t->lut[0];
+    luts[1] = nstates > 1 ? *t->lut[1] : *t->lut[0];
+    const eb_hyper_t hv = *t->h;
+    float *const p = t->p;
+    const float *const g = t->g;
+    uint8_t *const *q = t->q;
+    float *const *absmax = t->absmax;
+    const int64_t *seeds = t->seed, first = t->first;
     int64_t nskip = 0;
-    const eb_hyper_t hv = *h;
+    (void)fold;
+#ifdef EB_FOLD
+    bin_b64_t *F = (bin_b64_t *)fold;
+    for (int k = 0; k < 2; k++)
+        if (F[k].lut != t->lut[nstates > 1 ? k : 0]) { /* tables of another map: rebuild at the first block */
+            F[k].k = INT32_MIN;
+            F[k].lut = t->lut[nstates > 1 ? k : 0];
+        }
+#endif
 #if defined(__AVX2__) && defined(__FMA__)
     const int fused = rule == RULE_ADAM && nstates == 2 && luts[0].bin_groups && luts[1].bin_groups && bs % 8 == 0;
 #if defined(__AVX512F__) && defined(__AVX512CD__) && defined(__AVX512BW__)
@@ -171,14 +193,7 @@ int64_t eb_optim_blocks(int32_t rule, float *p, const float *g, int32_t nstates,
         V[1] = bin_vec(&luts[1]);
     }
 #endif
-#pragma omp parallel if (nblocks >= 16) reduction(+ : nskip)
-    {
-#ifdef EB_FOLD
-    bin_b64_t F[2]; /* this thread's folded decode tables, rebuilt when a block's scale differs from the last */
-    F[0].k = F[1].k = INT32_MIN;
-#endif
-#pragma omp for schedule(static)
-    for (int64_t b = 0; b < nblocks; b++) {
+    for (int64_t b = b0; b < b1; b++) {
         float s0[MAX_BLOCK], s1[MAX_BLOCK];
         float *s[2] = {s0, s1};
         const int64_t o = b * bs;
@@ -233,6 +248,95 @@ int64_t eb_optim_blocks(int32_t rule, float *p, const float *g, int32_t nstates,
             quantize_block(s[k], bs, &luts[k], seeds[k], first + o, q[k] + o, absmax[k] + b, 0);
         }
     }
-    }
     return nskip;
+}
+
+/* The step over the blocks of nparts parts as one parallel region: the concatenated blocks are split into one
+ * contiguous run per thread (what schedule(static) gives one tensor), so a model's many tensors cost one fork and
+ * one join, and a thread's run may span several tensors. nskip[t] receives part t's skipped blocks. */
+static void optim_parts(int32_t rule, int32_t nstates, int32_t wd_mode, int64_t bs, int32_t skip,
+                        const optim_part_t *parts, int64_t nparts, int64_t *nskip) {
+    int64_t total = 0;
+    for (int64_t t = 0; t < nparts; t++) {
+        nskip[t] = 0;
+        total += parts[t].nblocks;
+    }
+#pragma omp parallel if (total >= 16)
+    {
+#ifdef EB_FOLD
+        bin_b64_t fold[2];
+        fold[0].k = fold[1].k = INT32_MIN;
+        fold[0].lut = fold[1].lut = NULL;
+#else
+        void *fold = NULL;
+#endif
+#ifdef _OPENMP
+        const int64_t nt = omp_get_num_threads(), id = omp_get_thread_num();
+#else
+        const int64_t nt = 1, id = 0;
+#endif
+        /* this thread's run [lo, hi) of the concatenated blocks, as schedule(static) splits a loop */
+        const int64_t chunk = total / nt, extra = total % nt;
+        const int64_t lo = id * chunk + (id < extra ? id : extra), hi = lo + chunk + (id < extra);
+        int64_t start = 0;
+        for (int64_t t = 0; t < nparts && start < hi; start += parts[t].nblocks, t++) {
+            const int64_t b0 = lo > start ? lo - start : 0;
+            const int64_t b1 = hi - start < parts[t].nblocks ? hi - start : parts[t].nblocks;
+            if (b0 >= b1) continue;
+            const int64_t n = optim_range(rule, nstates, wd_mode, bs, skip, &parts[t], b0, b1, fold);
+            if (n) {
+#pragma omp atomic
+                nskip[t] += n;
+            }
+        }
+    }
+}
+
+/* One step over nblocks blocks of bs values. q_s, absmax_s, lut_s, seed_s for each of the nstates (1 or 2) 8-bit
+ * states (scalars, not arrays: building ctypes arrays cost more per call than a small tensor's step); seed_s < 0
+ * rounds state s to nearest. ``first``: the index of the first element
+ * passed within the whole tensor (the stochastic draws are keyed on it), so a partial last block can be
+ * passed on its own. skip != 0: a block whose gradient holds a NaN/Inf is left untouched (parameter, codes and
+ * absmax); returns the number of such blocks. */
+int64_t eb_optim_blocks(int32_t rule, float *p, const float *g, int32_t nstates, uint8_t *q0, uint8_t *q1,
+                        float *absmax0, float *absmax1, const lut_t *lut0, const lut_t *lut1, const eb_hyper_t *h,
+                        int32_t wd_mode, int64_t seed0, int64_t seed1, int64_t first, int64_t nblocks, int64_t bs,
+                        int32_t skip) {
+    const optim_part_t part = {p, g, {q0, q1}, {absmax0, absmax1}, {lut0, lut1}, h, {seed0, seed1}, first, nblocks};
+    int64_t nskip;
+    optim_parts(rule, nstates, wd_mode, bs, skip, &part, 1, &nskip);
+    return nskip;
+}
+
+/* Fields of one part in eb_optim_many's int64 descriptor array, in order (addresses as integers). */
+enum { D_P, D_G, D_Q0, D_Q1, D_A0, D_A1, D_L0, D_L1, D_H, D_S0, D_S1, D_FIRST, D_NBLOCKS, D_FIELDS };
+int64_t eb_optim_desc_fields(void) { return D_FIELDS; }
+
+/* eb_optim_blocks over nparts parts in one parallel region (a group's tensors with equal rule, state count, weight
+ * decay mode, block size and skip flag): part t's fields at desc[D_FIELDS t + D_*]; nskip[t] receives its skipped
+ * blocks. Returns 0, or -1 when the part list cannot be allocated (nothing was stepped). */
+int64_t eb_optim_many(int32_t rule, int32_t nstates, int32_t wd_mode, int64_t bs, int32_t skip, int64_t nparts,
+                      const int64_t *desc, int64_t *nskip) {
+    optim_part_t *parts = (optim_part_t *)malloc(sizeof(optim_part_t) * (size_t)(nparts ? nparts : 1));
+    if (!parts) return -1;
+    for (int64_t t = 0; t < nparts; t++) {
+        const int64_t *d = desc + D_FIELDS * t;
+        optim_part_t *x = &parts[t];
+        x->p = (float *)(intptr_t)d[D_P];
+        x->g = (const float *)(intptr_t)d[D_G];
+        x->q[0] = (uint8_t *)(intptr_t)d[D_Q0];
+        x->q[1] = (uint8_t *)(intptr_t)d[D_Q1];
+        x->absmax[0] = (float *)(intptr_t)d[D_A0];
+        x->absmax[1] = (float *)(intptr_t)d[D_A1];
+        x->lut[0] = (const lut_t *)(intptr_t)d[D_L0];
+        x->lut[1] = (const lut_t *)(intptr_t)d[D_L1];
+        x->h = (const eb_hyper_t *)(intptr_t)d[D_H];
+        x->seed[0] = d[D_S0];
+        x->seed[1] = d[D_S1];
+        x->first = d[D_FIRST];
+        x->nblocks = d[D_NBLOCKS];
+    }
+    optim_parts(rule, nstates, wd_mode, bs, skip, parts, nparts, nskip);
+    free(parts);
+    return 0;
 }

@@ -1,0 +1,111 @@
+"""The native optimizer kernel over several parameters in one call (``eb_optim_many``: one parallel region whose
+per-thread runs of blocks cross tensor boundaries) against the reference, parameter by parameter."""
+import shutil
+
+import pytest
+import torch
+
+import eightbit.optim as O
+from eightbit.functional.optimizer import WD_DECOUPLED, OptimHyper, optimizer_update_many
+from eightbit.functional.rounding import step_seed
+from eightbit.kernels import reference_only
+from eightbit.kernels.cpu import native
+
+
+@pytest.fixture(scope="module")
+def lib():
+    lib = native.library()
+    if lib is None and shutil.which("cc") is None and shutil.which("gcc") is None:
+        pytest.skip("no C compiler on this machine")
+    assert lib is not None, "a C compiler exists but the native kernels did not build"
+    return lib
+
+
+def _adam_states(sizes, gen):
+    """(parameters, their AdamW8bit states after one step): parameter 3 on the decimal maps, the others on the
+    binary ones, so that one call mixes maps (each thread rebuilds its folded tables when the map changes)."""
+    ps, sts = [], []
+    for i, n in enumerate(sizes):
+        p = torch.nn.Parameter(torch.randn(n, generator=gen))
+        opt = O.AdamW8bit([p], 1e-3, min_8bit_size=1024, state_code="dynamic" if i == 3 else "binary")
+        p.grad = torch.randn(n, generator=gen) * 0.01
+        opt.step()
+        ps.append(p.detach())
+        sts.append(opt.state[p])
+    return ps, sts
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_one_call_over_many_parameters_equals_the_reference(lib, gen, threads):
+    """Every parameter with its own hyperparameters (step counts), seeds, maps, size (a partial last block, one
+    parameter of a single block) and NaN blocks: parameters, codes, scales and skip counters bit-identical to
+    the reference run parameter by parameter, whatever the thread count."""
+    sizes = [2048 * 5 + 3, 2048, 2048 * 17, 2048 * 9 + 999, 2048 * 3, 2048 * 40]
+    ps, sts = _adam_states(sizes, gen)
+    gs = [torch.randn(n, generator=gen) * 0.01 for n in sizes]
+    gs[2][2048 * 7 + 5] = float("nan")  # a block in the middle of a parameter
+    gs[5][-1] = float("inf")  # the last full block of the last parameter
+    gs[0][-2] = float("nan")  # the partial last block
+    steps = [2, 3, 7, 2, 11, 5]
+    hypers = [OptimHyper(lr=1e-3, weight_decay=0.01, beta1=0.9, one_minus_beta1=0.1, beta2=0.999,
+                         one_minus_beta2=1e-3, eps=1e-8, bias_correction1=1 - 0.9**s,
+                         bias_correction2_sqrt=(1 - 0.999**s) ** 0.5) for s in steps]
+    seeds = [[-1, step_seed(s, 1)] for s in steps]
+
+    def run(reference: bool):
+        p = [x.clone() for x in ps]
+        st = [[s["state1"].clone(), s["state2"].clone()] for s in sts]
+        am = [[s["absmax1"].clone(), s["absmax2"].clone()] for s in sts]
+        # parameter 4 reads its first state's codes on the unsigned binary map: a map that differs from the
+        # previous part's with the same scales, so stale folded tables would decode it wrongly
+        codes = [[s["qmap2" if i == 4 else "qmap1"], s["qmap2"]] for i, s in enumerate(sts)]
+        skipped = [torch.zeros((), dtype=torch.int64) for _ in sizes]
+        args = ("adam", p, gs, st, am, codes, hypers)
+        kw = dict(wd_mode=WD_DECOUPLED, blocksizes=[2048] * len(sizes), seeds=seeds, skipped=skipped)
+        if reference:
+            with reference_only():
+                optimizer_update_many(*args, **kw)
+        else:
+            optimizer_update_many(*args, **kw)
+        return p, st, am, skipped
+
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(threads)
+        native_out = run(False)
+    finally:
+        torch.set_num_threads(before)
+    reference_out = run(True)
+    for i in range(len(sizes)):
+        assert torch.equal(native_out[0][i], reference_out[0][i]), f"parameter {i}"
+        for k in range(2):
+            assert torch.equal(native_out[1][i][k], reference_out[1][i][k]), (i, k, "codes")
+            assert torch.equal(native_out[2][i][k], reference_out[2][i][k]), (i, k, "scales")
+    assert [int(s) for s in native_out[3]] == [int(s) for s in reference_out[3]] == [1, 0, 1, 0, 0, 1]
+
+
+def test_one_call_steps_the_parameters_it_takes_and_declines_the_others(lib, gen):
+    """In one op call, parameters the kernel declines (here a float64 one, whose reference runs) step beside
+    the ones it takes, each exactly as on its own."""
+    sizes = [2048 * 4, 2048 * 2 + 10]
+    ps, sts = _adam_states(sizes, gen)
+    ps[1] = ps[1].double()
+    gs = [torch.randn(n, generator=gen, dtype=p.dtype) * 0.01 for n, p in zip(sizes, ps)]
+    h = OptimHyper(lr=1e-3, beta1=0.9, one_minus_beta1=0.1, beta2=0.999, one_minus_beta2=1e-3, eps=1e-8,
+                   bias_correction1=0.19, bias_correction2_sqrt=0.0447)
+    outs = []
+    for reference in (False, True):
+        p = [x.clone() for x in ps]
+        st = [[s["state1"].clone(), s["state2"].clone()] for s in sts]
+        am = [[s["absmax1"].clone(), s["absmax2"].clone()] for s in sts]
+        args = ("adam", p, gs, st, am, [[s["qmap1"], s["qmap2"]] for s in sts], [h, h])
+        kw = dict(wd_mode=0, blocksizes=[2048, 2048], seeds=[[-1, 7], [-1, 8]])
+        if reference:
+            with reference_only():
+                optimizer_update_many(*args, **kw)
+        else:
+            optimizer_update_many(*args, **kw)
+        outs.append((p, st, am))
+    for a, b in zip(outs[0], outs[1]):
+        for x, y in zip(a, b):
+            assert all(torch.equal(u, v) for u, v in zip(x, y)) if isinstance(x, list) else torch.equal(x, y)
