@@ -29,6 +29,24 @@ def test_cpp_kernel_loads_where_a_cxx_compiler_is():
     assert "int8_linear_op.cpp" in torch._C._dispatch_dump("eightbit::int8_linear")
 
 
+def _ops_called(fn) -> set:
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        fn()
+    return {e.name for e in prof.events() if e.name.startswith("eightbit")}
+
+
+def test_cpp_kernel_serves_the_common_case_itself(gen):
+    """Bound to its native functions and limits (kernels/cpu/int8.py binds them), the C++ kernel computes a call
+    with up to 32 outlier columns without the Python kernel and hands one with more to it; an unbound kernel
+    would hand over every call and still give the reference's results."""
+    if not torch_ext.int8_linear_loaded():
+        pytest.skip("the C++ kernel is not loaded here")
+    x, w, wa, b = _case(gen, 12, 384, 96, 3)
+    assert _ops_called(lambda: ops.int8_linear(x, w, wa, b, 6.0)) == {"eightbit::int8_linear"}
+    x, w, wa, b = _case(gen, 12, 384, 96, 40)
+    assert "eightbit_cpu::int8_linear_py" in _ops_called(lambda: ops.int8_linear(x, w, wa, b, 6.0))
+
+
 def _case(gen, m, k, n, n_outliers, x_dtype=torch.float32, bias_dtype=torch.float32):
     w_int8, w_absmax = quantize_vectorwise(torch.randn(n, k, generator=gen))
     x = torch.randn(m, k, generator=gen)

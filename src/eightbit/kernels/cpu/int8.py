@@ -22,6 +22,7 @@ into Python and hands this module's ``int8_linear_cpu`` what it does not take.
 """
 from __future__ import annotations
 
+import ctypes
 import functools
 import threading
 
@@ -140,19 +141,13 @@ def _flag_guess(weight: torch.Tensor, k: int) -> torch.Tensor:
     return buf
 
 
-def _align(n: int) -> int:
-    return -(-n // 64) * 64
-
-
-@functools.lru_cache(maxsize=256)  # a model repeats a few shapes; computing this cost ~2 us a call
+@functools.lru_cache(maxsize=256)  # a model repeats a few shapes; asking cost ~2 us a call
 def _layout(m: int, k: int, n: int, cap: int) -> tuple[tuple[int, ...], int]:
-    """Offsets and total bytes of one int8_linear call's scratch: q (m rows of whole 4-byte groups, int8) |
-    xs (m f32) | ws (n f32) | flags (k u8) | cols (k i64) | xo (m*cap f32) | wo (cap*n f32), each 64-byte aligned."""
-    sizes = [m * (-(-k // 4) * 4), 4 * m, 4 * n, k, 8 * k, 4 * m * cap, 4 * cap * n]
-    offsets = [0]
-    for size in sizes[:-1]:
-        offsets.append(offsets[-1] + _align(size))
-    return tuple(offsets), offsets[-1] + sizes[-1]
+    """Offsets and total bytes of one int8_linear call's scratch, from ``eb_int8_linear_scratch`` (the one
+    definition, which the C++ kernel asks too): q | xs | ws | flags | cols | xo | wo, each 64-byte aligned."""
+    offsets = (ctypes.c_int64 * 7)()
+    total = native.library().eb_int8_linear_scratch(m, k, n, cap, offsets)
+    return tuple(offsets), total
 
 
 # Where the C++ kernel of the op loads (torch_ext), it serves eightbit::int8_linear and this one is reached as
@@ -200,3 +195,8 @@ def int8_linear_cpu(x, weight, weight_absmax, bias, threshold):
         lib.eb_int8_linear_finish(q_p, m, k, w.data_ptr(), wa.data_ptr(), xs_p, ws_p, outlier.data_ptr(), b_p, n,
                                   out.data_ptr())
     return out if x.dtype == torch.float32 else out.to(x.dtype)
+
+
+if torch_ext.int8_linear_loaded():  # the C++ kernel's native functions and limits: the ones above, defined once
+    torch_ext.bind_int8_linear(max_k=_NATIVE_MAX_K, outlier_cap=SEQUENTIAL_OUTLIER_COLUMNS,
+                               scratch_keep=_SCRATCH_KEEP, guesses_kept=_GUESSES_KEPT)

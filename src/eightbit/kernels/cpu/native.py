@@ -68,6 +68,7 @@ _SIGNATURES = {
     "eb_int8_prepare": ([_vp, _i64, _i64, ctypes.c_float, _vp, _vp, _vp], ctypes.c_int),
     "eb_int8_linear": ([_vp, _i64, _i64, _vp, _vp, _vp, _i64, ctypes.c_float, _i64, _vp, _vp, _vp, _vp, _vp, _vp,
                         _vp, _vp, _vp], _i64),
+    "eb_int8_linear_scratch": ([_i64, _i64, _i64, _i64, _vp], _i64),
     "eb_int8_linear_finish": ([_vp, _i64, _i64, _vp, _vp, _vp, _vp, _vp, _vp, _i64, _vp], None),
     "eb_fp32_to_fp8": ([_vp, _vp, _i64, _i64, _i64, ctypes.c_float, _i32, _i32, _i32, _i32, _i32, _i32, _i32, _vp],
                        None),

@@ -3,8 +3,9 @@ dispatcher from C++, so that a call costs no round trip into Python (MiniLM at b
 
 Built once per machine with the system C++ compiler against the installed torch's headers and libraries, cached like
 the native C library (:func:`.native.build_cached`; the file name hashes the source, the flags, the compiler's and
-torch's versions), and loaded with ``torch.ops.load_library``. The C++ kernel calls the native C function
-``eb_int8_linear`` (its address bound at load) and hands every case it does not take to the Python kernel, which it
+torch's versions), and loaded with ``torch.ops.load_library``. The C++ kernel calls the native C functions
+``eb_int8_linear`` and ``eb_int8_linear_scratch`` (their addresses and the Python kernel's limits bound by
+kernels/cpu/int8.py right after it registers) and hands every case it does not take to the Python kernel, which it
 reaches as ``eightbit_cpu::int8_linear_py``. Without a C++ compiler, with ``EIGHTBIT_NATIVE=0`` or
 ``EIGHTBIT_CPP=0``, or when the build fails (a one-line warning says why), nothing is loaded and the Python kernel
 serves ``eightbit::int8_linear`` itself.
@@ -25,7 +26,7 @@ import torch
 from .. import registry
 from . import native
 
-__all__ = ["int8_linear_loaded"]
+__all__ = ["bind_int8_linear", "int8_linear_loaded"]
 
 _SOURCE = Path(__file__).with_name("cpp") / "int8_linear_op.cpp"
 _FLAGS = ["-O2", "-shared", "-fPIC", "-std=c++17", "-w"]  # -w: torch's headers warn under C++17
@@ -80,11 +81,23 @@ def int8_linear_loaded() -> bool:
         return False
     # reference_only() switches the C++ kernel's own thread-local flag too
     registry._SWITCH_HOOKS.append(torch.ops.eightbit_cpu.set_reference)
-    try:  # loaded means registered: unbound, the C++ kernel hands every call to the Python one
-        address = ctypes.cast(native.library().eb_int8_linear, ctypes.c_void_p).value
-        torch.ops.eightbit_cpu.bind_int8_linear(address)
+    return True  # loaded means registered: until bind_int8_linear, the C++ kernel hands every call to Python
+
+
+def bind_int8_linear(*, max_k: int, outlier_cap: int, scratch_keep: int, guesses_kept: int) -> bool:
+    """Gives the loaded C++ kernel the native functions it calls (``eb_int8_linear`` and the scratch layout,
+    ``eb_int8_linear_scratch``) and the Python kernel's limits (the K up to which int32 sums stay exact, the
+    outlier columns summed in the epilogue, the scratch bytes and guessed weights kept per thread), so that each
+    is defined once (kernels/cpu/int8.py). False (with a warning) if binding fails: the Python kernel then serves
+    every call through the C++ one."""
+    lib = native.library()
+    try:
+        address = lambda f: ctypes.cast(f, ctypes.c_void_p).value  # noqa: E731
+        torch.ops.eightbit_cpu.bind_int8_linear(address(lib.eb_int8_linear), address(lib.eb_int8_linear_scratch),
+                                                max_k, outlier_cap, scratch_keep, guesses_kept)
     except Exception as e:  # noqa: BLE001
         _warn(e)
+        return False
     return True
 
 

@@ -28,15 +28,30 @@ namespace {
 using linear_fn = int64_t (*)(const float *, int64_t, int64_t, const int8_t *, const float *, const float *, int64_t,
                               float, int64_t, int8_t *, float *, float *, uint8_t *, int64_t *, float *, float *,
                               float *, uint8_t *);
-std::atomic<linear_fn> g_linear{nullptr};  // bound once at load (an op, so also rebindable: atomic)
-constexpr int64_t kMaxK = (int64_t{2147483647}) / (128 * 127);  // int32 sums stay exact (int8.py _NATIVE_MAX_K)
-constexpr int64_t kOutlierCap = 32;                              // SEQUENTIAL_OUTLIER_COLUMNS
-constexpr size_t kScratchKeep = size_t{64} << 20;                // int8.py _SCRATCH_KEEP
-constexpr size_t kGuessesKept = 4096;                            // int8.py _GUESSES_KEPT
-thread_local bool tl_reference = false;                          // inside eightbit.kernels.reference_only()
+using scratch_fn = int64_t (*)(int64_t, int64_t, int64_t, int64_t, int64_t *);
 
-int64_t bind(int64_t address) {
-  g_linear.store(reinterpret_cast<linear_fn>(static_cast<uintptr_t>(address)));
+// What the loader binds (kernels/cpu/int8.py, through torch_ext.bind_int8_linear): the native C functions and the
+// Python kernel's limits, so that neither the scratch layout nor a limit is written down twice.
+struct Bound {
+  linear_fn linear;        // eb_int8_linear
+  scratch_fn scratch;      // eb_int8_linear_scratch: offsets and size of its scratch
+  int64_t max_k;           // int32 sums stay exact up to this K (int8.py _NATIVE_MAX_K)
+  int64_t outlier_cap;     // outlier columns summed in the epilogue (SEQUENTIAL_OUTLIER_COLUMNS)
+  size_t scratch_keep;     // largest scratch kept between calls (int8.py _SCRATCH_KEEP)
+  size_t guesses_kept;     // weights whose outlier flags are kept per thread (int8.py _GUESSES_KEPT)
+};
+std::atomic<const Bound *> g_bound{nullptr};  // bound once at load (an op, so also rebindable: atomic)
+thread_local bool tl_reference = false;        // inside eightbit.kernels.reference_only()
+
+int64_t bind(int64_t linear, int64_t scratch, int64_t max_k, int64_t outlier_cap, int64_t scratch_keep,
+             int64_t guesses_kept) {
+  TORCH_CHECK_VALUE(linear != 0 && scratch != 0 && max_k > 0 && outlier_cap > 0 && scratch_keep >= 0 && guesses_kept > 0,
+                    "bind_int8_linear: bad arguments");
+  // a rebinding leaks the previous (tiny) record: a call in flight on another thread may still read it
+  g_bound.store(new Bound{reinterpret_cast<linear_fn>(static_cast<uintptr_t>(linear)),
+                          reinterpret_cast<scratch_fn>(static_cast<uintptr_t>(scratch)), max_k, outlier_cap,
+                          static_cast<size_t>(scratch_keep), static_cast<size_t>(guesses_kept)},
+                std::memory_order_release);
   return 0;
 }
 
@@ -60,25 +75,23 @@ at::Tensor python_kernel(const at::Tensor &x, const at::Tensor &weight, const at
   return op.call(x, weight, weight_absmax, bias, threshold);
 }
 
-int64_t aligned(int64_t n) { return (n + 63) / 64 * 64; }
-
 // The flags last found for this weight (k + 1 bytes, [k] = 1 once filled), this thread's (int8.py _flag_guess).
-uint8_t *flag_guess(const void *weight, int64_t k) {
+uint8_t *flag_guess(const void *weight, int64_t k, size_t kept_max) {
   thread_local std::unordered_map<const void *, std::vector<uint8_t>> guesses;
-  if (guesses.size() > kGuessesKept) guesses.clear();
+  if (guesses.size() > kept_max) guesses.clear();
   std::vector<uint8_t> &g = guesses[weight];
   if (static_cast<int64_t>(g.size()) != k + 1) g.assign(static_cast<size_t>(k + 1), 0);
   return g.data();
 }
 
 // A 64-byte aligned buffer of at least nbytes for one call's temporaries (not initialized): the thread's kept
-// buffer (reused by its next call) up to kScratchKeep bytes, else `once`, which the caller frees (int8.py _scratch).
-uint8_t *scratch(int64_t nbytes, std::unique_ptr<uint8_t[]> &once) {
+// buffer (reused by its next call) up to keep_max bytes, else `once`, which the caller frees (int8.py _scratch).
+uint8_t *scratch(int64_t nbytes, size_t keep_max, std::unique_ptr<uint8_t[]> &once) {
   thread_local std::unique_ptr<uint8_t[]> keep;
   thread_local size_t kept = 0;
   const size_t need = static_cast<size_t>(nbytes) + 64;
   uint8_t *p;
-  if (need - 64 <= kScratchKeep) {
+  if (need - 64 <= keep_max) {
     if (kept < need) keep.reset(new uint8_t[need]), kept = need;
     p = keep.get();
   } else {
@@ -110,10 +123,10 @@ at::Tensor int8_linear(const at::Tensor &x, const at::Tensor &weight, const at::
   // as ctypes passes a double to a C float (beyond float's range: infinity, where a plain cast is undefined)
   const float threshold_f = threshold > FLT_MAX ? INFINITY : threshold < -FLT_MAX ? -INFINITY : static_cast<float>(threshold);
   const bool fits = threshold <= 0 || threshold_f > 0.0f;  // a tiny positive threshold must not become 0
-  const linear_fn linear = g_linear.load(std::memory_order_relaxed);
+  const Bound *bound = g_bound.load(std::memory_order_acquire);
   // the absmax in float32 only: the reference computes in its dtype, which the native code does not
-  if (linear == nullptr || forced_reference() || !fits || x.dim() != 2 || weight.dim() != 2 || x.size(0) == 0 ||
-      x.size(1) > kMaxK || !float_dtype(x.scalar_type()) || weight.scalar_type() != at::kChar ||
+  if (bound == nullptr || forced_reference() || !fits || x.dim() != 2 || weight.dim() != 2 || x.size(0) == 0 ||
+      x.size(1) > bound->max_k || !float_dtype(x.scalar_type()) || weight.scalar_type() != at::kChar ||
       weight_absmax.scalar_type() != at::kFloat || (bias.has_value() && !float_dtype(bias->scalar_type())))
     return python_kernel(x, weight, weight_absmax, bias, threshold);
   const int64_t m = x.size(0), k = x.size(1), n = weight.size(0);
@@ -128,21 +141,19 @@ at::Tensor int8_linear(const at::Tensor &x, const at::Tensor &weight, const at::
   const at::Tensor wa = weight_absmax.contiguous();
   std::optional<at::Tensor> b;
   if (bias.has_value()) b = (bias->scalar_type() == at::kFloat ? *bias : bias->to(at::kFloat)).contiguous();
-  const int64_t cap = std::min(k, kOutlierCap);
-  // q (m rows of whole 4-byte groups) | xs (m) | ws (n) | flags (k) | cols (k int64) | xo (m x cap) | wo (cap x n)
-  const int64_t sizes[7] = {m * ((k + 3) / 4 * 4), 4 * m, 4 * n, k, 8 * k, 4 * m * cap, 4 * cap * n};
-  int64_t offsets[7], total = 0;
-  for (int i = 0; i < 7; i++) offsets[i] = total, total += aligned(sizes[i]);
+  const int64_t cap = std::min(k, bound->outlier_cap);
+  int64_t offsets[7];
+  const int64_t total = bound->scratch(m, k, n, cap, offsets);
   std::unique_ptr<uint8_t[]> once;
-  uint8_t *base = scratch(total, once);
+  uint8_t *base = scratch(total, bound->scratch_keep, once);
   at::Tensor out = empty_output(m, n);
-  const int64_t c = linear(xf.data_ptr<float>(), m, k, static_cast<const int8_t *>(w.const_data_ptr()),
+  const int64_t c = bound->linear(xf.data_ptr<float>(), m, k, static_cast<const int8_t *>(w.const_data_ptr()),
                              wa.const_data_ptr<float>(), b ? b->const_data_ptr<float>() : nullptr, n, threshold_f, cap,
                              reinterpret_cast<int8_t *>(base + offsets[0]), reinterpret_cast<float *>(base + offsets[1]),
                              reinterpret_cast<float *>(base + offsets[2]), base + offsets[3],
                              reinterpret_cast<int64_t *>(base + offsets[4]), reinterpret_cast<float *>(base + offsets[5]),
                              reinterpret_cast<float *>(base + offsets[6]), out.data_ptr<float>(),
-                             flag_guess(w.const_data_ptr(), k));
+                             flag_guess(w.const_data_ptr(), k, bound->guesses_kept));
   if (c < 0 || c > cap)  // rows for the reference, or an outlier product for BLAS: the Python kernel does both
     return python_kernel(x, weight, weight_absmax, bias, threshold);
   return x.scalar_type() == at::kFloat ? out : out.to(x.scalar_type());
@@ -151,7 +162,7 @@ at::Tensor int8_linear(const at::Tensor &x, const at::Tensor &weight, const at::
 }  // namespace
 
 TORCH_LIBRARY(eightbit_cpu, m) {
-  m.def("bind_int8_linear(int address) -> int");
+  m.def("bind_int8_linear(int linear, int scratch, int max_k, int outlier_cap, int scratch_keep, int guesses_kept) -> int");
   m.def("set_reference(bool on) -> int");
   m.def("int8_linear_py(Tensor x, Tensor weight, Tensor weight_absmax, Tensor? bias, float threshold) -> Tensor");
   m.impl("bind_int8_linear", c10::DispatchKey::CompositeExplicitAutograd, TORCH_FN(bind));

@@ -457,6 +457,20 @@ int eb_int8_prepare(const float *x, int64_t M, int64_t K, float threshold, int8_
 }
 
 
+/* The scratch of one eb_int8_linear call in one buffer: offsets[0..7) of q (M rows of whole 4-byte groups, int8),
+ * xs (M float), ws (N float), flags (K bytes), cols (K int64), xo (M x cap float), wo (cap x N float), each 64-byte
+ * aligned from a 64-byte aligned base; returns the total bytes. The one definition of the layout: the Python kernel
+ * (kernels/cpu/int8.py) and the C++ one (cpp/int8_linear_op.cpp) both ask here. */
+int64_t eb_int8_linear_scratch(int64_t M, int64_t K, int64_t N, int64_t cap, int64_t *offsets) {
+    const int64_t sizes[7] = {M * ((K + 3) / 4 * 4), 4 * M, 4 * N, K, 8 * K, 4 * M * cap, 4 * cap * N};
+    int64_t total = 0;
+    for (int i = 0; i < 7; i++) {
+        offsets[i] = total;
+        total += i < 6 ? (sizes[i] + 63) / 64 * 64 : sizes[i];
+    }
+    return total;
+}
+
 /* The whole LLM.int8() forward of float32 x [M, K] with int8 w [N, K] (row absmax w_absmax [N]) in one call, so
  * that a small layer pays one foreign call instead of a dozen tensor ops: the activations prepared (in the panel
  * layout where the panel nest runs, q then holding M rows of whole k-groups: at least M * 4 * ceil(K / 4) bytes),
