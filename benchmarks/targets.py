@@ -38,6 +38,8 @@ def evaluate(rows: list[Row]) -> list[dict[str, Any]]:
         "eightbit AdamW8bit", "torch AdamW fused", "torchao AdamW8bit", "bitsandbytes AdamW8bit"))
     t = lambda r: r and r.median_ms  # noqa: E731
     out.append(_target("AdamW8bit step time / torch AdamW(fused=True)", t(eb), t(fused), "<=", 1.0))
+    out.append(_target("AdamW8bit / torch AdamW(fused=True), median of per-round ratios",
+                       eb and fused and paired_ratio(eb, fused), 1.0, "<=", 1.0))
     out.append(_target("AdamW8bit step time / torchao AdamW8bit", t(eb), t(tao), "<=", 0.7))
     out.append(_target("bitsandbytes AdamW8bit (CPU) time / AdamW8bit (speed-up)", t(bnb), t(eb), ">=", 15.0))
     sb = lambda r: r and r.extra.get("state_bytes")  # noqa: E731
