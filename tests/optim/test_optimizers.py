@@ -551,3 +551,31 @@ def test_state_code_option_and_checkpoint_keep_their_map():
         p2.grad = g.clone()
         o2.step()
     assert torch.equal(p1, p2) and torch.equal(o1.state[p1]["state2"], o2.state[p2]["state2"])
+
+
+def test_update_functions_reject_bad_blocksizes_and_weight_decay_modes(gen):
+    """A block size that is not a positive int, or an unknown weight-decay mode, is an error naming it in the
+    public functions and in raw op calls (which bypass their checks); before, 0 divided by zero and -5 stepped."""
+    from eightbit.functional import ops
+    from eightbit.functional.optimizer import OptimHyper, optimizer_update, optimizer_update_many, optimizer_update_norm
+    p, g = torch.randn(100, generator=gen), torch.randn(100, generator=gen)
+    s, h = [torch.zeros(100)], OptimHyper(lr=0.1)
+    for bs, err in ((0, ValueError), (-5, ValueError), (True, TypeError), (64.0, TypeError)):
+        with pytest.raises(err, match="blocksize"):
+            optimizer_update("momentum", p, g, s, [], [], h, wd_mode=0, blocksize=bs, seeds=[-1])
+        with pytest.raises(err, match="blocksize"):
+            optimizer_update_norm("momentum", p, g, s, [], [], h, wd_mode=0, blocksize=bs)
+        with pytest.raises(err, match="blocksize"):
+            optimizer_update_many("momentum", [p], [g], [s], [[]], [[]], [h], wd_mode=0, blocksizes=[bs], seeds=[[-1]])
+    for wd in (3, -1, True):
+        with pytest.raises(ValueError, match="wd_mode"):
+            optimizer_update("momentum", p, g, s, [], [], h, wd_mode=wd, blocksize=64, seeds=[-1])
+        with pytest.raises(ValueError, match="wd_mode"):
+            optimizer_update_many("momentum", [p], [g], [s], [[]], [[]], [h], wd_mode=wd, blocksizes=[64], seeds=[[-1]])
+    before = p.clone()
+    for bs, wd in ((-5, 0), (0, 0), (64, 7)):
+        with pytest.raises(ValueError, match="blocksize"):
+            ops.optimizer_update("momentum", p, g, s, [], [], h.as_list(), wd, bs, [-1], None)
+        with pytest.raises(ValueError, match="blocksize"):
+            ops.optimizer_update_many("momentum", [p], [g], s, [], [], h.as_list(), wd, [bs], [-1], [])
+    assert torch.equal(p, before)

@@ -179,6 +179,8 @@ def _chunks(n: int, blocksize: int):
 
 
 def _steps(rule, p, g, states, absmaxes, codes, hyper, wd_mode, blocksize, seeds, write, skipped=None):
+    if blocksize < 1 or wd_mode not in (WD_NONE, WD_L2, WD_DECOUPLED):  # a raw op call bypasses the checks
+        raise ValueError(f"blocksize must be positive and wd_mode 0, 1 or 2, got {blocksize} and {wd_mode}")
     fn = RULES[rule]
     cd = compute_dtype(p)
     h = _scalars(hyper, cd, p.device)
@@ -273,7 +275,16 @@ def optimizer_update_norm_reference(rule: str, p: torch.Tensor, g: torch.Tensor,
 
 
 # ---------------------------------------------------------------- public functions
+def _check_wd_mode(wd_mode) -> None:
+    if isinstance(wd_mode, bool) or wd_mode not in (WD_NONE, WD_L2, WD_DECOUPLED):
+        raise ValueError(f"wd_mode must be WD_NONE (0), WD_L2 (1) or WD_DECOUPLED (2), got {wd_mode!r}")
+
+
 def _check_update_args(rule, p, g, states, absmaxes, codes, blocksize) -> None:
+    if isinstance(blocksize, bool) or not isinstance(blocksize, int):
+        raise TypeError(f"blocksize must be an int, got {type(blocksize).__name__}")
+    if blocksize < 1:
+        raise ValueError(f"blocksize must be positive, got {blocksize}")
     if rule not in RULES:
         raise ValueError(f"rule must be one of {sorted(RULES)}, got {rule!r}")
     if len(states) not in STATE_COUNTS[rule]:
@@ -318,6 +329,7 @@ def optimizer_update(rule: str, p: torch.Tensor, g: torch.Tensor, states: list[t
     too) whose gradient holds a NaN/Inf is left untouched, parameter and states, and ``skipped`` grows by their
     number. The check rides on the update's own read of the gradient (no extra pass).
     Raises ValueError for an unknown rule, mismatched states or a malformed ``skipped``."""
+    _check_wd_mode(wd_mode)
     _check_step_args(rule, p, g, states, absmaxes, codes, blocksize, seeds, skipped)
     ops.optimizer_update(rule, p, g.contiguous(), states, absmaxes, codes, hyper.as_list(), wd_mode, blocksize,
                          [int(s) for s in seeds], skipped)
@@ -333,6 +345,7 @@ def optimizer_update_many(rule: str, ps: list[torch.Tensor], gs: list[torch.Tens
     with 32-bit ones, and the same number of states). ``skipped``: None, or one counter per parameter.
     Every argument is checked (:func:`check_update_many`) before any parameter is touched: a ValueError
     (TypeError for a malformed code map) names the parameter's position and leaves all of them unchanged."""
+    _check_wd_mode(wd_mode)
     check_update_many(rule, ps, gs, states, absmaxes, codes, hypers, blocksizes, seeds, skipped)
     dispatch_update_many(rule, ps, gs, states, absmaxes, codes, hypers, wd_mode, blocksizes, seeds, skipped)
 
@@ -378,6 +391,7 @@ def optimizer_update_norm(rule: str, p: torch.Tensor, g: torch.Tensor, states: l
                           wd_mode: int, blocksize: int) -> torch.Tensor:
     """Squared norm (float32 0-dim tensor) of the direction :func:`optimizer_update` would step along, with
     nothing written (for update-norm caps and trust ratios). Arguments as there."""
+    _check_wd_mode(wd_mode)
     _check_update_args(rule, p, g, states, absmaxes, codes, blocksize)
     return ops.optimizer_update_norm(rule, p, g.contiguous(), states, absmaxes, codes, hyper.as_list(), wd_mode,
                                      blocksize)

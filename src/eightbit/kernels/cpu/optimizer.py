@@ -103,6 +103,8 @@ def optimizer_update_cpu(rule, p, g, states, absmaxes, codes, hyper, wd_mode, bl
     """Kernel of ``optimizer_update`` for 8-bit or float32 states of float32 parameters (see the module docstring)."""
     k = len(states)
     lib = native.library()
+    if blocksize < 1 or wd_mode not in (0, 1, 2):  # a raw op call bypasses the public functions' checks
+        raise ValueError(f"blocksize must be positive and wd_mode 0, 1 or 2, got {blocksize} and {wd_mode}")
     if (lib is None or rule not in NATIVE_RULES or k not in (1, 2) or blocksize > native.MAX_BLOCK
             or p.dtype != torch.float32 or g.dtype != torch.float32 or not p.is_contiguous()):
         return NotImplemented
@@ -129,6 +131,8 @@ def optimizer_update_many_cpu(rule, ps, gs, states, absmaxes, codes, hypers, wd_
     """Kernel of ``optimizer_update_many``: the 8-bit updates the kernel takes as one native call (one parallel
     region over all their blocks), the others one by one (``optimizer_update_cpu``, or the reference where it
     declines)."""
+    if wd_mode not in (0, 1, 2) or any(bs < 1 for bs in blocksizes):  # raw op calls bypass the public checks
+        raise ValueError(f"blocksizes must be positive and wd_mode 0, 1 or 2, got {blocksizes} and {wd_mode}")
     parts = None
     for p, g, s, a, c, h, bs, sd, sk in split_many(ps, gs, states, absmaxes, codes, hypers, blocksizes, seeds,
                                                      skipped):
