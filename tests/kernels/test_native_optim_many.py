@@ -1,6 +1,9 @@
 """The native optimizer kernel over several parameters in one call (``eb_optim_many``: one parallel region whose
 per-thread runs of blocks cross tensor boundaries) against the reference, parameter by parameter."""
+import os
 import shutil
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -109,3 +112,72 @@ def test_one_call_steps_the_parameters_it_takes_and_declines_the_others(lib, gen
     for a, b in zip(outs[0], outs[1]):
         for x, y in zip(a, b):
             assert all(torch.equal(u, v) for u, v in zip(x, y)) if isinstance(x, list) else torch.equal(x, y)
+
+
+def test_one_call_with_a_parameter_twice_steps_it_twice_in_order(lib, gen):
+    """The same parameter twice in one call (torch only warns about duplicates in a group) is stepped twice, in
+    order, as one call per parameter would: not by two threads at once (with 1,024 blocks each, the two threads'
+    runs overlap in time)."""
+    n = 2048 * 1024
+    ps, sts = _adam_states([n], gen)
+    g = torch.randn(n, generator=gen) * 0.01
+    h = OptimHyper(lr=1e-3, beta1=0.9, one_minus_beta1=0.1, beta2=0.999, one_minus_beta2=1e-3, eps=1e-8,
+                   bias_correction1=0.19, bias_correction2_sqrt=0.0447)
+    outs = []
+    for reference in (False, True):
+        p = ps[0].clone()
+        st = [sts[0]["state1"].clone(), sts[0]["state2"].clone()]
+        am = [sts[0]["absmax1"].clone(), sts[0]["absmax2"].clone()]
+        codes = [sts[0]["qmap1"], sts[0]["qmap2"]]
+        args = ("adam", [p, p], [g, g], [st, st], [am, am], [codes, codes], [h, h])
+        kw = dict(wd_mode=0, blocksizes=[2048, 2048], seeds=[[-1, 3], [-1, 4]])
+        before = torch.get_num_threads()
+        try:
+            torch.set_num_threads(2)
+            if reference:
+                with reference_only():
+                    optimizer_update_many(*args, **kw)
+            else:
+                optimizer_update_many(*args, **kw)
+        finally:
+            torch.set_num_threads(before)
+        outs.append((p, *st, *am))
+    assert all(torch.equal(a, b) for a, b in zip(*outs))
+
+
+def test_raw_op_with_a_temporary_contiguous_gradient(lib):
+    """A raw op call with a non-contiguous gradient: the kernel's contiguous copy lives until the native call has
+    read it. It was once freed before the call; glibc's MALLOC_PERTURB_ (freed memory overwritten) makes such a
+    read visible as a result that differs from the reference, so the check runs in a child with it set."""
+    code = """if True:
+        import torch
+        from eightbit.functional import ops
+        from eightbit.functional.optimizer import OptimHyper
+        from eightbit.kernels import reference_only
+        import eightbit.optim as O
+        n = 2048 * 512
+        gen = torch.Generator().manual_seed(0)
+        p0 = torch.nn.Parameter(torch.randn(n, generator=gen))
+        opt = O.AdamW8bit([p0], 1e-3)
+        p0.grad = torch.randn(n, generator=gen) * 0.01
+        opt.step()
+        s = opt.state[p0]
+        g = (torch.randn(n, 2, generator=gen) * 0.01)[:, 0]  # stride 2
+        h = OptimHyper(lr=1e-3, beta1=0.9, one_minus_beta1=0.1, beta2=0.999, one_minus_beta2=1e-3, eps=1e-8,
+                       bias_correction1=0.19, bias_correction2_sqrt=0.0447).as_list()
+        outs = []
+        for reference in (False, True):
+            p, st = p0.detach().clone(), [s["state1"].clone(), s["state2"].clone()]
+            am = [s["absmax1"].clone(), s["absmax2"].clone()]
+            args = ("adam", p, g, st, am, [s["qmap1"], s["qmap2"]], h, 0, 2048, [-1, 5], None)
+            if reference:
+                with reference_only():
+                    ops.optimizer_update(*args)
+            else:
+                ops.optimizer_update(*args)
+            outs.append((p, *st, *am))
+        raise SystemExit(0 if all(torch.equal(a, b) for a, b in zip(*outs)) else 5)
+    """
+    env = dict(os.environ, MALLOC_PERTURB_="165", MALLOC_MMAP_THRESHOLD_="65536")
+    res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, f"rc {res.returncode}: {res.stderr[-2000:]}"

@@ -572,6 +572,8 @@ def test_update_functions_reject_bad_blocksizes_and_weight_decay_modes(gen):
             optimizer_update("momentum", p, g, s, [], [], h, wd_mode=wd, blocksize=64, seeds=[-1])
         with pytest.raises(ValueError, match="wd_mode"):
             optimizer_update_many("momentum", [p], [g], [s], [[]], [[]], [h], wd_mode=wd, blocksizes=[64], seeds=[[-1]])
+    import numpy as np
+    optimizer_update("momentum", p, g, s, [], [], h, wd_mode=0, blocksize=np.int64(64), seeds=[-1])  # numpy ints do
     before = p.clone()
     for bs, wd in ((-5, 0), (0, 0), (64, 7)):
         with pytest.raises(ValueError, match="blocksize"):

@@ -281,7 +281,7 @@ def _check_wd_mode(wd_mode) -> None:
 
 
 def _check_update_args(rule, p, g, states, absmaxes, codes, blocksize) -> None:
-    if isinstance(blocksize, bool) or not isinstance(blocksize, int):
+    if isinstance(blocksize, bool) or not hasattr(type(blocksize), "__index__"):  # ints, numpy's integers
         raise TypeError(f"blocksize must be an int, got {type(blocksize).__name__}")
     if blocksize < 1:
         raise ValueError(f"blocksize must be positive, got {blocksize}")

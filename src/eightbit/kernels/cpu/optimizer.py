@@ -53,20 +53,25 @@ class _Parts:
 
     def add(self, p, g, states, absmaxes, codes, hyper, blocksize, seeds, skipped) -> bool:
         """Adds one parameter's update; False (nothing added) where the kernel declines it."""
-        k = self.k
-        if (len(states) != k or blocksize > native.MAX_BLOCK or p.dtype != torch.float32 or g.dtype != torch.float32
-                or not p.is_contiguous() or not g.is_contiguous() or not all(a.is_contiguous() for a in absmaxes)):
+        k, n = self.k, p.numel()
+        if (len(states) != k or len(absmaxes) != k or blocksize > native.MAX_BLOCK or p.dtype != torch.float32
+                or g.dtype != torch.float32 or not p.is_contiguous() or not g.is_contiguous() or g.numel() != n):
+            return False
+        # read and written by pointer: anything but the layout the kernel assumes goes to the reference
+        nb = -(-n // blocksize)
+        if not all(s.dtype == torch.uint8 and s.is_contiguous() and s.numel() == n for s in states) or not all(
+                a.dtype == torch.float32 and a.is_contiguous() and a.numel() == nb for a in absmaxes):
             return False
         tables = [native_tables(codebook(c)) for c in codes]
         if any(t is None for t in tables):
             return False
         h = Hyper(*hyper)
-        self.keep.append(h)
+        self.keep += [h, p, g, *states, *absmaxes]  # everything whose address the calls take lives until run()
         # pointers as plain integers (the second state's repeat the first's for one-state rules: unused there)
         luts = [ctypes.addressof(t.lut) for t in tables] * (3 - k)
         qs, ams = [s.data_ptr() for s in states] * (3 - k), [m.data_ptr() for m in absmaxes] * (3 - k)
         sds = list(seeds) * (3 - k)
-        pp, gp, hp, n = p.data_ptr(), g.data_ptr(), ctypes.addressof(h), p.numel()
+        pp, gp, hp = p.data_ptr(), g.data_ptr(), ctypes.addressof(h)
         nfull = n // blocksize
         if nfull:  # fields in the order of the C enum D_*
             self.full.setdefault(blocksize, []).append(
@@ -130,15 +135,20 @@ def optimizer_update_cpu(rule, p, g, states, absmaxes, codes, hyper, wd_mode, bl
 def optimizer_update_many_cpu(rule, ps, gs, states, absmaxes, codes, hypers, wd_mode, blocksizes, seeds, skipped):
     """Kernel of ``optimizer_update_many``: the 8-bit updates the kernel takes as one native call (one parallel
     region over all their blocks), the others one by one (``optimizer_update_cpu``, or the reference where it
-    declines)."""
+    declines). A parameter passed twice has its earlier updates run before its next one; parameters that only
+    overlap in memory (different views of one storage) are not supported, as in torch's fused optimizers."""
     if wd_mode not in (0, 1, 2) or any(bs < 1 for bs in blocksizes):  # raw op calls bypass the public checks
         raise ValueError(f"blocksizes must be positive and wd_mode 0, 1 or 2, got {blocksizes} and {wd_mode}")
-    parts = None
+    parts, pending = None, set()
     for p, g, s, a, c, h, bs, sd, sk in split_many(ps, gs, states, absmaxes, codes, hypers, blocksizes, seeds,
                                                      skipped):
+        if p.data_ptr() in pending:  # the same parameter twice: its earlier updates run first, as one by one
+            parts.run()
+            parts, pending = None, set()
         if a and rule in NATIVE_RULES and len(s) in (1, 2):
             parts = parts or _Parts(rule, wd_mode, len(s), sk is not None)
             if parts.k == len(s) and parts.skip == (sk is not None) and parts.add(p, g, s, a, c, h, bs, sd, sk):
+                pending.add(p.data_ptr())
                 continue
         if optimizer_update_cpu(rule, p, g, s, a, c, h, wd_mode, bs, sd, sk) is NotImplemented:
             optimizer_update_reference(rule, p, g, s, a, c, h, wd_mode, bs, sd, sk)
