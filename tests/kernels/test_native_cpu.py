@@ -2,7 +2,6 @@
 quantize/dequantize bit-identical, stochastic rounding bit-identical and unbiased, the fused 8-bit optimizer step
 of every rule bit-identical in its states (parameters within a few ulps of the step), thread splits that do not
 change results, and the fallback when no compiler works."""
-import shutil
 
 import pytest
 import torch
@@ -23,15 +22,6 @@ CODES = {
     "binary-signed": lambda: create_binary_dynamic_map(signed=True),
     "binary-unsigned": lambda: create_binary_dynamic_map(signed=False),
 }
-
-
-@pytest.fixture(scope="module")
-def lib():
-    lib = native.library()
-    if lib is None and shutil.which("cc") is None and shutil.which("gcc") is None:
-        pytest.skip("no C compiler on this machine")
-    assert lib is not None, "a C compiler exists but the native kernels did not build"
-    return lib
 
 
 def native_quantize(x2d, code, seed=-1, first=0, lut=None):

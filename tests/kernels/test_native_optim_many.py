@@ -1,7 +1,6 @@
 """The native optimizer kernel over several parameters in one call (``eb_optim_many``: one parallel region whose
 per-thread runs of blocks cross tensor boundaries) against the reference, parameter by parameter."""
 import os
-import shutil
 import subprocess
 import sys
 
@@ -12,16 +11,6 @@ import eightbit.optim as O
 from eightbit.functional.optimizer import WD_DECOUPLED, OptimHyper, optimizer_update_many
 from eightbit.functional.rounding import step_seed
 from eightbit.kernels import reference_only
-from eightbit.kernels.cpu import native
-
-
-@pytest.fixture(scope="module")
-def lib():
-    lib = native.library()
-    if lib is None and shutil.which("cc") is None and shutil.which("gcc") is None:
-        pytest.skip("no C compiler on this machine")
-    assert lib is not None, "a C compiler exists but the native kernels did not build"
-    return lib
 
 
 def _adam_states(sizes, gen):
