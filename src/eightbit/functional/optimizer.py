@@ -178,9 +178,15 @@ def _chunks(n: int, blocksize: int):
         yield nfull * blocksize, n, n - nfull * blocksize
 
 
+def check_op_scalars(wd_mode: int, blocksizes: list[int]) -> None:
+    """What a raw op call (which bypasses the public functions' checks) must not get wrong before a kernel or the
+    reference runs: a known weight-decay mode and positive block sizes. ValueError otherwise."""
+    if wd_mode not in (WD_NONE, WD_L2, WD_DECOUPLED) or any(bs < 1 for bs in blocksizes):
+        raise ValueError(f"blocksizes must be positive and wd_mode 0, 1 or 2, got {list(blocksizes)} and {wd_mode}")
+
+
 def _steps(rule, p, g, states, absmaxes, codes, hyper, wd_mode, blocksize, seeds, write, skipped=None):
-    if blocksize < 1 or wd_mode not in (WD_NONE, WD_L2, WD_DECOUPLED):  # a raw op call bypasses the checks
-        raise ValueError(f"blocksize must be positive and wd_mode 0, 1 or 2, got {blocksize} and {wd_mode}")
+    check_op_scalars(wd_mode, [blocksize])
     fn = RULES[rule]
     cd = compute_dtype(p)
     h = _scalars(hyper, cd, p.device)

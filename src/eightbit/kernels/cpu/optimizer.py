@@ -16,7 +16,7 @@ import ctypes
 import torch
 
 from ...functional.codes import codebook
-from ...functional.optimizer import FIELDS, optimizer_update_reference, split_many
+from ...functional.optimizer import FIELDS, check_op_scalars, optimizer_update_reference, split_many
 from ..registry import register
 from . import native
 from .tables import Lut, native_tables
@@ -108,8 +108,7 @@ def optimizer_update_cpu(rule, p, g, states, absmaxes, codes, hyper, wd_mode, bl
     """Kernel of ``optimizer_update`` for 8-bit or float32 states of float32 parameters (see the module docstring)."""
     k = len(states)
     lib = native.library()
-    if blocksize < 1 or wd_mode not in (0, 1, 2):  # a raw op call bypasses the public functions' checks
-        raise ValueError(f"blocksize must be positive and wd_mode 0, 1 or 2, got {blocksize} and {wd_mode}")
+    check_op_scalars(wd_mode, [blocksize])
     if (lib is None or rule not in NATIVE_RULES or k not in (1, 2) or blocksize > native.MAX_BLOCK
             or p.dtype != torch.float32 or g.dtype != torch.float32 or not p.is_contiguous()):
         return NotImplemented
@@ -137,8 +136,7 @@ def optimizer_update_many_cpu(rule, ps, gs, states, absmaxes, codes, hypers, wd_
     region over all their blocks), the others one by one (``optimizer_update_cpu``, or the reference where it
     declines). A parameter passed twice has its earlier updates run before its next one; parameters that only
     overlap in memory (different views of one storage) are not supported, as in torch's fused optimizers."""
-    if wd_mode not in (0, 1, 2) or any(bs < 1 for bs in blocksizes):  # raw op calls bypass the public checks
-        raise ValueError(f"blocksizes must be positive and wd_mode 0, 1 or 2, got {blocksizes} and {wd_mode}")
+    check_op_scalars(wd_mode, blocksizes)
     parts, pending = None, set()
     for p, g, s, a, c, h, bs, sd, sk in split_many(ps, gs, states, absmaxes, codes, hypers, blocksizes, seeds,
                                                      skipped):

@@ -158,8 +158,8 @@ typedef struct {
 } optim_part_t;
 
 /* Blocks [b0, b1) of part t (nstates 1 or 2 states of blocks of bs values); returns the number of blocks left
- * untouched for a NaN/Inf gradient (skip != 0). F: this thread's folded decode tables (bin_b64), kept across calls
- * and rebuilt when a block's scale or map differs from the last. */
+ * untouched for a NaN/Inf gradient (skip != 0). fold: this thread's two folded decode tables (bin_b64_t, where
+ * EB_FOLD), kept across calls and rebuilt when a block's scale or map differs from the last. */
 static int64_t optim_range(int32_t rule, int32_t nstates, int32_t wd_mode, int64_t bs, int32_t skip,
                            const optim_part_t *t, int64_t b0, int64_t b1, void *fold) {
     lut_t luts[2];
