@@ -170,3 +170,59 @@ def test_raw_op_with_a_temporary_contiguous_gradient(lib):
     env = dict(os.environ, MALLOC_PERTURB_="165", MALLOC_MMAP_THRESHOLD_="65536")
     res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, f"rc {res.returncode}: {res.stderr[-2000:]}"
+
+
+@pytest.mark.parametrize("rule,k", [("adam", 2), ("lamb", 2), ("momentum", 1), ("rmsprop", 1), ("adagrad", 1),
+                                    ("lion", 1)])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_one_call_over_many_32bit_states_equals_the_reference(lib, gen, monkeypatch, rule, k, threads):
+    """32-bit states of many parameters in one native call (``eb_optim_f32_many``): each parameter with its own
+    hyperparameters and size (empty, one element, a partial block, a parameter large enough to be split over
+    the threads), one passed twice and NaN/Inf blocks: parameters, states and skip counters bit-identical to the
+    reference run parameter by parameter. The reference is made to fail inside the native run, so every
+    parameter must be taken by the kernel."""
+    import eightbit.kernels.cpu.optimizer as K
+
+    sizes = [384, 1, 0, 2048 * 3 + 5, 2048 * 40, 1536]
+    ps = [torch.randn(n, generator=gen) for n in sizes]
+    states = [[torch.rand(n, generator=gen) * 1e-3 for _ in range(k)] for n in sizes]
+    gs = [torch.randn(n, generator=gen) * 0.01 for n in sizes]
+    gs[3][2048 + 7] = float("nan")
+    gs[4][-1] = float("inf")
+    hypers = [OptimHyper(lr=1e-3 * (i + 1), weight_decay=0.01, beta1=0.9, one_minus_beta1=0.1, beta2=0.999,
+                         one_minus_beta2=1e-3, eps=1e-8, bias_correction1=1 - 0.9 ** (i + 2),
+                         bias_correction2_sqrt=(1 - 0.999 ** (i + 2)) ** 0.5, lr_decay=0.5) for i in range(len(sizes))]
+    order = [0, 1, 2, 3, 4, 5, 0]  # parameter 0 twice: its second update must see its first
+
+    def run(reference: bool):
+        p = [x.clone() for x in ps]
+        st = [[s.clone() for s in ss] for ss in states]
+        skipped = [torch.zeros((), dtype=torch.int64) for _ in sizes]
+        args = (rule, [p[i] for i in order], [gs[i] for i in order], [st[i] for i in order], [[]] * len(order),
+                [[]] * len(order), [hypers[i] for i in order])
+        kw = dict(wd_mode=WD_DECOUPLED, blocksizes=[2048] * len(order), seeds=[[-1] * k] * len(order),
+                  skipped=[skipped[i] for i in order])
+        if reference:
+            with reference_only():
+                optimizer_update_many(*args, **kw)
+            return p, st, skipped
+        before = torch.get_num_threads()
+
+        def no_reference(*a, **kw):
+            raise AssertionError("the native kernel declined a parameter it takes")
+
+        try:
+            torch.set_num_threads(threads)
+            with monkeypatch.context() as m:
+                m.setattr(K, "optimizer_update_reference", no_reference)
+                optimizer_update_many(*args, **kw)
+        finally:
+            torch.set_num_threads(before)
+        return p, st, skipped
+
+    native_out, reference_out = run(False), run(True)
+    for i in range(len(sizes)):
+        assert torch.equal(native_out[0][i], reference_out[0][i]), f"parameter {i}"
+        for j in range(k):
+            assert torch.equal(native_out[1][i][j], reference_out[1][i][j]), (i, j)
+    assert [int(s) for s in native_out[2]] == [int(s) for s in reference_out[2]] == [0, 0, 0, 1, 1, 0]

@@ -292,6 +292,35 @@ def test_batched_step_equals_one_parameter_at_a_time(cls, kw, gen):
     assert not opt.state[params[-1]]
 
 
+@pytest.mark.parametrize("cls,kw", [(O.AdamW8bit, {}), (O.Adagrad8bit, {}), (O.AdamW8bit, {"percentile_clipping": 50})])
+def test_batched_step_shares_per_step_values_only_where_they_agree(cls, kw, gen):
+    """A step computes the values its parameters share (hyperparameters per step count and clip scale, seeds per step
+    count, the settings-derived plan) once per group. Parameters whose step counts differ (one first gets a
+    gradient later), whose percentile-clip scales differ, and one with a GlobalOptimManager override (its own
+    plan) each still step bit-identically to an optimizer of their own."""
+    shapes = [(64, 80), (4096 + 5,), (300,), (128, 40), (10,)]
+    params = [torch.nn.Parameter(torch.randn(s, generator=gen)) for s in shapes]
+    twins = [torch.nn.Parameter(p.detach().clone()) for p in params]
+    O.GlobalOptimManager.get_instance().override_config(params[3], "lr", 5e-3)
+    opt = cls(params, lr=1e-3, min_8bit_size=2000, **kw)
+    singles = [cls([t], lr=5e-3 if i == 3 else 1e-3, min_8bit_size=2000, **kw) for i, t in enumerate(twins)]
+    for step in range(5):
+        for i, (p, t) in enumerate(zip(params, twins)):
+            if i == 1 and step < 2:  # parameter 1 starts two steps late: its step count trails the others'
+                p.grad = t.grad = None
+                continue
+            g = torch.randn(p.shape, generator=gen) * (1 + 3 * i)  # different norms: different clip scales
+            p.grad, t.grad = g.clone(), g.clone()
+        opt.step()
+        for o in singles:
+            o.step()
+        for p, t, o in zip(params, twins, singles):
+            assert torch.equal(p.detach(), t.detach()), step
+            for k, v in opt.state[p].items():
+                assert torch.equal(torch.as_tensor(v), torch.as_tensor(o.state[t][k])), (k, step)
+    assert int(opt.state[params[1]]["step"]) == 3 and int(opt.state[params[0]]["step"]) == 5
+
+
 def test_batched_step_with_a_damaged_state_steps_the_others(gen):
     """A damaged state in a batch raises its ValueError after every other prepared parameter has stepped (each then
     runs on its own); nothing is half-updated."""
@@ -581,3 +610,19 @@ def test_update_functions_reject_bad_blocksizes_and_weight_decay_modes(gen):
         with pytest.raises(ValueError, match="blocksize"):
             ops.optimizer_update_many("momentum", [p], [g], s, [], [], h.as_list(), wd, [bs], [-1], [])
     assert torch.equal(p, before)
+
+
+def test_optim_hyper_values_follow_replace():
+    """``OptimHyper.as_list`` keeps its values on the instance (a step passes one object for many parameters): a
+    ``dataclasses.replace`` copy (LAMB's trust ratio, max_unorm) has its own, and callers cannot change them."""
+    import dataclasses
+
+    from eightbit.functional.optimizer import OptimHyper
+
+    h = OptimHyper(lr=0.1, beta1=0.9)
+    first = h.as_list()
+    first[0] = 123.0
+    assert h.as_list()[0] == pytest.approx(0.1)
+    r = dataclasses.replace(h, update_scale=0.25)
+    assert r.as_list()[3] == 0.25 and h.as_list()[3] == 1.0 and r.as_list()[0] == h.as_list()[0]
+    assert r == dataclasses.replace(h, update_scale=0.25) and h != r

@@ -58,6 +58,11 @@ class Codebook:
         return self.table(("device", str(device)), lambda cb: codebook(cb.values.to(device)))
 
 
+def _version_key(code: torch.Tensor) -> tuple[int, int]:
+    # inference tensors keep no version counter (and cannot be changed outside inference mode): key on the address
+    return (-1 if code.is_inference() else code._version, code.data_ptr())
+
+
 def _check_code_shape(code: object) -> None:
     check_tensor(code, "code", dtypes=(torch.float32,), ndim=1)
     if code.numel() != 256:
@@ -86,10 +91,12 @@ def codebook(code: object) -> Codebook:
 
     The codebook is kept on the tensor object itself (not in a global cache), so it lives exactly as long as
     the code tensor: the reference cycle code -> codebook -> code is collected with it."""
+    hit = code.__dict__.get("_eightbit_codebook") if isinstance(code, torch.Tensor) else None
+    # the checks below in a cheap form first: an optimizer step asks once per state (and tensor checks cost ~1 us)
+    if hit is not None and code.dtype == torch.float32 and code.shape == (256,) and hit[0] == _version_key(code):
+        return hit[1]
     _check_code_shape(code)
-    # inference tensors keep no version counter (and cannot be changed outside inference mode): key on the address
-    key = (-1 if code.is_inference() else code._version, code.data_ptr())
-    hit = code.__dict__.get("_eightbit_codebook")
+    key = _version_key(code)
     if hit is not None and hit[0] == key:
         return hit[1]
     cb = _build_codebook(code)

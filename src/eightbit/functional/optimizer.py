@@ -71,7 +71,11 @@ class OptimHyper:
 
     def as_list(self) -> list[float]:
         """The values in field order (the op's ``hyper`` argument)."""
-        return [float(getattr(self, name)) for name in FIELDS]  # FIELDS: below, once (fields() per call is slow)
+        values = self.__dict__.get("_values")  # built once: an optimizer step passes one object for many tensors
+        if values is None:
+            values = tuple(float(getattr(self, name)) for name in FIELDS)  # FIELDS: below (fields() per call is slow)
+            object.__setattr__(self, "_values", values)
+        return list(values)
 
 
 FIELDS = tuple(f.name for f in dataclasses.fields(OptimHyper))
@@ -287,24 +291,27 @@ def _check_wd_mode(wd_mode) -> None:
 
 
 def _check_update_args(rule, p, g, states, absmaxes, codes, blocksize) -> None:
-    if isinstance(blocksize, bool) or not hasattr(type(blocksize), "__index__"):  # ints, numpy's integers
-        raise TypeError(f"blocksize must be an int, got {type(blocksize).__name__}")
+    # written for speed as well: an optimizer step checks every parameter's arguments (a model's hundred tensors)
+    if type(blocksize) is not int and (isinstance(blocksize, bool) or not hasattr(type(blocksize), "__index__")):
+        raise TypeError(f"blocksize must be an int, got {type(blocksize).__name__}")  # ints, numpy's integers
     if blocksize < 1:
         raise ValueError(f"blocksize must be positive, got {blocksize}")
-    if rule not in RULES:
+    counts = STATE_COUNTS.get(rule)
+    if counts is None:
         raise ValueError(f"rule must be one of {sorted(RULES)}, got {rule!r}")
-    if len(states) not in STATE_COUNTS[rule]:
-        raise ValueError(f"rule {rule!r} takes {' or '.join(map(str, STATE_COUNTS[rule]))} states, got {len(states)}")
-    if g.shape != p.shape or g.device != p.device:
+    if len(states) not in counts:
+        raise ValueError(f"rule {rule!r} takes {' or '.join(map(str, counts))} states, got {len(states)}")
+    shape = p.shape
+    if g.shape != shape or g.device != p.device:
         raise ValueError(f"g must match p in shape and device, got {tuple(g.shape)} on {g.device} for "
-                         f"{tuple(p.shape)} on {p.device}")
+                         f"{tuple(shape)} on {p.device}")
     if len(absmaxes) not in (0, len(states)) or len(codes) != len(absmaxes):
         raise ValueError("absmaxes and codes must be empty (32-bit states) or one per state (8-bit states)")
+    want = torch.uint8 if absmaxes else (torch.float64 if p.dtype == torch.float64 else torch.float32)
     nblocks = -(-p.numel() // blocksize)
     for i, s in enumerate(states):
-        want = torch.uint8 if absmaxes else (torch.float64 if p.dtype == torch.float64 else torch.float32)
-        if s.shape != p.shape or s.dtype != want or not s.is_contiguous():
-            raise ValueError(f"states[{i}] must be contiguous {want} of shape {tuple(p.shape)}, got {s.dtype} "
+        if s.shape != shape or s.dtype != want or not s.is_contiguous():
+            raise ValueError(f"states[{i}] must be contiguous {want} of shape {tuple(shape)}, got {s.dtype} "
                              f"{tuple(s.shape)}")
         if absmaxes and (absmaxes[i].shape != (nblocks,) or absmaxes[i].dtype != torch.float32):
             raise ValueError(f"absmaxes[{i}] must be float32 of shape ({nblocks},)")
@@ -370,6 +377,7 @@ def check_update_many(rule: str, ps: list, gs: list, states: list, absmaxes: lis
     if n == 0:
         return
     k, eight = len(states[0]), bool(absmaxes[0])
+    maps = set()  # ids of the code maps already validated (an optimizer's parameters share two)
     for i in range(n):
         if len(states[i]) != k or bool(absmaxes[i]) != eight:
             raise ValueError(f"parameter {i}: every parameter must have {k} states, "
@@ -378,7 +386,9 @@ def check_update_many(rule: str, ps: list, gs: list, states: list, absmaxes: lis
             _check_step_args(rule, ps[i], gs[i], states[i], absmaxes[i], codes[i], blocksizes[i], seeds[i],
                              None if skipped is None else skipped[i])
             for c in codes[i]:
-                codebook(c)  # cached on the tensor: the kernel's own lookup then cannot fail half-way
+                if id(c) not in maps:
+                    codebook(c)  # cached on the tensor: the kernel's own lookup then cannot fail half-way
+                    maps.add(id(c))
         except ValueError as e:
             raise ValueError(f"parameter {i}: {e}") from None
 

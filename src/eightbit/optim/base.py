@@ -12,9 +12,8 @@ a state_dict made of plain tensors and numbers (safetensors-friendly).
 from __future__ import annotations
 
 import dataclasses
-import math
 import warnings
-from typing import Any, Callable, Iterable, NamedTuple
+from typing import Any, Callable, Iterable
 
 import torch
 
@@ -25,13 +24,9 @@ from ..functional.optimizer import (WD_DECOUPLED, WD_L2, WD_NONE, OptimHyper, ch
                                     dispatch_update_many, optimizer_update, optimizer_update_norm)
 from ..functional.rounding import step_seed
 from . import paging
+from .job import Job, Plan, all_finite, local_tensor, shard_groups, sum_over
 from .manager import GlobalOptimManager
 from .state import shared_code, slot, translate_state
-
-try:  # DTensor parameters (FSDP2): the step works on local shards
-    from torch.distributed.tensor import DTensor
-except Exception:  # pragma: no cover - torch built without distributed
-    DTensor = ()
 
 __all__ = ["Optimizer8bit", "bit_variants", "WD_NONE", "WD_L2", "WD_DECOUPLED"]
 
@@ -44,63 +39,6 @@ def _check_entry(where: str, name: str, t: Any, dtype: torch.dtype, shape: tuple
     if not isinstance(t, torch.Tensor) or t.dtype != dtype or tuple(t.shape) != shape:
         got = f"{t.dtype} {tuple(t.shape)}" if isinstance(t, torch.Tensor) else type(t).__name__
         raise ValueError(f"{where}[{name!r}] must be {dtype} of shape {shape} for this parameter, got {got}")
-
-
-def _local(t: torch.Tensor) -> torch.Tensor:
-    """The local shard of a DTensor, as a real tensor: complex values are stepped as (real, imag) pairs, as
-    torch's optimizers do (``view_as_real``), so both parts get the same per-element update and state."""
-    t = t.to_local() if DTensor and isinstance(t, DTensor) else t
-    return torch.view_as_real(t) if t.is_complex() else t
-
-
-def _shard_groups(p: torch.Tensor) -> list:
-    """Process groups of the mesh dims a DTensor parameter is sharded over (empty for a plain tensor):
-    whole-tensor quantities (norms, the non-finite check) are reduced over them so every shard agrees."""
-    if not (DTensor and isinstance(p, DTensor)):
-        return []
-    return [p.device_mesh.get_group(i) for i, pl in enumerate(p.placements) if pl.is_shard()]
-
-
-def _sum_over(groups: list, t: torch.Tensor) -> torch.Tensor:
-    """All-reduce (sum) ``t`` in place over ``groups``; returns it."""
-    if groups:
-        import torch.distributed as dist
-
-        for group in groups:
-            dist.all_reduce(t, group=group)
-    return t
-
-
-def _all_finite(g: torch.Tensor, groups: list) -> bool:
-    """Whether the whole gradient is finite; for a sharded one all shards agree (all skip or none)."""
-    if not groups:
-        lo, hi = torch.aminmax(g)  # NaN propagates into both; no gradient-sized temporary
-        if g.device.type == "cpu":  # two reads, cheaper than three small tensor ops
-            return math.isfinite(lo.item()) and math.isfinite(hi.item())
-        return bool(torch.isfinite(lo) & torch.isfinite(hi))  # one device sync
-    return _sum_over(groups, (~torch.isfinite(g)).sum()).item() == 0
-
-
-class _Job(NamedTuple):
-    """One parameter's prepared update (Optimizer8bit._prepare): the op's arguments and how to run it."""
-
-    config: dict
-    local: torch.Tensor  # the parameter's local tensor (real view of a complex one)
-    work: torch.Tensor  # local, or its contiguous copy (written back after the op)
-    g: torch.Tensor
-    states: list
-    absmaxes: list
-    codes: list
-    hyper: OptimHyper
-    seeds: list
-    rule: str
-    wd_mode: int
-    blocksize: int
-    skipped: torch.Tensor | None
-    paged: bool
-    norm: bool  # the step is scaled by an update norm (LAMB, LARS, max_unorm)
-    groups: list
-    batch_key: tuple | None  # None: runs alone (paged, update norm, copy-back)
 
 
 def _state_code(config: dict[str, Any], signed: bool) -> str:
@@ -308,7 +246,7 @@ class Optimizer8bit(torch.optim.Optimizer):
             for pid, p in zip(saved["params"], group["params"]):
                 if pid in translated:
                     config = self._config(p, merged)
-                    pl = _local(p)
+                    pl = local_tensor(p)
                     specs[pid] = self.state_spec(config)
                     translated[pid] = translate_state(translated[pid], specs[pid], pl.numel(), config["blocksize"])
                     self._check_state(pid, translated[pid], pl, config)
@@ -321,8 +259,8 @@ class Optimizer8bit(torch.optim.Optimizer):
         params = [p for g in self.param_groups for p in g["params"]]
         for pid, p in zip(saved_ids, params):
             if pid in translated:
-                dev = _local(p).device
-                paged = self._pages(_local(p))
+                dev = local_tensor(p).device
+                paged = self._pages(local_tensor(p))
                 large = {n for n, _ in specs[pid]}  # the state tensors a paged optimizer keeps on the host
                 large |= {slot(k, i) for i in range(len(specs[pid])) for k in ("state", "absmax")}
                 st = {}
@@ -399,13 +337,19 @@ class Optimizer8bit(torch.optim.Optimizer):
         paged: set[torch.device] = set()
         try:
             for group in self.param_groups:
-                batches: dict[tuple, list[_Job]] = {}
+                batches: dict[tuple, list[Job]] = {}
                 error: BaseException | None = None
+                plan = None
                 try:
                     for p in group["params"]:
                         if p.grad is None:
                             continue
-                        job = self._prepare(p, self._config(p, group))
+                        config = self._config(p, group)
+                        if config is group:
+                            plan = plan or self._plan(group)
+                            job = self._prepare(p, config, plan)
+                        else:
+                            job = self._prepare(p, config, self._plan(config))
                         if job is None:
                             continue
                         if job.batch_key is not None:
@@ -432,23 +376,30 @@ class Optimizer8bit(torch.optim.Optimizer):
     def _state_device(self, p_local: torch.Tensor) -> torch.device:
         return torch.device("cpu") if self._pages(p_local) else p_local.device
 
-    def _prepare(self, p: torch.Tensor, config: dict[str, Any]) -> _Job | None:
+    def _plan(self, config: dict[str, Any]) -> Plan:
+        """The step's settings-derived values for parameters updated under ``config``."""
+        mode = config["nonfinite"]
+        norm = self.needs_update_norm(config)
+        if mode == "skip_block" and (config["percentile_clipping"] < 100 or norm):
+            mode = "skip"  # a NaN would reach the gradient-norm history or the update norm before the update
+        spec = tuple(self.state_spec(config))
+        stochastic = tuple(not signed and bool(config["stochastic_rounding"]) for _, signed in spec)
+        return Plan(mode, norm, *self.rule_for(config), spec, stochastic, {})
+
+    def _prepare(self, p: torch.Tensor, config: dict[str, Any], plan: Plan) -> Job | None:
         """Everything of one parameter's update up to the op: state created, non-finite check, step counted,
         the op's arguments; None when there is nothing to update (empty, or skipped)."""
-        pl, gl = _local(p), _local(p.grad)
+        pl, gl = local_tensor(p), local_tensor(p.grad)
         if gl.is_sparse:
             raise RuntimeError(f"{type(self).__name__} does not support sparse gradients")
-        groups = _shard_groups(p)  # non-empty for a sharded DTensor: collectives below, even on an empty shard
+        groups = shard_groups(p)  # non-empty for a sharded DTensor: collectives below, even on an empty shard
         if pl.numel() == 0 and not groups:
             return None
         state = self.state[p]
         if not state:
             self._init_state(pl, state, config, p.numel() * (2 if p.is_complex() else 1))
-        mode = config["nonfinite"]
-        norm = self.needs_update_norm(config)
-        if mode == "skip_block" and (config["percentile_clipping"] < 100 or norm):
-            mode = "skip"  # a NaN would reach the gradient-norm history or the update norm before the update
-        if mode in ("skip", "raise") and not _all_finite(gl, groups):
+        mode = plan.mode
+        if mode in ("skip", "raise") and not all_finite(gl, groups):
             if mode == "raise":
                 raise FloatingPointError(f"non-finite gradient for a parameter of shape {tuple(p.shape)}")
             state["skipped_steps"] += 1
@@ -459,19 +410,21 @@ class Optimizer8bit(torch.optim.Optimizer):
         grad_scale = self._percentile_scale(gl, state, config, step, groups)
         work = pl if pl.is_contiguous() else pl.contiguous()
         g = gl.contiguous()
-        h = OptimHyper(lr=config["lr"], weight_decay=config.get("weight_decay", 0.0), grad_scale=grad_scale,
-                       **self.hyper(config, step))
-        states, absmaxes, codes, seeds = self._op_args(work, g, state, config)
-        rule, wd_mode = self.rule_for(config)
+        h = plan.memo.get((step, grad_scale))
+        if h is None:  # one frozen OptimHyper per (step, clip scale): equal for a group's parameters
+            h = plan.memo[step, grad_scale] = OptimHyper(
+                lr=config["lr"], weight_decay=config.get("weight_decay", 0.0), grad_scale=grad_scale,
+                **self.hyper(config, step))
+        states, absmaxes, codes, seeds = self._op_args(state, config, plan, step)
         bs = int(state.get("blocksize", config["blocksize"]))  # a loaded bitsandbytes state keeps its 256
         paged = self._pages(pl)
         key = None  # jobs with equal keys share one op call
-        if not (paged or norm or work is not pl):
-            key = (rule, wd_mode, len(states), bool(absmaxes), skipped is not None, work.device)
-        return _Job(config, pl, work, g, states, absmaxes, codes, h, seeds, rule, wd_mode, bs, skipped, paged, norm,
-                    groups, key)
+        if not (paged or plan.norm or work is not pl):
+            key = (plan.rule, plan.wd_mode, len(states), bool(absmaxes), skipped is not None, work.device)
+        return Job(config, pl, work, g, states, absmaxes, codes, h, seeds, plan.rule, plan.wd_mode, bs, skipped,
+                    paged, plan.norm, groups, key)
 
-    def _run(self, job: _Job) -> bool:
+    def _run(self, job: Job) -> bool:
         """The op of one prepared update (paging, update norm and copy-back included); True when paged."""
         states, absmaxes, h, work, g = job.states, job.absmaxes, job.hyper, job.work, job.g
         if job.paged:  # this parameter's state visits the device for its update only
@@ -482,7 +435,7 @@ class Optimizer8bit(torch.optim.Optimizer):
             usq = optimizer_update_norm(job.rule, work, g, states, absmaxes, job.codes, h, wd_mode=job.wd_mode,
                                         blocksize=job.blocksize)
             if job.groups:  # norms of the whole parameter, not of this shard
-                sq = _sum_over(job.groups, torch.stack([usq.to(work.device), work.float().square().sum()]))
+                sq = sum_over(job.groups, torch.stack([usq.to(work.device), work.float().square().sum()]))
                 unorm, pnorm = float(sq[0]) ** 0.5, float(sq[1]) ** 0.5
             else:
                 unorm, pnorm = float(usq) ** 0.5, float(work.float().norm())
@@ -495,7 +448,7 @@ class Optimizer8bit(torch.optim.Optimizer):
             job.local.copy_(work)
         return job.paged
 
-    def _run_many(self, jobs: list[_Job]) -> None:
+    def _run_many(self, jobs: list[Job]) -> None:
         """The ops of prepared plain updates sharing a batch key, in one call. If a parameter's arguments fail
         the checks (a damaged state), each job runs on its own instead, so that the others still step, and the
         first error is raised after them."""
@@ -526,7 +479,7 @@ class Optimizer8bit(torch.optim.Optimizer):
             return 1.0
         hist = state["gnorm_history"]
         if groups:  # the whole gradient's norm, identical on every shard
-            gnorm = _sum_over(groups, g.float().square().sum()).sqrt()
+            gnorm = sum_over(groups, g.float().square().sum()).sqrt()
         else:
             gnorm = torch.linalg.vector_norm(g, dtype=torch.float32)
         hist[(step - 1) % 100] = gnorm
@@ -534,20 +487,21 @@ class Optimizer8bit(torch.optim.Optimizer):
         gnorm, clip = float(gnorm), float(clip)
         return clip / gnorm if gnorm > clip else 1.0
 
-    def _op_args(self, p: torch.Tensor, g: torch.Tensor, state: dict, config: dict) -> tuple:
-        """(states, absmaxes, codes, seeds) of ``optimizer_update`` for this parameter's state (absmaxes and codes
-        empty for 32-bit state). Unsigned 8-bit states round stochastically when ``stochastic_rounding``."""
-        spec = self.state_spec(config)
-        names = [n for n, _ in spec]
-        eight = bool(names) and "state1" in state
-        k = range(len(names))
-        states = [state[slot("state", i)] for i in k] if eight else [state[n] for n in names]
-        absmaxes = [state[slot("absmax", i)] for i in k] if eight else []
-        codes = [state[slot("qmap", i)] for i in k] if eight else []
-        step = int(state["step"])
-        stochastic = [eight and not signed and bool(config["stochastic_rounding"]) for _, signed in spec]
-        seeds = [step_seed(step, i) if sr else -1 for i, sr in enumerate(stochastic)]
-        if eight and not config["stochastic_rounding"] and not getattr(self, "_warned_frozen", False):
+    def _op_args(self, state: dict, config: dict, plan: Plan, step: int) -> tuple:
+        """(states, absmaxes, codes, seeds) of ``optimizer_update`` for this parameter's state at ``step``
+        (absmaxes and codes empty for 32-bit state). Unsigned 8-bit states round stochastically when
+        ``stochastic_rounding``."""
+        spec = plan.spec
+        k = range(len(spec))
+        if not (spec and "state1" in state):
+            return [state[n] for n, _ in spec], [], [], [-1] * len(spec)
+        states = [state[slot("state", i)] for i in k]
+        absmaxes = [state[slot("absmax", i)] for i in k]
+        codes = [state[slot("qmap", i)] for i in k]
+        seeds = plan.memo.get(step)
+        if seeds is None:
+            seeds = plan.memo[step] = [step_seed(step, i) if sr else -1 for i, sr in enumerate(plan.stochastic)]
+        if not config["stochastic_rounding"] and not getattr(self, "_warned_frozen", False):
             for (name, signed), c in zip(spec, codes):
                 if not signed and codebook(c).pow2_scale:
                     self._warned_frozen = True

@@ -2,16 +2,17 @@
 (``eb_optim_many``): per block, dequantize the states, apply the rule, write the parameter and requantize, in one
 pass over L1-resident data; the full blocks of all parameters of one op call (per block size) in one parallel
 region, each thread a contiguous run of the concatenated blocks, and a partial last block on its own
-(``eb_optim_blocks``). 32-bit states (``eb_optim_f32``: small tensors under ``min_8bit_size``, the 32-bit classes): the rule in
-place on them. Which rules it serves is the explicit table ``NATIVE_RULES`` (every rule of
-``eightbit.functional.optimizer`` with one or two states; AdEMAMix's three and SGD without momentum run the
-reference); it declines (the reference runs) for parameters, gradients or 32-bit states other than float32,
-block sizes above 4096 and codes without native tables.
+(``eb_optim_blocks``). 32-bit states (``eb_optim_f32_many``: small tensors under ``min_8bit_size``, the 32-bit
+classes): the rule in place on them, all parameters of one op call in one foreign call. Which rules it serves is
+the explicit table ``NATIVE_RULES`` (every rule of ``eightbit.functional.optimizer`` with one or two states;
+AdEMAMix's three and SGD without momentum run the reference); it declines (the reference runs) for parameters,
+gradients or 32-bit states other than float32, block sizes above 4096 and codes without native tables.
 States are bit-identical to the reference (tests/kernels/test_native_cpu.py, test_native_optim_many.py).
 """
 from __future__ import annotations
 
 import ctypes
+from array import array
 
 import torch
 
@@ -37,45 +38,78 @@ def _available() -> bool:
         return False
     # a struct layout that disagrees with the C side would read garbage: refuse the kernel instead
     return (lib.eb_hyper_size() == ctypes.sizeof(Hyper) and lib.eb_lut_size() == ctypes.sizeof(Lut)
-            and lib.eb_optim_desc_fields() == _DESC_FIELDS)
+            and lib.eb_optim_desc_fields() == _DESC_FIELDS and lib.eb_optim_f32_fields() == _F32_FIELDS)
+
+
+_DESC_FIELDS = 13  # eb_optim_many's fields per part (checked against eb_optim_desc_fields in _available)
+_F32_FIELDS = 7  # eb_optim_f32_many's (eb_optim_f32_fields)
 
 
 class _Parts:
-    """The native calls of a set of 8-bit updates: each parameter's full blocks as one part of an ``eb_optim_many``
-    call per block size (one parallel region for all of them), its partial last block as an ``eb_optim_blocks``
-    call of its own. Holds the ctypes objects the pointers refer to until ``run`` returns."""
+    """The native calls of a set of updates with one rule, state count and skip flag: each 8-bit parameter's full
+    blocks as one part of an ``eb_optim_many`` call per block size (one parallel region for all of them), its
+    partial last block as an ``eb_optim_blocks`` call of its own, the 32-bit parameters as one
+    ``eb_optim_f32_many`` call. Descriptors are int64 arrays of addresses; the objects they point to (ctypes
+    hyperparameters, contiguous copies made by the caller) are held until ``run`` returns."""
 
     def __init__(self, rule: str, wd_mode: int, nstates: int, skip: bool) -> None:
         self.rule, self.wd_mode, self.k, self.skip = NATIVE_RULES[rule], wd_mode, nstates, int(skip)
-        self.full: dict[int, list[tuple[list[int], torch.Tensor | None]]] = {}  # block size -> (fields, skipped)
+        self.full: dict[int, tuple[array, list]] = {}  # block size -> (descriptor, each part's skipped counter)
         self.tails: list[tuple[tuple, torch.Tensor | None]] = []
+        self.f32, self.f32_skipped = array("q"), []
+        self.hypers: dict[tuple, Hyper] = {}  # a group's parameters mostly share one step's values: one struct
+        self.tables: dict[int, object] = {}  # id(code map) -> its native tables; the maps outlive the call
         self.keep: list = []
 
+    def _hyper(self, hyper) -> int:
+        key = tuple(hyper)
+        h = self.hypers.get(key)
+        if h is None:
+            h = self.hypers[key] = Hyper(*key)
+        return ctypes.addressof(h)
+
     def add(self, p, g, states, absmaxes, codes, hyper, blocksize, seeds, skipped) -> bool:
-        """Adds one parameter's update; False (nothing added) where the kernel declines it."""
+        """Adds one parameter's update (8-bit states when ``absmaxes``, else 32-bit); False (nothing added) where
+        the kernel declines it."""
         k, n = self.k, p.numel()
-        if (len(states) != k or len(absmaxes) != k or blocksize > native.MAX_BLOCK or p.dtype != torch.float32
+        if (len(states) != k or blocksize > native.MAX_BLOCK or p.dtype != torch.float32
                 or g.dtype != torch.float32 or not p.is_contiguous() or not g.is_contiguous() or g.numel() != n):
             return False
-        # read and written by pointer: anything but the layout the kernel assumes goes to the reference
+        if not absmaxes:  # read and written by pointer: anything but the layout the kernel assumes is declined
+            for s in states:
+                if s.dtype != torch.float32 or not s.is_contiguous() or s.numel() != n:
+                    return False
+            self.keep += [p, g, *states]
+            self.f32.extend((p.data_ptr(), g.data_ptr(), states[0].data_ptr(), states[-1].data_ptr(),
+                             self._hyper(hyper), n, blocksize))
+            self.f32_skipped.append(skipped)
+            return True
         nb = -(-n // blocksize)
-        if not all(s.dtype == torch.uint8 and s.is_contiguous() and s.numel() == n for s in states) or not all(
-                a.dtype == torch.float32 and a.is_contiguous() and a.numel() == nb for a in absmaxes):
+        if len(absmaxes) != k:
             return False
-        tables = [native_tables(codebook(c)) for c in codes]
-        if any(t is None for t in tables):
-            return False
-        h = Hyper(*hyper)
-        self.keep += [h, p, g, *states, *absmaxes]  # everything whose address the calls take lives until run()
+        for s, a in zip(states, absmaxes):
+            if (s.dtype != torch.uint8 or not s.is_contiguous() or s.numel() != n or a.dtype != torch.float32
+                    or not a.is_contiguous() or a.numel() != nb):
+                return False
+        tables = []
+        for c in codes:
+            t = self.tables.get(id(c), False)
+            if t is False:
+                t = self.tables[id(c)] = native_tables(codebook(c))
+            if t is None:
+                return False
+            tables.append(t)
+        self.keep += [p, g, *states, *absmaxes]
         # pointers as plain integers (the second state's repeat the first's for one-state rules: unused there)
         luts = [ctypes.addressof(t.lut) for t in tables] * (3 - k)
         qs, ams = [s.data_ptr() for s in states] * (3 - k), [m.data_ptr() for m in absmaxes] * (3 - k)
         sds = list(seeds) * (3 - k)
-        pp, gp, hp = p.data_ptr(), g.data_ptr(), ctypes.addressof(h)
+        pp, gp, hp = p.data_ptr(), g.data_ptr(), self._hyper(hyper)
         nfull = n // blocksize
         if nfull:  # fields in the order of the C enum D_*
-            self.full.setdefault(blocksize, []).append(
-                ([pp, gp, qs[0], qs[1], ams[0], ams[1], luts[0], luts[1], hp, sds[0], sds[1], 0, nfull], skipped))
+            desc, skips = self.full.setdefault(blocksize, (array("q"), []))
+            desc.extend((pp, gp, qs[0], qs[1], ams[0], ams[1], luts[0], luts[1], hp, sds[0], sds[1], 0, nfull))
+            skips.append(skipped)
         if n % blocksize:
             first, b = nfull * blocksize, 4 * nfull
             self.tails.append(((self.rule, pp + 4 * first, gp + 4 * first, k, qs[0] + first, qs[1] + first,
@@ -86,44 +120,36 @@ class _Parts:
     def run(self) -> None:
         """Makes the calls; adds each parameter's skipped blocks to its counter."""
         lib = native.library()
-        for bs, parts in self.full.items():
-            desc = (ctypes.c_int64 * (_DESC_FIELDS * len(parts)))(*[v for fields, _ in parts for v in fields])
-            nskip = (ctypes.c_int64 * len(parts))()
-            if lib.eb_optim_many(self.rule, self.k, self.wd_mode, bs, self.skip, len(parts), desc, nskip):
+        for bs, (desc, skips) in self.full.items():
+            nskip = array("q", bytes(8 * len(skips)))
+            if lib.eb_optim_many(self.rule, self.k, self.wd_mode, bs, self.skip, len(skips), desc.buffer_info()[0],
+                                 nskip.buffer_info()[0]):
                 raise MemoryError("eb_optim_many: could not allocate its part list")
-            for (_, skipped), bad in zip(parts, nskip):
-                if bad:
-                    skipped += bad
+            _count(skips, nskip)
         for args, skipped in self.tails:
             bad = lib.eb_optim_blocks(*args)
             if bad:
                 skipped += bad
+        if self.f32_skipped:
+            nskip = array("q", bytes(8 * len(self.f32_skipped)))
+            lib.eb_optim_f32_many(self.rule, self.k, self.wd_mode, self.skip, len(self.f32_skipped),
+                                  self.f32.buffer_info()[0], nskip.buffer_info()[0])
+            _count(self.f32_skipped, nskip)
 
 
-_DESC_FIELDS = 13  # eb_optim_many's fields per part (checked against eb_optim_desc_fields in _available)
+def _count(counters: list, nskip: array) -> None:
+    for skipped, bad in zip(counters, nskip):
+        if bad:
+            skipped += bad
 
 
 @register("optimizer_update", "cpu", available=_available)
 def optimizer_update_cpu(rule, p, g, states, absmaxes, codes, hyper, wd_mode, blocksize, seeds, skipped=None):
     """Kernel of ``optimizer_update`` for 8-bit or float32 states of float32 parameters (see the module docstring)."""
-    k = len(states)
-    lib = native.library()
     check_op_scalars(wd_mode, [blocksize])
-    if (lib is None or rule not in NATIVE_RULES or k not in (1, 2) or blocksize > native.MAX_BLOCK
-            or p.dtype != torch.float32 or g.dtype != torch.float32 or not p.is_contiguous()):
+    if native.library() is None or rule not in NATIVE_RULES or len(states) not in (1, 2):
         return NotImplemented
-    skip = int(skipped is not None)
-    if not absmaxes:  # 32-bit states: the rule in place on them (small tensors under min_8bit_size, 32-bit classes)
-        if not all(s.dtype == torch.float32 and s.is_contiguous() and s.numel() == p.numel() for s in states):
-            return NotImplemented
-        g = g.contiguous()
-        n = lib.eb_optim_f32(NATIVE_RULES[rule], p.data_ptr(), g.data_ptr(), states[0].data_ptr(),
-                             states[1].data_ptr() if k == 2 else None, ctypes.byref(Hyper(*hyper)), wd_mode,
-                             p.numel(), blocksize, skip)
-        if n:
-            skipped += n
-        return None
-    parts = _Parts(rule, wd_mode, k, skipped is not None)
+    parts = _Parts(rule, wd_mode, len(states), skipped is not None)
     if not parts.add(p, g.contiguous(), states, absmaxes, codes, hyper, blocksize, seeds, skipped):
         return NotImplemented
     parts.run()
@@ -132,10 +158,11 @@ def optimizer_update_cpu(rule, p, g, states, absmaxes, codes, hyper, wd_mode, bl
 
 @register("optimizer_update_many", "cpu", available=_available)
 def optimizer_update_many_cpu(rule, ps, gs, states, absmaxes, codes, hypers, wd_mode, blocksizes, seeds, skipped):
-    """Kernel of ``optimizer_update_many``: the 8-bit updates the kernel takes as one native call (one parallel
-    region over all their blocks), the others one by one (``optimizer_update_cpu``, or the reference where it
-    declines). A parameter passed twice has its earlier updates run before its next one; parameters that only
-    overlap in memory (different views of one storage) are not supported, as in torch's fused optimizers."""
+    """Kernel of ``optimizer_update_many``: the updates the kernel takes as native calls made together (one parallel
+    region over all 8-bit blocks, one call for all 32-bit states), the others one by one (``optimizer_update_cpu``,
+    or the reference where it declines). A parameter passed twice has its earlier updates run before its next one;
+    parameters that only overlap in memory (different views of one storage) are not supported, as in torch's fused
+    optimizers."""
     check_op_scalars(wd_mode, blocksizes)
     parts, pending = None, set()
     for p, g, s, a, c, h, bs, sd, sk in split_many(ps, gs, states, absmaxes, codes, hypers, blocksizes, seeds,
@@ -143,7 +170,7 @@ def optimizer_update_many_cpu(rule, ps, gs, states, absmaxes, codes, hypers, wd_
         if p.data_ptr() in pending:  # the same parameter twice: its earlier updates run first, as one by one
             parts.run()
             parts, pending = None, set()
-        if a and rule in NATIVE_RULES and len(s) in (1, 2):
+        if rule in NATIVE_RULES and len(s) in (1, 2):
             parts = parts or _Parts(rule, wd_mode, len(s), sk is not None)
             if parts.k == len(s) and parts.skip == (sk is not None) and parts.add(p, g, s, a, c, h, bs, sd, sk):
                 pending.add(p.data_ptr())

@@ -122,8 +122,8 @@ static inline int nonfinite(const float *restrict g, int64_t n) { return absmax_
  * in runs of 2048 values (or one block of bs) over the threads. The reference makes the same float32 operations
  * per element. skip != 0: blocks of bs values whose gradient holds a NaN/Inf are left untouched; returns their
  * number. */
-int64_t eb_optim_f32(int32_t rule, float *p, const float *g, float *s0, float *s1, const eb_hyper_t *h,
-                     int32_t wd_mode, int64_t n, int64_t bs, int32_t skip) {
+static int64_t optim_f32(int32_t rule, float *p, const float *g, float *s0, float *s1, const eb_hyper_t *h,
+                         int32_t wd_mode, int64_t n, int64_t bs, int32_t skip) {
     const eb_hyper_t hv = *h;
     const int64_t run = bs > 2048 ? bs : 2048 / bs * bs, runs = (n + run - 1) / run;
     int64_t nskip = 0;
@@ -143,6 +143,24 @@ int64_t eb_optim_f32(int32_t rule, float *p, const float *g, float *s0, float *s
         }
     }
     return nskip;
+}
+
+/* Fields of one part in eb_optim_f32_many's int64 descriptor array, in order (addresses as integers; S1 unused by
+ * one-state rules). */
+enum { F_P, F_G, F_S0, F_S1, F_H, F_N, F_BS, F_FIELDS };
+int64_t eb_optim_f32_fields(void) { return F_FIELDS; }
+
+/* optim_f32 on nparts parameters in one call (a group's small tensors: one foreign call instead of one each),
+ * one after the other, each over the threads as there: part t's fields at desc[F_FIELDS t + F_*], nskip[t]
+ * receives its skipped blocks. */
+void eb_optim_f32_many(int32_t rule, int32_t nstates, int32_t wd_mode, int32_t skip, int64_t nparts,
+                       const int64_t *desc, int64_t *nskip) {
+    for (int64_t t = 0; t < nparts; t++) {
+        const int64_t *d = desc + F_FIELDS * t;
+        nskip[t] = optim_f32(rule, (float *)(intptr_t)d[F_P], (const float *)(intptr_t)d[F_G],
+                             (float *)(intptr_t)d[F_S0], nstates > 1 ? (float *)(intptr_t)d[F_S1] : NULL,
+                             (const eb_hyper_t *)(intptr_t)d[F_H], wd_mode, d[F_N], d[F_BS], skip);
+    }
 }
 
 /* One tensor's part of a step on 8-bit states: its arrays, maps, hyperparameters and stochastic seeds (seed < 0:
