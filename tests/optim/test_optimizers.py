@@ -263,6 +263,17 @@ def test_skip_counter_from_a_loaded_state(saved, gen):
     assert int(fresh.state[p]["step"]) == 2
 
 
+def _step_and_compare(opt, singles, params, twins, step):
+    """One step of the group's optimizer and of each twin's own: parameters and every state entry bit-identical."""
+    opt.step()
+    for o in singles:
+        o.step()
+    for p, t, o in zip(params, twins, singles):
+        assert torch.equal(p.detach(), t.detach()), step
+        for k, v in opt.state[p].items():
+            assert torch.equal(torch.as_tensor(v), torch.as_tensor(o.state[t][k])), (k, step)
+
+
 @pytest.mark.parametrize("cls,kw", [(O.AdamW8bit, {}), (O.SGD8bit, {"momentum": 0.9}), (O.Lion8bit, {}),
                                     (O.AdamW8bit, {"nonfinite": "skip"})])
 def test_batched_step_equals_one_parameter_at_a_time(cls, kw, gen):
@@ -282,13 +293,7 @@ def test_batched_step_equals_one_parameter_at_a_time(cls, kw, gen):
             if step == 2 and i == 2:
                 g.view(-1)[5] = float("nan")
             p.grad, t.grad = g.clone(), g.clone()
-        opt.step()
-        for o in singles:
-            o.step()
-        for p, t, o in zip(params, twins, singles):
-            assert torch.equal(p.detach(), t.detach()), step
-            for k, v in opt.state[p].items():
-                assert torch.equal(torch.as_tensor(v), torch.as_tensor(o.state[t][k])), (k, step)
+        _step_and_compare(opt, singles, params, twins, step)
     assert not opt.state[params[-1]]
 
 
@@ -311,13 +316,7 @@ def test_batched_step_shares_per_step_values_only_where_they_agree(cls, kw, gen)
                 continue
             g = torch.randn(p.shape, generator=gen) * (1 + 3 * i)  # different norms: different clip scales
             p.grad, t.grad = g.clone(), g.clone()
-        opt.step()
-        for o in singles:
-            o.step()
-        for p, t, o in zip(params, twins, singles):
-            assert torch.equal(p.detach(), t.detach()), step
-            for k, v in opt.state[p].items():
-                assert torch.equal(torch.as_tensor(v), torch.as_tensor(o.state[t][k])), (k, step)
+        _step_and_compare(opt, singles, params, twins, step)
     assert int(opt.state[params[1]]["step"]) == 3 and int(opt.state[params[0]]["step"]) == 5
 
 
