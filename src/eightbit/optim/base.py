@@ -326,10 +326,15 @@ class Optimizer8bit(torch.optim.Optimizer):
         st["skipped_blocks"] = torch.tensor(int(st.get("skipped_blocks", 0)), dtype=torch.int64)
 
     # ----- step ----------------------------------------------------------------------------------
+    # torch.compile runs the step eagerly (a graph break): it is a few native ops whose Python around them (state
+    # creation, cached code tables, per-parameter step counts) Dynamo cannot trace, and compiling would gain nothing
+    @torch.compiler.disable
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
         """One optimizer step over all parameters with a gradient; returns ``closure()`` if given. Plain updates
-        (no paging, no update norm) of a group run as one ``optimizer_update_many`` op per kind of state."""
+        (no paging, no update norm) of a group run as one ``optimizer_update_many`` op per kind of state.
+        Under ``torch.compile`` (of ``step`` itself or of a training step that calls it) it runs eagerly, with the
+        eager result; with ``fullgraph=True`` torch raises at the call, as for any function it may not trace."""
         loss = None
         if closure is not None:
             with torch.enable_grad():
