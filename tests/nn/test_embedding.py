@@ -1,4 +1,6 @@
-"""StableEmbedding: Xavier init, LayerNorm output, 32-bit optimizer state through the manager."""
+"""StableEmbedding: Xavier init, LayerNorm output, 32-bit optimizer state through the manager; every embedding
+module under torch.compile and torch.export."""
+import pytest
 import torch
 
 import eightbit.optim as O
@@ -20,3 +22,34 @@ def test_stable_embedding(seed):
     opt.step()
     assert opt.state[emb.weight]["exp_avg"].dtype == torch.float32  # forced 32-bit
     assert opt.state[lin.weight]["state1"].dtype == torch.uint8
+
+
+@pytest.mark.parametrize("name", ["StableEmbedding", "Embedding8bit", "Embedding"])
+def test_embeddings_compile_fullgraph_and_export(name):
+    """Each embedding module compiles with ``fullgraph=True`` (the eager backend: bit-identical; inductor: within
+    the ulps its own LayerNorm reduction order costs torch's modules too) and round-trips through ``torch.export``
+    with a dynamic number of rows, giving the eager result."""
+    import eightbit.nn as N
+
+    torch.manual_seed(0)
+    if name == "Embedding8bit":
+        m = N.Embedding8bit.from_embedding(torch.nn.Embedding(100, 32))
+    else:
+        m = getattr(N, name)(100, 32)
+    m.eval()
+    idx = torch.randint(0, 100, (4, 7))
+    with torch.no_grad():
+        want = m(idx)
+        torch._dynamo.reset()
+        assert torch.equal(torch.compile(m, backend="eager", fullgraph=True)(idx), want)
+        torch._dynamo.reset()
+        got = torch.compile(m, fullgraph=True)(idx)
+        # LayerNorm over 32 values: |out| <= sqrt(31) < 8, where an ulp is at most 4 eps; another summation order
+        # of the mean and variance moves a result by a few ulps (torch's own Embedding + LayerNorm: 2): allow 8
+        torch.testing.assert_close(got, want, rtol=0, atol=8 * 4 * torch.finfo(torch.float32).eps)
+        torch._dynamo.reset()
+    rows = torch.export.Dim("rows", min=2, max=1024)
+    ep = torch.export.export(m, (idx,), dynamic_shapes=({0: rows},))
+    for n in (4, 9, 2):
+        i = torch.randint(0, 100, (n, 7))
+        assert torch.equal(ep.module()(i), m(i)), n
