@@ -389,7 +389,8 @@ class Optimizer8bit(torch.optim.Optimizer):
             mode = "skip"  # a NaN would reach the gradient-norm history or the update norm before the update
         spec = tuple(self.state_spec(config))
         stochastic = tuple(not signed and bool(config["stochastic_rounding"]) for _, signed in spec)
-        return Plan(mode, norm, *self.rule_for(config), spec, stochastic, {})
+        slots = tuple(tuple(slot(kind, i) for i in range(len(spec))) for kind in ("state", "absmax", "qmap"))
+        return Plan(mode, norm, *self.rule_for(config), spec, stochastic, slots, {})
 
     def _prepare(self, p: torch.Tensor, config: dict[str, Any], plan: Plan) -> Job | None:
         """Everything of one parameter's update up to the op: state created, non-finite check, step counted,
@@ -497,12 +498,12 @@ class Optimizer8bit(torch.optim.Optimizer):
         (absmaxes and codes empty for 32-bit state). Unsigned 8-bit states round stochastically when
         ``stochastic_rounding``."""
         spec = plan.spec
-        k = range(len(spec))
         if not (spec and "state1" in state):
             return [state[n] for n, _ in spec], [], [], [-1] * len(spec)
-        states = [state[slot("state", i)] for i in k]
-        absmaxes = [state[slot("absmax", i)] for i in k]
-        codes = [state[slot("qmap", i)] for i in k]
+        state_keys, absmax_keys, code_keys = plan.slots
+        states = [state[key] for key in state_keys]
+        absmaxes = [state[key] for key in absmax_keys]
+        codes = [state[key] for key in code_keys]
         seeds = plan.memo.get(step)
         if seeds is None:
             seeds = plan.memo[step] = [step_seed(step, i) if sr else -1 for i, sr in enumerate(plan.stochastic)]

@@ -85,4 +85,5 @@ class Plan(NamedTuple):
     wd_mode: int
     spec: tuple
     stochastic: tuple  # per state: rounded stochastically when 8-bit
+    slots: tuple  # the state-dict keys of the 8-bit states, absmaxes and code maps, one tuple each
     memo: dict  # (step, grad_scale) -> OptimHyper; step -> seeds

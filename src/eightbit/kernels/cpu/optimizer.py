@@ -58,7 +58,7 @@ class _Parts:
         self.tails: list[tuple[tuple, torch.Tensor | None]] = []
         self.f32, self.f32_skipped = array("q"), []
         self.hypers: dict[tuple, Hyper] = {}  # a group's parameters mostly share one step's values: one struct
-        self.tables: dict[int, object] = {}  # id(code map) -> its native tables; the maps outlive the call
+        self.luts: dict[int, int | None] = {}  # id(code map) -> its native tables' address (None: not served)
         self.keep: list = []
 
     def _hyper(self, hyper) -> int:
@@ -91,30 +91,29 @@ class _Parts:
             if (s.dtype != torch.uint8 or not s.is_contiguous() or s.numel() != n or a.dtype != torch.float32
                     or not a.is_contiguous() or a.numel() != nb):
                 return False
-        tables = []
+        luts = []
         for c in codes:
-            t = self.tables.get(id(c), False)
-            if t is False:
-                t = self.tables[id(c)] = native_tables(codebook(c))
-            if t is None:
+            lut = self.luts.get(id(c), False)
+            if lut is False:
+                t = native_tables(codebook(c))  # cached on the code map, which outlives the call
+                lut = self.luts[id(c)] = None if t is None else ctypes.addressof(t.lut)
+            if lut is None:
                 return False
-            tables.append(t)
+            luts.append(lut)
         self.keep += [p, g, *states, *absmaxes]
-        # pointers as plain integers (the second state's repeat the first's for one-state rules: unused there)
-        luts = [ctypes.addressof(t.lut) for t in tables] * (3 - k)
-        qs, ams = [s.data_ptr() for s in states] * (3 - k), [m.data_ptr() for m in absmaxes] * (3 - k)
-        sds = list(seeds) * (3 - k)
+        # pointers as plain integers; a one-state rule passes its state twice (the second is unused there)
+        q0, q1, a0, a1 = states[0].data_ptr(), states[-1].data_ptr(), absmaxes[0].data_ptr(), absmaxes[-1].data_ptr()
+        l0, l1, s0, s1 = luts[0], luts[-1], seeds[0], seeds[-1]
         pp, gp, hp = p.data_ptr(), g.data_ptr(), self._hyper(hyper)
         nfull = n // blocksize
         if nfull:  # fields in the order of the C enum D_*
             desc, skips = self.full.setdefault(blocksize, (array("q"), []))
-            desc.extend((pp, gp, qs[0], qs[1], ams[0], ams[1], luts[0], luts[1], hp, sds[0], sds[1], 0, nfull))
+            desc.extend((pp, gp, q0, q1, a0, a1, l0, l1, hp, s0, s1, 0, nfull))
             skips.append(skipped)
         if n % blocksize:
             first, b = nfull * blocksize, 4 * nfull
-            self.tails.append(((self.rule, pp + 4 * first, gp + 4 * first, k, qs[0] + first, qs[1] + first,
-                                ams[0] + b, ams[1] + b, luts[0], luts[1], hp, self.wd_mode, sds[0], sds[1], first, 1,
-                                n - first, self.skip), skipped))
+            self.tails.append(((self.rule, pp + 4 * first, gp + 4 * first, k, q0 + first, q1 + first, a0 + b, a1 + b,
+                                l0, l1, hp, self.wd_mode, s0, s1, first, 1, n - first, self.skip), skipped))
         return True
 
     def run(self) -> None:
