@@ -95,6 +95,28 @@ def test_state_kinds_and_small_tensors():
     assert opt2.state[w]["exp_avg"].dtype == torch.float32
 
 
+def test_state_dict_leaves_the_live_state_alone(gen):
+    """``state_dict()`` gives each parameter's code maps as copies (for safetensors) without touching the optimizer's
+    own state: its parameters keep sharing the one code map per state (the native tables are built once), and
+    changing the returned entries changes nothing live. It once swapped the live maps for the copies, so every
+    checkpoint save cost each parameter a rebuild of its tables and a later step ran on the copies."""
+    ps = [torch.nn.Parameter(torch.randn(5000, generator=gen)) for _ in range(2)]
+    opt = O.AdamW8bit(ps, lr=1e-3)
+    for p in ps:
+        p.grad = torch.randn(5000, generator=gen)
+    opt.step()
+    live = {id(p): dict(opt.state[p]) for p in ps}
+    sd = opt.state_dict()
+    assert sd["state"][0]["qmap1"] is not opt.state[ps[0]]["qmap1"]
+    assert torch.equal(sd["state"][0]["qmap1"], opt.state[ps[0]]["qmap1"])
+    sd["state"][0]["absmax1"] = torch.zeros(3)
+    sd["state"][1].clear()
+    for p in ps:
+        assert opt.state[p].keys() == live[id(p)].keys()
+        assert all(opt.state[p][k] is v for k, v in live[id(p)].items())
+    assert opt.state[ps[0]]["qmap1"] is opt.state[ps[1]]["qmap1"] and opt.state[ps[0]]["qmap2"] is opt.state[ps[1]]["qmap2"]
+
+
 def test_state_dict_resume_bit_identical(tmp_path, gen):
     def make_run(steps_before, steps_after, resume):
         torch.manual_seed(0)

@@ -73,7 +73,11 @@ def test_forced_paging_state_dict_round_trip(forced, seed):
     o2.load_state_dict(o1.state_dict())
     assert len(forced.placed) == 4  # state1, state2, absmax1, absmax2 went through the host placement
     for k, v in o1.state[p1].items():
-        assert torch.equal(o2.state[p2][k], v) and (not isinstance(v, torch.Tensor) or v.data_ptr() != o2.state[p2][k].data_ptr())
+        assert torch.equal(o2.state[p2][k], v)
+        if k.startswith("qmap"):  # the one shared code map per kind (read only), in both optimizers
+            assert o2.state[p2][k] is v
+        elif isinstance(v, torch.Tensor):  # the states themselves are copies
+            assert v.data_ptr() != o2.state[p2][k].data_ptr(), k
     forced.fetches.clear()
     _run(None, {}, seed + 1, steps=2, opt=o1, p=p1)
     _run(None, {}, seed + 1, steps=2, opt=o2, p=p2)

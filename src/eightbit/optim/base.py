@@ -212,12 +212,12 @@ class Optimizer8bit(torch.optim.Optimizer):
 
     def state_dict(self) -> dict[str, Any]:
         """torch's ``state_dict``, with each parameter's code maps (``qmap1``, ``qmap2``: one shared tensor in
-        memory) as its own copy, so the result saves with safetensors (which refuses shared storage)."""
+        memory) as its own copy, so the result saves with safetensors (which refuses shared storage). Each
+        parameter's entry is a new dict (torch's holds the live one), so the copies never replace the shared
+        maps in the optimizer's own state; the other tensors are references, as in torch."""
         sd = super().state_dict()
-        for st in sd["state"].values():
-            for k, v in list(st.items()):
-                if k.startswith("qmap") and isinstance(v, torch.Tensor):
-                    st[k] = v.clone()
+        sd["state"] = {pid: {k: v.clone() if k.startswith("qmap") and isinstance(v, torch.Tensor) else v
+                             for k, v in st.items()} for pid, st in sd["state"].items()}
         return sd
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
