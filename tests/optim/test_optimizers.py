@@ -117,6 +117,37 @@ def test_state_dict_leaves_the_live_state_alone(gen):
     assert opt.state[ps[0]]["qmap1"] is opt.state[ps[1]]["qmap1"] and opt.state[ps[0]]["qmap2"] is opt.state[ps[1]]["qmap2"]
 
 
+@pytest.mark.parametrize("code", ["binary", "dynamic"])
+def test_deepcopy_of_an_optimizer_steps_on_its_own(code, gen):
+    """``copy.deepcopy(optimizer)`` mid-training (EMA/SWA helpers and some trainers do it) gives an independent
+    optimizer: both, fed the same gradients, step bit-identically, and stepping the copy leaves the original's
+    state alone. It failed once: the code maps' cached kernel tables hold ctypes pointers, which cannot be copied."""
+    import copy
+
+    ps = [torch.nn.Parameter(torch.randn(5000, generator=gen)), torch.nn.Parameter(torch.randn(10, generator=gen))]
+    opt = O.AdamW8bit(ps, lr=1e-3, state_code=code)
+    for p in ps:
+        p.grad = torch.randn(p.shape, generator=gen)
+    opt.step()
+    twin = copy.deepcopy(opt)
+    tps = [q for g in twin.param_groups for q in g["params"]]
+    assert all(q is not p and torch.equal(q, p) for p, q in zip(ps, tps))
+    before = {k: v.clone() for k, v in opt.state[ps[0]].items()}
+    for _ in range(3):
+        for p, q in zip(ps, tps):
+            g = torch.randn(p.shape, generator=gen)
+            p.grad, q.grad = g.clone(), g.clone()
+        twin.step()
+        after_twin = {k: v.clone() for k, v in opt.state[ps[0]].items()}
+        assert all(torch.equal(before[k], v) for k, v in after_twin.items())  # the original did not move
+        opt.step()
+        before = {k: v.clone() for k, v in opt.state[ps[0]].items()}
+        for p, q in zip(ps, tps):
+            assert torch.equal(p, q)
+            for k, v in opt.state[p].items():
+                assert torch.equal(torch.as_tensor(v), torch.as_tensor(twin.state[q][k])), k
+
+
 def test_state_dict_resume_bit_identical(tmp_path, gen):
     def make_run(steps_before, steps_after, resume):
         torch.manual_seed(0)

@@ -43,6 +43,12 @@ class Codebook:
         normalized value is below 1 and the division by the scale is exact) rather than by the absmax."""
         return self.groups is not None
 
+    def __deepcopy__(self, memo: dict) -> "Codebook":
+        # immutable, and its kernel tables hold ctypes pointers that cannot be copied: a deep copy of a code tensor
+        # (copy.deepcopy of an optimizer) carries this cache entry along, keyed on the original's address, so the
+        # copy builds its own codebook on first use
+        return self
+
     def table(self, name: str, build: Callable[["Codebook"], Any]) -> Any:
         """The derived object ``name`` of this codebook, ``build(self)`` on first request (kernel tables)."""
         hit = self._tables.get(name, self)
