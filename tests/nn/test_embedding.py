@@ -53,3 +53,27 @@ def test_embeddings_compile_fullgraph_and_export(name):
     for n in (4, 9, 2):
         i = torch.randint(0, 100, (n, 7))
         assert torch.equal(ep.module()(i), m(i)), n
+
+
+@pytest.mark.parametrize("cast,dtype", [("half", torch.float16), ("bfloat16", torch.bfloat16), ("double", torch.float64)])
+def test_embedding8bit_follows_a_float_cast_of_the_model(cast, dtype):
+    """``model.half()`` (or any float cast) on a model holding an Embedding8bit makes it emit that dtype, so the
+    layers after it run (it used to keep emitting float32, which a half Linear refuses); its int8 rows and
+    float32 scales are untouched, and a device move alone keeps the output dtype."""
+    import eightbit.nn as N
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(N.Embedding8bit.from_embedding(torch.nn.Embedding(100, 16)), torch.nn.Linear(16, 4))
+    ids = torch.randint(0, 100, (3, 5))
+    want = model(ids)
+    rows, scales = model[0].weight_int8.clone(), model[0].weight_absmax.clone()
+    getattr(model, cast)()
+    assert model[0].weight_int8.dtype == torch.int8 and torch.equal(model[0].weight_int8, rows)
+    assert model[0].weight_absmax.dtype == torch.float32 and torch.equal(model[0].weight_absmax, scales)
+    out = model.to("cpu")(ids)
+    assert out.dtype == dtype and model[0](ids).dtype == dtype
+    # the rows are dequantized in float32 and rounded once to the new dtype
+    assert torch.equal(model[0](ids), (rows[ids].float() * (scales[ids].unsqueeze(-1) / 127.0)).to(dtype))
+    # the Linear in the new dtype: bfloat16 keeps 8 significant bits (relative 2^-8 per rounding) over sums of
+    # 16 products of values below ~1, so its outputs move by ~1e-2 at most; float16 and float64 far less
+    torch.testing.assert_close(out.float(), want, rtol=0.02, atol=0.02)

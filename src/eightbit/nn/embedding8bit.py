@@ -15,7 +15,8 @@ class Embedding8bit(nn.Module):
     """Embedding table stored as int8 rows with one float32 absmax per row (a quarter of the fp32 memory).
 
     ``Embedding8bit(num_embeddings, embedding_dim, device=None, dtype=None)`` as bitsandbytes; ``dtype`` is the
-    output dtype (default float32). Buffers ``weight_int8`` [num, dim] and ``weight_absmax`` [num]. Loading a
+    output dtype (default float32; a float cast of the module, ``.half()`` or ``.to(torch.bfloat16)``, sets
+    it). Buffers ``weight_int8`` [num, dim] and ``weight_absmax`` [num]. Loading a
     float ``weight`` (an ``nn.Embedding``'s state_dict) quantizes it at load time, so bitsandbytes' sequence
     ``Embedding8bit(...)`` -> ``load_state_dict(fp_sd)`` -> ``.to(device)`` works; ``from_embedding`` does the
     same from a module. Forward: ``(...)`` int64 ids -> ``(..., dim)`` dequantized rows (``row * absmax / 127``).
@@ -47,6 +48,9 @@ class Embedding8bit(nn.Module):
         absmax = self.weight_absmax
         super()._apply(fn, recurse)
         if self.weight_absmax.dtype != torch.float32:  # float32 scales whatever the module is cast to
+            # a float cast of the module (.half(), .to(torch.bfloat16)) is its new output dtype, as for the
+            # layers around it: a half model's embedding must not emit float32
+            self.dtype = self.weight_absmax.dtype
             self.weight_absmax = absmax.to(self.weight_absmax.device)
         return self
 
