@@ -678,3 +678,26 @@ def test_optim_hyper_values_follow_replace():
     r = dataclasses.replace(h, update_scale=0.25)
     assert r.as_list()[3] == 0.25 and h.as_list()[3] == 1.0 and r.as_list()[0] == h.as_list()[0]
     assert r == dataclasses.replace(h, update_scale=0.25) and h != r
+
+
+def test_lr_as_a_tensor(gen):
+    """As torch's optimizers, lr may be a one-element float tensor, read at every step (a scheduler that changes it
+    in place takes effect at the next step): the same steps as with the float. Other tensors are refused."""
+    p, q = (torch.nn.Parameter(torch.randn(5000, generator=gen)) for _ in range(2))
+    q.data.copy_(p.data)
+    lr = torch.tensor(1e-3)
+    a, b = O.AdamW8bit([p], lr=lr), O.AdamW8bit([q], lr=1e-3)
+    for step in range(3):
+        if step == 2:
+            lr.fill_(5e-4)
+            b.param_groups[0]["lr"] = float(torch.tensor(5e-4))  # the float the tensor holds
+        g = torch.randn(5000, generator=gen)
+        p.grad, q.grad = g.clone(), g.clone()
+        a.step()
+        b.step()
+        assert torch.equal(p, q), step
+    for bad in (torch.tensor([1e-3, 1e-3]), torch.tensor(1)):
+        with pytest.raises(ValueError, match="lr given as a tensor"):
+            O.AdamW8bit([p], lr=bad)
+    with pytest.raises(ValueError, match="lr"):
+        O.AdamW8bit([p], lr=torch.tensor(-1.0))

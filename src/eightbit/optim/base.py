@@ -60,7 +60,8 @@ class Optimizer8bit(torch.optim.Optimizer):
       grad_scale are filled in by the base);
     - ``weight_decay_mode``: WD_L2 (added to the gradient), WD_DECOUPLED (AdamW-style) or WD_NONE.
 
-    Keyword options common to all: ``optim_bits`` (8 or 32), ``min_8bit_size`` (tensors with fewer elements
+    Keyword options common to all: ``lr`` (a number, or as in torch a one-element float tensor read at every
+    step), ``optim_bits`` (8 or 32), ``min_8bit_size`` (tensors with fewer elements
     keep 32-bit state), ``percentile_clipping`` (clip the gradient at this percentile of the last 100
     gradient norms of the parameter; 100 = off), ``max_unorm`` (cap ||update|| at max_unorm * ||param||;
     0 = off), ``blocksize`` (64..4096), ``nonfinite``: what a gradient holding NaN/Inf does. "skip_block"
@@ -127,7 +128,12 @@ class Optimizer8bit(torch.optim.Optimizer):
     def _validate(self, d: dict[str, Any]) -> None:
         """Raise ValueError/TypeError unless the settings ``d`` (defaults, a param group, or a group with a
         parameter's overrides) are valid for this optimizer."""
-        check_number(d["lr"], "lr", low=0.0)
+        lr = d["lr"]
+        if isinstance(lr, torch.Tensor):  # as torch's optimizers: a one-element tensor, read at every step
+            if lr.numel() != 1 or not lr.is_floating_point():
+                raise ValueError(f"lr given as a tensor must hold one float, got {lr.dtype} of shape {tuple(lr.shape)}")
+            lr = float(lr)
+        check_number(lr, "lr", low=0.0)
         if "betas" in d:
             betas = d["betas"]
             if not isinstance(betas, (tuple, list)) or len(betas) != self.n_betas:
@@ -419,7 +425,7 @@ class Optimizer8bit(torch.optim.Optimizer):
         h = plan.memo.get((step, grad_scale))
         if h is None:  # one frozen OptimHyper per (step, clip scale): equal for a group's parameters
             h = plan.memo[step, grad_scale] = OptimHyper(
-                lr=config["lr"], weight_decay=config.get("weight_decay", 0.0), grad_scale=grad_scale,
+                lr=float(config["lr"]), weight_decay=config.get("weight_decay", 0.0), grad_scale=grad_scale,
                 **self.hyper(config, step))
         states, absmaxes, codes, seeds = self._op_args(state, config, plan, step)
         bs = int(state.get("blocksize", config["blocksize"]))  # a loaded bitsandbytes state keeps its 256
