@@ -1,6 +1,5 @@
 """8-bit optimizers: parity with 32-bit on two small tasks, state precision, state_dict round trip,
 non-finite gradients, construction checks, overrides, dtypes, memory, fused == eager."""
-import io
 
 import pytest
 import torch
@@ -9,7 +8,7 @@ from safetensors.torch import load, save
 import eightbit.optim as O
 from eightbit.kernels import reference_only
 from eightbit.models.parity import PARITY_CASES as CASES
-from eightbit.models.parity import TinyLM, tail_mean, train_lm, train_mlp
+from eightbit.models.parity import tail_mean, train_lm, train_mlp
 
 
 

@@ -20,7 +20,6 @@ import pytest
 import torch
 from torch import nn
 
-import eightbit
 from eightbit.kernels.cpu import native
 from eightbit.nn import Linear8bitLt, LinearFP8, LinearInt8Static
 from eightbit.quantize import FP8Config, Int8Config, Int8StaticConfig, calibrate, quantize_model

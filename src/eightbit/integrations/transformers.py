@@ -31,7 +31,7 @@ from transformers.quantizers.auto import (
 )
 from transformers.utils.quantization_config import QuantizationConfigMixin
 
-from ..quantize.base import QuantConfig, config_from_dict, matches_any
+from ..quantize.base import QuantConfig, config_from_dict
 from ..quantize.convert import as_linear, is_conv1d, is_linear_like, replace_layers
 
 QUANT_METHOD = "eightbit"
