@@ -343,3 +343,29 @@ def test_blockwise_names_arguments_and_quant_state():
     assert stb.absmax.shape == (3,) and F.dequantize_blockwise(big, stb).shape == (40000,)
     with pytest.raises(ValueError, match="nested"):
         F.quantize_blockwise(x, nested=True)
+
+
+def test_every_optimizer_takes_bitsandbytes_keywords():
+    """Each optimizer class that bitsandbytes also has accepts every keyword of bitsandbytes' constructor, with
+    bitsandbytes' default values (read from its signature, so a keyword it adds later is caught): the 6 to 8
+    positional torch arguments bind the same, and ``optim_bits``, ``args=None``, ``min_8bit_size``, ``is_paged``,
+    ``max_unorm`` by keyword. ``is_paged=True`` gives the paged optimizer; ``args`` other than None is refused."""
+    import inspect
+
+    names = sorted(n for n in dir(bnb.optim) if isinstance(getattr(bnb.optim, n), type) and hasattr(O, n)
+                   and issubclass(getattr(O, n), torch.optim.Optimizer))
+    assert len(names) >= 30, names
+    for name in names:
+        sig = inspect.signature(getattr(bnb.optim, name).__init__)
+        kw = {k: p.default for k, p in sig.parameters.items()
+              if k not in ("self", "params") and p.default is not inspect.Parameter.empty}
+        kw.setdefault("lr", 1e-3)
+        if "LARS" in name:  # bitsandbytes refuses its own default momentum=0 for LARS as well
+            kw["momentum"] = 0.9
+        p = torch.nn.Parameter(torch.randn(5000))
+        opt = getattr(O, name)([p], **kw)
+        assert opt.is_paged == (kw.get("is_paged", False) or name.startswith("Paged")), name
+        if "is_paged" in sig.parameters:
+            assert getattr(O, name)([p], **{**kw, "is_paged": True}).is_paged, name
+        with pytest.raises(ValueError, match="args"):
+            getattr(O, name)([p], **{**kw, "args": object()})

@@ -32,6 +32,8 @@ class Adagrad(Optimizer8bit):
         nonfinite: str = "skip_block",
         state_code: str = "auto",
         stochastic_rounding: bool = True,
+        args: None = None,
+        is_paged: bool = False,
     ) -> None:
         if initial_accumulator_value != 0:
             raise ValueError(f"initial_accumulator_value must be 0, got {initial_accumulator_value!r}")
@@ -40,6 +42,7 @@ class Adagrad(Optimizer8bit):
             min_8bit_size=min_8bit_size, percentile_clipping=percentile_clipping, max_unorm=max_unorm,
             blocksize=blocksize, nonfinite=nonfinite, state_code=state_code,
             stochastic_rounding=stochastic_rounding,
+            args=args, is_paged=is_paged,  # bitsandbytes' keywords (Optimizer8bit)
         ))
 
     def state_spec(self, config: dict[str, Any]):

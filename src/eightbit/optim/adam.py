@@ -36,6 +36,8 @@ class Adam(Optimizer8bit):
         nonfinite: str = "skip_block",
         state_code: str = "auto",
         stochastic_rounding: bool = True,
+        args: None = None,
+        is_paged: bool = False,
     ) -> None:
         if amsgrad:
             raise ValueError(f"{type(self).__name__} does not support amsgrad=True")
@@ -44,6 +46,7 @@ class Adam(Optimizer8bit):
             min_8bit_size=min_8bit_size, percentile_clipping=percentile_clipping, max_unorm=max_unorm,
             blocksize=blocksize, nonfinite=nonfinite, state_code=state_code,
             stochastic_rounding=stochastic_rounding,
+            args=args, is_paged=is_paged,  # bitsandbytes' keywords (Optimizer8bit)
         ))
 
     def state_spec(self, config: dict[str, Any]):

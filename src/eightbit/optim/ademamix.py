@@ -38,6 +38,8 @@ class AdEMAMix(Optimizer8bit):
         nonfinite: str = "skip_block",
         state_code: str = "auto",
         stochastic_rounding: bool = True,
+        args: None = None,
+        is_paged: bool = False,
     ) -> None:
         for name, v in (("t_alpha", t_alpha), ("t_beta3", t_beta3)):
             if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v <= 0):
@@ -50,6 +52,7 @@ class AdEMAMix(Optimizer8bit):
             percentile_clipping=percentile_clipping, max_unorm=max_unorm, blocksize=blocksize, nonfinite=nonfinite,
             state_code=state_code,
             stochastic_rounding=stochastic_rounding,
+            args=args, is_paged=is_paged,  # bitsandbytes' keywords (Optimizer8bit)
         ))
 
     def state_spec(self, config: dict[str, Any]):

@@ -61,7 +61,8 @@ class Optimizer8bit(torch.optim.Optimizer):
     - ``weight_decay_mode``: WD_L2 (added to the gradient), WD_DECOUPLED (AdamW-style) or WD_NONE.
 
     Keyword options common to all: ``lr`` (a number, or as in torch a one-element float tensor read at every
-    step), ``optim_bits`` (8 or 32), ``min_8bit_size`` (tensors with fewer elements
+    step), ``is_paged`` (bitsandbytes' flag: True makes it the ``Paged<Name>`` optimizer), ``args`` (accepted for
+    bitsandbytes compatibility; only None), ``optim_bits`` (8 or 32), ``min_8bit_size`` (tensors with fewer elements
     keep 32-bit state), ``percentile_clipping`` (clip the gradient at this percentile of the last 100
     gradient norms of the parameter; 100 = off), ``max_unorm`` (cap ||update|| at max_unorm * ||param||;
     0 = off), ``blocksize`` (64..4096), ``nonfinite``: what a gradient holding NaN/Inf does. "skip_block"
@@ -99,6 +100,16 @@ class Optimizer8bit(torch.optim.Optimizer):
 
     def __init__(self, params: Iterable, defaults: dict[str, Any]) -> None:
         d = {**dict(defaults), **self._defaults_extra()}
+        # bitsandbytes' constructor keywords that are not group settings: args (an argparse namespace overriding
+        # settings, which eightbit does not read) and is_paged (the Paged<Name> classes, as a flag)
+        if d.pop("args", None) is not None:
+            raise ValueError("args (bitsandbytes' argparse override) is not supported: pass the settings as "
+                             "keyword arguments")
+        is_paged = d.pop("is_paged", False)
+        if not isinstance(is_paged, bool):
+            raise TypeError(f"is_paged must be a bool, got {is_paged!r}")
+        if is_paged:
+            self.is_paged = True  # as the Paged<Name> class (the state of accelerator parameters on the host)
         d.setdefault("stochastic_rounding", True)
         d.setdefault("state_code", "auto")
         if self.fixed_bits is not None:

@@ -29,11 +29,14 @@ class Lion(Optimizer8bit):
         blocksize: int = 2048,
         nonfinite: str = "skip_block",
         state_code: str = "auto",
+        args: None = None,
+        is_paged: bool = False,
     ) -> None:
         super().__init__(params, dict(
             lr=lr, betas=tuple(betas), weight_decay=weight_decay, optim_bits=optim_bits,
             min_8bit_size=min_8bit_size, percentile_clipping=percentile_clipping, max_unorm=max_unorm,
             blocksize=blocksize, nonfinite=nonfinite, state_code=state_code,
+            args=args, is_paged=is_paged,  # bitsandbytes' keywords (Optimizer8bit)
         ))
 
     def state_spec(self, config: dict[str, Any]):

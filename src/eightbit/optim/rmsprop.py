@@ -34,6 +34,8 @@ class RMSprop(Optimizer8bit):
         nonfinite: str = "skip_block",
         state_code: str = "auto",
         stochastic_rounding: bool = True,
+        args: None = None,
+        is_paged: bool = False,
     ) -> None:
         if momentum != 0:
             raise ValueError(f"momentum must be 0 (RMSprop with momentum is not supported), got {momentum!r}")
@@ -44,6 +46,7 @@ class RMSprop(Optimizer8bit):
             min_8bit_size=min_8bit_size, percentile_clipping=percentile_clipping, max_unorm=max_unorm,
             blocksize=blocksize, nonfinite=nonfinite, state_code=state_code,
             stochastic_rounding=stochastic_rounding,
+            args=args, is_paged=is_paged,  # bitsandbytes' keywords (Optimizer8bit)
         ))
 
     def state_spec(self, config: dict[str, Any]):

@@ -32,6 +32,8 @@ class SGD(Optimizer8bit):
         blocksize: int = 2048,
         nonfinite: str = "skip_block",
         state_code: str = "auto",
+        args: None = None,
+        is_paged: bool = False,
     ) -> None:
         if nesterov and (momentum <= 0 or dampening != 0):
             raise ValueError("nesterov needs momentum > 0 and dampening == 0")
@@ -39,6 +41,7 @@ class SGD(Optimizer8bit):
             lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay, nesterov=bool(nesterov),
             optim_bits=optim_bits, min_8bit_size=min_8bit_size, percentile_clipping=percentile_clipping,
             max_unorm=max_unorm, blocksize=blocksize, nonfinite=nonfinite, state_code=state_code,
+            args=args, is_paged=is_paged,  # bitsandbytes' keywords (Optimizer8bit)
         ))
 
     def state_spec(self, config: dict[str, Any]):
