@@ -226,3 +226,64 @@ def test_one_call_over_many_32bit_states_equals_the_reference(lib, gen, monkeypa
         for j in range(k):
             assert torch.equal(native_out[1][i][j], reference_out[1][i][j]), (i, j)
     assert [int(s) for s in native_out[2]] == [int(s) for s in reference_out[2]] == [0, 0, 0, 1, 1, 0]
+
+
+@pytest.mark.parametrize("rule,k", [("adam", 2), ("momentum", 1), ("rmsprop", 1), ("adagrad", 1), ("lion", 1)])
+@pytest.mark.parametrize("eight", [True, False])
+def test_low_precision_parameters_equal_the_reference(lib, gen, monkeypatch, rule, k, eight):
+    """bf16 and fp16 parameters (gradients of their dtype, or float32) take the native kernel on float32 copies of
+    runs of blocks, written back rounded: parameters, states and skip counts bit-identical to the reference
+    (float32 update, one rounding), with sizes spanning several runs, a partial last block, NaN/Inf blocks and
+    stochastic rounding keyed on the element's place in the whole parameter. The reference is made to fail in the
+    native run, so none of them may fall back to it."""
+    import eightbit.kernels.cpu.optimizer as K
+    from eightbit.functional.codes import binary_codebook
+
+    run = K._LOW_CHUNK
+    cases = [(torch.bfloat16, torch.bfloat16, run * 2 + 2048 * 3 + 5), (torch.float16, torch.float16, 4096),
+             (torch.bfloat16, torch.float32, 2048 * 5 + 100)]
+    ps = [(torch.randn(n, generator=gen) * 0.5).to(dt) for dt, _, n in cases]
+    gs = [(torch.randn(n, generator=gen) * 0.01).to(gd) for _, gd, n in cases]
+    gs[0][run + 77] = float("nan")  # a block in the second run
+    gs[1][-1] = float("inf")
+    signed = {"adam": [True, False], "momentum": [True], "lion": [True], "rmsprop": [False], "adagrad": [False]}[rule]
+    codes = [binary_codebook(sg).values for sg in signed]
+    states, absmaxes = [], []
+    for _, _, n in cases:
+        nb = -(-n // 2048)
+        if eight:
+            states.append([torch.randint(0, 256, (n,), generator=gen, dtype=torch.uint8) for _ in range(k)])
+            absmaxes.append([torch.rand(nb, generator=gen) * 1e-3 for _ in range(k)])
+        else:
+            states.append([torch.rand(n, generator=gen) * 1e-4 for _ in range(k)])
+            absmaxes.append([])
+    h = OptimHyper(lr=1e-3, weight_decay=0.01, beta1=0.9, one_minus_beta1=0.1, beta2=0.999, one_minus_beta2=1e-3,
+                   eps=1e-8, bias_correction1=0.19, bias_correction2_sqrt=0.0447, lr_decay=0.5)
+    seeds = [[-1 if sg else step_seed(3, i) for i, sg in enumerate(signed)] for _ in cases]  # unsigned: stochastic
+
+    def step(reference: bool):
+        p = [x.clone() for x in ps]
+        st = [[s.clone() for s in ss] for ss in states]
+        am = [[a.clone() for a in aa] for aa in absmaxes]
+        skipped = [torch.zeros((), dtype=torch.int64) for _ in cases]
+        args = (rule, p, gs, st, am, [codes if eight else [] for _ in cases], [h] * len(cases))
+        kw = dict(wd_mode=WD_DECOUPLED, blocksizes=[2048] * len(cases), seeds=seeds if eight else [[-1] * k] * 3,
+                  skipped=skipped)
+        if reference:
+            with reference_only():
+                optimizer_update_many(*args, **kw)
+        else:
+            with monkeypatch.context() as m:
+                m.setattr(K, "optimizer_update_reference", lambda *a, **kw: pytest.fail("the reference ran"))
+                optimizer_update_many(*args, **kw)
+        return p, st, am, skipped
+
+    native, ref = step(False), step(True)
+    for i in range(len(cases)):
+        assert native[0][i].dtype == cases[i][0] and torch.equal(native[0][i], ref[0][i]), i
+        assert not torch.equal(native[0][i], ps[i]), i  # it stepped
+        for j in range(k):
+            assert torch.equal(native[1][i][j], ref[1][i][j]), (i, j)
+            if eight:
+                assert torch.equal(native[2][i][j], ref[2][i][j]), (i, j)
+    assert [int(s) for s in native[3]] == [int(s) for s in ref[3]] == [1, 1, 0]
