@@ -77,3 +77,6 @@ def test_embedding8bit_follows_a_float_cast_of_the_model(cast, dtype):
     # the Linear in the new dtype: bfloat16 keeps 8 significant bits (relative 2^-8 per rounding) over sums of
     # 16 products of values below ~1, so its outputs move by ~1e-2 at most; float16 and float64 far less
     torch.testing.assert_close(out.float(), want, rtol=0.02, atol=0.02)
+    model.float()  # and back: float32 again
+    assert model[0](ids).dtype == torch.float32 and torch.equal(model[0](ids), model[0](ids).float())
+    assert model[0].to("meta")(ids.to("meta")).dtype == torch.float32  # a device move keeps the dtype

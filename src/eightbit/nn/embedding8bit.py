@@ -46,12 +46,13 @@ class Embedding8bit(nn.Module):
 
     def _apply(self, fn, recurse=True):
         absmax = self.weight_absmax
+        # what the cast makes of a float tensor of the output dtype is the new output dtype (.half(),
+        # .to(torch.bfloat16), .float() after .half(); a device move keeps it), as for the layers around it
+        out_dtype = fn(torch.empty(0, dtype=self.dtype, device=absmax.device)).dtype
         super()._apply(fn, recurse)
         if self.weight_absmax.dtype != torch.float32:  # float32 scales whatever the module is cast to
-            # a float cast of the module (.half(), .to(torch.bfloat16)) is its new output dtype, as for the
-            # layers around it: a half model's embedding must not emit float32
-            self.dtype = self.weight_absmax.dtype
             self.weight_absmax = absmax.to(self.weight_absmax.device)
+        self.dtype = out_dtype
         return self
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
