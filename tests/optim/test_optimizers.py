@@ -700,3 +700,54 @@ def test_lr_as_a_tensor(gen):
             O.AdamW8bit([p], lr=bad)
     with pytest.raises(ValueError, match="lr"):
         O.AdamW8bit([p], lr=torch.tensor(-1.0))
+
+
+@pytest.mark.parametrize("cls", [O.AdamW32bit, O.AdamW8bit])
+def test_switching_from_torch_adamw_mid_run(cls, gen):
+    """A ``torch.optim.AdamW`` checkpoint (step saved as a float tensor) loads into AdamW32bit / AdamW8bit and the run
+    goes on as torch's would: the moments carry over (AdamW8bit quantizes them to nearest into its 8-bit layout,
+    so the switch takes the memory saving; tensors under min_8bit_size keep 32-bit moments) and so does the step
+    count (bias corrections). Over 20 more steps with the same gradients the parameters follow torch's: AdamW32bit to
+    float32 rounding, AdamW8bit within 5 % of the distance travelled."""
+    ps = [torch.nn.Parameter(torch.randn(64, 128, generator=gen)), torch.nn.Parameter(torch.randn(64, generator=gen))]
+    ref = torch.optim.AdamW(ps, lr=1e-3, weight_decay=0.01)
+    grads = [[torch.randn(p.shape, generator=gen) for p in ps] for _ in range(25)]
+    for g in grads[:5]:
+        for p, gi in zip(ps, g):
+            p.grad = gi.clone()
+        ref.step()
+    twins = [torch.nn.Parameter(p.detach().clone()) for p in ps]
+    start = [p.detach().clone() for p in ps]
+    opt = cls(twins, lr=1e-3, weight_decay=0.01, min_8bit_size=1000)
+    opt.load_state_dict(ref.state_dict())
+    st = opt.state[twins[0]]
+    assert int(st["step"]) == 5 and st["step"].dtype == torch.int64
+    assert (st["state1"].dtype == torch.uint8) if cls is O.AdamW8bit else (st["exp_avg"].dtype == torch.float32)
+    assert opt.state[twins[1]]["exp_avg"].dtype == torch.float32  # 64 values: 32-bit in both
+    for g in grads[5:]:
+        for p, q, gi in zip(ps, twins, g):
+            p.grad, q.grad = gi.clone(), gi.clone()
+        ref.step()
+        opt.step()
+    assert int(opt.state[twins[0]]["step"]) == 25
+    for p, q, s in zip(ps, twins, start):
+        if cls is O.AdamW32bit:
+            torch.testing.assert_close(q, p, rtol=1e-5, atol=1e-6)
+        else:
+            assert float((q - p).norm() / (p - s).norm()) < 0.05
+
+
+@pytest.mark.parametrize("bad", [1.5, -1, float("nan"), torch.tensor(2.5), torch.tensor([1.0, 2.0])])
+def test_loaded_step_counts_must_be_whole(bad, gen):
+    """A loaded step count may be an int or a whole-valued tensor of any dtype (torch's optimizers save float32
+    ones); a fractional, negative, NaN or multi-element one is a ValueError naming it, and nothing is loaded."""
+    p = torch.nn.Parameter(torch.randn(100, generator=gen))
+    t = torch.optim.AdamW([p], lr=1e-3)
+    p.grad = torch.randn(100, generator=gen)
+    t.step()
+    sd = t.state_dict()
+    sd["state"][0]["step"] = bad
+    opt = O.AdamW32bit([p], lr=1e-3)
+    with pytest.raises(ValueError, match="'step'.*integer count"):
+        opt.load_state_dict(sd)
+    assert not opt.state[p]

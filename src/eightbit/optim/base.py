@@ -12,6 +12,7 @@ a state_dict made of plain tensors and numbers (safetensors-friendly).
 from __future__ import annotations
 
 import dataclasses
+import math
 import warnings
 from typing import Any, Callable, Iterable
 
@@ -26,7 +27,7 @@ from ..functional.rounding import step_seed
 from . import paging
 from .job import Job, Plan, all_finite, local_tensor, shard_groups, sum_over
 from .manager import GlobalOptimManager
-from .state import shared_code, slot, translate_state
+from .state import quantize_state, shared_code, slot, translate_state
 
 __all__ = ["Optimizer8bit", "bit_variants", "WD_NONE", "WD_L2", "WD_DECOUPLED"]
 
@@ -258,11 +259,12 @@ class Optimizer8bit(torch.optim.Optimizer):
                              "than this optimizer")
         translated = dict(state_dict["state"])
         specs: dict[Any, tuple] = {}  # pid -> the state spec under its own group's settings
+        configs: dict[Any, dict] = {}
         for saved, group in zip(groups, self.param_groups):
             merged = {**group, **{k: v for k, v in saved.items() if k != "params"}}
             for pid, p in zip(saved["params"], group["params"]):
                 if pid in translated:
-                    config = self._config(p, merged)
+                    config = configs[pid] = self._config(p, merged)
                     pl = local_tensor(p)
                     specs[pid] = self.state_spec(config)
                     translated[pid] = translate_state(translated[pid], specs[pid], pl.numel(), config["blocksize"])
@@ -290,7 +292,26 @@ class Optimizer8bit(torch.optim.Optimizer):
                         st[k] = v.detach().to(dev, copy=True).contiguous()
                     else:
                         st[k] = v
+                if specs[pid] and "state1" not in st:  # 32-bit (torch's optimizers, a 32-bit eightbit one)
+                    st = self._requantized(st, p, configs[pid])
                 self.state[p] = st
+
+    def _requantized(self, st: dict[str, Any], p: torch.Tensor, config: dict[str, Any]) -> dict[str, Any]:
+        """A loaded 32-bit state in the 8-bit layout where this optimizer keeps ``p``'s state in 8 bits (switching
+        from torch's AdamW to AdamW8bit mid-run keeps the moments and takes the memory saving), each moment
+        rounded to nearest on the map a new state would get; ``st`` unchanged where the state stays 32-bit."""
+        fresh: dict[str, Any] = {}
+        self._init_state(local_tensor(p), fresh, config, p.numel() * (2 if p.is_complex() else 1))
+        if "state1" not in fresh:
+            return st
+        bs = int(fresh["blocksize"])
+        for i, (name, _) in enumerate(self.state_spec(config)):
+            codes, absmax = quantize_state(st.pop(name), codebook(fresh[slot("qmap", i)]), bs)
+            fresh[slot("state", i)].copy_(codes)
+            fresh[slot("absmax", i)].copy_(absmax)
+        for k, v in fresh.items():  # the loaded counters and history stay; the 8-bit entries are new
+            st.setdefault(k, v)
+        return st
 
     def _check_state(self, pid: Any, st: Any, p: torch.Tensor, config: dict[str, Any]) -> None:
         """Raise ValueError unless ``st`` is a well-formed state of local parameter ``p`` under ``config``; its
@@ -336,11 +357,16 @@ class Optimizer8bit(torch.optim.Optimizer):
             _check_entry(where, "gnorm_history", st["gnorm_history"], torch.float32, (100,))
         for name in ("step", "skipped_steps", "skipped_blocks"):
             v = st.get(name, 0)
-            if not (isinstance(v, int) or (isinstance(v, torch.Tensor) and v.numel() == 1 and not v.is_floating_point())):
+            # torch's own optimizers save step as a float32 tensor (1., 2., ...): a whole number is a count too
+            n = v.item() if isinstance(v, torch.Tensor) and v.numel() == 1 else v
+            if isinstance(n, bool) or not isinstance(n, (int, float)) or not (math.isfinite(n) and n >= 0 and n == int(n)):
                 raise ValueError(f"{where}[{name!r}] must be an integer count, got {v!r}")
+            if name in st and isinstance(v, torch.Tensor) and v.is_floating_point():
+                st[name] = torch.tensor(int(n), dtype=torch.int64)
         # the update kernel adds to this counter in place: an int64 tensor (moved to the parameter's device by
         # load_state_dict), also for a state saved before it existed or saved as an int or another integer dtype
         st["skipped_blocks"] = torch.tensor(int(st.get("skipped_blocks", 0)), dtype=torch.int64)
+        st["skipped_steps"] = torch.tensor(int(st.get("skipped_steps", 0)), dtype=torch.int64)  # torch's: none
 
     # ----- step ----------------------------------------------------------------------------------
     # torch.compile runs the step eagerly (a graph break): it is a few native ops whose Python around them (state
