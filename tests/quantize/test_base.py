@@ -42,6 +42,14 @@ class _HalfConfig(QuantConfig):
         ("encoder.layer.1.attention.query", ("encoder.layer.0.*",), False),
         ("encoder.layer.1.attention.query", ("*.query",), True),
         ("encoder.layer.1.attention.query", (), False),
+        # a pattern naming a parent covers the layers under it (transformers' llm_int8_skip_modules), whole
+        # components only
+        ("model.vision_tower.encoder.layers.0.q_proj", ("vision_tower",), True),
+        ("model.layers.0.mlp.up_proj", ("mlp",), True),
+        ("model.layers.0.xmlp.up_proj", ("mlp",), False),
+        ("model.layers.0.mlp_gate", ("mlp",), False),
+        ("model.layers.3.mlp.up_proj", ("layers.0",), False),
+        ("model.layers.0.mlp.up_proj", ("layers.0",), True),
     ],
 )
 def test_matches_any(name, patterns, expected):

@@ -48,7 +48,8 @@ class EightbitConfig(QuantizationConfigMixin):
     loading when they use static activation scales). ``**options`` are the fields of that config
     (e.g. ``threshold=6.0`` for llm_int8, ``format="e4m3"`` for fp8); they are validated at once.
     ``skip_modules``: name patterns of linear layers kept in float (fnmatch on the full dotted name or a
-    dotted suffix, e.g. ``"lm_head"``, ``"encoder.layer.0.*"``). ``None`` (default) keeps transformers'
+    dotted suffix, e.g. ``"lm_head"``, ``"encoder.layer.0.*"``, of the layer or of a module above it, so
+    ``"vision_tower"`` keeps every layer under it in float). ``None`` (default) keeps transformers'
     usual choice in float: the output embedding (``lm_head``), tied weights and the last layer.
     Tied weights are never quantized, whatever ``skip_modules`` says.
 

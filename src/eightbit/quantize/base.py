@@ -36,7 +36,8 @@ class QuantConfig:
     Subclasses are dataclasses with a class-level ``method`` name and implement ``make_linear``.
     ``skip_modules``: name patterns of linear layers left in float. A pattern matches a module's full
     dotted name by ``fnmatch`` (``"encoder.layer.0.*"``), or any dotted suffix of it (``"lm_head"``
-    matches ``"model.lm_head"``).
+    matches ``"model.lm_head"``), of the layer or of a module above it (``"vision_tower"`` covers the layers
+    under it; :func:`matches_any`).
     """
 
     method: ClassVar[str] = ""
@@ -93,10 +94,12 @@ def config_from_dict(data: dict[str, Any]) -> QuantConfig:
 
 
 def matches_any(name: str, patterns: tuple[str, ...] | list[str]) -> bool:
-    """True when dotted module ``name`` matches any pattern (fnmatch on the full name or a dotted suffix)."""
+    """True when dotted module ``name`` or one of its parents matches any pattern (fnmatch on the full name or a
+    dotted suffix): a pattern naming a module covers every layer under it (``"vision_tower"``, ``"mlp"``), as
+    transformers' ``llm_int8_skip_modules`` do, but only whole name components match (``"mlp"`` is not ``"xmlp"``)."""
     parts = name.split(".")
-    suffixes = [".".join(parts[i:]) for i in range(len(parts))]
-    return any(fnmatch.fnmatchcase(s, p) for p in patterns for s in suffixes)
+    paths = [".".join(parts[i:j]) for j in range(len(parts), 0, -1) for i in range(j)]  # suffixes of prefixes
+    return any(fnmatch.fnmatchcase(s, p) for p in patterns for s in paths)
 
 
 def _to_json(v: Any) -> Any:
