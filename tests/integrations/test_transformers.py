@@ -299,3 +299,26 @@ def test_minilm_llm_int8_fidelity_and_round_trip(minilm, tmp_path):
     reloaded = AutoModel.from_pretrained(tmp_path / "q").eval()
     # same batches as above: LLM.int8() picks outlier columns per batch, so batching must match
     assert torch.equal(embed_sentences(reloaded, tok, sentences), got)
+
+
+def test_config_from_bitsandbytes(tmp_path):
+    """``EightbitConfig.from_bitsandbytes`` maps a ``BitsAndBytesConfig(load_in_8bit=True, ...)`` (or its dict):
+    threshold and skip patterns carry over, and a LLaMA loaded with it keeps exactly the layers under the
+    skipped module in float; 4-bit, fp16-weight and non-8-bit configs are ValueErrors."""
+    bnb_cfg = transformers.BitsAndBytesConfig(load_in_8bit=True, llm_int8_threshold=4.5,
+                                              llm_int8_skip_modules=["lm_head", "mlp"])
+    for src in (bnb_cfg, bnb_cfg.to_dict()):
+        cfg = ebt.EightbitConfig.from_bitsandbytes(src)
+        assert cfg.method == "llm_int8" and cfg.skip_modules == ["lm_head", "mlp"] and cfg.options["threshold"] == 4.5
+    _save_float("llama", tmp_path)
+    model = AutoModelForCausalLM.from_pretrained(tmp_path, quantization_config=cfg)
+    linear = {n for n, m in model.named_modules() if isinstance(m, (torch.nn.Linear, QuantizedLinear))}
+    assert _quantized_names(model) == {n for n in linear if ".self_attn." in n}  # mlp.* and lm_head stay float
+    assert ebt.EightbitConfig.from_bitsandbytes({"load_in_8bit": True}).options["threshold"] == 6.0
+    for bad, match in [(transformers.BitsAndBytesConfig(load_in_4bit=True), "4bit"),
+                       (transformers.BitsAndBytesConfig(load_in_8bit=True, llm_int8_has_fp16_weight=True), "fp16"),
+                       ({"load_in_8bit": False}, "8 bits")]:
+        with pytest.raises(ValueError, match=match):
+            ebt.EightbitConfig.from_bitsandbytes(bad)
+    with pytest.raises(TypeError):
+        ebt.EightbitConfig.from_bitsandbytes("llm_int8")
