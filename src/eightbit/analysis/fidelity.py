@@ -107,7 +107,12 @@ def compare_outputs(kind: str, reference: list[torch.Tensor], quantized: list[to
 
 
 def compare_models(quantized: nn.Module, reference: nn.Module, batches: Iterable[Any]) -> Fidelity:
-    """Run both models on ``batches`` (tensors, tuples or dicts of keyword arguments) and score them."""
+    """Run both models on ``batches`` (tensors, tuples or dicts of keyword arguments, e.g. a tokenizer's output)
+    and score the quantized one against the reference (a :class:`Fidelity`): for logits (``.logits``) the
+    top-1 agreement, for hidden states (``.last_hidden_state``, a tensor, or the first of a tuple) the cosine of
+    the mean-pooled embeddings over the attention mask (per position without one); both with the max absolute
+    and relative (Frobenius) error over unmasked positions. ValueError for no batches or outputs that differ in
+    kind or shape; TypeError for outputs holding neither."""
     batches = list(batches)
     kind, ref_out, _ = model_outputs(reference, batches)
     kind_q, q_out, _ = model_outputs(quantized, batches)
