@@ -294,27 +294,6 @@ class EightbitHfQuantizer(HfQuantizer):
     def is_serializable(self, *args: Any, **kwargs: Any) -> bool:
         return True
 
-    @classmethod
-    def from_bitsandbytes(cls, bnb_config: Any) -> "EightbitConfig":
-        """The LLM.int8() config equivalent to a transformers ``BitsAndBytesConfig(load_in_8bit=True, ...)`` (or its
-        ``to_dict()``): ``llm_int8_threshold`` -> ``threshold``, ``llm_int8_skip_modules`` -> ``skip_modules`` (the
-        same patterns cover the same layers). ValueError for what has no LLM.int8() meaning here: 4-bit loading,
-        ``llm_int8_has_fp16_weight=True`` (trainable float weights: use ``eightbit.nn.Linear8bitLt(...,
-        has_fp16_weights=True)`` directly) or a config that does not load in 8 bits."""
-        d = bnb_config.to_dict() if hasattr(bnb_config, "to_dict") else bnb_config
-        if not isinstance(d, dict):
-            raise TypeError(f"bnb_config must be a BitsAndBytesConfig or its dict, got {type(bnb_config).__name__}")
-        if d.get("load_in_4bit") or d.get("_load_in_4bit"):
-            raise ValueError("load_in_4bit has no eightbit equivalent: eightbit quantizes to 8 bits")
-        if not (d.get("load_in_8bit") or d.get("_load_in_8bit")):
-            raise ValueError("bnb_config does not load in 8 bits (load_in_8bit=False)")
-        if d.get("llm_int8_has_fp16_weight"):
-            raise ValueError("llm_int8_has_fp16_weight=True is not supported through from_pretrained: use "
-                             "eightbit.nn.Linear8bitLt(..., has_fp16_weights=True)")
-        skips = d.get("llm_int8_skip_modules")
-        return cls("llm_int8", skip_modules=None if skips is None else list(skips),
-                   threshold=float(d.get("llm_int8_threshold", 6.0)))
-
     @property
     def is_trainable(self) -> bool:
         return self.quantization_config.is_trainable
