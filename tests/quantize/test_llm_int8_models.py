@@ -116,3 +116,32 @@ def test_minilm_cosine_to_fp32(minilm_embeddings):
     assert n_int8 == 6 * 6 + 1  # 6 BERT layers x 6 linears + pooler
     print(f"MiniLM memory: {before / 2**20:.1f} MiB -> {after / 2**20:.1f} MiB")
     assert after < 0.75 * before  # embeddings stay fp32; every linear drops to ~1/4
+
+
+@pytest.mark.parametrize("make_config", [lambda: eightbit.Int8Config(), lambda: eightbit.FP8Config(activation="dynamic")])
+def test_torch_transformer_encoder_and_multihead_attention(make_config):
+    """torch's own nn.TransformerEncoder (and a bare nn.MultiheadAttention) quantize and run, in training mode and
+    on the no-grad inference fast path: the attention's out_proj stays float (the attention reads its weight
+    directly, as torch.ao leaves it), the feed-forward layers convert, and the fused fast path is not taken with
+    the converted layers (it would hand their 8-bit weights to a float kernel). The outputs follow the float model."""
+    import copy
+
+    torch.manual_seed(0)
+    enc = nn.TransformerEncoder(nn.TransformerEncoderLayer(64, 4, 128, batch_first=True), 2).eval()
+    x = torch.randn(2, 10, 64)
+    with torch.no_grad():
+        want = enc(x)
+    q = eightbit.quantize_model(copy.deepcopy(enc), make_config())
+    for layer in q.layers:
+        assert type(layer.self_attn.out_proj) is nn.modules.linear.NonDynamicallyQuantizableLinear
+        assert type(layer.linear1).__name__ in ("Linear8bitLt", "LinearFP8")
+    got_grad = q(x)  # grad enabled: the regular path
+    with torch.no_grad():
+        got_fast = q(x)  # no grad, eval: where the fast path would run
+    for got in (got_grad, got_fast):
+        cos = torch.nn.functional.cosine_similarity(got.flatten(), want.flatten(), dim=0)
+        assert cos > 0.999, float(cos)
+    torch.testing.assert_close(got_fast, got_grad.detach())
+    mha = nn.MultiheadAttention(64, 4, batch_first=True).eval()
+    qm = eightbit.quantize_model(copy.deepcopy(mha), make_config())
+    assert torch.equal(qm(x, x, x)[0], mha(x, x, x)[0])  # nothing in it converts

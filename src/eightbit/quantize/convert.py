@@ -32,7 +32,11 @@ def as_linear(module: nn.Module) -> nn.Linear:
 
 
 def is_linear_like(module: nn.Module) -> bool:
-    """True for layers ``quantize_model`` converts (``nn.Linear`` and transformers ``Conv1D``)."""
+    """True for layers ``quantize_model`` converts (``nn.Linear`` and transformers ``Conv1D``), except the
+    ``out_proj`` of ``nn.MultiheadAttention`` (torch's ``NonDynamicallyQuantizableLinear``): the attention reads
+    its weight directly instead of calling it, so it stays in float (as in torch.ao's dynamic quantization)."""
+    if isinstance(module, nn.modules.linear.NonDynamicallyQuantizableLinear):
+        return False
     return isinstance(module, nn.Linear) or is_conv1d(module)
 
 
@@ -78,6 +82,11 @@ def replace_layers(model: nn.Module, config: QuantConfig, names: Iterable[str]) 
                 parent = modules[parent_name]
                 setattr(parent, attr, new)
                 undo.append((parent, attr, original))
+                if isinstance(parent, nn.TransformerEncoderLayer):
+                    # its inference fast path passes linear1/linear2's weights to a fused kernel as float tensors;
+                    # this flag is its only gate that the layers cannot satisfy, and the regular path (used from
+                    # now on, also after an undo: the same results) calls the layers
+                    parent.activation_relu_or_gelu = 0
     except BaseException:
         undo_replacements(undo)
         raise
