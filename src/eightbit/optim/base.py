@@ -19,7 +19,7 @@ from typing import Any, Callable, Iterable
 import torch
 
 from .._checks import check_choice, check_number
-from ..functional.blockwise import VALID_BLOCKSIZES, check_blocksize
+from ..functional.blockwise import VALID_BLOCKSIZES, check_blocksize, quantize_blockwise
 from ..functional.codes import binary_codebook, codebook, dynamic_codebook
 from ..functional.optimizer import (WD_DECOUPLED, WD_L2, WD_NONE, OptimHyper, check_update_many, compute_dtype,
                                     dispatch_update_many, optimizer_update, optimizer_update_norm)
@@ -27,7 +27,7 @@ from ..functional.rounding import step_seed
 from . import paging
 from .job import Job, Plan, all_finite, local_tensor, shard_groups, sum_over
 from .manager import GlobalOptimManager
-from .state import quantize_state, shared_code, slot, translate_state
+from .state import shared_code, slot, translate_state
 
 __all__ = ["Optimizer8bit", "bit_variants", "WD_NONE", "WD_L2", "WD_DECOUPLED"]
 
@@ -305,10 +305,10 @@ class Optimizer8bit(torch.optim.Optimizer):
         if "state1" not in fresh:
             return st
         bs = int(fresh["blocksize"])
-        for i, (name, _) in enumerate(self.state_spec(config)):
-            codes, absmax = quantize_state(st.pop(name), codebook(fresh[slot("qmap", i)]), bs)
+        for i, (name, _) in enumerate(self.state_spec(config)):  # to nearest, as a step without its stochastic draw
+            codes, qs = quantize_blockwise(st.pop(name).float(), fresh[slot("qmap", i)], blocksize=bs)
             fresh[slot("state", i)].copy_(codes)
-            fresh[slot("absmax", i)].copy_(absmax)
+            fresh[slot("absmax", i)].copy_(qs.absmax)
         for k, v in fresh.items():  # the loaded counters and history stay; the 8-bit entries are new
             st.setdefault(k, v)
         return st

@@ -19,10 +19,10 @@ from typing import Any
 
 import torch
 
-from ..functional.blockwise import VALID_BLOCKSIZES, quantize_blocks
-from ..functional.codes import Codebook, binary_codebook, dynamic_codebook
+from ..functional.blockwise import VALID_BLOCKSIZES
+from ..functional.codes import binary_codebook, dynamic_codebook
 
-__all__ = ["slot", "translate_state", "shared_code", "quantize_state"]
+__all__ = ["slot", "translate_state", "shared_code"]
 
 BNB_NESTED = "__bnb_optimizer_quant_state__"
 
@@ -96,20 +96,3 @@ def translate_state(st: Any, spec: tuple[tuple[str, bool], ...], numel: int, gro
     for key in ("unorm_vec", "gnorm_vec"):  # bitsandbytes' clipping buffers: eightbit keeps its own history
         st.pop(key, None)
     return st
-
-
-def quantize_state(value: torch.Tensor, cb: Codebook, blocksize: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """A 32-bit state (float moments, as torch's optimizers keep them) in the 8-bit layout: (uint8 codes of
-    ``value``'s shape, float32 scale per block of ``blocksize`` values, the last block partial), rounded to
-    nearest on ``cb`` as a step's requantization would be without its stochastic draw."""
-    flat = value.detach().reshape(-1).float()
-    n, nfull = flat.numel(), flat.numel() // blocksize
-    codes = torch.empty(n, dtype=torch.uint8, device=flat.device)
-    absmax = torch.empty(-(-n // blocksize), dtype=torch.float32, device=flat.device)
-    if nfull:
-        q, a = quantize_blocks(flat[: nfull * blocksize].view(nfull, blocksize), cb)
-        codes[: nfull * blocksize], absmax[:nfull] = q.reshape(-1), a
-    if n % blocksize:
-        q, a = quantize_blocks(flat[nfull * blocksize :].view(1, -1), cb, first=nfull * blocksize)
-        codes[nfull * blocksize :], absmax[nfull:] = q.reshape(-1), a
-    return codes.view(value.shape), absmax
