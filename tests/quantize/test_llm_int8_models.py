@@ -119,7 +119,7 @@ def test_minilm_cosine_to_fp32(minilm_embeddings):
 
 
 @pytest.mark.parametrize("make_config", [lambda: eightbit.Int8Config(), lambda: eightbit.FP8Config(activation="dynamic")])
-def test_torch_transformer_encoder_and_multihead_attention(make_config):
+def test_torch_transformer_encoder_and_multihead_attention(make_config, tmp_path):
     """torch's own nn.TransformerEncoder (and a bare nn.MultiheadAttention) quantize and run, in training mode and
     on the no-grad inference fast path: the attention's out_proj stays float (the attention reads its weight
     directly, as torch.ao leaves it), the feed-forward layers convert, and the fused fast path is not taken with
@@ -142,6 +142,14 @@ def test_torch_transformer_encoder_and_multihead_attention(make_config):
         cos = torch.nn.functional.cosine_similarity(got.flatten(), want.flatten(), dim=0)
         assert cos > 0.999, float(cos)
     torch.testing.assert_close(got_fast, got_grad.detach())
+    # the streaming loader puts its layers in place the same way
+    from safetensors.torch import save_file
+
+    save_file(enc.state_dict(), str(tmp_path / "enc.safetensors"))
+    factory = lambda: nn.TransformerEncoder(nn.TransformerEncoderLayer(64, 4, 128, batch_first=True), 2)  # noqa: E731
+    streamed = eightbit.load_quantized_from_float(tmp_path / "enc.safetensors", factory, make_config()).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(streamed(x), got_fast)
     mha = nn.MultiheadAttention(64, 4, batch_first=True).eval()
     qm = eightbit.quantize_model(copy.deepcopy(mha), make_config())
     assert torch.equal(qm(x, x, x)[0], mha(x, x, x)[0])  # nothing in it converts

@@ -32,7 +32,7 @@ from transformers.quantizers.auto import (
 from transformers.utils.quantization_config import QuantizationConfigMixin
 
 from ..quantize.base import QuantConfig, config_from_dict
-from ..quantize.convert import as_linear, is_conv1d, is_linear_like, replace_layers
+from ..quantize.convert import as_linear, is_conv1d, is_linear_like, put_layer, replace_layers
 
 QUANT_METHOD = "eightbit"
 METHODS = ("llm_int8", "fp8", "int8_static")
@@ -217,7 +217,7 @@ class _QuantizeOnLoad(ConversionOps):
                 real = torch.zeros(out_features, dtype=bias.dtype, device=value.device) if placeholder else bias.detach()
                 lin.bias = nn.Parameter(real)
             layer = self.quantizer.eightbit_config.make_linear(lin, layer_name)
-            setattr(model.get_submodule(parent_name) if parent_name else model, attr, layer)
+            put_layer(model.get_submodule(parent_name) if parent_name else model, attr, layer)
             if missing_keys is not None:
                 missing_keys.discard(param_name)  # consumed, even when the layer stores it under another name
             for key, tensor in layer.state_dict().items():
@@ -256,7 +256,7 @@ class EightbitHfQuantizer(HfQuantizer):
             modules = dict(model.named_modules())
             for name in names:
                 parent_name, _, attr = name.rpartition(".")
-                setattr(modules[parent_name], attr, _skeleton(self.eightbit_config, as_linear(modules[name]), name))
+                put_layer(modules[parent_name], attr, _skeleton(self.eightbit_config, as_linear(modules[name]), name))
         self.quantized_layers = names
         self._quantized_set = set(names)
         model._eightbit_config = self.eightbit_config

@@ -40,6 +40,16 @@ def is_linear_like(module: nn.Module) -> bool:
     return isinstance(module, nn.Linear) or is_conv1d(module)
 
 
+def put_layer(parent: nn.Module, attr: str, layer: nn.Module) -> None:
+    """Set the quantized ``layer`` as ``parent.<attr>`` (every path that converts a model puts its layers in place
+    here). torch's ``nn.TransformerEncoderLayer`` is switched to its regular path, which calls its layers: its
+    inference fast path would pass ``linear1``/``linear2``'s weights to a fused float kernel, and this flag is the
+    one gate of that path the quantized layers cannot satisfy (kept after an undo: the same results)."""
+    setattr(parent, attr, layer)
+    if isinstance(parent, nn.TransformerEncoderLayer):
+        parent.activation_relu_or_gelu = 0
+
+
 def find_linear_layers(model: nn.Module, config: QuantConfig | None = None) -> list[str]:
     """Dotted names of the layers ``quantize_model(model, config)`` would convert (skips applied)."""
     return [
@@ -80,13 +90,8 @@ def replace_layers(model: nn.Module, config: QuantConfig, names: Iterable[str]) 
             for place in places[id(original)]:
                 parent_name, _, attr = place.rpartition(".")
                 parent = modules[parent_name]
-                setattr(parent, attr, new)
+                put_layer(parent, attr, new)
                 undo.append((parent, attr, original))
-                if isinstance(parent, nn.TransformerEncoderLayer):
-                    # its inference fast path passes linear1/linear2's weights to a fused kernel as float tensors;
-                    # this flag is its only gate that the layers cannot satisfy, and the regular path (used from
-                    # now on, also after an undo: the same results) calls the layers
-                    parent.activation_relu_or_gelu = 0
     except BaseException:
         undo_replacements(undo)
         raise

@@ -26,7 +26,7 @@ from torch import nn
 
 from .._memory import empty
 from .base import QuantConfig
-from .convert import as_linear, is_linear_like
+from .convert import as_linear, is_linear_like, put_layer
 
 INDEX_NAME = "model.safetensors.index.json"
 SINGLE_NAME = "model.safetensors"
@@ -497,7 +497,7 @@ def _quantize_target(module: nn.Module, places: list[tuple[nn.Module, str, str]]
     then put its meta placeholders back so the float tensors are freed."""
     new = config.make_linear(as_linear(module), places[0][2])
     for parent, attr, _ in places:
-        setattr(parent, attr, new)
+        put_layer(parent, attr, new)
     for attr, t in module._parameters.items():
         if t is not None:
             module._parameters[attr] = nn.Parameter(t.to("meta"), requires_grad=False)
