@@ -14,10 +14,13 @@ def gpt2():
     return build_gpt2_with_outliers(n_layer=2, n_embd=128, outlier_dims=(7, 64), seed=3).eval()
 
 
-def test_logits_identical_model_and_quantized(gpt2, gen):
+def test_logits_identical_model_and_quantized(gpt2):
     """The reference against itself: no error, every top-1 token agrees. LLM.int8() with its outlier threshold
     agrees on nearly every token with a small error; with the threshold off (no decomposition), the planted
-    outlier dims cost it clearly more error, which the score must show."""
+    outlier dims cost it clearly more error, which the score must show. Fixed inputs (seed 0: 92.4 % agreement,
+    2.3x the error without the threshold): over fresh random tokens the agreement ranges down to 85 %, so these
+    floors would fail by chance."""
+    gen = torch.Generator().manual_seed(0)
     batches = [torch.randint(0, 512, (2, 24), generator=gen) for _ in range(3)]
     same = compare_models(gpt2, gpt2, batches)
     assert isinstance(same, Fidelity) and same.kind == "logits"
