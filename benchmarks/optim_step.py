@@ -1,5 +1,5 @@
 """One optimizer step on a single parameter tensor, side by side in one process:
-``python -m benchmarks.optim_step [n_params=20e6] [--others | --minilm] [--json out.json]``.
+``python -m benchmarks.optim_step [n_params=20e6] [--others | --minilm] [--dtype bfloat16|float16] [--json out.json]``.
 
 torch AdamW (fused, foreach) and eightbit AdamW8bit (stochastic and nearest rounding of v), ``lr=1e-3`` on
 ``randn(n) * 0.1`` with gradient ``randn(n) * 0.01``; median of 15 steps after 3 warm-up steps, implementations
@@ -27,6 +27,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--steps", type=int, default=15)
     ap.add_argument("--others", action="store_true", help="every 8-bit optimizer, binary vs decimal map vs torch")
     ap.add_argument("--minilm", action="store_true", help="AdamW8bit vs fused AdamW over MiniLM's parameters")
+    ap.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32",
+                    help="parameter and gradient dtype of the single-tensor comparison (default float32)")
     args = ap.parse_args(argv)
     from eightbit.optim import AdamW8bit
 
@@ -44,21 +46,23 @@ def main(argv: list[str] | None = None) -> None:
         "eightbit AdamW8bit": lambda ps: AdamW8bit(ps, lr=1e-3),
         "eightbit AdamW8bit, nearest v": lambda ps: AdamW8bit(ps, lr=1e-3, stochastic_rounding=False),
     }
-    ms = _time(makers, lambda gen: _tensor(n, gen), args.steps)
+    dtype = getattr(torch, args.dtype)
+    ms = _time(makers, lambda gen: _tensor(n, gen, dtype), args.steps)
     fused = ms["torch AdamW fused"]
     rows = []
-    print(f"| implementation ({n / 1e6:.1f}M params) | median ms | x fused |\n|---|---:|---:|")
+    print(f"| implementation ({n / 1e6:.1f}M {args.dtype} params) | median ms | x fused |\n|---|---:|---:|")
     for name, med in ms.items():
         rows.append({"impl": name, "median_ms": med, "x_fused": med / fused})
         print(f"| {name} | {med:.1f} | {med / fused:.2f} |")
     args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps({"command": "python -m benchmarks.optim_step", "params": n, "rows": rows}, indent=1))
+    args.json.write_text(json.dumps({"command": "python -m benchmarks.optim_step", "params": n, "dtype": args.dtype,
+                                     "rows": rows}, indent=1))
 
 
-def _tensor(n: int, gen: torch.Generator) -> list[torch.nn.Parameter]:
-    """One parameter of ``n`` values (``randn * 0.1``) with a gradient (``randn * 0.01``)."""
-    p = torch.nn.Parameter(torch.randn(n, generator=gen) * 0.1)
-    p.grad = torch.randn(n, generator=gen) * 0.01
+def _tensor(n: int, gen: torch.Generator, dtype: torch.dtype = torch.float32) -> list[torch.nn.Parameter]:
+    """One parameter of ``n`` values (``randn * 0.1``) with a gradient (``randn * 0.01``), both in ``dtype``."""
+    p = torch.nn.Parameter((torch.randn(n, generator=gen) * 0.1).to(dtype))
+    p.grad = (torch.randn(n, generator=gen) * 0.01).to(dtype)
     return [p]
 
 
