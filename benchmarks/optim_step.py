@@ -6,7 +6,8 @@ torch AdamW (fused, foreach) and eightbit AdamW8bit (stochastic and nearest roun
 interleaved per repeat. ``--others``: instead, every 8-bit optimizer family on the binary and the decimal state
 map beside torch's fused (or foreach) form. ``--minilm``: instead, AdamW8bit and torch's fused AdamW over the
 parameters of the real MiniLM (103 tensors, 22.7M values; small tensors keep 32-bit state). Prints a table and
-writes JSON (default ``benchmarks/results/optim_step.json``; ``optim_step_others.json``, ``optim_step_minilm.json``).
+writes JSON (default ``benchmarks/results/optim_step.json``; ``optim_step_others.json``, ``optim_step_minilm.json``;
+``--dtype`` adds ``_bfloat16`` / ``_float16`` to the name).
 """
 from __future__ import annotations
 
@@ -28,14 +29,16 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--others", action="store_true", help="every 8-bit optimizer, binary vs decimal map vs torch")
     ap.add_argument("--minilm", action="store_true", help="AdamW8bit vs fused AdamW over MiniLM's parameters")
     ap.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32",
-                    help="parameter and gradient dtype of the single-tensor comparison (default float32)")
+                    help="parameter and gradient dtype of the single-tensor and --others comparisons "
+                         "(default float32)")
     args = ap.parse_args(argv)
     from eightbit.optim import AdamW8bit
 
     torch.set_num_threads(min(2, torch.get_num_threads()))
-    n = int(args.n)
+    n, dtype = int(args.n), getattr(torch, args.dtype)
+    suffix = "" if args.dtype == "float32" else "_" + args.dtype  # bf16/fp16 results beside the float32 ones
     if args.others:
-        _others(n, args.steps, args.json.with_name("optim_step_others.json"))
+        _others(n, args.steps, args.json.with_name(f"optim_step_others{suffix}.json"), dtype)
         return
     if args.minilm:
         _minilm(args.steps, args.json.with_name("optim_step_minilm.json"))
@@ -46,7 +49,6 @@ def main(argv: list[str] | None = None) -> None:
         "eightbit AdamW8bit": lambda ps: AdamW8bit(ps, lr=1e-3),
         "eightbit AdamW8bit, nearest v": lambda ps: AdamW8bit(ps, lr=1e-3, stochastic_rounding=False),
     }
-    dtype = getattr(torch, args.dtype)
     ms = _time(makers, lambda gen: _tensor(n, gen, dtype), args.steps)
     fused = ms["torch AdamW fused"]
     rows = []
@@ -54,8 +56,9 @@ def main(argv: list[str] | None = None) -> None:
     for name, med in ms.items():
         rows.append({"impl": name, "median_ms": med, "x_fused": med / fused})
         print(f"| {name} | {med:.1f} | {med / fused:.2f} |")
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps({"command": "python -m benchmarks.optim_step", "params": n, "dtype": args.dtype,
+    out = args.json.with_name(f"{args.json.stem}{suffix}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"command": "python -m benchmarks.optim_step", "params": n, "dtype": args.dtype,
                                      "rows": rows}, indent=1))
 
 
@@ -107,7 +110,7 @@ def _minilm(steps: int, out: Path) -> None:
     out.write_text(json.dumps({"command": "python -m benchmarks.optim_step --minilm", "ms": ms}, indent=1))
 
 
-def _others(n: int, steps: int, out: Path) -> None:
+def _others(n: int, steps: int, out: Path, dtype: torch.dtype = torch.float32) -> None:
     import eightbit.optim as O
 
     families = {  # name: (eightbit class, its arguments, torch's form or None)
@@ -119,18 +122,18 @@ def _others(n: int, steps: int, out: Path) -> None:
         "AdamW": (O.AdamW8bit, dict(lr=1e-3), lambda ps: torch.optim.AdamW(ps, lr=1e-3, fused=True)),
     }
     rows = []
-    print(f"| optimizer ({n / 1e6:.1f}M params) | binary map ms | decimal map ms | torch ms |\n|---|---:|---:|---:|")
+    print(f"| optimizer ({n / 1e6:.1f}M {str(dtype)[6:]} params) | binary map ms | decimal map ms | torch ms |\n|---|---:|---:|---:|")
     for name, (cls, kw, ref) in families.items():
         makers = {code: (lambda ps, code=code: cls(ps, state_code=code, **kw)) for code in ("binary", "dynamic")}
         if ref is not None:
             makers["torch"] = ref
-        ms = _time(makers, lambda gen: _tensor(n, gen), steps)
+        ms = _time(makers, lambda gen: _tensor(n, gen, dtype), steps)
         rows.append({"optimizer": name, **{k + "_ms": v for k, v in ms.items()}})
         torch_ms = f"{ms['torch']:.1f}" if "torch" in ms else "-"
         print(f"| {name} | {ms['binary']:.1f} | {ms['dynamic']:.1f} | {torch_ms} |")
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"command": "python -m benchmarks.optim_step --others", "params": n, "rows": rows},
-                              indent=1))
+    out.write_text(json.dumps({"command": "python -m benchmarks.optim_step --others", "params": n,
+                               "dtype": str(dtype)[6:], "rows": rows}, indent=1))
 
 
 if __name__ == "__main__":

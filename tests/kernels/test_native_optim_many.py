@@ -1,5 +1,6 @@
 """The native optimizer kernel over several parameters in one call (``eb_optim_many``: one parallel region whose
 per-thread runs of blocks cross tensor boundaries) against the reference, parameter by parameter."""
+import dataclasses
 import os
 import subprocess
 import sys
@@ -228,37 +229,69 @@ def test_one_call_over_many_32bit_states_equals_the_reference(lib, gen, monkeypa
     assert [int(s) for s in native_out[2]] == [int(s) for s in reference_out[2]] == [0, 0, 0, 1, 1, 0]
 
 
+def _bits(t: torch.Tensor) -> torch.Tensor:
+    """t's bit patterns (NaNs compare by their bits)."""
+    return t.view({1: torch.uint8, 2: torch.int16, 4: torch.int32}[t.element_size()])
+
+
+def _mismatches(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Indices where a and b differ in their bits, except that two float16 NaNs match: torch's own float16 casts
+    give a NaN different payloads depending on the tensor's size (all-ones from a 5-value tensor, the F16C
+    payload from a 45-value one), so only bfloat16 and float32 NaN bits are pinned."""
+    differ = _bits(a) != _bits(b)
+    if a.dtype == torch.float16:
+        differ &= ~(torch.isnan(a) & torch.isnan(b))
+    return differ.nonzero()[:, 0]
+
+
 @pytest.mark.parametrize("rule,k", [("adam", 2), ("momentum", 1), ("rmsprop", 1), ("adagrad", 1), ("lion", 1)])
 @pytest.mark.parametrize("eight", [True, False])
 def test_low_precision_parameters_equal_the_reference(lib, gen, monkeypatch, rule, k, eight):
-    """bf16 and fp16 parameters (gradients of their dtype, or float32) take the native kernel on float32 copies of
-    runs of blocks, written back rounded: parameters, states and skip counts bit-identical to the reference
-    (float32 update, one rounding), with sizes spanning several runs, a partial last block, NaN/Inf blocks and
-    stochastic rounding keyed on the element's place in the whole parameter. The reference is made to fail in the
-    native run, so none of them may fall back to it."""
+    """bf16 and fp16 parameters and gradients, in every combination with float32, are widened block by block into
+    float32 scratch inside the kernel and the parameter rounded back: parameters (bit patterns, NaNs included),
+    states and skip counts bit-identical to the reference (float32 update, one rounding by torch's cast). The cases
+    take every pass: block sizes 2048 and 256 (folded decode tables), 100 (the generic per-element path) and 4096
+    (32-bit states in runs of one block); partial last blocks; NaN/Inf gradient blocks (left untouched, NaN
+    parameters there keep their bits) and a NaN parameter in a stepped block (rounded as torch rounds NaN); fp16
+    parameters near 65504 that overflow to Inf and ones that become subnormal; stochastic rounding keyed on the
+    element's place. The reference is made to fail in the native run, so none may fall back to it."""
     import eightbit.kernels.cpu.optimizer as K
     from eightbit.functional.codes import binary_codebook
 
-    run = K._LOW_CHUNK
-    cases = [(torch.bfloat16, torch.bfloat16, run * 2 + 2048 * 3 + 5), (torch.float16, torch.float16, 4096),
-             (torch.bfloat16, torch.float32, 2048 * 5 + 100)]
-    ps = [(torch.randn(n, generator=gen) * 0.5).to(dt) for dt, _, n in cases]
-    gs = [(torch.randn(n, generator=gen) * 0.01).to(gd) for _, gd, n in cases]
-    gs[0][run + 77] = float("nan")  # a block in the second run
-    gs[1][-1] = float("inf")
+    bf, hf, f32 = torch.bfloat16, torch.float16, torch.float32
+    cases = [(bf, bf, 2048 * 67 + 5, 2048), (hf, hf, 4096 + 17, 2048), (bf, f32, 2048 * 5 + 100, 2048),
+             (f32, bf, 256 * 9 + 3, 256), (hf, bf, 256 * 8, 256), (hf, f32, 100 * 7 + 33, 100),
+             (bf, hf, 4096 * 3 + 1, 4096)]
+    ps = [(torch.randn(n, generator=gen) * 0.5).to(dt) for dt, _, n, _ in cases]
+    gs = [(torch.randn(n, generator=gen) * 0.01).to(gd) for _, gd, n, _ in cases]
+    gs[0][2048 * 40 + 77] = float("nan")  # a block in the middle
+    ps[0][2048 * 40 + 5] = float("nan")  # ... whose NaN parameter keeps its bits (skipped)
+    ps[0][2048 * 41 + 5] = float("nan")  # a NaN parameter in a stepped block
+    gs[1][-1] = float("inf")  # the partial last block
+    ps[1][:64] = 65504.0 * torch.tensor([1.0, -1.0]).repeat(32)  # steps beyond the largest fp16 become +-Inf
+    gs[1][:64] = -1.0 * torch.tensor([1.0, -1.0]).repeat(32)
+    ps[5][:200] = torch.linspace(-6e-5, 6e-5, 200)  # fp16 subnormals, in small steps
+    gs[4][256 * 3 + 1] = float("-inf")
     signed = {"adam": [True, False], "momentum": [True], "lion": [True], "rmsprop": [False], "adagrad": [False]}[rule]
     codes = [binary_codebook(sg).values for sg in signed]
     states, absmaxes = [], []
-    for _, _, n in cases:
-        nb = -(-n // 2048)
+    for _, _, n, bs in cases:
+        nb = -(-n // bs)
         if eight:
             states.append([torch.randint(0, 256, (n,), generator=gen, dtype=torch.uint8) for _ in range(k)])
-            absmaxes.append([torch.rand(nb, generator=gen) * 1e-3 for _ in range(k)])
+            # mostly powers of two (the scales the optimizers keep: decoding folds them into its tables, and Adam's
+            # folded pass reads and writes bf16/fp16 directly), some not (the passes on float32 copies)
+            pow2 = 2.0 ** torch.randint(-16, -8, (nb,), generator=gen).float()
+            absmaxes.append([torch.where(torch.rand(nb, generator=gen) < 0.7, pow2, torch.rand(nb, generator=gen) * 1e-3)
+                             for _ in range(k)])
         else:
             states.append([torch.rand(n, generator=gen) * 1e-4 for _ in range(k)])
             absmaxes.append([])
-    h = OptimHyper(lr=1e-3, weight_decay=0.01, beta1=0.9, one_minus_beta1=0.1, beta2=0.999, one_minus_beta2=1e-3,
+    h = OptimHyper(lr=1e-1, weight_decay=0.01, beta1=0.9, one_minus_beta1=0.1, beta2=0.999, one_minus_beta2=1e-3,
                    eps=1e-8, bias_correction1=0.19, bias_correction2_sqrt=0.0447, lr_decay=0.5)
+    hypers = [h] * len(cases)
+    hypers[1] = dataclasses.replace(h, lr=1e3, weight_decay=0.0)  # overflow
+    hypers[5] = dataclasses.replace(h, lr=1e-4)  # subnormals
     seeds = [[-1 if sg else step_seed(3, i) for i, sg in enumerate(signed)] for _ in cases]  # unsigned: stochastic
 
     def step(reference: bool):
@@ -266,9 +299,9 @@ def test_low_precision_parameters_equal_the_reference(lib, gen, monkeypatch, rul
         st = [[s.clone() for s in ss] for ss in states]
         am = [[a.clone() for a in aa] for aa in absmaxes]
         skipped = [torch.zeros((), dtype=torch.int64) for _ in cases]
-        args = (rule, p, gs, st, am, [codes if eight else [] for _ in cases], [h] * len(cases))
-        kw = dict(wd_mode=WD_DECOUPLED, blocksizes=[2048] * len(cases), seeds=seeds if eight else [[-1] * k] * 3,
-                  skipped=skipped)
+        args = (rule, p, gs, st, am, [codes if eight else [] for _ in cases], hypers)
+        kw = dict(wd_mode=WD_DECOUPLED, blocksizes=[bs for *_, bs in cases],
+                  seeds=seeds if eight else [[-1] * k] * len(cases), skipped=skipped)
         if reference:
             with reference_only():
                 optimizer_update_many(*args, **kw)
@@ -280,10 +313,65 @@ def test_low_precision_parameters_equal_the_reference(lib, gen, monkeypatch, rul
 
     native, ref = step(False), step(True)
     for i in range(len(cases)):
-        assert native[0][i].dtype == cases[i][0] and torch.equal(native[0][i], ref[0][i]), i
+        assert native[0][i].dtype == cases[i][0] and len(_mismatches(native[0][i], ref[0][i])) == 0, i
         assert not torch.equal(native[0][i], ps[i]), i  # it stepped
         for j in range(k):
-            assert torch.equal(native[1][i][j], ref[1][i][j]), (i, j)
+            assert torch.equal(_bits(native[1][i][j]), _bits(ref[1][i][j])), (i, j)
             if eight:
                 assert torch.equal(native[2][i][j], ref[2][i][j]), (i, j)
-    assert [int(s) for s in native[3]] == [int(s) for s in ref[3]] == [1, 1, 0]
+    assert _bits(native[0][0])[2048 * 40 + 5] == _bits(ps[0])[2048 * 40 + 5]  # untouched in a skipped block
+    assert torch.isnan(native[0][0][2048 * 41 + 5])
+    assert torch.isinf(native[0][1][:64]).any()
+    sub = native[0][5][:200].float().abs()
+    assert ((sub > 0) & (sub < 2.0**-14)).any()
+    assert [int(s) for s in native[3]] == [int(s) for s in ref[3]] == [1, 1, 0, 0, 1, 0, 0]
+
+
+def _specials32() -> torch.Tensor:
+    """float32 bit patterns around every rounding boundary of bf16 and fp16: ties (even and odd), one ulp either
+    side, the fp16 overflow threshold (65520) and subnormal range, float32 subnormals, Infs, NaNs with payloads."""
+    base = torch.tensor([0x3F800000, 0x3F808000, 0x3F818000, 0x3F801000, 0x3F803000, 0x477FE000, 0x477FF000,
+                         0x477FEFFF, 0x7F7FFFFF, 0x7F7F8000, 0x38800000, 0x387FF000, 0x33800000, 0x33000000,
+                         0x33000001, 0x32FFFFFF, 0x33C00000, 0x00000001, 0x007FFFFF, 0x00800000, 0x7F800000,
+                         0x7FC00000, 0x7F800001, 0x7FA00000, 0x7FFFFFFF, 0x7FC01234, 0x00000000],
+                        dtype=torch.int64)
+    near = (base.unsqueeze(1) + torch.arange(-2, 3)).reshape(-1).clamp(0, 0x7FFFFFFF)
+    both = torch.cat([near, near | 0x80000000])
+    return torch.where(both >= 2**31, both - 2**32, both).to(torch.int32).view(torch.float32)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_low_precision_casts_are_torchs(lib, gen, monkeypatch, dtype):
+    """The kernel's own widening and rounding (csrc/lowp.h, vector and scalar code) give torch's casts bit for bit.
+    Momentum with beta 0, gradient factor 1, lr 1 and a zero parameter writes p = -g rounded to the parameter's
+    dtype, so float32 gradients with every boundary pattern (and 20,000 random bit patterns) test the rounding; a
+    zero step over a parameter holding all 65,536 bit patterns of the dtype tests widening and rounding back
+    (a NaN stays NaN; bfloat16's become 0xFFFF as in torch). Block size 15 with skip counting rounds block by block: scalar code
+    for every value (NaN gradient blocks are then skipped, and the unskipped run covers them)."""
+    import eightbit.kernels.cpu.optimizer as K
+
+    rand = torch.randint(-2**31, 2**31 - 1, (20000,), generator=gen, dtype=torch.int64).to(torch.int32)
+    grads = torch.cat([_specials32(), rand.view(torch.float32)])
+    every = torch.arange(-2**15, 2**15, dtype=torch.int32).to(torch.int16).view(dtype)
+    h = OptimHyper(lr=1.0, beta1=0.0, one_minus_beta1=1.0)
+    zero_step = OptimHyper(lr=0.0, beta1=0.0, one_minus_beta1=1.0)
+    cases = [(torch.zeros(len(grads), dtype=dtype), grads, h), (every.clone(), torch.zeros(len(every)), zero_step)]
+    for bs, count in [(2048, False), (15, True)]:
+        for p0, g, hyper in cases:
+            out = []
+            for reference in (False, True):
+                p, st = p0.clone(), [torch.zeros(len(p0))]
+                kw = dict(wd_mode=0, blocksizes=[bs], seeds=[[-1]],
+                          skipped=[torch.zeros((), dtype=torch.int64)] if count else None)
+                args = ("momentum", [p], [g], [st], [[]], [[]], [hyper])
+                if reference:
+                    with reference_only():
+                        optimizer_update_many(*args, **kw)
+                else:
+                    with monkeypatch.context() as m:
+                        m.setattr(K, "optimizer_update_reference", lambda *a, **k: pytest.fail("the reference ran"))
+                        optimizer_update_many(*args, **kw)
+                out.append(p)
+            bad = _mismatches(*out)[:5]
+            assert len(bad) == 0, (bs, [(hex(int(_bits(p0)[i])), float(g[i]), hex(int(_bits(out[0])[i])),
+                                         hex(int(_bits(out[1])[i]))) for i in bad])

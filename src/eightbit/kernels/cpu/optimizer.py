@@ -5,10 +5,11 @@ region, each thread a contiguous run of the concatenated blocks, and a partial l
 (``eb_optim_blocks``). 32-bit states (``eb_optim_f32_many``: small tensors under ``min_8bit_size``, the 32-bit
 classes): the rule in place on them, all parameters of one op call in one foreign call. Which rules it serves is
 the explicit table ``NATIVE_RULES`` (every rule of ``eightbit.functional.optimizer`` with one or two states;
-AdEMAMix's three and SGD without momentum run the reference). bf16/fp16 parameters run the float32 kernel on
-float32 copies of runs of their blocks, written back rounded (``_step_low_precision``). It declines (the reference
-runs) for float64 parameters, gradients or 32-bit states of other dtypes, block sizes above 4096 and codes without
-native tables.
+AdEMAMix's three and SGD without momentum run the reference). Parameters and gradients may each be float32,
+bfloat16 or float16: the kernel widens a low-precision block into float32 scratch, steps it there and rounds the
+parameter back (csrc/lowp.h, the casts' results), which is the reference's arithmetic. It declines (the reference
+runs) for float64 parameters or gradients, 32-bit states that are not float32, non-contiguous parameters, block
+sizes above 4096 and codes without native tables.
 States are bit-identical to the reference (tests/kernels/test_native_cpu.py, test_native_optim_many.py).
 """
 from __future__ import annotations
@@ -43,8 +44,10 @@ def _available() -> bool:
             and lib.eb_optim_desc_fields() == _DESC_FIELDS and lib.eb_optim_f32_fields() == _F32_FIELDS)
 
 
-_DESC_FIELDS = 13  # eb_optim_many's fields per part (checked against eb_optim_desc_fields in _available)
-_F32_FIELDS = 7  # eb_optim_f32_many's (eb_optim_f32_fields)
+_DESC_FIELDS = 15  # eb_optim_many's fields per part (checked against eb_optim_desc_fields in _available)
+_F32_FIELDS = 9  # eb_optim_f32_many's (eb_optim_f32_fields)
+# parameter / gradient dtype -> (the kernel's dtype code, csrc/lowp.h; bytes per value)
+_DTYPES = {torch.float32: (0, 4), torch.bfloat16: (1, 2), torch.float16: (2, 2)}
 
 
 class _Parts:
@@ -70,13 +73,13 @@ class _Parts:
             h = self.hypers[key] = Hyper(*key)
         return ctypes.addressof(h)
 
-    def add(self, p, g, states, absmaxes, codes, hyper, blocksize, seeds, skipped, first: int = 0) -> bool:
+    def add(self, p, g, states, absmaxes, codes, hyper, blocksize, seeds, skipped) -> bool:
         """Adds one parameter's update (8-bit states when ``absmaxes``, else 32-bit); False (nothing added) where
-        the kernel declines it. ``first``: the index of ``p``'s first element in the whole parameter when the
-        tensors are a run of its blocks (the stochastic draws are keyed on it)."""
+        the kernel declines it."""
         k, n = self.k, p.numel()
-        if (len(states) != k or blocksize > native.MAX_BLOCK or p.dtype != torch.float32
-                or g.dtype != torch.float32 or not p.is_contiguous() or not g.is_contiguous() or g.numel() != n):
+        pt, gt = _DTYPES.get(p.dtype), _DTYPES.get(g.dtype)
+        if (len(states) != k or blocksize > native.MAX_BLOCK or pt is None or gt is None
+                or not p.is_contiguous() or not g.is_contiguous() or g.numel() != n):
             return False
         if not absmaxes:  # read and written by pointer: anything but the layout the kernel assumes is declined
             for s in states:
@@ -84,7 +87,7 @@ class _Parts:
                     return False
             self.keep += [p, g, *states]
             self.f32.extend((p.data_ptr(), g.data_ptr(), states[0].data_ptr(), states[-1].data_ptr(),
-                             self._hyper(hyper), n, blocksize))
+                             self._hyper(hyper), n, blocksize, pt[0], gt[0]))
             self.f32_skipped.append(skipped)
             return True
         nb = -(-n // blocksize)
@@ -111,12 +114,12 @@ class _Parts:
         nfull = n // blocksize
         if nfull:  # fields in the order of the C enum D_*
             desc, skips = self.full.setdefault(blocksize, (array("q"), []))
-            desc.extend((pp, gp, q0, q1, a0, a1, l0, l1, hp, s0, s1, first, nfull))
+            desc.extend((pp, gp, q0, q1, a0, a1, l0, l1, hp, s0, s1, 0, nfull, pt[0], gt[0]))
             skips.append(skipped)
-        if n % blocksize:
+        if n % blocksize:  # the partial last block: its own call, its draws keyed on its place (first = t)
             t, b = nfull * blocksize, 4 * nfull
-            self.tails.append(((self.rule, pp + 4 * t, gp + 4 * t, k, q0 + t, q1 + t, a0 + b, a1 + b, l0, l1, hp,
-                                self.wd_mode, s0, s1, first + t, 1, n - t, self.skip), skipped))
+            self.tails.append(((self.rule, pp + pt[1] * t, pt[0], gp + gt[1] * t, gt[0], k, q0 + t, q1 + t, a0 + b,
+                                a1 + b, l0, l1, hp, self.wd_mode, s0, s1, t, 1, n - t, self.skip), skipped))
         return True
 
     def run(self) -> None:
@@ -145,36 +148,6 @@ def _count(counters: list, nskip: array) -> None:
             skipped += bad
 
 
-_LOW_PRECISION = (torch.bfloat16, torch.float16)
-_LOW_CHUNK = 1 << 18  # values per float32 working copy of a bf16/fp16 parameter (1 MB each for p and g)
-
-
-def _step_low_precision(rule, p, g, states, absmaxes, codes, hyper, wd_mode, blocksize, seeds, skipped) -> bool:
-    """A bf16/fp16 parameter (gradient of its dtype or float32): the float32 kernel on float32 copies of runs of
-    whole blocks, each written back rounded to the parameter's dtype. That is the reference's arithmetic (the
-    update in float32, one rounding at the end; a skipped block's copy is unchanged, so its values round back to
-    themselves): bit-identical to it. False, with nothing written, where the kernel declines the parameter."""
-    if (g.dtype not in (p.dtype, torch.float32) or not p.is_contiguous() or g.numel() != p.numel()
-            or not all(s.is_contiguous() for s in [*states, *absmaxes])):
-        return False
-    pf, gf, n = p.view(-1), g.contiguous().view(-1), p.numel()
-    flats = [s.view(-1) for s in states]
-    step = max(1, _LOW_CHUNK // blocksize) * blocksize
-    for lo in range(0, max(n, 1), step):
-        hi = min(n, lo + step)
-        pc, gc = pf[lo:hi].float(), gf[lo:hi].float()
-        sts = [f[lo:hi] for f in flats]
-        ams = [a[lo // blocksize : -(-hi // blocksize)] for a in absmaxes]
-        parts = _Parts(rule, wd_mode, len(states), skipped is not None)
-        if not parts.add(pc, gc, sts, ams, codes, hyper, blocksize, seeds, skipped, first=lo):
-            if lo == 0:
-                return False
-            raise RuntimeError("the optimizer kernel declined part of a parameter it took")  # uniform checks
-        parts.run()
-        pf[lo:hi] = pc
-    return True
-
-
 @register("optimizer_update", "cpu", available=_available)
 def optimizer_update_cpu(rule, p, g, states, absmaxes, codes, hyper, wd_mode, blocksize, seeds, skipped=None):
     """Kernel of ``optimizer_update`` for 8-bit or float32 states of float32, bfloat16 or float16 parameters (see
@@ -182,9 +155,6 @@ def optimizer_update_cpu(rule, p, g, states, absmaxes, codes, hyper, wd_mode, bl
     check_op_scalars(wd_mode, [blocksize])
     if native.library() is None or rule not in NATIVE_RULES or len(states) not in (1, 2):
         return NotImplemented
-    if p.dtype in _LOW_PRECISION:
-        ok = _step_low_precision(rule, p, g, states, absmaxes, codes, hyper, wd_mode, blocksize, seeds, skipped)
-        return None if ok else NotImplemented
     parts = _Parts(rule, wd_mode, len(states), skipped is not None)
     if not parts.add(p, g.contiguous(), states, absmaxes, codes, hyper, blocksize, seeds, skipped):
         return NotImplemented

@@ -5,12 +5,17 @@
  * rmsprop, adagrad, lion); the rule is chosen per call, so each rule's element loop is compiled and vectorized
  * on its own. Numerics mirror the reference (eightbit.functional.optimizer._steps) operation by operation in
  * float32 (no fast-math, no FMA contraction): states bit-identical, parameters equal.
+ *
+ * Parameters and gradients may be bfloat16 or float16 (dtype codes of lowp.h, per tensor): each block (or run) is
+ * widened into float32 scratch in L1, stepped there by the same code, and the parameter narrowed back, which is the
+ * reference's arithmetic (the update in float32, one rounding of the result); a skipped block is not written.
  */
 #include <stdlib.h>
 #ifdef _OPENMP
 #include <omp.h>
 #endif
 #include "blocks.h"
+#include "lowp.h"
 
 /* The fused passes prefetch p and g on two horizons: EB_AHEAD floats ahead into L1 (2 KB: without it the streams
  * restart cold at every block; one thread 28-30 -> 26-27 ms per 20M-parameter step), and EB_NEXT floats ahead (two
@@ -19,16 +24,19 @@
  * (one block ahead 9.6, four 9.4-9.8). */
 #define EB_AHEAD 512
 #define EB_NEXT 4096
-/* Both prefetches for the 32 floats of p and of g from element i. */
-#define EB_PREFETCH32(p, g, i)                                                                                    \
+/* Both prefetches for the n bytes of p and of g from byte b (n a multiple of 64; the horizons in bytes are those of
+ * float32 data, and reach the same bytes, twice as many values, ahead in bf16/fp16 data). */
+#define EB_PREFETCH_BYTES(p, g, b, n)                                                                             \
     do {                                                                                                          \
-        for (int pf_ = 0; pf_ < 32; pf_ += 16) {                                                                  \
-            _mm_prefetch((const char *)((p) + (i) + pf_ + EB_AHEAD), _MM_HINT_T0);                                \
-            _mm_prefetch((const char *)((g) + (i) + pf_ + EB_AHEAD), _MM_HINT_T0);                                \
-            _mm_prefetch((const char *)((p) + (i) + pf_ + EB_NEXT), _MM_HINT_T1);                                 \
-            _mm_prefetch((const char *)((g) + (i) + pf_ + EB_NEXT), _MM_HINT_T1);                                 \
+        for (int64_t pf_ = (b); pf_ < (b) + (n); pf_ += 64) {                                                     \
+            _mm_prefetch((const char *)(p) + pf_ + 4 * EB_AHEAD, _MM_HINT_T0);                                    \
+            _mm_prefetch((const char *)(g) + pf_ + 4 * EB_AHEAD, _MM_HINT_T0);                                    \
+            _mm_prefetch((const char *)(p) + pf_ + 4 * EB_NEXT, _MM_HINT_T1);                                     \
+            _mm_prefetch((const char *)(g) + pf_ + 4 * EB_NEXT, _MM_HINT_T1);                                     \
         }                                                                                                         \
     } while (0)
+/* Both prefetches for the 32 floats of p and of g from element i. */
+#define EB_PREFETCH32(p, g, i) EB_PREFETCH_BYTES(p, g, 4 * (i), 128)
 
 /* Field order of eightbit.functional.optimizer.OptimHyper (checked against the ctypes mirror at load). */
 typedef struct {
@@ -122,32 +130,40 @@ static inline int nonfinite(const float *restrict g, int64_t n) { return absmax_
  * in runs of 2048 values (or one block of bs) over the threads. The reference makes the same float32 operations
  * per element. skip != 0: blocks of bs values whose gradient holds a NaN/Inf are left untouched; returns their
  * number. */
-static int64_t optim_f32(int32_t rule, float *p, const float *g, float *s0, float *s1, const eb_hyper_t *h,
-                         int32_t wd_mode, int64_t n, int64_t bs, int32_t skip) {
+static int64_t optim_f32(int32_t rule, void *p, int32_t pt, const void *g, int32_t gt, float *s0, float *s1,
+                         const eb_hyper_t *h, int32_t wd_mode, int64_t n, int64_t bs, int32_t skip) {
     const eb_hyper_t hv = *h;
-    const int64_t run = bs > 2048 ? bs : 2048 / bs * bs, runs = (n + run - 1) / run;
+    const int64_t run = bs > 2048 ? bs : 2048 / bs * bs, runs = (n + run - 1) / run; /* run <= MAX_BLOCK */
     int64_t nskip = 0;
 #pragma omp parallel for schedule(static) if (runs >= 32) reduction(+ : nskip)
     for (int64_t r = 0; r < runs; r++) {
         const int64_t o = r * run, len = n - o < run ? n - o : run;
+        float pbuf[MAX_BLOCK], gbuf[MAX_BLOCK];
+        float *const pr = pt ? pbuf : (float *)p + o;
+        const float *const gr = gt ? gbuf : (const float *)g + o;
+        if (gt) lowp_widen(g, gt, o, len, gbuf);
+        if (pt) lowp_widen(p, pt, o, len, pbuf);
         if (!skip) {
-            rule_block(rule, p + o, g + o, &hv, wd_mode, len, s0 + o, s1 ? s1 + o : s0 + o);
+            rule_block(rule, pr, gr, &hv, wd_mode, len, s0 + o, s1 ? s1 + o : s0 + o);
+            if (pt) lowp_narrow(pbuf, len, p, pt, o);
             continue;
         }
-        for (int64_t b = o; b < o + len; b += bs) {
-            const int64_t w = o + len - b < bs ? o + len - b : bs;
-            if (nonfinite(g + b, w))
+        for (int64_t b = 0; b < len; b += bs) {
+            const int64_t w = len - b < bs ? len - b : bs;
+            if (nonfinite(gr + b, w)) {
                 nskip++;
-            else
-                rule_block(rule, p + b, g + b, &hv, wd_mode, w, s0 + b, s1 ? s1 + b : s0 + b);
+                continue;
+            }
+            rule_block(rule, pr + b, gr + b, &hv, wd_mode, w, s0 + o + b, s1 ? s1 + o + b : s0 + o + b);
+            if (pt) lowp_narrow(pbuf + b, w, p, pt, o + b);
         }
     }
     return nskip;
 }
 
 /* Fields of one part in eb_optim_f32_many's int64 descriptor array, in order (addresses as integers; S1 unused by
- * one-state rules). */
-enum { F_P, F_G, F_S0, F_S1, F_H, F_N, F_BS, F_FIELDS };
+ * one-state rules; PT, GT: the parameter's and the gradient's dtype codes, lowp.h). */
+enum { F_P, F_G, F_S0, F_S1, F_H, F_N, F_BS, F_PT, F_GT, F_FIELDS };
 int64_t eb_optim_f32_fields(void) { return F_FIELDS; }
 
 /* optim_f32 on nparts parameters in one call (a group's small tensors: one foreign call instead of one each),
@@ -157,8 +173,9 @@ void eb_optim_f32_many(int32_t rule, int32_t nstates, int32_t wd_mode, int32_t s
                        const int64_t *desc, int64_t *nskip) {
     for (int64_t t = 0; t < nparts; t++) {
         const int64_t *d = desc + F_FIELDS * t;
-        nskip[t] = optim_f32(rule, (float *)(intptr_t)d[F_P], (const float *)(intptr_t)d[F_G],
-                             (float *)(intptr_t)d[F_S0], nstates > 1 ? (float *)(intptr_t)d[F_S1] : NULL,
+        nskip[t] = optim_f32(rule, (void *)(intptr_t)d[F_P], (int32_t)d[F_PT], (const void *)(intptr_t)d[F_G],
+                             (int32_t)d[F_GT], (float *)(intptr_t)d[F_S0],
+                             nstates > 1 ? (float *)(intptr_t)d[F_S1] : NULL,
                              (const eb_hyper_t *)(intptr_t)d[F_H], wd_mode, d[F_N], d[F_BS], skip);
     }
 }
@@ -166,8 +183,9 @@ void eb_optim_f32_many(int32_t rule, int32_t nstates, int32_t wd_mode, int32_t s
 /* One tensor's part of a step on 8-bit states: its arrays, maps, hyperparameters and stochastic seeds (seed < 0:
  * nearest); ``first`` is the index of element 0 of p within the whole parameter (the draws are keyed on it). */
 typedef struct {
-    float *p;
-    const float *g;
+    void *p; /* float32, bf16 or fp16 (pt) */
+    const void *g; /* (gt) */
+    int32_t pt, gt;
     uint8_t *q[2];
     float *absmax[2];
     const lut_t *lut[2];
@@ -184,8 +202,7 @@ static int64_t optim_range(int32_t rule, int32_t nstates, int32_t wd_mode, int64
     luts[0] = *t->lut[0];
     luts[1] = nstates > 1 ? *t->lut[1] : *t->lut[0];
     const eb_hyper_t hv = *t->h;
-    float *const p = t->p;
-    const float *const g = t->g;
+    const int32_t pt = t->pt, gt = t->gt;
     uint8_t *const *q = t->q;
     float *const *absmax = t->absmax;
     const int64_t *seeds = t->seed, first = t->first;
@@ -212,13 +229,46 @@ static int64_t optim_range(int32_t rule, int32_t nstates, int32_t wd_mode, int64
     }
 #endif
     for (int64_t b = b0; b < b1; b++) {
-        float s0[MAX_BLOCK], s1[MAX_BLOCK];
+        float s0[MAX_BLOCK], s1[MAX_BLOCK], pbuf[MAX_BLOCK], gbuf[MAX_BLOCK];
         float *s[2] = {s0, s1};
         const int64_t o = b * bs;
-        if (skip && nonfinite(g + o, bs)) {
+        if (skip && lowp_nonfinite(t->g, gt, o, bs)) {
             nskip++;
             continue;
         }
+#if defined(__AVX512F__) && defined(__AVX512CD__) && defined(__AVX512BW__)
+        if (fused1 && pt == gt) { /* the pass reads and writes p and g in their dtype (no float32 copy) */
+            uint32_t amax0;
+            const bin_b64_t *F0 = NULL;
+#ifdef EB_FOLD
+            F0 = bin_fold(&luts[0], absmax[0][b], bs, &F[0]);
+#endif
+            one_state_binary_block(rule, lowp_at(t->p, pt, o), lowp_at(t->g, gt, o), pt, &hv, wd_mode, bs, q[0] + o,
+                                   absmax[0][b], &luts[0], F0, s0, &amax0);
+            quantize_block_known(s0, bs, &luts[0], amax0, seeds[0], first + o, q[0] + o, absmax[0] + b, 0);
+            continue;
+        }
+#endif
+#ifdef EB_FOLD
+        if (fused && pt == gt) { /* Adam's folded pass reads and writes p and g in their dtype (no float32 copy) */
+            const bin_b64_t *F0 = bin_fold(&luts[0], absmax[0][b], bs, &F[0]);
+            const bin_b64_t *F1 = bin_fold(&luts[1], absmax[1][b], bs, &F[1]);
+            if (F0 && F1) {
+                uint32_t amax[2];
+                adam_fold_block(lowp_at(t->p, pt, o), lowp_at(t->g, gt, o), pt, &hv, wd_mode, bs, q[0] + o, q[1] + o,
+                                F0, F1, s0, s1, &amax[0], &amax[1]);
+                for (int32_t k = 0; k < 2; k++)
+                    quantize_block_known(s[k], bs, &luts[k], amax[k], seeds[k], first + o, q[k] + o, absmax[k] + b, 0);
+                continue;
+            }
+        }
+#endif
+        /* the other passes take the block's parameter and gradient as float32: in place, or widened into L1
+         * scratch and the parameter narrowed back (low precision) */
+        float *const pb = pt ? pbuf : (float *)t->p + o;
+        const float *const gb = gt ? gbuf : (const float *)t->g + o;
+        if (gt) lowp_widen(t->g, gt, o, bs, gbuf);
+        if (pt) lowp_widen(t->p, pt, o, bs, pbuf);
 #if defined(__AVX512F__) && defined(__AVX512CD__) && defined(__AVX512BW__)
         if (fused1) {
             uint32_t amax0;
@@ -226,9 +276,10 @@ static int64_t optim_range(int32_t rule, int32_t nstates, int32_t wd_mode, int64
 #ifdef EB_FOLD
             F0 = bin_fold(&luts[0], absmax[0][b], bs, &F[0]);
 #endif
-            one_state_binary_block(rule, p + o, g + o, &hv, wd_mode, bs, q[0] + o, absmax[0][b], &luts[0], F0, s0,
-                                   &amax0);
+            one_state_binary_block(rule, pb, gb, DT_F32, &hv, wd_mode, bs, q[0] + o, absmax[0][b], &luts[0], F0,
+                                   s0, &amax0);
             quantize_block_known(s0, bs, &luts[0], amax0, seeds[0], first + o, q[0] + o, absmax[0] + b, 0);
+            if (pt) lowp_narrow(pbuf, bs, t->p, pt, o);
             continue;
         }
 #endif
@@ -239,13 +290,15 @@ static int64_t optim_range(int32_t rule, int32_t nstates, int32_t wd_mode, int64
             const bin_b64_t *F0 = bin_fold(&luts[0], absmax[0][b], bs, &F[0]);
             const bin_b64_t *F1 = bin_fold(&luts[1], absmax[1][b], bs, &F[1]);
             if (F0 && F1)
-                adam_fold_block(p + o, g + o, &hv, wd_mode, bs, q[0] + o, q[1] + o, F0, F1, s0, s1, &amax[0], &amax[1]);
+                adam_fold_block(pb, gb, DT_F32, &hv, wd_mode, bs, q[0] + o, q[1] + o, F0, F1, s0, s1, &amax[0],
+                                &amax[1]);
             else
 #endif
-            adam_binary_block(p + o, g + o, &hv, wd_mode, bs, q[0] + o, q[1] + o, absmax[0][b], absmax[1][b], &V[0],
+            adam_binary_block(pb, gb, &hv, wd_mode, bs, q[0] + o, q[1] + o, absmax[0][b], absmax[1][b], &V[0],
                               &V[1], s0, s1, &amax[0], &amax[1]);
             for (int32_t k = 0; k < 2; k++)
                 quantize_block_known(s[k], bs, &luts[k], amax[k], seeds[k], first + o, q[k] + o, absmax[k] + b, 0);
+            if (pt) lowp_narrow(pbuf, bs, t->p, pt, o);
             continue;
         }
 #endif
@@ -255,11 +308,13 @@ static int64_t optim_range(int32_t rule, int32_t nstates, int32_t wd_mode, int64
             else
                 lookup_scale(q[k] + o, luts[k].code, absmax[k][b], bs, s[k]);
         }
-        rule_block(rule, p + o, g + o, &hv, wd_mode, bs, s0, s1);
-        /* the next block's inputs start loading while this one is requantized (L1-only work) */
-        for (int64_t i = 0; i < bs; i += 16) {
-            __builtin_prefetch(p + o + bs + i);
-            __builtin_prefetch(g + o + bs + i);
+        rule_block(rule, pb, gb, &hv, wd_mode, bs, s0, s1);
+        if (pt) lowp_narrow(pbuf, bs, t->p, pt, o);
+        /* the next block's inputs start loading while this one is requantized (L1-only work; a low-precision
+         * block's widening prefetches its own) */
+        for (int64_t i = 0; !pt && !gt && i < bs; i += 16) {
+            __builtin_prefetch((const float *)t->p + o + bs + i);
+            __builtin_prefetch((const float *)t->g + o + bs + i);
         }
         for (int32_t k = 0; k < nstates; k++) {
             for (int64_t i = 0; i < bs; i += 64) __builtin_prefetch(q[k] + o + bs + i);
@@ -310,24 +365,26 @@ static void optim_parts(int32_t rule, int32_t nstates, int32_t wd_mode, int64_t 
     }
 }
 
-/* One step over nblocks blocks of bs values. q_s, absmax_s, lut_s, seed_s for each of the nstates (1 or 2) 8-bit
+/* One step over nblocks blocks of bs values of p (dtype code pt, lowp.h) with gradient g (gt). q_s, absmax_s, lut_s, seed_s for each of the nstates (1 or 2) 8-bit
  * states (scalars, not arrays: building ctypes arrays cost more per call than a small tensor's step); seed_s < 0
  * rounds state s to nearest. ``first``: the index of the first element
  * passed within the whole tensor (the stochastic draws are keyed on it), so a partial last block can be
  * passed on its own. skip != 0: a block whose gradient holds a NaN/Inf is left untouched (parameter, codes and
  * absmax); returns the number of such blocks. */
-int64_t eb_optim_blocks(int32_t rule, float *p, const float *g, int32_t nstates, uint8_t *q0, uint8_t *q1,
-                        float *absmax0, float *absmax1, const lut_t *lut0, const lut_t *lut1, const eb_hyper_t *h,
-                        int32_t wd_mode, int64_t seed0, int64_t seed1, int64_t first, int64_t nblocks, int64_t bs,
-                        int32_t skip) {
-    const optim_part_t part = {p, g, {q0, q1}, {absmax0, absmax1}, {lut0, lut1}, h, {seed0, seed1}, first, nblocks};
+int64_t eb_optim_blocks(int32_t rule, void *p, int32_t pt, const void *g, int32_t gt, int32_t nstates, uint8_t *q0,
+                        uint8_t *q1, float *absmax0, float *absmax1, const lut_t *lut0, const lut_t *lut1,
+                        const eb_hyper_t *h, int32_t wd_mode, int64_t seed0, int64_t seed1, int64_t first,
+                        int64_t nblocks, int64_t bs, int32_t skip) {
+    const optim_part_t part = {p, g, pt, gt, {q0, q1}, {absmax0, absmax1}, {lut0, lut1}, h, {seed0, seed1}, first,
+                               nblocks};
     int64_t nskip;
     optim_parts(rule, nstates, wd_mode, bs, skip, &part, 1, &nskip);
     return nskip;
 }
 
-/* Fields of one part in eb_optim_many's int64 descriptor array, in order (addresses as integers). */
-enum { D_P, D_G, D_Q0, D_Q1, D_A0, D_A1, D_L0, D_L1, D_H, D_S0, D_S1, D_FIRST, D_NBLOCKS, D_FIELDS };
+/* Fields of one part in eb_optim_many's int64 descriptor array, in order (addresses as integers; PT, GT: dtype
+ * codes, lowp.h). */
+enum { D_P, D_G, D_Q0, D_Q1, D_A0, D_A1, D_L0, D_L1, D_H, D_S0, D_S1, D_FIRST, D_NBLOCKS, D_PT, D_GT, D_FIELDS };
 int64_t eb_optim_desc_fields(void) { return D_FIELDS; }
 
 /* eb_optim_blocks over nparts parts in one parallel region (a group's tensors with equal rule, state count, weight
@@ -340,8 +397,10 @@ int64_t eb_optim_many(int32_t rule, int32_t nstates, int32_t wd_mode, int64_t bs
     for (int64_t t = 0; t < nparts; t++) {
         const int64_t *d = desc + D_FIELDS * t;
         optim_part_t *x = &parts[t];
-        x->p = (float *)(intptr_t)d[D_P];
-        x->g = (const float *)(intptr_t)d[D_G];
+        x->p = (void *)(intptr_t)d[D_P];
+        x->g = (const void *)(intptr_t)d[D_G];
+        x->pt = (int32_t)d[D_PT];
+        x->gt = (int32_t)d[D_GT];
         x->q[0] = (uint8_t *)(intptr_t)d[D_Q0];
         x->q[1] = (uint8_t *)(intptr_t)d[D_Q1];
         x->absmax[0] = (float *)(intptr_t)d[D_A0];

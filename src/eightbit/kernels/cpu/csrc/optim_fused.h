@@ -28,12 +28,14 @@ static inline adam16_k adam16_consts(const eb_hyper_t *h, int32_t wd_mode) {
 
 /* Adam on the 16 values from element o, given their decoded (scaled) states: the parameter written, the new
  * states stored to s0 + o and s1 + o, their absmax bits folded into *x0 and *x1; rule_block's float32 operations
- * in its order (bit-identical). unit_gs: grad_scale is 1 (g * 1 is g, the multiply is dropped). */
+ * in its order (bit-identical). unit_gs: grad_scale is 1 (g * 1 is g, the multiply is dropped). dt: p's and g's
+ * dtype (lowp.h), read and written in it (the rounding of lowp_store16). */
 static inline __attribute__((always_inline)) void adam16(const adam16_k *K, __m512 m_old, __m512 v_old,
-                                                          float *restrict p, const float *restrict g, int64_t o,
-                                                          const int wd_mode, const int unit_gs, float *restrict s0,
-                                                          float *restrict s1, __m512i *x0, __m512i *x1) {
-    __m512 pi = _mm512_loadu_ps(p + o), gi = _mm512_loadu_ps(g + o);
+                                                          void *restrict p, const void *restrict g, int64_t o,
+                                                          const int wd_mode, const int unit_gs, const int dt,
+                                                          float *restrict s0, float *restrict s1, __m512i *x0,
+                                                          __m512i *x1) {
+    __m512 pi = lowp_load16(p, o, dt), gi = lowp_load16(g, o, dt);
     if (!unit_gs) gi = _mm512_mul_ps(gi, K->gs);
     if (wd_mode == WD_L2) gi = _mm512_fmadd_ps(K->l2, pi, gi);
     const __m512 m = _mm512_add_ps(_mm512_mul_ps(m_old, K->b1), _mm512_mul_ps(gi, K->c1));
@@ -41,7 +43,7 @@ static inline __attribute__((always_inline)) void adam16(const adam16_k *K, __m5
     const __m512 a = _mm512_div_ps(_mm512_mul_ps(m, K->r1),
                                    _mm512_add_ps(_mm512_mul_ps(_mm512_sqrt_ps(v), K->r2), K->eps));
     if (wd_mode == WD_DECOUPLED) pi = _mm512_mul_ps(pi, K->decay);
-    _mm512_storeu_ps(p + o, _mm512_sub_ps(pi, _mm512_mul_ps(K->step, a)));
+    lowp_store16(p, o, _mm512_sub_ps(pi, _mm512_mul_ps(K->step, a)), dt);
     _mm512_storeu_ps(s0 + o, m);
     _mm512_storeu_ps(s1 + o, v);
     *x0 = _mm512_max_epu32(*x0, _mm512_and_si512(_mm512_castps_si512(m), K->m7f));
@@ -73,7 +75,8 @@ static void adam_binary_block(float *restrict p, const float *restrict g, const 
         const __m512 za0 = _mm512_set1_ps(a0), za1 = _mm512_set1_ps(a1);
         __m512i zx0 = _mm512_setzero_si512(), zx1 = _mm512_setzero_si512();
 #define ADAM16(M_CODE, V_CODE, J) \
-    adam16(&K, _mm512_mul_ps((M_CODE), za0), _mm512_mul_ps((V_CODE), za1), p, g, (J), wd_mode, 0, s0, s1, &zx0, &zx1)
+    adam16(&K, _mm512_mul_ps((M_CODE), za0), _mm512_mul_ps((V_CODE), za1), p, g, (J), wd_mode, 0, DT_F32, s0, s1, \
+           &zx0, &zx1)
 #if defined(__AVX512BW__)
         const bin_w32_t T0 = bin_w32(V0->lut), T1 = bin_w32(V1->lut);
         for (; i + 32 <= bs; i += 32) { /* decoding by table: 32 codes per four word permutes */
@@ -123,46 +126,55 @@ static void adam_binary_block(float *restrict p, const float *restrict g, const 
 #if defined(__AVX512VBMI__) && defined(__AVX512BW__) && defined(__AVX512CD__)
 #define EB_FOLD 1
 /* Adam's pass for a block whose two scales fold into the decode tables (bin_b64): adam16 without the two scale
- * multiplies, 64 values per round. wd_mode and unit_gs
- * (grad_scale == 1: g * 1 is g, so the multiply is dropped) are constants in each instance (adam_fold_block). */
-static inline __attribute__((always_inline)) void adam_fold_pass(float *restrict p, const float *restrict g,
+ * multiplies, 64 values per round. wd_mode, unit_gs (grad_scale == 1: g * 1 is g, so the multiply is dropped) and
+ * dt (p's and g's dtype: a bf16/fp16 block is read and written as such, with no float32 copy) are constants in
+ * each instance (adam_fold_block). */
+static inline __attribute__((always_inline)) void adam_fold_pass(void *restrict p, const void *restrict g,
                                                                   const eb_hyper_t *h, const int wd_mode,
-                                                                  const int unit_gs, int64_t bs, const uint8_t *q0,
+                                                                  const int unit_gs, const int dt, int64_t bs,
+                                                                  const uint8_t *q0,
                                                                   const uint8_t *q1, const bin_b64_t *T0,
                                                                   const bin_b64_t *T1, float *restrict s0,
                                                                   float *restrict s1, uint32_t *amax0,
                                                                   uint32_t *amax1) {
     const adam16_k K = adam16_consts(h, wd_mode);
     __m512i x0 = _mm512_setzero_si512(), x1 = _mm512_setzero_si512();
+    const int esz = dt == DT_F32 ? 4 : 2;
     for (int64_t i = 0; i < bs; i += 64) {
-        EB_PREFETCH32(p, g, i);
-        EB_PREFETCH32(p, g, i + 32);
+        EB_PREFETCH_BYTES(p, g, i * esz, 64 * esz);
         __m512 mo[4], vo[4];
         bin_decode64(T0, q0 + i, mo);
         bin_decode64(T1, q1 + i, vo);
-        for (int j = 0; j < 4; j++) adam16(&K, mo[j], vo[j], p, g, i + 16 * j, wd_mode, unit_gs, s0, s1, &x0, &x1);
+        for (int j = 0; j < 4; j++)
+            adam16(&K, mo[j], vo[j], p, g, i + 16 * j, wd_mode, unit_gs, dt, s0, s1, &x0, &x1);
     }
     *amax0 = (uint32_t)_mm512_reduce_max_epu32(x0);
     *amax1 = (uint32_t)_mm512_reduce_max_epu32(x1);
 }
 
-/* adam_fold_pass instantiated per weight-decay mode and unit gradient scale (bs a multiple of 64). */
-static void adam_fold_block(float *restrict p, const float *restrict g, const eb_hyper_t *h, int32_t wd_mode,
-                            int64_t bs, const uint8_t *q0, const uint8_t *q1, const bin_b64_t *T0, const bin_b64_t *T1,
-                            float *restrict s0, float *restrict s1, uint32_t *amax0, uint32_t *amax1) {
+/* adam_fold_pass instantiated per weight-decay mode, unit gradient scale and dtype of p and g (bs a multiple of
+ * 64). */
+static void adam_fold_block(void *restrict p, const void *restrict g, int32_t dt, const eb_hyper_t *h,
+                            int32_t wd_mode, int64_t bs, const uint8_t *q0, const uint8_t *q1, const bin_b64_t *T0,
+                            const bin_b64_t *T1, float *restrict s0, float *restrict s1, uint32_t *amax0,
+                            uint32_t *amax1) {
     const int unit = h->grad_scale == 1.0f;
-#define EB_CASE(WD)                                                                                               \
-    if (wd_mode == (WD)) {                                                                                        \
+#define EB_PASS(WD, U, DT) adam_fold_pass(p, g, h, (WD), (U), (DT), bs, q0, q1, T0, T1, s0, s1, amax0, amax1)
+#define EB_CASE(WD, DT)                                                                                           \
+    if (wd_mode == (WD) && dt == (DT)) {                                                                          \
         if (unit)                                                                                                 \
-            adam_fold_pass(p, g, h, (WD), 1, bs, q0, q1, T0, T1, s0, s1, amax0, amax1);                           \
+            EB_PASS(WD, 1, DT);                                                                                   \
         else                                                                                                      \
-            adam_fold_pass(p, g, h, (WD), 0, bs, q0, q1, T0, T1, s0, s1, amax0, amax1);                           \
+            EB_PASS(WD, 0, DT);                                                                                   \
         return;                                                                                                   \
     }
-    EB_CASE(WD_NONE)
-    EB_CASE(WD_L2)
-    EB_CASE(WD_DECOUPLED)
+#define EB_CASES(DT) EB_CASE(WD_NONE, DT) EB_CASE(WD_L2, DT) EB_CASE(WD_DECOUPLED, DT)
+    EB_CASES(DT_F32)
+    EB_CASES(DT_BF16)
+    EB_CASES(DT_F16)
+#undef EB_CASES
 #undef EB_CASE
+#undef EB_PASS
 }
 #endif
 
@@ -170,13 +182,16 @@ static void adam_fold_block(float *restrict p, const float *restrict g, const eb
 /* One-state rules (momentum, rmsprop, adagrad, lion) with the state on a binary dynamic map, bs a multiple of 32:
  * decode, rule, parameter write and the new state's absmax bits in one pass, with rule_block's float32 operations
  * in its order (bit-identical). F: the block's scale folded into byte tables (bin_b64; bs a multiple of 64), or
- * NULL to decode by word table and multiply. */
+ * NULL to decode by word table and multiply. dt: p's and g's dtype (lowp.h), read and written in it; a constant
+ * in each instance (one_state_binary_block). */
 #if !(defined(__AVX512VBMI__) && defined(__AVX512BW__)) /* no folded tables here: F is always NULL */
 typedef struct bin_b64_unused bin_b64_t;
 #endif
-static void one_state_binary_block(int32_t rule, float *restrict p, const float *restrict g, const eb_hyper_t *h,
-                                   int32_t wd_mode, int64_t bs, const uint8_t *q0, float a0, const lut_t *L0,
-                                   const bin_b64_t *F, float *restrict s0, uint32_t *amax0) {
+static inline __attribute__((always_inline)) void one_state_pass(int32_t rule, void *restrict p,
+                                                                  const void *restrict g, const eb_hyper_t *h,
+                                                                  int32_t wd_mode, int64_t bs, const uint8_t *q0,
+                                                                  float a0, const lut_t *L0, const bin_b64_t *F,
+                                                                  float *restrict s0, uint32_t *amax0, const int dt) {
     const __m512 gs = _mm512_set1_ps(h->grad_scale), b1 = _mm512_set1_ps(h->beta1), c1 = _mm512_set1_ps(h->one_minus_beta1);
     const __m512 b2 = _mm512_set1_ps(h->beta2), c2 = _mm512_set1_ps(h->one_minus_beta2), eps = _mm512_set1_ps(h->eps);
     const __m512 l2 = _mm512_set1_ps(wd_mode == WD_L2 ? h->weight_decay : 0.0f), nest = _mm512_set1_ps(h->nesterov);
@@ -186,14 +201,14 @@ static void one_state_binary_block(int32_t rule, float *restrict p, const float 
     const __m512i m7f = _mm512_set1_epi32(0x7FFFFFFF);
     const bin_w32_t T = bin_w32(L0);
     __m512i mx = _mm512_setzero_si512();
-    const int64_t round = F ? 64 : 32;
+    const int64_t round = F ? 64 : 32, esz = dt == DT_F32 ? 4 : 2;
     for (int64_t i = 0; i < bs; i += round) {
         __m512 old[4];
         int parts = 2;
-        EB_PREFETCH32(p, g, i);
+        EB_PREFETCH_BYTES(p, g, i * esz, 32 * esz);
 #ifdef EB_FOLD
         if (F) {
-            EB_PREFETCH32(p, g, i + 32);
+            EB_PREFETCH_BYTES(p, g, (i + 32) * esz, 32 * esz);
             bin_decode64(F, q0 + i, old);
             parts = 4;
         } else
@@ -202,7 +217,7 @@ static void one_state_binary_block(int32_t rule, float *restrict p, const float 
         for (int half = 0; half < parts; half++) {
             const int64_t j = i + 16 * half;
             const __m512 s = F ? old[half] : _mm512_mul_ps(old[half], va);
-            __m512 pi = _mm512_loadu_ps(p + j), gi = _mm512_mul_ps(_mm512_loadu_ps(g + j), gs);
+            __m512 pi = lowp_load16(p, j, dt), gi = _mm512_mul_ps(lowp_load16(g, j, dt), gs);
             if (wd_mode == WD_L2) gi = _mm512_fmadd_ps(l2, pi, gi);
             __m512 d, sn;
             switch (rule) {
@@ -230,12 +245,24 @@ static void one_state_binary_block(int32_t rule, float *restrict p, const float 
             }
             }
             if (wd_mode == WD_DECOUPLED) pi = _mm512_mul_ps(pi, decay);
-            _mm512_storeu_ps(p + j, _mm512_sub_ps(pi, _mm512_mul_ps(step, d)));
+            lowp_store16(p, j, _mm512_sub_ps(pi, _mm512_mul_ps(step, d)), dt);
             _mm512_storeu_ps(s0 + j, sn);
             mx = _mm512_max_epu32(mx, _mm512_and_si512(_mm512_castps_si512(sn), m7f));
         }
     }
     *amax0 = (uint32_t)_mm512_reduce_max_epu32(mx);
+}
+
+/* one_state_pass instantiated per dtype of p and g. */
+static void one_state_binary_block(int32_t rule, void *restrict p, const void *restrict g, int32_t dt,
+                                   const eb_hyper_t *h, int32_t wd_mode, int64_t bs, const uint8_t *q0, float a0,
+                                   const lut_t *L0, const bin_b64_t *F, float *restrict s0, uint32_t *amax0) {
+    if (dt == DT_BF16)
+        one_state_pass(rule, p, g, h, wd_mode, bs, q0, a0, L0, F, s0, amax0, DT_BF16);
+    else if (dt == DT_F16)
+        one_state_pass(rule, p, g, h, wd_mode, bs, q0, a0, L0, F, s0, amax0, DT_F16);
+    else
+        one_state_pass(rule, p, g, h, wd_mode, bs, q0, a0, L0, F, s0, amax0, DT_F32);
 }
 #endif
 #endif
