@@ -1,4 +1,5 @@
-"""The ``eightbit`` command line: demo, stream-demo, quantize, inspect, eval, outliers, bench.
+"""The ``eightbit`` command line (also ``python -m eightbit``): demo, stream-demo, quantize, inspect, eval, outliers,
+bench, env.
 
 Every command has ``--help``. Errors a user can cause (a bad path, a directory that is not a model, a model
 type transformers cannot build, bad data files) print one ``error: ...`` line on stderr and exit with 1;
@@ -354,6 +355,54 @@ def outliers(
     if plot is not None:
         report.plot(plot)
         console.print(f"plot written to {plot}", highlight=False)
+
+
+@app.command()
+@_errors
+def env(as_json: bool = typer.Option(False, "--json", help="Print the report as JSON.")) -> None:
+    """What eightbit runs on: versions, CPU features, native/C++ kernels (or why not), CUDA, kernels per op."""
+    import json
+
+    from .env import collect_env
+
+    r = collect_env()
+    if as_json:
+        print(json.dumps(r, indent=1))
+        return
+
+    def line(key: str, value: str) -> None:
+        console.print(f"{key:<22}{value}", highlight=False, markup=False)
+
+    line("eightbit", f"{r['eightbit']['version']} ({r['eightbit']['path']})")
+    line("python", f"{r['python']} on {r['platform']}")
+    line("packages", ", ".join(f"{k} {v}" for k, v in r["packages"].items() if v) or "-")
+    missing = [k for k, v in r["packages"].items() if not v]
+    if missing:
+        line("not installed", ", ".join(missing))
+    cpu = r["cpu"]
+    line("cpu", f"{cpu['model']} ({cpu['machine']}), torch threads {cpu['threads']}")
+    if cpu["features"] is not None:
+        line("cpu features", " ".join(f if on else f"-{f}" for f, on in cpu["features"].items()))
+    nat, cpp = r["native"], r["cpp_ops"]
+    line("native C kernels", ("loaded: " if nat["loaded"] else "NOT loaded: ") + str(nat["detail"])
+         + f" (isa {nat['isa']}, cache {nat['cache_dir']})")
+    line("C++ op kernels", ("loaded: " if cpp["loaded"] else "not loaded: ") + str(cpp["detail"]))
+    cuda = r["cuda"]
+    gpus = "; ".join(f"{d['name']} (sm {d['capability']}, {d['memory_gib']} GiB)" for d in cuda["devices"])
+    build = f"torch built for CUDA {cuda['torch_cuda']}" if cuda["torch_cuda"] else "a CPU build of torch"
+    line("cuda", (gpus if cuda["available"] else "not available") + f" ({build}, triton "
+         f"{'installed' if cuda['triton'] else 'not installed'})")
+    if r["settings"]:
+        line("settings", " ".join(f"{k}={v}" for k, v in r["settings"].items()))
+    if r["reference_forced"]:
+        line("references forced", "yes: every op runs its plain-PyTorch reference (EIGHTBIT_REFERENCE=1)")
+    console.print("kernels per op (reference only: the plain-PyTorch reference serves every device)", highlight=False)
+    table = Table()
+    table.add_column("op")
+    table.add_column("kernels on")
+    for op, devices in r["kernels"].items():
+        table.add_row(op, ", ".join(devices) if devices else "reference only")
+    console.print(table)
 
 
 def _bench_root() -> Path | None:

@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 from eightbit.cli import app
 
 runner = CliRunner()
-COMMANDS = ["demo", "stream-demo", "quantize", "inspect", "eval", "outliers", "bench"]
+COMMANDS = ["demo", "stream-demo", "quantize", "inspect", "eval", "outliers", "bench", "env"]
 
 
 def run(*args):
@@ -154,3 +154,44 @@ def test_stream_demo_prints_peak_within_bound(tmp_path):
     for args in (("--dir", ckpt), ("--size-gb", "0")):
         res = run("stream-demo", *args)
         assert res.exit_code == 1 and res.output.strip().startswith("error:") and len(res.output.strip().splitlines()) == 1
+
+
+def test_env_reports_kernels_and_versions():
+    """`eightbit env`: versions, the native library's state and every op with the devices its kernels serve; the
+    JSON form agrees with the registry and torch."""
+    from eightbit.functional import ops
+    from eightbit.kernels import registered_kernels
+    from eightbit.kernels.cpu import native
+
+    res = run("env")
+    assert res.exit_code == 0, res.output
+    assert torch.__version__ in res.output and "native C kernels" in res.output
+    assert all(op in res.output for op in ops.SCHEMAS)
+    res = run("env", "--json")
+    assert res.exit_code == 0, res.output
+    r = json.loads(res.output)
+    assert r["packages"]["torch"] == torch.__version__.split("+")[0] or r["packages"]["torch"] == torch.__version__
+    assert r["native"]["loaded"] == (native.library() is not None)
+    assert r["cuda"]["available"] == torch.cuda.is_available()
+    assert set(r["kernels"]) == set(ops.SCHEMAS)
+    assert {(op, d) for op, ds in r["kernels"].items() for d in ds} == set(registered_kernels())
+
+
+@pytest.mark.parametrize("variables,expect", [({"EIGHTBIT_NATIVE": "0"}, "disabled by EIGHTBIT_NATIVE=0"),
+                                              ({"EIGHTBIT_NATIVE_ISA": "avx9000"}, "EIGHTBIT_NATIVE_ISA must be")])
+def test_env_says_why_native_kernels_are_off(variables, expect):
+    """`python -m eightbit env` in a process where the native library cannot load names the reason, and the ops
+    whose CPU kernels are native C then run their references (int8_mm's CPU kernel is torch's own int8 GEMM)."""
+    import os
+    import sys
+
+    env = {**os.environ, **variables}
+    out = subprocess.run([sys.executable, "-m", "eightbit", "env", "--json"], capture_output=True, text=True,
+                         timeout=300, env=env)
+    assert out.returncode == 0, out.stderr[-2000:]
+    r = json.loads(out.stdout)
+    assert not r["native"]["loaded"] and expect in r["native"]["detail"]
+    assert not r["cpp_ops"]["loaded"] and r["cpp_ops"]["detail"] == "needs the native C library"
+    for op in ("optimizer_update", "optimizer_update_many", "quantize_blockwise", "int8_linear", "quantize_fp8"):
+        assert "cpu" not in r["kernels"][op], op
+    assert r["settings"] == {k: v for k, v in variables.items()}

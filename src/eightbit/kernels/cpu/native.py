@@ -39,7 +39,7 @@ import torch
 from ..._memory import empty  # noqa: F401  (re-exported: the kernels' output buffers)
 
 __all__ = ["available", "empty", "library", "ptr", "rowwise", "ROW_UNIT", "build_key", "build_cached", "cache_dir",
-           "MAX_BLOCK"]
+           "MAX_BLOCK", "unavailable_reason"]
 
 MAX_BLOCK = 4096  # the C kernels' per-block scratch (csrc/blocks.h): larger blocks run the references
 
@@ -198,13 +198,23 @@ def build_cached(name: str, compile: Callable[[str], None]) -> Path:
     return target
 
 
+_WHY_NOT: list[str] = []  # the reason library() returned None (one entry once it has)
+
+
+def unavailable_reason() -> str | None:
+    """Why the native library is not loaded (None when it is): what ``library()``'s warning said."""
+    return None if library() is not None else (_WHY_NOT[0] if _WHY_NOT else "not loaded")
+
+
 @functools.lru_cache(maxsize=None)
 def library() -> ctypes.CDLL | None:
     """The loaded native library, or None (``EIGHTBIT_NATIVE=0``, no compiler, or a failed build)."""
     if os.environ.get("EIGHTBIT_NATIVE", "1") == "0":
+        _WHY_NOT.append("disabled by EIGHTBIT_NATIVE=0")
         return None
     cc = _compiler()
     if cc is None:
+        _WHY_NOT.append("no C compiler found (set CC or install cc/gcc/clang)")
         warnings.warn("eightbit: no C compiler found (set CC or install cc/gcc/clang); native CPU kernels "
                       "disabled, the PyTorch references run instead", RuntimeWarning, stacklevel=2)
         return None
@@ -215,6 +225,7 @@ def library() -> ctypes.CDLL | None:
             fn.argtypes, fn.restype = argtypes, restype
     except Exception as e:  # any build/load problem: the references run, say why once
         reason = " ".join(str(e).split())[:400]
+        _WHY_NOT.append(f"{type(e).__name__}: {reason}")
         warnings.warn(f"eightbit: native CPU kernels unavailable ({type(e).__name__}: {reason}); the PyTorch "
                       "references run instead", RuntimeWarning, stacklevel=2)
         return None

@@ -26,7 +26,7 @@ import torch
 from .. import registry
 from . import native
 
-__all__ = ["bind_int8_linear", "int8_linear_loaded"]
+__all__ = ["bind_int8_linear", "int8_linear_loaded", "unavailable_reason"]
 
 _SOURCE = Path(__file__).with_name("cpp") / "int8_linear_op.cpp"
 _FLAGS = ["-O2", "-shared", "-fPIC", "-std=c++17", "-w"]  # -w: torch's headers warn under C++17
@@ -65,18 +65,30 @@ def _build(cxx: str) -> Path:
     return native.build_cached(f"eightbit_ops_{h.hexdigest()[:20]}.so", compile_to)
 
 
+_WHY_NOT: list[str] = []  # why int8_linear_loaded() is False (one entry once it has been asked)
+
+
+def unavailable_reason() -> str | None:
+    """Why the C++ op kernels are not loaded (None when they are)."""
+    return None if int8_linear_loaded() else (_WHY_NOT[0] if _WHY_NOT else "not loaded")
+
+
 @functools.lru_cache(maxsize=None)
 def int8_linear_loaded() -> bool:
     """Whether the C++ kernel of ``eightbit::int8_linear`` is registered for CPU (built and loaded on first call).
     When it is, the Python kernel must be registered as ``eightbit_cpu::int8_linear_py`` instead."""
     if os.environ.get("EIGHTBIT_CPP", "1") == "0" or native.library() is None:
+        _WHY_NOT.append("disabled by EIGHTBIT_CPP=0" if os.environ.get("EIGHTBIT_CPP", "1") == "0"
+                        else "needs the native C library")
         return False
     cxx = _compiler()
     if cxx is None:
+        _WHY_NOT.append("no C++ compiler found (set CXX or install c++/g++/clang++)")
         return False  # the Python kernel serves the op; no warning: a C++ compiler is optional
     try:
         torch.ops.load_library(str(_build(cxx)))
     except Exception as e:  # any build/load problem: the Python kernel serves the op, say why once
+        _WHY_NOT.append(f"{type(e).__name__}: {' '.join(str(e).split())[:400]}")
         _warn(e)
         return False
     # reference_only() switches the C++ kernel's own thread-local flag too
