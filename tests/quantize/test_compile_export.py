@@ -263,3 +263,47 @@ def test_calibrate_is_the_function_in_every_import_order():
     from eightbit.quantize import calibrate as c1
 
     assert callable(c1) and c1 is eightbit.calibrate
+
+
+@pytest.mark.parametrize("name", list(_layers()))
+@pytest.mark.parametrize("backend", ["aot_eager", "inductor"])
+def test_dynamic_shapes_compile_matches_eager(name, backend):
+    """``torch.compile(layer, dynamic=True, fullgraph=True)``: one graph serves several token counts, bit-identical
+    to eager (nothing but the eightbit ops and a matmul around them). The first report: FP8 with dynamic
+    activations crashed tracing with a RecursionError (under dynamic shapes dynamo makes a module-level float and
+    a format's ``max`` symbolic, and the scale cap computed through ``struct`` cannot fold a symbolic float)."""
+    layer = _layers()[name]
+    torch._dynamo.reset()
+    compiled = torch.compile(layer, dynamic=True, fullgraph=True, backend=backend)
+    gen = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for rows in (7, 3, 33, 130):
+            x = torch.randn(2, rows, 64, generator=gen)
+            x[..., 5] = 15.0
+            assert torch.equal(compiled(x), layer(x)), rows
+    torch._dynamo.reset()
+
+
+def test_dynamic_shapes_compile_of_the_functional_quantizers():
+    """The functional FP8 and INT8 quantizers compiled with dynamic shapes give eager's codes and scales, and the
+    in-graph scale cap equals ``max_scale`` for every format's maximum."""
+    from eightbit.functional import quantize_fp8, quantize_int8
+    from eightbit.functional.affine import _scale_cap, max_scale
+    from eightbit.functional.fp8 import FP8_FORMATS
+
+    torch._dynamo.reset()
+    cap = torch.compile(_scale_cap, dynamic=True, fullgraph=True)
+    for qmax in [f.max for f in FP8_FORMATS.values()] + [127.0, 127.5, 128.0, 255.0, 3.0]:
+        assert float(cap(qmax)) == max_scale(qmax), qmax
+    fns = {"fp8": lambda x: quantize_fp8(x, "e4m3", axis=0), "fp8-e5m2": lambda x: quantize_fp8(x, "e5m2"),
+           "int8": lambda x: quantize_int8(x, axis=0)}
+    gen = torch.Generator().manual_seed(4)
+    for name, fn in fns.items():
+        compiled = torch.compile(fn, dynamic=True, fullgraph=True)
+        for rows in (5, 17, 64):
+            x = torch.randn(rows, 32, generator=gen) * 10
+            got, want = compiled(x), fn(x)
+            assert all(torch.equal(a.view(torch.uint8) if a.dtype.itemsize == 1 else a,
+                                   b.view(torch.uint8) if b.dtype.itemsize == 1 else b) for a, b in zip(got, want)), \
+                (name, rows)
+    torch._dynamo.reset()

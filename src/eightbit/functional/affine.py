@@ -111,11 +111,22 @@ def max_scale(qmax: float) -> float:
     return s
 
 
+def _scale_cap(qmax: float) -> float | torch.Tensor:
+    """``max_scale(qmax)``; while torch.compile traces, the same value as a 0-dim float32 tensor computed in the
+    graph. Why: under dynamic shapes dynamo makes floats read from globals and dataclasses (``_FMAX``, a format's
+    ``max``) symbolic, and ``struct`` cannot fold a symbolic float (dynamo recursed until RecursionError)."""
+    if not torch.compiler.is_compiling():
+        return max_scale(qmax)
+    s = (torch.full((), _FMAX, dtype=torch.float64) / qmax).float()  # FMAX / qmax to nearest, as max_scale
+    # one step down when qmax * s still rounds to inf (s * qmax is exact in float64, as in max_scale)
+    return torch.where(s.double() * qmax >= _F32_OVERFLOW, torch.nextafter(s, torch.zeros_like(s)), s)
+
+
 def scale_from_amax(amax: torch.Tensor, qmax: float) -> torch.Tensor:
     """``amax / qmax`` with the zero-range guard (scale 1), no underflow to 0, and capped at
     ``max_scale(qmax)`` so ``qmax * scale`` stays finite."""
     amax = amax.float()
-    return torch.where(amax > 0, amax / qmax, torch.ones_like(amax)).clamp(_TINY, max_scale(qmax))
+    return torch.where(amax > 0, amax / qmax, torch.ones_like(amax)).clamp_min(_TINY).clamp_max(_scale_cap(qmax))
 
 
 def absmax_scale(x: torch.Tensor, qmax: float, axis: int | None = None) -> torch.Tensor:
@@ -205,7 +216,7 @@ def affine_params(lo: torch.Tensor, hi: torch.Tensor) -> tuple[torch.Tensor, tor
     lo = torch.minimum(lo.float(), torch.zeros_like(lo, dtype=torch.float32))
     hi = torch.maximum(hi.float(), torch.zeros_like(hi, dtype=torch.float32))
     # (hi/2 - lo/2) / 127.5 == (hi - lo) / 255 exactly, but cannot overflow when hi - lo > float32 max
-    scale = scale_from_amax(hi * 0.5 - lo * 0.5, 127.5).clamp_max(max_scale(128.0))
+    scale = scale_from_amax(hi * 0.5 - lo * 0.5, 127.5).clamp_max(_scale_cap(128.0))
     zp = torch.round(-lo / scale)
     # A range wider than float32 max (scale > max/255): keep (q - zp) * scale finite for every code q in
     # [0, 255] by keeping zp within [255 - m, m], m = the largest |q - zp| whose product is finite (>= 128).
