@@ -34,3 +34,8 @@ __getattr__, __dir__ = lazy_exports(
         "load_quantized_from_float": ".quantize.streaming",
     },
 )
+
+# PEFT learns eightbit's LoRA layer when it is imported (no PEFT import here: it costs seconds)
+from .integrations._peft_hook import install as _install_peft_hook  # noqa: E402
+
+_install_peft_hook()

@@ -148,3 +148,26 @@ def test_hf_loaded_int8_model_takes_lora(tmp_path, gen):
     loss = peft_model(input_ids=ids, labels=ids).loss
     loss.backward()
     assert all(p.grad is not None for n, p in peft_model.named_parameters() if p.requires_grad)
+
+
+@pytest.mark.parametrize("peft_first", [True, False])
+def test_lora_layer_registered_without_importing_the_integration(peft_first):
+    """A fresh process that never imports eightbit.integrations.peft: `import eightbit` registers the LoRA layer
+    with PEFT when PEFT is imported (before or after eightbit), without importing PEFT itself."""
+    import subprocess
+    import sys
+
+    code = "\n".join([
+        "import sys",
+        "import peft" if peft_first else "",
+        "import torch, transformers, eightbit",
+        "assert ('peft' in sys.modules) == " + str(peft_first),
+        "cfg = transformers.GPT2Config(vocab_size=32, n_positions=16, n_embd=32, n_layer=1, n_head=2)",
+        "m = eightbit.quantize_model(transformers.GPT2LMHeadModel(cfg), eightbit.Int8Config())",
+        "from peft import LoraConfig, get_peft_model",
+        "pm = get_peft_model(m, LoraConfig(r=4, target_modules=['c_attn']))",
+        "print(type(pm.base_model.model.transformer.h[0].attn.c_attn).__name__)",
+    ])
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.strip().splitlines()[-1] == "LoraLinear8bitLt"

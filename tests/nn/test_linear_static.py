@@ -154,3 +154,36 @@ def test_int8_static_runs_the_exact_int8_gemm(granularity, dtype, gen):
     sim = layer._quantize_input(xin.float()).reshape(-1, 200).double() @ layer.dequantized_weight().double().T + lin.bias.double()
     abs_prod = (codes.abs() @ layer.weight.double().abs().T) * layer.input_scale.double() * ws
     assert ((got - sim).abs() <= bound + (2 * u + u * u) * abs_prod).all()
+
+
+@pytest.mark.parametrize("make", [
+    lambda lin: LinearFP8.from_linear(lin),
+    lambda lin: LinearFP8.from_linear(lin, format="e5m2", weight_granularity="tensor"),
+    lambda lin: LinearFP8.from_linear(lin, activation="dynamic"),
+    lambda lin: LinearInt8Static.from_linear(lin),
+    lambda lin: LinearInt8Static.from_linear(lin, symmetric=False),
+    lambda lin: LinearInt8Static.from_linear(lin, compute_dtype=torch.bfloat16),
+])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_input_gradient_is_straight_through(make, dtype, gen):
+    """An input that requires grad gets ``grad @ dequantized_weight`` (it was silently None: the quantized ops have
+    no autograd), the output is the no-grad output bit for bit, and a float layer before the quantized one trains
+    through it. The weight and bias are frozen buffers."""
+    lin = nn.Linear(48, 24)
+    layer = make(lin)
+    if layer.activation == "static":
+        _calibrated(layer, torch.randn(16, 48, generator=gen))
+    x = torch.randn(3, 5, 48, generator=gen).to(dtype).requires_grad_(True)
+    g = torch.randn(3, 5, 24, generator=gen).to(dtype)
+    y = layer(x)
+    with torch.no_grad():
+        assert torch.equal(y, layer(x))
+    y.backward(g)
+    want = g @ layer.dequantized_weight().to(dtype)
+    assert x.grad is not None and x.grad.dtype == dtype and torch.equal(x.grad, want)
+    assert not any(p.requires_grad for p in layer.parameters())
+
+    head = nn.Linear(8, 48).to(dtype)
+    model = nn.Sequential(head, layer)
+    model(torch.randn(4, 8, generator=gen).to(dtype)).square().sum().backward()
+    assert head.weight.grad is not None and head.weight.grad.abs().sum() > 0

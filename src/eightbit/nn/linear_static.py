@@ -19,6 +19,11 @@ quantization, as in the paper: the input is quantized then dequantized with its 
 cached: it is rebuilt each call in chunks of at most ``CHUNK_ELEMENTS`` values (16 MB in fp32), so the layer
 keeps its 1-byte footprint at the cost of one dequantization pass per forward. Bias stays in float;
 Softmax/GELU/LayerNorm around the layer are untouched.
+
+Gradients. Weights and bias are frozen buffers. An input that requires grad gets the straight-through gradient
+``grad @ dequantized_weight`` (the activation rounding taken as identity, as bitsandbytes' int8 backward does), so
+earlier layers (LoRA adapters, a float head, input saliency) train through the layer; the quantized ops themselves
+have no autograd, and without this the input's gradient was silently None.
 """
 from __future__ import annotations
 
@@ -37,6 +42,19 @@ from .base import QuantizedLinear
 
 CHUNK_ELEMENTS = 1 << 22
 QUANTIZE_CHUNK_ELEMENTS = 1 << 20  # float scratch per step of set_weight (4 MB in fp32)
+
+
+class _StraightThrough(torch.autograd.Function):
+    """``layer``'s quantized forward; backward: ``grad @ layer.dequantized_weight()`` for the input only."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, layer: "LinearStatic") -> torch.Tensor:
+        ctx.layer = layer
+        return layer._quantized_forward(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        return grad @ ctx.layer.dequantized_weight().to(grad.dtype), None
 
 
 class LinearStatic(QuantizedLinear):
@@ -236,7 +254,12 @@ class LinearStatic(QuantizedLinear):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-1] != self.in_features:
             raise ValueError(f"input last dim must be {self.in_features}, got shape {tuple(x.shape)}")
-        if self._observer is not None:
+        if self._observer is None and x.requires_grad and torch.is_grad_enabled():
+            return _StraightThrough.apply(x, self)
+        return self._quantized_forward(x)
+
+    def _quantized_forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self._observer is not None:  # calibrating: float input, fake-quantized weight (differentiable)
             self._observer.observe(x)
             xq = x.to(self.compute_dtype)
         elif self._int8_gemm():
