@@ -99,3 +99,23 @@ def test_empty_buffers_are_plain_tensors():
         assert t.shape == torch.Size(shape) and t.dtype == dtype and t.is_contiguous()
         t.fill_(1)
         assert int(t.sum()) == t.numel()
+
+
+@pytest.mark.parametrize("signed", [True, False])
+def test_binade_classes_reproduce_the_per_binade_tables(signed):
+    """The 8-lane encoders read a binade's row as class (byte shuffle) then value (8-entry permute): for both
+    binary maps every position's class row equals the per-binade tables, and the struct carries them. More than
+    8 distinct rows gives None (those encoders keep the group search)."""
+    from eightbit.functional.codes import binary_codebook
+    from eightbit.kernels.cpu.tables import binade_classes, binade_params
+
+    cb = binary_codebook(signed)
+    tables = binade_params(cb.groups, signed)
+    cls, values = binade_classes(tables)
+    assert len(cls) == 32 and max(cls) < 8 and all(len(v) == 8 for v in values)
+    for pos in range(32):
+        assert [v[cls[pos]] for v in values] == [t[pos] for t in tables], pos
+    lut = native_tables(cb).lut
+    assert lut.bin_ncls == 1 + max(cls) and list(lut.bin_cls) == cls
+    assert [list(lut.bin_cnear), list(lut.bin_cnegoff), list(lut.bin_cshift), list(lut.bin_cdraw)] == values
+    assert binade_classes(([i for i in range(32)],) * 4) is None

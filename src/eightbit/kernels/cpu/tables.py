@@ -148,7 +148,9 @@ class Lut(ctypes.Structure):
                 ("bin_shift", ctypes.c_int32 * 8), ("bin_bottom", ctypes.c_int32 * 8),
                 ("bin_knear", ctypes.c_int32 * 32), ("bin_knegoff", ctypes.c_int32 * 32),
                 ("bin_kshift", ctypes.c_int32 * 32), ("bin_kdraw", ctypes.c_int32 * 32),
-                ("bin_bf16", ctypes.c_uint16 * 256)]
+                ("bin_bf16", ctypes.c_uint16 * 256), ("bin_ncls", ctypes.c_int32), ("bin_cls", ctypes.c_uint8 * 32),
+                ("bin_cnear", ctypes.c_int32 * 8), ("bin_cnegoff", ctypes.c_int32 * 8), ("bin_cshift", ctypes.c_int32 * 8),
+                ("bin_cdraw", ctypes.c_int32 * 8)]
 
 
 def binary_params(groups: tuple, signed: bool) -> tuple[list[int], list[int], list[int]]:
@@ -200,6 +202,19 @@ def binade_params(groups: tuple, signed: bool) -> tuple[list[int], list[int], li
     return as_i32(near), as_i32(negoff), sh, as_i32(draw)
 
 
+def binade_classes(tables: tuple[list[int], ...]) -> tuple[list[int], list[list[int]]] | None:
+    """The per-binade tables of ``binade_params`` as classes for the 8-lane encoders (``csrc/bincode.h``): (class of
+    each of the 32 positions, then per table its value for each of at most 8 classes), so that a lookup is a byte
+    shuffle (position -> class) and an 8-entry permute (class -> value); None when there are more than 8 distinct
+    rows (those encoders then search the groups)."""
+    rows = list(zip(*tables))
+    distinct = list(dict.fromkeys(rows))
+    if len(distinct) > 8:
+        return None
+    distinct += [distinct[0]] * (8 - len(distinct))
+    return [distinct.index(r) for r in rows], [list(col) for col in zip(*distinct)]
+
+
 class NativeTables(NamedTuple):
     """A codebook's native tables: ``lut`` (the struct the kernels read) and the tensors it points into, which
     must stay alive as long as it does."""
@@ -222,7 +237,13 @@ def _build_native(cb: Codebook) -> NativeTables | None:
         off, shift, bottom = binary_params(cb.groups, cb.signed)
         s.bin_groups, s.bin_signed = len(cb.groups), int(cb.signed)
         s.bin_off[:], s.bin_shift[:], s.bin_bottom[:] = off, shift, bottom
-        s.bin_knear[:], s.bin_knegoff[:], s.bin_kshift[:], s.bin_kdraw[:] = binade_params(cb.groups, cb.signed)
+        per_binade = binade_params(cb.groups, cb.signed)
+        s.bin_knear[:], s.bin_knegoff[:], s.bin_kshift[:], s.bin_kdraw[:] = per_binade
+        classes = binade_classes(per_binade)
+        if classes is not None:
+            s.bin_ncls = 1 + max(classes[0])
+            s.bin_cls[:] = classes[0]
+            s.bin_cnear[:], s.bin_cnegoff[:], s.bin_cshift[:], s.bin_cdraw[:] = classes[1]
         bits = code.view(torch.int32).to(torch.int64) & 0xFFFFFFFF
         assert not bool((bits & 0xFFFF).any()), "binary map codes fit bfloat16"  # at most 7 fraction bits
         s.bin_bf16[:] = (bits >> 16).tolist()

@@ -82,7 +82,8 @@ static inline int32_t bin_stochastic(const lut_t *L, float n, float u) {
 #ifdef __AVX2__
 typedef struct {
     __m256i off, shift, bottom[8], cmin, hm, one, m7f, sbit, maxmag, inv_cmin;
-    int is_signed;
+    __m256i cls_lo, cls_hi, cnear, cnegoff, cshift, cdraw, e95; /* the per-binade classes (valid when binade) */
+    int is_signed, binade;
     const lut_t *lut; /* for the 16-lane tables of the same map (optim_fused.h) */
 } bin_vec_t;
 
@@ -101,6 +102,14 @@ static inline bin_vec_t bin_vec(const lut_t *L) {
     v.maxmag = _mm256_set1_epi32(L->bin_signed ? 127 : 255);
     v.lut = L;
     v.is_signed = L->bin_signed;
+    v.binade = L->bin_ncls > 0;
+    v.cls_lo = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)L->bin_cls));
+    v.cls_hi = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)(L->bin_cls + 16)));
+    v.cnear = _mm256_loadu_si256((const __m256i *)L->bin_cnear);
+    v.cnegoff = _mm256_loadu_si256((const __m256i *)L->bin_cnegoff);
+    v.cshift = _mm256_loadu_si256((const __m256i *)L->bin_cshift);
+    v.cdraw = _mm256_loadu_si256((const __m256i *)L->bin_cdraw);
+    v.e95 = _mm256_set1_epi32(95);
     return v;
 }
 
@@ -186,6 +195,56 @@ static inline __m256i bin_stochastic8(const bin_vec_t *V, __m256 n, __m256i d) {
 }
 #endif
 
+#ifdef __AVX2__
+/* The 8-lane encoders on the per-binade tables, as the 16-lane ones (bincode_avx512.h: same arithmetic, same
+ * exactness argument, valid for |n| < 1): without 32-entry permutes, a binade's table row is found in two steps,
+ * its class (<= 8 distinct rows; tables.binade_classes) by a byte shuffle of the exponent's low five bits, then
+ * each value by an 8-entry permute of the class. About half the operations of the group search above. */
+static inline __m256i bin_class8(const bin_vec_t *V, __m256i e) {
+    /* byte 0 of each lane indexes the 16-entry tables (e & 15); bytes 1-3 have bit 7 set and read 0 */
+    const __m256i b = _mm256_or_si256(_mm256_and_si256(e, _mm256_set1_epi32(15)), _mm256_set1_epi32((int32_t)0x80808000u));
+    const __m256 lo = _mm256_castsi256_ps(_mm256_shuffle_epi8(V->cls_lo, b));
+    const __m256 hi = _mm256_castsi256_ps(_mm256_shuffle_epi8(V->cls_hi, b));
+    return _mm256_castps_si256(_mm256_blendv_ps(lo, hi, _mm256_castsi256_ps(_mm256_slli_epi32(e, 27)))); /* bit 4 */
+}
+
+/* Index from magnitude; neg: the lanes with bits <= 0 (all ones), whose index is 127 - mag (signed) or 0. */
+static inline __m256i bin_index8(const bin_vec_t *V, __m256i mag, __m256i neg) {
+    mag = _mm256_min_epu32(mag, V->maxmag);
+    if (!V->is_signed) return _mm256_andnot_si256(neg, mag);
+    return _mm256_add_epi32(_mm256_set1_epi32(128), _mm256_xor_si256(mag, neg)); /* 128 + mag, or 127 - mag */
+}
+
+static inline __m256i bin_nearest8b(const bin_vec_t *V, __m256i bits) {
+    const __m256i a = _mm256_and_si256(bits, V->m7f), neg = _mm256_cmpgt_epi32(V->one, bits);
+    const __m256i c = bin_class8(V, _mm256_max_epi32(_mm256_srli_epi32(a, 23), V->e95));
+    const __m256i t = _mm256_sub_epi32(_mm256_permutevar8x32_epi32(V->cnear, c), neg); /* ties, as bin_nearest16 */
+    const __m256i mag = _mm256_srlv_epi32(_mm256_add_epi32(a, t), _mm256_permutevar8x32_epi32(V->cshift, c));
+    return bin_index8(V, mag, neg);
+}
+
+/* Stochastic indices of 8 values n with 24-bit draws d: bin_carry16 and bin_below16 in 8 lanes. */
+static inline __m256i bin_stochastic8b(const bin_vec_t *V, __m256 n, __m256i d) {
+    const __m256i bits = _mm256_castps_si256(n);
+    const __m256i a = _mm256_and_si256(bits, V->m7f), neg = _mm256_cmpgt_epi32(V->one, bits);
+    const __m256i c = bin_class8(V, _mm256_max_epi32(_mm256_srli_epi32(a, 23), V->e95));
+    const __m256i r = _mm256_add_epi32(a, _mm256_permutevar8x32_epi32(V->cnegoff, c));
+    const __m256i dd = _mm256_xor_si256(d, _mm256_andnot_si256(neg, _mm256_set1_epi32(0xFFFFFF)));
+    const __m256i frac = _mm256_srlv_epi32(dd, _mm256_permutevar8x32_epi32(V->cdraw, c)); /* counts > 31: 0 */
+    __m256i mag = _mm256_srlv_epi32(_mm256_add_epi32(r, frac), _mm256_permutevar8x32_epi32(V->cshift, c));
+    const __m256i below = _mm256_cmpgt_epi32(V->cmin, a);
+    if (_mm256_movemask_ps(_mm256_castsi256_ps(below))) { /* rare: the reference's float fraction there */
+        const __m256 u = _mm256_mul_ps(_mm256_cvtepi32_ps(d), _mm256_set1_ps(1.0f / 16777216.0f));
+        const __m256 c_lo = _mm256_castsi256_ps(_mm256_and_si256(neg, _mm256_or_si256(V->cmin, V->sbit)));
+        const __m256 fz = _mm256_mul_ps(_mm256_sub_ps(n, c_lo), _mm256_castsi256_ps(V->inv_cmin));
+        const __m256i upz = _mm256_castps_si256(_mm256_cmp_ps(u, fz, _CMP_LT_OQ));
+        const __m256i magz = _mm256_and_si256(_mm256_xor_si256(neg, upz), V->one); /* positive: up; negative: not */
+        mag = _mm256_blendv_epi8(mag, magz, below);
+    }
+    return bin_index8(V, mag, neg);
+}
+#endif
+
 #include "bincode_avx512.h"
 
 #ifdef __AVX2__
@@ -254,6 +313,20 @@ static void bin_encode_block(const lut_t *L, const float *restrict x, int64_t bs
     const __m256 vinv = _mm256_set1_ps(inv);
     const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), m31 = _mm256_set1_epi32((int32_t)M31);
     const __m256i phi = _mm256_set1_epi32((int32_t)EB_PHI), off = _mm256_set1_epi32((int32_t)(sd << 1));
+    if (V.binade && inv != 0x1p-127f) { /* |n| < 1: the per-binade encoders (a 2^127 scale takes the ones below) */
+        if (seed < 0) {
+            for (; i + 8 <= bs; i += 8)
+                bin_store8(bin_nearest8b(&V, _mm256_castps_si256(_mm256_mul_ps(_mm256_loadu_ps(x + i), vinv))), q + i);
+        } else if ((uint64_t)((base + (uint32_t)i) & M31) + (uint64_t)(bs - i) <= 0x80000000ull) {
+            /* no wrap of the counter past 2^31 in the block: each lane's hash advances by 8 phi per 8 values */
+            const __m256i k = _mm256_add_epi32(_mm256_set1_epi32((int32_t)((base + (uint32_t)i) & M31)), lane);
+            __m256i hv = _mm256_add_epi32(_mm256_mullo_epi32(k, phi), off);
+            const __m256i step = _mm256_set1_epi32((int32_t)(8u * EB_PHI));
+            for (; i + 8 <= bs; i += 8, hv = _mm256_add_epi32(hv, step))
+                bin_store8(bin_stochastic8b(&V, _mm256_mul_ps(_mm256_loadu_ps(x + i), vinv), _mm256_srli_epi32(hv, 8)),
+                           q + i);
+        }
+    }
     if (seed >= 0) {
         for (; i + 8 <= bs; i += 8) {
             const __m256i k = _mm256_and_si256(_mm256_add_epi32(_mm256_set1_epi32((int32_t)(base + (uint32_t)i)), lane), m31);
