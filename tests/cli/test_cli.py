@@ -194,4 +194,4 @@ def test_env_says_why_native_kernels_are_off(variables, expect):
     assert not r["cpp_ops"]["loaded"] and r["cpp_ops"]["detail"] == "needs the native C library"
     for op in ("optimizer_update", "optimizer_update_many", "quantize_blockwise", "int8_linear", "quantize_fp8"):
         assert "cpu" not in r["kernels"][op], op
-    assert r["settings"] == {k: v for k, v in variables.items()}
+    assert variables.items() <= r["settings"].items()  # (plus any EIGHTBIT_* the caller set, e.g. CI's cache dir)
