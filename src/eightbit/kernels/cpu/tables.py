@@ -147,10 +147,9 @@ class Lut(ctypes.Structure):
                 ("bin_groups", ctypes.c_int32), ("bin_signed", ctypes.c_int32), ("bin_off", ctypes.c_int32 * 8),
                 ("bin_shift", ctypes.c_int32 * 8), ("bin_bottom", ctypes.c_int32 * 8),
                 ("bin_knear", ctypes.c_int32 * 32), ("bin_knegoff", ctypes.c_int32 * 32),
-                ("bin_kshift", ctypes.c_int32 * 32), ("bin_kdraw", ctypes.c_int32 * 32),
+                ("bin_kshift", ctypes.c_int32 * 32),
                 ("bin_bf16", ctypes.c_uint16 * 256), ("bin_ncls", ctypes.c_int32), ("bin_cls", ctypes.c_uint8 * 32),
-                ("bin_cnear", ctypes.c_int32 * 8), ("bin_cnegoff", ctypes.c_int32 * 8), ("bin_cshift", ctypes.c_int32 * 8),
-                ("bin_cdraw", ctypes.c_int32 * 8)]
+                ("bin_cnear", ctypes.c_int32 * 8), ("bin_cnegoff", ctypes.c_int32 * 8), ("bin_cshift", ctypes.c_int32 * 8)]
 
 
 def binary_params(groups: tuple, signed: bool) -> tuple[list[int], list[int], list[int]]:
@@ -169,12 +168,13 @@ def binary_params(groups: tuple, signed: bool) -> tuple[list[int], list[int], li
     return off, shift, bottom
 
 
-def binade_params(groups: tuple, signed: bool) -> tuple[list[int], list[int], list[int], list[int]]:
+def binade_params(groups: tuple, signed: bool) -> tuple[list[int], list[int], list[int]]:
     """Per-binade tables of the 16-lane encoders (``csrc/bincode.h``), at position ``e & 31`` for float32
-    exponent field ``e`` (binade k = 126 - e, k = 0..31): (near, negoff, shift, draw) with ``near`` = half a
+    exponent field ``e`` (binade k = 126 - e, k = 0..31): (near, negoff, shift) with ``near`` = half a
     gap less one minus the group's offset (nearest magnitude ``(a + near + negative) >> shift``), ``negoff`` =
-    minus the offset, ``draw`` = 24 - shift (a 24-bit draw shifted right by it is a uniform
-    integer below one gap: the stochastic magnitude is ``(a - offset + (draw' >> draw)) >> shift``). Below the smallest code cmin the nearest entries give 0 or 1
+    minus the offset (a 24-bit draw shifted right by 24 - shift is a uniform integer below one gap: the stochastic
+    magnitude is ``(a - offset + (draw' >> (24 - shift))) >> shift``). Below the smallest code cmin the nearest
+    entries give 0 or 1
     split at cmin / 2 (binade of cmin / 2: shift 23; below: shift 31, i.e. 0); the stochastic encoder handles
     that region apart."""
     off, shift, bottom = binary_params(groups, signed)
@@ -184,7 +184,7 @@ def binade_params(groups: tuple, signed: bool) -> tuple[list[int], list[int], li
         t = bits - 1 - j
         per_binade += [(off[t], shift[t])] * binades
     half_min = bottom[0] - (1 << 23)  # bits of cmin / 2
-    near, negoff, sh, draw = [0] * 32, [0] * 32, [0] * 32, [0] * 32
+    near, negoff, sh = [0] * 32, [0] * 32, [0] * 32
     m32 = 0xFFFFFFFF
     for k in range(32):
         pos = (126 - k) & 31
@@ -197,9 +197,9 @@ def binade_params(groups: tuple, signed: bool) -> tuple[list[int], list[int], li
         else:
             o, s_ = off[0], 31
             near[pos] = 0
-        negoff[pos], sh[pos], draw[pos] = (-o) & m32, s_, (24 - s_) & m32  # below cmin: >= 2^31 (shifts to 0)
+        negoff[pos], sh[pos] = (-o) & m32, s_  # below cmin shift 31: 24 - 31 < 0 shifts a draw out (to 0)
     as_i32 = lambda v: [x - (1 << 32) if x >= 1 << 31 else x for x in v]  # noqa: E731
-    return as_i32(near), as_i32(negoff), sh, as_i32(draw)
+    return as_i32(near), as_i32(negoff), sh
 
 
 def binade_classes(tables: tuple[list[int], ...]) -> tuple[list[int], list[list[int]]] | None:
@@ -238,12 +238,12 @@ def _build_native(cb: Codebook) -> NativeTables | None:
         s.bin_groups, s.bin_signed = len(cb.groups), int(cb.signed)
         s.bin_off[:], s.bin_shift[:], s.bin_bottom[:] = off, shift, bottom
         per_binade = binade_params(cb.groups, cb.signed)
-        s.bin_knear[:], s.bin_knegoff[:], s.bin_kshift[:], s.bin_kdraw[:] = per_binade
+        s.bin_knear[:], s.bin_knegoff[:], s.bin_kshift[:] = per_binade
         classes = binade_classes(per_binade)
         if classes is not None:
             s.bin_ncls = 1 + max(classes[0])
             s.bin_cls[:] = classes[0]
-            s.bin_cnear[:], s.bin_cnegoff[:], s.bin_cshift[:], s.bin_cdraw[:] = classes[1]
+            s.bin_cnear[:], s.bin_cnegoff[:], s.bin_cshift[:] = classes[1]
         bits = code.view(torch.int32).to(torch.int64) & 0xFFFFFFFF
         assert not bool((bits & 0xFFFF).any()), "binary map codes fit bfloat16"  # at most 7 fraction bits
         s.bin_bf16[:] = (bits >> 16).tolist()

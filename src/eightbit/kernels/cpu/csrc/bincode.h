@@ -82,7 +82,7 @@ static inline int32_t bin_stochastic(const lut_t *L, float n, float u) {
 #ifdef __AVX2__
 typedef struct {
     __m256i off, shift, bottom[8], cmin, hm, one, m7f, sbit, maxmag, inv_cmin;
-    __m256i cls_lo, cls_hi, cnear, cnegoff, cshift, cdraw, e95; /* the per-binade classes (valid when binade) */
+    __m256i cls_lo, cls_hi, cnear, cnegoff, cshift, e95; /* the per-binade classes (valid when binade) */
     int is_signed, binade;
     const lut_t *lut; /* for the 16-lane tables of the same map (optim_fused.h) */
 } bin_vec_t;
@@ -108,7 +108,6 @@ static inline bin_vec_t bin_vec(const lut_t *L) {
     v.cnear = _mm256_loadu_si256((const __m256i *)L->bin_cnear);
     v.cnegoff = _mm256_loadu_si256((const __m256i *)L->bin_cnegoff);
     v.cshift = _mm256_loadu_si256((const __m256i *)L->bin_cshift);
-    v.cdraw = _mm256_loadu_si256((const __m256i *)L->bin_cdraw);
     v.e95 = _mm256_set1_epi32(95);
     return v;
 }
@@ -230,8 +229,10 @@ static inline __m256i bin_stochastic8b(const bin_vec_t *V, __m256 n, __m256i d) 
     const __m256i c = bin_class8(V, _mm256_max_epi32(_mm256_srli_epi32(a, 23), V->e95));
     const __m256i r = _mm256_add_epi32(a, _mm256_permutevar8x32_epi32(V->cnegoff, c));
     const __m256i dd = _mm256_xor_si256(d, _mm256_andnot_si256(neg, _mm256_set1_epi32(0xFFFFFF)));
-    const __m256i frac = _mm256_srlv_epi32(dd, _mm256_permutevar8x32_epi32(V->cdraw, c)); /* counts > 31: 0 */
-    __m256i mag = _mm256_srlv_epi32(_mm256_add_epi32(r, frac), _mm256_permutevar8x32_epi32(V->cshift, c));
+    const __m256i sh = _mm256_permutevar8x32_epi32(V->cshift, c);
+    /* the draw's shift is 24 - sh (bin_carry16); counts > 31 (below cmin, 24 - 31 < 0) give 0 */
+    const __m256i frac = _mm256_srlv_epi32(dd, _mm256_sub_epi32(_mm256_set1_epi32(24), sh));
+    __m256i mag = _mm256_srlv_epi32(_mm256_add_epi32(r, frac), sh);
     const __m256i below = _mm256_cmpgt_epi32(V->cmin, a);
     if (_mm256_movemask_ps(_mm256_castsi256_ps(below))) { /* rare: the reference's float fraction there */
         const __m256 u = _mm256_mul_ps(_mm256_cvtepi32_ps(d), _mm256_set1_ps(1.0f / 16777216.0f));

@@ -8,7 +8,7 @@
  * magnitude (a + near + negative) >> shift, the region below the smallest code included. Valid for |n| < 1
  * (the encoder takes the 8-lane path for a block scaled by 2^127, whose values may reach 2). */
 typedef struct {
-    __m512i near_lo, near_hi, neg_lo, neg_hi, sh_lo, sh_hi, dr_lo, dr_hi, off, shift, cmin, one, maxmag,
+    __m512i near_lo, near_hi, neg_lo, neg_hi, sh_lo, sh_hi, off, shift, cmin, one, maxmag,
         inv_cmin, m7f, sbit, e95;
     int is_signed;
 } bin_v16_t;
@@ -21,8 +21,6 @@ static inline bin_v16_t bin_v16(const lut_t *L) {
     v.neg_hi = _mm512_loadu_si512(L->bin_knegoff + 16);
     v.sh_lo = _mm512_loadu_si512(L->bin_kshift);
     v.sh_hi = _mm512_loadu_si512(L->bin_kshift + 16);
-    v.dr_lo = _mm512_loadu_si512(L->bin_kdraw);
-    v.dr_hi = _mm512_loadu_si512(L->bin_kdraw + 16);
     v.off = _mm512_zextsi256_si512(_mm256_loadu_si256((const __m256i *)L->bin_off));
     v.shift = _mm512_zextsi256_si512(_mm256_loadu_si256((const __m256i *)L->bin_shift));
     v.cmin = _mm512_set1_epi32(L->bin_bottom[0]);
@@ -88,8 +86,10 @@ static inline __m512i bin_nearest16(const bin_v16_t *V, __m512i bits) {
  * d >= 2^24 - W, the same carry with d' = d. So the magnitude is (r + (d' >> (24 - s))) >> s. Below the smallest
  * code the reference's float fraction decides (lanes there are rare: that part is skipped when none is). */
 static inline __m512i bin_carry16(const bin_v16_t *V, __m512i r, __m512i e, __m512i dd) {
-    const __m512i frac = _mm512_srlv_epi32(dd, _mm512_permutex2var_epi32(V->dr_lo, e, V->dr_hi));
-    return _mm512_srlv_epi32(_mm512_add_epi32(r, frac), _mm512_permutex2var_epi32(V->sh_lo, e, V->sh_hi));
+    /* the draw's shift 24 - s is computed (below cmin, s = 31: a negative count, read as > 31, shifts it out) */
+    const __m512i sh = _mm512_permutex2var_epi32(V->sh_lo, e, V->sh_hi);
+    const __m512i frac = _mm512_srlv_epi32(dd, _mm512_sub_epi32(_mm512_set1_epi32(24), sh));
+    return _mm512_srlv_epi32(_mm512_add_epi32(r, frac), sh);
 }
 
 /* The magnitudes of the lanes below the smallest code (mask below), where the reference's float fraction decides:

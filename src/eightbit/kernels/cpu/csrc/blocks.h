@@ -26,11 +26,11 @@ typedef struct {
     int32_t bin_groups;    /* binary dynamic map (bincode.h): its number of groups, else 0 */
     int32_t bin_signed;
     int32_t bin_off[8], bin_shift[8], bin_bottom[8]; /* per group t = floor(log2 magnitude code) */
-    int32_t bin_knear[32], bin_knegoff[32], bin_kshift[32], bin_kdraw[32]; /* per binade (tables.binade_params) */
+    int32_t bin_knear[32], bin_knegoff[32], bin_kshift[32]; /* per binade (tables.binade_params) */
     uint16_t bin_bf16[256];                           /* each code's top 16 bits (its low 16 are zero) */
     int32_t bin_ncls; /* the per-binade tables as <= 8 classes (tables.binade_classes), else 0: */
     uint8_t bin_cls[32];                                                       /* position e & 31 -> class */
-    int32_t bin_cnear[8], bin_cnegoff[8], bin_cshift[8], bin_cdraw[8];        /* class -> bin_k* value */
+    int32_t bin_cnear[8], bin_cnegoff[8], bin_cshift[8];                      /* class -> bin_k* value */
 } lut_t;
 
 /* Packed tables (eightbit.kernels.cpu.tables.packed_lut): one entry per sign and float cell of |n| (the
