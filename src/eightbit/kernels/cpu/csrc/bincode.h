@@ -301,7 +301,12 @@ static void bin_encode_block(const lut_t *L, const float *restrict x, int64_t bs
                 _mm_storeu_si128((__m128i *)(q + i), _mm512_cvtepi32_epi8(idx));
             }
         } else {
-            for (; i + 64 <= bs; i += 64) bin_encode64(&W, x + i, winv, BIN_NEAREST, NULL, _mm512_setzero_si512(), q + i);
+            if (W.is_signed)
+                for (; i + 64 <= bs; i += 64)
+                    bin_encode64(&W, x + i, winv, BIN_NEAREST_S, NULL, _mm512_setzero_si512(), q + i);
+            else
+                for (; i + 64 <= bs; i += 64)
+                    bin_encode64(&W, x + i, winv, BIN_NEAREST_U, NULL, _mm512_setzero_si512(), q + i);
             for (; i + 16 <= bs; i += 16) {
                 const __m512i idx = bin_nearest16(&W, _mm512_castps_si512(_mm512_mul_ps(_mm512_loadu_ps(x + i), winv)));
                 _mm_storeu_si128((__m128i *)(q + i), _mm512_cvtepi32_epi8(idx));

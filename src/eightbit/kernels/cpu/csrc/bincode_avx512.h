@@ -61,22 +61,26 @@ static inline void bin_store64(const __m512i r[4], uint8_t *q) {
     _mm512_storeu_si512(q, _mm512_permutexvar_epi32(order, b));
 }
 
-/* Index from magnitude; "neg" holds the lanes with bits <= 0 (+0 included: both zeros go to index 127). */
-static inline __m512i bin_index16(const bin_v16_t *V, __m512i mag, __mmask16 neg) {
+/* Index from magnitude; "neg" holds the lanes with bits <= 0 (+0 included: both zeros go to index 127). sg: the
+ * map is signed (V->is_signed; a constant where the caller knows it, so the loop carries no test). */
+static inline __attribute__((always_inline)) __m512i bin_index16(const bin_v16_t *V, __m512i mag, __mmask16 neg,
+                                                                 const int sg) {
     mag = _mm512_min_epu32(mag, V->maxmag);
-    if (!V->is_signed) return _mm512_maskz_mov_epi32((__mmask16)~neg, mag);
+    if (!sg) return _mm512_maskz_mov_epi32((__mmask16)~neg, mag);
     return _mm512_mask_sub_epi32(_mm512_add_epi32(mag, _mm512_set1_epi32(128)), neg, _mm512_set1_epi32(127), mag);
 }
 
-static inline __m512i bin_nearest16(const bin_v16_t *V, __m512i bits) {
+static inline __attribute__((always_inline)) __m512i bin_nearest16s(const bin_v16_t *V, __m512i bits, const int sg) {
     const __m512i a = _mm512_and_si512(bits, V->m7f);
     const __mmask16 neg = _mm512_cmple_epi32_mask(bits, _mm512_setzero_si512());
     const __m512i e = _mm512_max_epi32(_mm512_srli_epi32(a, 23), V->e95);
     __m512i t = _mm512_permutex2var_epi32(V->near_lo, e, V->near_hi);
     t = _mm512_mask_add_epi32(t, neg, t, V->one); /* ties: toward zero if positive, away if negative */
     const __m512i mag = _mm512_srlv_epi32(_mm512_add_epi32(a, t), _mm512_permutex2var_epi32(V->sh_lo, e, V->sh_hi));
-    return bin_index16(V, mag, neg);
+    return bin_index16(V, mag, neg, sg);
 }
+
+static inline __m512i bin_nearest16(const bin_v16_t *V, __m512i bits) { return bin_nearest16s(V, bits, V->is_signed); }
 
 /* From the smallest code up: with r = a - offset, the lower magnitude is r >> s (s = shift, at most 23: a gap
  * is at most 2^23 in the bits) and the fraction is low / 2^s, low = r mod 2^s. The reference moves up
@@ -114,7 +118,7 @@ static inline __m512i bin_stochastic16(const bin_v16_t *V, __m512 n, __m512i d) 
     __m512i mag = bin_carry16(V, r, e, dd);
     const __mmask16 below = _mm512_cmplt_epu32_mask(a, V->cmin);
     if (below) mag = bin_below16(V, n, d, neg, below, mag);
-    return bin_index16(V, mag, neg);
+    return bin_index16(V, mag, neg, V->is_signed);
 }
 
 /* bin_stochastic16 for an unsigned map, the draw given as e = d ^ 0xFFFFFF: every lane that is not "negative"
@@ -131,18 +135,19 @@ static inline __m512i bin_stochastic16u(const bin_v16_t *V, __m512 n, __m512i e2
     return _mm512_maskz_mov_epi32((__mmask16)~neg, _mm512_min_epu32(mag, V->maxmag));
 }
 #endif
-/* Codes of the 64 values x[0..64) * inv into q[0..64): mode 0 nearest, 1 stochastic on an unsigned map (*hv: the
- * complemented hashes of the 16 lanes, stepped down by step per 16 values), 2 stochastic on a signed map (*hv: the
- * hashes, stepped up); bin_encode_block explains the hashes. */
+/* Codes of the 64 values x[0..64) * inv into q[0..64): mode BIN_NEAREST_S / _U nearest on a signed / unsigned map,
+ * BIN_STOCHASTIC_U stochastic on an unsigned map (*hv: the complemented hashes of the 16 lanes, stepped down by step
+ * per 16 values), BIN_STOCHASTIC_S on a signed map (*hv: the hashes, stepped up); bin_encode_block explains the
+ * hashes. */
 #if defined(__AVX512F__) && defined(__AVX512CD__)
-enum { BIN_NEAREST = 0, BIN_STOCHASTIC_U = 1, BIN_STOCHASTIC_S = 2 };
+enum { BIN_NEAREST_S = 0, BIN_STOCHASTIC_U = 1, BIN_STOCHASTIC_S = 2, BIN_NEAREST_U = 3 };
 static inline void bin_encode64(const bin_v16_t *W, const float *x, __m512 inv, int mode, __m512i *hv, __m512i step,
                                 uint8_t *q) {
     __m512i r[4];
     for (int j = 0; j < 4; j++) {
         const __m512 n = _mm512_mul_ps(_mm512_loadu_ps(x + 16 * j), inv);
-        if (mode == BIN_NEAREST) {
-            r[j] = bin_nearest16(W, _mm512_castps_si512(n));
+        if (mode == BIN_NEAREST_S || mode == BIN_NEAREST_U) {
+            r[j] = bin_nearest16s(W, _mm512_castps_si512(n), mode == BIN_NEAREST_S);
         } else if (mode == BIN_STOCHASTIC_U) {
             r[j] = bin_stochastic16u(W, n, _mm512_srli_epi32(*hv, 8));
             *hv = _mm512_sub_epi32(*hv, step);
