@@ -236,72 +236,60 @@ static int64_t optim_range(int32_t rule, int32_t nstates, int32_t wd_mode, int64
             nskip++;
             continue;
         }
-#if defined(__AVX512F__) && defined(__AVX512CD__) && defined(__AVX512BW__)
-        if (fused1 && pt == gt) { /* the pass reads and writes p and g in their dtype (no float32 copy) */
-            uint32_t amax0;
-            const bin_b64_t *F0 = NULL;
-#ifdef EB_FOLD
-            F0 = bin_fold(&luts[0], absmax[0][b], bs, &F[0]);
-#endif
-            one_state_binary_block(rule, lowp_at(t->p, pt, o), lowp_at(t->g, gt, o), pt, &hv, wd_mode, bs, q[0] + o,
-                                   absmax[0][b], &luts[0], F0, s0, &amax0);
-            quantize_block_known(s0, bs, &luts[0], amax0, seeds[0], first + o, q[0] + o, absmax[0] + b, 0);
-            continue;
-        }
-#endif
-#ifdef EB_FOLD
-        if (fused && pt == gt) { /* Adam's folded pass reads and writes p and g in their dtype (no float32 copy) */
-            const bin_b64_t *F0 = bin_fold(&luts[0], absmax[0][b], bs, &F[0]);
-            const bin_b64_t *F1 = bin_fold(&luts[1], absmax[1][b], bs, &F[1]);
-            if (F0 && F1) {
-                uint32_t amax[2];
-                adam_fold_block(lowp_at(t->p, pt, o), lowp_at(t->g, gt, o), pt, &hv, wd_mode, bs, q[0] + o, q[1] + o,
-                                F0, F1, s0, s1, &amax[0], &amax[1]);
-                for (int32_t k = 0; k < 2; k++)
-                    quantize_block_known(s[k], bs, &luts[k], amax[k], seeds[k], first + o, q[k] + o, absmax[k] + b, 0);
-                continue;
-            }
-        }
-#endif
-        /* the other passes take the block's parameter and gradient as float32: in place, or widened into L1
-         * scratch and the parameter narrowed back (low precision) */
-        float *const pb = pt ? pbuf : (float *)t->p + o;
-        const float *const gb = gt ? gbuf : (const float *)t->g + o;
-        if (gt) lowp_widen(t->g, gt, o, bs, gbuf);
-        if (pt) lowp_widen(t->p, pt, o, bs, pbuf);
+        /* The block's parameter and gradient as float32: in place, or (low precision) widened into L1 scratch on
+         * first use and the parameter narrowed back at the end; the fused passes read and write p and g of one
+         * dtype themselves ("direct") and need neither. */
+        float *pb = (float *)t->p + o;
+        const float *gb = (const float *)t->g + o;
+#define EB_WIDEN()                                                                                                \
+    do {                                                                                                          \
+        if (gt) lowp_widen(t->g, gt, o, bs, gbuf), gb = gbuf;                                                     \
+        if (pt) lowp_widen(t->p, pt, o, bs, pbuf), pb = pbuf;                                                     \
+    } while (0)
 #if defined(__AVX512F__) && defined(__AVX512CD__) && defined(__AVX512BW__)
         if (fused1) {
+            const int direct = pt == gt;
             uint32_t amax0;
             const bin_b64_t *F0 = NULL;
 #ifdef EB_FOLD
             F0 = bin_fold(&luts[0], absmax[0][b], bs, &F[0]);
 #endif
-            one_state_binary_block(rule, pb, gb, DT_F32, &hv, wd_mode, bs, q[0] + o, absmax[0][b], &luts[0], F0,
-                                   s0, &amax0);
+            if (!direct) EB_WIDEN();
+            one_state_binary_block(rule, direct ? lowp_at(t->p, pt, o) : pb, direct ? lowp_at(t->g, gt, o) : gb,
+                                   direct ? pt : DT_F32, &hv, wd_mode, bs, q[0] + o, absmax[0][b], &luts[0], F0, s0,
+                                   &amax0);
             quantize_block_known(s0, bs, &luts[0], amax0, seeds[0], first + o, q[0] + o, absmax[0] + b, 0);
-            if (pt) lowp_narrow(pbuf, bs, t->p, pt, o);
+            if (!direct && pt) lowp_narrow(pbuf, bs, t->p, pt, o);
             continue;
         }
 #endif
 #if defined(__AVX2__) && defined(__FMA__)
         if (fused) {
             uint32_t amax[2];
+            const void *F0 = NULL, *F1 = NULL; /* folded decode tables (bin_b64_t), where EB_FOLD */
 #ifdef EB_FOLD
-            const bin_b64_t *F0 = bin_fold(&luts[0], absmax[0][b], bs, &F[0]);
-            const bin_b64_t *F1 = bin_fold(&luts[1], absmax[1][b], bs, &F[1]);
+            F0 = bin_fold(&luts[0], absmax[0][b], bs, &F[0]);
+            F1 = bin_fold(&luts[1], absmax[1][b], bs, &F[1]);
+#endif
+            const int direct = pt == gt && F0 && F1;
+            if (!direct) EB_WIDEN();
+#ifdef EB_FOLD
             if (F0 && F1)
-                adam_fold_block(pb, gb, DT_F32, &hv, wd_mode, bs, q[0] + o, q[1] + o, F0, F1, s0, s1, &amax[0],
+                adam_fold_block(direct ? lowp_at(t->p, pt, o) : pb, direct ? lowp_at(t->g, gt, o) : gb,
+                                direct ? pt : DT_F32, &hv, wd_mode, bs, q[0] + o, q[1] + o, F0, F1, s0, s1, &amax[0],
                                 &amax[1]);
             else
 #endif
-            adam_binary_block(pb, gb, &hv, wd_mode, bs, q[0] + o, q[1] + o, absmax[0][b], absmax[1][b], &V[0],
-                              &V[1], s0, s1, &amax[0], &amax[1]);
+                adam_binary_block(pb, gb, &hv, wd_mode, bs, q[0] + o, q[1] + o, absmax[0][b], absmax[1][b], &V[0],
+                                  &V[1], s0, s1, &amax[0], &amax[1]);
             for (int32_t k = 0; k < 2; k++)
                 quantize_block_known(s[k], bs, &luts[k], amax[k], seeds[k], first + o, q[k] + o, absmax[k] + b, 0);
-            if (pt) lowp_narrow(pbuf, bs, t->p, pt, o);
+            if (!direct && pt) lowp_narrow(pbuf, bs, t->p, pt, o);
             continue;
         }
 #endif
+        EB_WIDEN();
+#undef EB_WIDEN
         for (int32_t k = 0; k < nstates; k++) {
             if (luts[k].bin_groups)
                 bin_decode_scale(&luts[k], q[k] + o, absmax[k][b], bs, s[k]);
