@@ -90,6 +90,37 @@ static inline __attribute__((always_inline)) void lowp_store16(void *x, int64_t 
 }
 #endif
 
+#if defined(__AVX2__) && defined(__F16C__)
+#define EB_LOWP8 1 /* the 8-lane loads and stores below exist */
+/* 8 values of x (dtype dt, a constant where inlined) from element i, as float32. */
+static inline __attribute__((always_inline)) __m256 lowp_load8(const void *x, int64_t i, const int dt) {
+    if (dt == DT_F32) return _mm256_loadu_ps((const float *)x + i);
+    const __m128i h = _mm_loadu_si128((const __m128i *)((const uint16_t *)x + i));
+    if (dt == DT_BF16) return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+    return _mm256_cvtph_ps(h);
+}
+
+/* v stored as 8 values of x (dtype dt) from element i (bf16: torch's rounding, as lowp_bf16_16). */
+static inline __attribute__((always_inline)) void lowp_store8(void *x, int64_t i, __m256 v, const int dt) {
+    if (dt == DT_F32) {
+        _mm256_storeu_ps((float *)x + i, v);
+    } else if (dt == DT_F16) {
+        _mm_storeu_si128((__m128i *)((uint16_t *)x + i), _mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+    } else {
+        const __m256i u = _mm256_castps_si256(v);
+        __m256i r = _mm256_add_epi32(_mm256_add_epi32(u, _mm256_set1_epi32(0x7FFF)),
+                                     _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1)));
+        r = _mm256_blendv_epi8(_mm256_set1_epi32(0xFFFF), _mm256_srli_epi32(r, 16),
+                               _mm256_castps_si256(_mm256_cmp_ps(v, v, _CMP_ORD_Q)));
+        /* 32-bit lanes to 16: packus within 128-bit halves, then the halves' low quadwords together */
+        const __m256i w = _mm256_permute4x64_epi64(_mm256_packus_epi32(r, r), 0x08);
+        _mm_storeu_si128((__m128i *)((uint16_t *)x + i), _mm256_castsi256_si128(w));
+    }
+}
+#else
+#define EB_LOWP8 0
+#endif
+
 /* dst[0, n) = float32 of the n values of src (dtype dt) from element o. The source's next 16 KB are prefetched into
  * L2 on the way (the caller's passes over the converted copy read no memory). */
 static void lowp_widen(const void *src, int32_t dt, int64_t o, int64_t n, float *restrict dst) {
@@ -103,13 +134,11 @@ static void lowp_widen(const void *src, int32_t dt, int64_t o, int64_t n, float 
                                           _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(s + i))), 16)));
     else
         for (; i + 16 <= n; i += 16) _mm512_storeu_ps(dst + i, _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(s + i))));
-#elif defined(__AVX2__) && defined(__F16C__)
+#elif EB_LOWP8
     if (dt == DT_BF16)
-        for (; i + 8 <= n; i += 8)
-            _mm256_storeu_ps(dst + i, _mm256_castsi256_ps(_mm256_slli_epi32(
-                                          _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(s + i))), 16)));
+        for (; i + 8 <= n; i += 8) _mm256_storeu_ps(dst + i, lowp_load8(s, i, DT_BF16));
     else
-        for (; i + 8 <= n; i += 8) _mm256_storeu_ps(dst + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(s + i))));
+        for (; i + 8 <= n; i += 8) _mm256_storeu_ps(dst + i, lowp_load8(s, i, DT_F16));
 #endif
     for (; i < n; i++) dst[i] = dt == DT_BF16 ? bf16_to_f32(s[i]) : f16_to_f32(s[i]);
 }
@@ -123,22 +152,11 @@ static void lowp_narrow(const float *restrict src, int64_t n, void *dst, int32_t
         for (; i + 16 <= n; i += 16) lowp_store16(d, i, _mm512_loadu_ps(src + i), DT_BF16);
     else
         for (; i + 16 <= n; i += 16) lowp_store16(d, i, _mm512_loadu_ps(src + i), DT_F16);
-#elif defined(__AVX2__) && defined(__F16C__)
-    if (dt == DT_BF16) {
-        const __m256i bias = _mm256_set1_epi32(0x7FFF), one = _mm256_set1_epi32(1), nan = _mm256_set1_epi32(0xFFFF);
-        for (; i + 8 <= n; i += 8) {
-            const __m256 x = _mm256_loadu_ps(src + i);
-            const __m256i u = _mm256_castps_si256(x);
-            __m256i r = _mm256_add_epi32(_mm256_add_epi32(u, bias), _mm256_and_si256(_mm256_srli_epi32(u, 16), one));
-            r = _mm256_blendv_epi8(nan, _mm256_srli_epi32(r, 16), _mm256_castps_si256(_mm256_cmp_ps(x, x, _CMP_ORD_Q)));
-            /* 32-bit lanes to 16: packus within 128-bit halves, then the halves' low quadwords together */
-            const __m256i w = _mm256_permute4x64_epi64(_mm256_packus_epi32(r, r), 0x08);
-            _mm_storeu_si128((__m128i *)(d + i), _mm256_castsi256_si128(w));
-        }
-    } else
-        for (; i + 8 <= n; i += 8)
-            _mm_storeu_si128((__m128i *)(d + i),
-                             _mm256_cvtps_ph(_mm256_loadu_ps(src + i), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+#elif EB_LOWP8
+    if (dt == DT_BF16)
+        for (; i + 8 <= n; i += 8) lowp_store8(d, i, _mm256_loadu_ps(src + i), DT_BF16);
+    else
+        for (; i + 8 <= n; i += 8) lowp_store8(d, i, _mm256_loadu_ps(src + i), DT_F16);
 #endif
     for (; i < n; i++) d[i] = dt == DT_BF16 ? f32_to_bf16(src[i]) : f32_to_f16(src[i]);
 }

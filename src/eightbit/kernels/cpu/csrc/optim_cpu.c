@@ -216,7 +216,7 @@ static int64_t optim_range(int32_t rule, int32_t nstates, int32_t wd_mode, int64
             F[k].lut = t->lut[nstates > 1 ? k : 0];
         }
 #endif
-#if defined(__AVX2__) && defined(__FMA__)
+#if defined(__AVX2__) && defined(__FMA__) && EB_LOWP8
     const int fused = rule == RULE_ADAM && nstates == 2 && luts[0].bin_groups && luts[1].bin_groups && bs % 8 == 0;
 #if defined(__AVX512F__) && defined(__AVX512CD__) && defined(__AVX512BW__)
     const int fused1 = nstates == 1 && luts[0].bin_groups && bs % 32 == 0 &&
@@ -263,24 +263,22 @@ static int64_t optim_range(int32_t rule, int32_t nstates, int32_t wd_mode, int64
             continue;
         }
 #endif
-#if defined(__AVX2__) && defined(__FMA__)
+#if defined(__AVX2__) && defined(__FMA__) && EB_LOWP8
         if (fused) {
             uint32_t amax[2];
-            const void *F0 = NULL, *F1 = NULL; /* folded decode tables (bin_b64_t), where EB_FOLD */
-#ifdef EB_FOLD
-            F0 = bin_fold(&luts[0], absmax[0][b], bs, &F[0]);
-            F1 = bin_fold(&luts[1], absmax[1][b], bs, &F[1]);
-#endif
-            const int direct = pt == gt && F0 && F1;
+            const int direct = pt == gt; /* the passes read and write p and g in their dtype */
             if (!direct) EB_WIDEN();
+            void *const pp = direct ? lowp_at(t->p, pt, o) : pb;
+            const void *const gg = direct ? lowp_at(t->g, gt, o) : gb;
+            const int32_t dt = direct ? pt : DT_F32;
 #ifdef EB_FOLD
+            const bin_b64_t *F0 = bin_fold(&luts[0], absmax[0][b], bs, &F[0]);
+            const bin_b64_t *F1 = bin_fold(&luts[1], absmax[1][b], bs, &F[1]);
             if (F0 && F1)
-                adam_fold_block(direct ? lowp_at(t->p, pt, o) : pb, direct ? lowp_at(t->g, gt, o) : gb,
-                                direct ? pt : DT_F32, &hv, wd_mode, bs, q[0] + o, q[1] + o, F0, F1, s0, s1, &amax[0],
-                                &amax[1]);
+                adam_fold_block(pp, gg, dt, &hv, wd_mode, bs, q[0] + o, q[1] + o, F0, F1, s0, s1, &amax[0], &amax[1]);
             else
 #endif
-                adam_binary_block(pb, gb, &hv, wd_mode, bs, q[0] + o, q[1] + o, absmax[0][b], absmax[1][b], &V[0],
+                adam_binary_block(pp, gg, dt, &hv, wd_mode, bs, q[0] + o, q[1] + o, absmax[0][b], absmax[1][b], &V[0],
                                   &V[1], s0, s1, &amax[0], &amax[1]);
             for (int32_t k = 0; k < 2; k++)
                 quantize_block_known(s[k], bs, &luts[k], amax[k], seeds[k], first + o, q[k] + o, absmax[k] + b, 0);

@@ -51,14 +51,16 @@ static inline __attribute__((always_inline)) void adam16(const adam16_k *K, __m5
 }
 #endif
 
-#if defined(__AVX2__) && defined(__FMA__)
+#if defined(__AVX2__) && defined(__FMA__) && EB_LOWP8
 /* Adam (both states on binary dynamic maps, bs a multiple of 8): decode, rule, parameter write and the new
  * states' absmax bits in one pass where the generic path makes five, with rule_block's float32 operations in
- * its order (bit-identical). */
-static void adam_binary_block(float *restrict p, const float *restrict g, const eb_hyper_t *h, int32_t wd_mode,
-                              int64_t bs, const uint8_t *q0, const uint8_t *q1, float a0, float a1,
-                              const bin_vec_t *V0, const bin_vec_t *V1, float *restrict s0, float *restrict s1,
-                              uint32_t *amax0, uint32_t *amax1) {
+ * its order (bit-identical). dt: p's and g's dtype, read and written in it; a constant in each instance
+ * (adam_binary_block). */
+static inline __attribute__((always_inline)) void adam_binary_pass(
+    void *restrict p, const void *restrict g, const eb_hyper_t *h, int32_t wd_mode, int64_t bs, const uint8_t *q0,
+    const uint8_t *q1, float a0, float a1, const bin_vec_t *V0, const bin_vec_t *V1, float *restrict s0,
+    float *restrict s1, uint32_t *amax0, uint32_t *amax1, const int dt) {
+    const int64_t esz = dt == DT_F32 ? 4 : 2;
     const __m256 gs = _mm256_set1_ps(h->grad_scale), b1 = _mm256_set1_ps(h->beta1), c1 = _mm256_set1_ps(h->one_minus_beta1);
     const __m256 b2 = _mm256_set1_ps(h->beta2), c2 = _mm256_set1_ps(h->one_minus_beta2), eps = _mm256_set1_ps(h->eps);
     const __m256 r1 = _mm256_set1_ps(1.0f / h->bias_correction1), r2 = _mm256_set1_ps(1.0f / h->bias_correction2_sqrt);
@@ -75,13 +77,13 @@ static void adam_binary_block(float *restrict p, const float *restrict g, const 
         const __m512 za0 = _mm512_set1_ps(a0), za1 = _mm512_set1_ps(a1);
         __m512i zx0 = _mm512_setzero_si512(), zx1 = _mm512_setzero_si512();
 #define ADAM16(M_CODE, V_CODE, J) \
-    adam16(&K, _mm512_mul_ps((M_CODE), za0), _mm512_mul_ps((V_CODE), za1), p, g, (J), wd_mode, 0, DT_F32, s0, s1, \
-           &zx0, &zx1)
+    adam16(&K, _mm512_mul_ps((M_CODE), za0), _mm512_mul_ps((V_CODE), za1), p, g, (J), wd_mode, 0, dt, s0, s1, &zx0, \
+           &zx1)
 #if defined(__AVX512BW__)
         const bin_w32_t T0 = bin_w32(V0->lut), T1 = bin_w32(V1->lut);
         for (; i + 32 <= bs; i += 32) { /* decoding by table: 32 codes per four word permutes */
             __m512 m_lo, m_hi, v_lo, v_hi;
-            EB_PREFETCH32(p, g, i);
+            EB_PREFETCH_BYTES(p, g, i * esz, 32 * esz);
             bin_decode32(&T0, q0 + i, &m_lo, &m_hi);
             bin_decode32(&T1, q1 + i, &v_lo, &v_hi);
             ADAM16(m_lo, v_lo, i);
@@ -97,16 +99,16 @@ static void adam_binary_block(float *restrict p, const float *restrict g, const 
     }
 #endif
     for (; i < bs; i += 8) {
-        if (!(i & 31)) EB_PREFETCH32(p, g, i);
+        if (!(i & 31)) EB_PREFETCH_BYTES(p, g, i * esz, 32 * esz);
         const __m256 m_old = _mm256_mul_ps(bin_decode8(V0, _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(q0 + i)))), va0);
         const __m256 v_old = _mm256_mul_ps(bin_decode8(V1, _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(q1 + i)))), va1);
-        __m256 pi = _mm256_loadu_ps(p + i), gi = _mm256_mul_ps(_mm256_loadu_ps(g + i), gs);
+        __m256 pi = lowp_load8(p, i, dt), gi = _mm256_mul_ps(lowp_load8(g, i, dt), gs);
         if (wd_mode == WD_L2) gi = _mm256_fmadd_ps(l2, pi, gi);
         const __m256 m = _mm256_add_ps(_mm256_mul_ps(m_old, b1), _mm256_mul_ps(gi, c1));
         const __m256 v = _mm256_add_ps(_mm256_mul_ps(v_old, b2), _mm256_mul_ps(_mm256_mul_ps(gi, gi), c2));
         const __m256 a = _mm256_div_ps(_mm256_mul_ps(m, r1), _mm256_add_ps(_mm256_mul_ps(_mm256_sqrt_ps(v), r2), eps));
         if (wd_mode == WD_DECOUPLED) pi = _mm256_mul_ps(pi, decay);
-        _mm256_storeu_ps(p + i, _mm256_sub_ps(pi, _mm256_mul_ps(step, a)));
+        lowp_store8(p, i, _mm256_sub_ps(pi, _mm256_mul_ps(step, a)), dt);
         _mm256_storeu_ps(s0 + i, m);
         _mm256_storeu_ps(s1 + i, v);
         mx0 = _mm256_max_epu32(mx0, _mm256_and_si256(_mm256_castps_si256(m), m7f));
@@ -120,6 +122,21 @@ static void adam_binary_block(float *restrict p, const float *restrict g, const 
         *amax0 = t0[k] > *amax0 ? t0[k] : *amax0;
         *amax1 = t1[k] > *amax1 ? t1[k] : *amax1;
     }
+}
+
+/* adam_binary_pass instantiated per dtype of p and g. */
+static void adam_binary_block(void *restrict p, const void *restrict g, int32_t dt, const eb_hyper_t *h,
+                              int32_t wd_mode, int64_t bs, const uint8_t *q0, const uint8_t *q1, float a0, float a1,
+                              const bin_vec_t *V0, const bin_vec_t *V1, float *restrict s0, float *restrict s1,
+                              uint32_t *amax0, uint32_t *amax1) {
+#define EB_PASS(DT) adam_binary_pass(p, g, h, wd_mode, bs, q0, q1, a0, a1, V0, V1, s0, s1, amax0, amax1, (DT))
+    if (dt == DT_BF16)
+        EB_PASS(DT_BF16);
+    else if (dt == DT_F16)
+        EB_PASS(DT_F16);
+    else
+        EB_PASS(DT_F32);
+#undef EB_PASS
 }
 #endif
 
