@@ -103,7 +103,7 @@ def _minilm(steps: int, out: Path) -> None:
               "eightbit AdamW8bit": lambda ps: O.AdamW8bit(ps, lr=1e-3)}
     ms = _time(makers, params, steps)
     fused = ms["torch AdamW fused"]
-    print(f"| MiniLM's parameters (103 tensors, 22.7M) | median ms | x fused |\n|---|---:|---:|")
+    print("| MiniLM's parameters (103 tensors, 22.7M) | median ms | x fused |\n|---|---:|---:|")
     for name, v in ms.items():
         print(f"| {name} | {v:.1f} | {v / fused:.2f} |")
     out.parent.mkdir(parents=True, exist_ok=True)
