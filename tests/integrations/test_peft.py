@@ -171,3 +171,66 @@ def test_lora_layer_registered_without_importing_the_integration(peft_first):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.strip().splitlines()[-1] == "LoraLinear8bitLt"
+
+
+def _ptq_llama(cfg_name: str, gen) -> torch.nn.Module:
+    cfg = transformers.LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=1, num_attention_heads=4,
+                                   num_key_value_heads=4, vocab_size=VOCAB, max_position_embeddings=32,
+                                   tie_word_embeddings=False)
+    model = transformers.LlamaForCausalLM(cfg)
+    qcfg = {"fp8-dynamic": eightbit.FP8Config(activation="dynamic"), "fp8-static": eightbit.FP8Config(),
+            "int8-static": eightbit.Int8StaticConfig()}[cfg_name]
+    eightbit.quantize_model(model, qcfg)
+    if getattr(qcfg, "needs_calibration", False):
+        eightbit.calibrate(model, [{"input_ids": _batch(gen)}], progress=False)
+    return model
+
+
+@pytest.mark.parametrize("cfg_name", ["fp8-dynamic", "fp8-static", "int8-static"])
+def test_lora_on_fp8_and_static_int8_bases(cfg_name, gen):
+    """LoRA on LinearFP8 / LinearInt8Static: the adapters train (the loss falls; gradients reach the adapters
+    through the quantized layers' straight-through input gradient) with every base buffer bit-identical; merging
+    re-quantizes in the layer's own format (a static layer keeps its calibrated input scale), unmerge restores the
+    exact layer."""
+    from eightbit.nn import LinearFP8, LinearInt8Static
+
+    model = get_peft_model(_ptq_llama(cfg_name, gen),
+                           LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj", "down_proj"]))
+    wrapped = [m for m in model.modules() if isinstance(m, ebp.LoraLinear8bitLt)]
+    assert len(wrapped) == 3 and all(isinstance(m.get_base_layer(), (LinearFP8, LinearInt8Static)) for m in wrapped)
+    before = _base_state(model)
+    opt = eightbit.optim.AdamW8bit([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    model.train()
+    losses = []
+    for _ in range(25):
+        ids = _batch(gen)
+        loss = model(input_ids=ids, labels=ids).loss
+        loss.backward()
+        assert all(m.lora_A["default"].weight.grad is not None for m in wrapped)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        losses.append(float(loss.detach()))
+    # the mean of the last 5 losses falls by 0.29 or more over seeds 0-7 (the int8 test's floor of 0.2 kept a
+    # margin too thin for chance; 0.1 is still a clear fall from ~3.9)
+    assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5 - 0.1, losses
+    after = model.state_dict()
+    for k, v in before.items():
+        assert torch.equal(v, after[k]), k
+
+    model.eval()
+    layer = wrapped[0]
+    base = layer.get_base_layer()
+    ids = _batch(gen)
+    with torch.no_grad():
+        unmerged = model(input_ids=ids).logits.double()
+        model.merge_adapter()
+        merged_base = layer.get_base_layer()
+        assert type(merged_base) is type(base) and merged_base is not base
+        if base.activation == "static":
+            assert torch.equal(merged_base.input_scale, base.input_scale)
+        assert not torch.equal(merged_base.weight.view(torch.uint8), base.weight.view(torch.uint8))
+        merged = model(input_ids=ids).logits.double()
+        model.unmerge_adapter()
+        restored = model(input_ids=ids).logits.double()
+    assert sqnr_db(unmerged, merged) > 15.0  # 27-32 dB over seeds 0-7
+    assert torch.equal(restored, unmerged) and layer.get_base_layer() is base

@@ -1,7 +1,9 @@
-"""PEFT integration: LoRA adapters on a frozen 8-bit ``eightbit.nn.Linear8bitLt`` base (8-bit fine-tuning).
+"""PEFT integration: LoRA adapters on a frozen 8-bit base: ``eightbit.nn.Linear8bitLt`` (LLM.int8()), ``LinearFP8``
+or ``LinearInt8Static`` (8-bit fine-tuning).
 
-Importing this module makes every ``peft.LoraConfig`` created afterwards map ``Linear8bitLt`` to
-``LoraLinear8bitLt`` through PEFT's custom-module mechanism (``LoraConfig._register_custom_module``)::
+Importing this module (``import eightbit`` does it when PEFT is imported) makes every ``peft.LoraConfig`` created
+afterwards map those layers to ``LoraLinear8bitLt`` through PEFT's custom-module mechanism
+(``LoraConfig._register_custom_module``)::
 
     import eightbit.integrations.peft  # noqa: F401  (registers the LoRA layer)
     from peft import LoraConfig, get_peft_model
@@ -9,14 +11,16 @@ Importing this module makes every ``peft.LoraConfig`` created afterwards map ``L
 
 A ``LoraConfig`` built before the import needs ``register_lora_layers(config)``.
 
-The base layer is never changed by training: its int8 weight and scales stay bit-identical; only the
-float LoRA matrices get gradients. ``merge()`` folds the adapter into the 8-bit weight (dequantize,
-add ``B @ A * scaling``, quantize again: one extra int8 rounding, so merged outputs differ from the
-unmerged ones by about the int8 quantization error); ``unmerge()`` restores the original 8-bit layer
-exactly (it is kept aside while merged).
+The base layer is never changed by training: its 8-bit weight and scales stay bit-identical; only the
+float LoRA matrices get gradients (through an FP8 / static INT8 base as its straight-through input gradient).
+``merge()`` folds the adapter into the 8-bit weight (dequantize, add ``B @ A * scaling``, quantize again in
+the layer's own format: one extra rounding, so merged outputs differ from the unmerged ones by about the
+quantization error; a static layer keeps its calibrated input scale); ``unmerge()`` restores the original
+8-bit layer exactly (it is kept aside while merged).
 """
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import torch
@@ -26,12 +30,14 @@ from peft.tuners.tuners_utils import check_adapters_to_merge
 from torch import nn
 
 from ..nn.linear8bitlt import Linear8bitLt
+from ..nn.linear_static import LinearStatic
 
 __all__ = ["LoraLinear8bitLt", "register_lora_layers"]
 
 
 class LoraLinear8bitLt(nn.Module, LoraLayer):
-    """LoRA layer wrapping a frozen ``Linear8bitLt``: ``y = base(x) + B(A(dropout(x))) * scaling``.
+    """LoRA layer wrapping a frozen 8-bit linear layer (``Linear8bitLt``, ``LinearFP8``, ``LinearInt8Static``):
+    ``y = base(x) + B(A(dropout(x))) * scaling``.
 
     Built by PEFT (``get_peft_model``), not by hand. Plain LoRA only: DoRA, aLoRA, Arrow and VeLoRA
     raise ValueError. Input [..., in_features] in any float dtype; output in the base layer's dtype.
@@ -125,6 +131,10 @@ class LoraLinear8bitLt(nn.Module, LoraLayer):
 
 def _requantize(base: nn.Module, weight: torch.Tensor, bias: torch.Tensor | None) -> nn.Module:
     """A new layer of ``base``'s class and options holding ``weight`` [out, in] (and ``bias``)."""
+    if isinstance(base, LinearStatic):  # a copy keeps the format, options and calibrated input scale
+        new = copy.deepcopy(base)
+        new.set_weight(weight, bias)
+        return new.requires_grad_(False)
     lin = nn.Linear(base.in_features, base.out_features, bias=bias is not None, device="meta")
     lin.weight = nn.Parameter(weight.to(_float_dtype(base)), requires_grad=False)
     if bias is not None:
@@ -146,11 +156,11 @@ def _layer_options(base: nn.Module) -> dict[str, Any]:
 
 
 def register_lora_layers(config: LoraConfig) -> LoraConfig:
-    """Map ``Linear8bitLt`` to ``LoraLinear8bitLt`` in ``config`` (done automatically for configs made
-    after importing this module). Returns ``config``."""
+    """Map ``Linear8bitLt`` and ``LinearStatic`` (``LinearFP8``, ``LinearInt8Static``) to ``LoraLinear8bitLt`` in
+    ``config`` (done automatically for configs made after importing this module). Returns ``config``."""
     if not isinstance(config, LoraConfig):
         raise TypeError(f"config must be a peft.LoraConfig, got {type(config).__name__}")
-    config._register_custom_module({Linear8bitLt: LoraLinear8bitLt})
+    config._register_custom_module({Linear8bitLt: LoraLinear8bitLt, LinearStatic: LoraLinear8bitLt})
     return config
 
 
