@@ -386,6 +386,8 @@ def env(as_json: bool = typer.Option(False, "--json", help="Print the report as 
     nat, cpp = r["native"], r["cpp_ops"]
     line("native C kernels", ("loaded: " if nat["loaded"] else "NOT loaded: ") + str(nat["detail"])
          + f" (isa {nat['isa']}, cache {nat['cache_dir']})")
+    if nat["loaded"]:
+        line("native code paths", ", ".join(nat["paths"]) or "plain C (no vector paths)")
     line("C++ op kernels", ("loaded: " if cpp["loaded"] else "not loaded: ") + str(cpp["detail"]))
     cuda = r["cuda"]
     gpus = "; ".join(f"{d['name']} (sm {d['capability']}, {d['memory_gib']} GiB)" for d in cuda["devices"])

@@ -172,6 +172,11 @@ def test_env_reports_kernels_and_versions():
     r = json.loads(res.output)
     assert r["packages"]["torch"] == torch.__version__.split("+")[0] or r["packages"]["torch"] == torch.__version__
     assert r["native"]["loaded"] == (native.library() is not None)
+    if r["native"]["loaded"]:
+        from eightbit.env import NATIVE_PATHS
+
+        assert set(r["native"]["paths"]) <= set(NATIVE_PATHS)
+        assert ("avx512bf16 FP8 GEMM" in r["native"]["paths"]) == bool(native.library().eb_fp8_gemm_supported())
     assert r["cuda"]["available"] == torch.cuda.is_available()
     assert set(r["kernels"]) == set(ops.SCHEMAS)
     assert {(op, d) for op, ds in r["kernels"].items() for d in ds} == set(registered_kernels())
@@ -195,3 +200,26 @@ def test_env_says_why_native_kernels_are_off(variables, expect):
     for op in ("optimizer_update", "optimizer_update_many", "quantize_blockwise", "int8_linear", "quantize_fp8"):
         assert "cpu" not in r["kernels"][op], op
     assert variables.items() <= r["settings"].items()  # (plus any EIGHTBIT_* the caller set, e.g. CI's cache dir)
+
+
+@pytest.mark.parametrize("isa,absent", [("avx2", "avx512"), ("generic", "avx2")])
+def test_env_names_the_code_paths_of_a_narrowed_build(isa, absent):
+    """EIGHTBIT_NATIVE_ISA narrows the build; `eightbit env` reports the narrower code paths (none of the wider
+    ISA's)."""
+    import os
+    import platform
+    import sys
+
+    from eightbit.kernels.cpu import native
+
+    if platform.machine() not in ("x86_64", "AMD64") or native._compiler() is None:
+        pytest.skip("the narrowing flags are x86 compiler flags")
+    env = {**os.environ, "EIGHTBIT_NATIVE_ISA": isa}
+    out = subprocess.run([sys.executable, "-m", "eightbit", "env", "--json"], capture_output=True, text=True,
+                         timeout=600, env=env)
+    assert out.returncode == 0, out.stderr[-2000:]
+    r = json.loads(out.stdout)
+    assert r["native"]["loaded"] and r["native"]["isa"] == isa
+    assert not any(p.startswith(absent) for p in r["native"]["paths"]), r["native"]["paths"]
+    if isa == "avx2" and "avx2" in (r["cpu"]["features"] or {}) and r["cpu"]["features"]["avx2"]:
+        assert r["native"]["paths"] == ["avx2 8-lane"]

@@ -76,6 +76,7 @@ _SIGNATURES = {
     "eb_fp8_to_fp32": ([_vp, _vp, _vp, _i64, _i64, _i64, _vp], None),
     "eb_absmax_bits": ([_vp, _i64], ctypes.c_uint32),
     "eb_fp8_gemm_supported": ([], ctypes.c_int),
+    "eb_code_paths": ([], ctypes.c_int),
     "eb_finite_minmax": ([_vp, _i64, _i64, _i32, _vp, _vp], None),
     "eb_quantize_int8": ([_vp, _vp, _vp, _i64, _i64, _i64, _i32, _vp], None),
     "eb_fp8_linear": ([_vp, _vp, _vp, _vp, _i64, _vp, _i64, _vp, _vp, _i64, _i64, _i64], ctypes.c_int),
