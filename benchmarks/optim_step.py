@@ -29,8 +29,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--others", action="store_true", help="every 8-bit optimizer, binary vs decimal map vs torch")
     ap.add_argument("--minilm", action="store_true", help="AdamW8bit vs fused AdamW over MiniLM's parameters")
     ap.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32",
-                    help="parameter and gradient dtype of the single-tensor and --others comparisons "
-                         "(default float32)")
+                    help="parameter and gradient dtype of every comparison (default float32)")
     args = ap.parse_args(argv)
     from eightbit.optim import AdamW8bit
 
@@ -41,7 +40,7 @@ def main(argv: list[str] | None = None) -> None:
         _others(n, args.steps, args.json.with_name(f"optim_step_others{suffix}.json"), dtype)
         return
     if args.minilm:
-        _minilm(args.steps, args.json.with_name("optim_step_minilm.json"))
+        _minilm(args.steps, args.json.with_name(f"optim_step_minilm{suffix}.json"), dtype)
         return
     makers = {
         "torch AdamW fused": lambda ps: torch.optim.AdamW(ps, lr=1e-3, fused=True),
@@ -87,27 +86,28 @@ def _time(makers: dict, params: Callable[[torch.Generator], list], steps: int) -
     return {name: sorted(times)[steps // 2] * 1e3 for name, (_, times) in runs.items()}
 
 
-def _minilm(steps: int, out: Path) -> None:
+def _minilm(steps: int, out: Path, dtype: torch.dtype = torch.float32) -> None:
     import eightbit.optim as O
     from eightbit.models.minilm import load_minilm
 
     model, _ = load_minilm()
 
     def params(gen: torch.Generator) -> list[torch.nn.Parameter]:
-        ps = [torch.nn.Parameter(p.detach().clone()) for p in model.parameters()]
+        ps = [torch.nn.Parameter(p.detach().to(dtype)) for p in model.parameters()]
         for p in ps:
-            p.grad = torch.randn(p.shape, generator=gen) * 0.01
+            p.grad = (torch.randn(p.shape, generator=gen) * 0.01).to(dtype)
         return ps
 
     makers = {"torch AdamW fused": lambda ps: torch.optim.AdamW(ps, lr=1e-3, fused=True),
               "eightbit AdamW8bit": lambda ps: O.AdamW8bit(ps, lr=1e-3)}
     ms = _time(makers, params, steps)
     fused = ms["torch AdamW fused"]
-    print("| MiniLM's parameters (103 tensors, 22.7M) | median ms | x fused |\n|---|---:|---:|")
+    print(f"| MiniLM's parameters (103 tensors, 22.7M, {str(dtype)[6:]}) | median ms | x fused |\n|---|---:|---:|")
     for name, v in ms.items():
         print(f"| {name} | {v:.1f} | {v / fused:.2f} |")
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"command": "python -m benchmarks.optim_step --minilm", "ms": ms}, indent=1))
+    out.write_text(json.dumps({"command": "python -m benchmarks.optim_step --minilm", "dtype": str(dtype)[6:], "ms": ms},
+                              indent=1))
 
 
 def _others(n: int, steps: int, out: Path, dtype: torch.dtype = torch.float32) -> None:
