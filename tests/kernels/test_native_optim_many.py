@@ -234,6 +234,20 @@ def _bits(t: torch.Tensor) -> torch.Tensor:
     return t.view({1: torch.uint8, 2: torch.int16, 4: torch.int32}[t.element_size()])
 
 
+def _update_many(monkeypatch, reference: bool, *args, **kw) -> None:
+    """``optimizer_update_many(*args, **kw)`` with the references forced (``reference``), or with the native kernel
+    only: the reference is made to fail, so nothing may fall back to it."""
+    import eightbit.kernels.cpu.optimizer as K
+
+    if reference:
+        with reference_only():
+            optimizer_update_many(*args, **kw)
+        return
+    with monkeypatch.context() as m:
+        m.setattr(K, "optimizer_update_reference", lambda *a, **k: pytest.fail("the reference ran"))
+        optimizer_update_many(*args, **kw)
+
+
 def _mismatches(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Indices where a and b differ in their bits, except that two float16 NaNs match: torch's own float16 casts
     give a NaN different payloads depending on the tensor's size (all-ones from a 5-value tensor, the F16C
@@ -255,7 +269,6 @@ def test_low_precision_parameters_equal_the_reference(lib, gen, monkeypatch, rul
     parameters there keep their bits) and a NaN parameter in a stepped block (rounded as torch rounds NaN); fp16
     parameters near 65504 that overflow to Inf and ones that become subnormal; stochastic rounding keyed on the
     element's place. The reference is made to fail in the native run, so none may fall back to it."""
-    import eightbit.kernels.cpu.optimizer as K
     from eightbit.functional.codes import binary_codebook
 
     bf, hf, f32 = torch.bfloat16, torch.float16, torch.float32
@@ -302,13 +315,7 @@ def test_low_precision_parameters_equal_the_reference(lib, gen, monkeypatch, rul
         args = (rule, p, gs, st, am, [codes if eight else [] for _ in cases], hypers)
         kw = dict(wd_mode=WD_DECOUPLED, blocksizes=[bs for *_, bs in cases],
                   seeds=seeds if eight else [[-1] * k] * len(cases), skipped=skipped)
-        if reference:
-            with reference_only():
-                optimizer_update_many(*args, **kw)
-        else:
-            with monkeypatch.context() as m:
-                m.setattr(K, "optimizer_update_reference", lambda *a, **kw: pytest.fail("the reference ran"))
-                optimizer_update_many(*args, **kw)
+        _update_many(monkeypatch, reference, *args, **kw)
         return p, st, am, skipped
 
     native, ref = step(False), step(True)
@@ -348,7 +355,6 @@ def test_low_precision_casts_are_torchs(lib, gen, monkeypatch, dtype):
     zero step over a parameter holding all 65,536 bit patterns of the dtype tests widening and rounding back
     (a NaN stays NaN; bfloat16's become 0xFFFF as in torch). Block size 15 with skip counting rounds block by block: scalar code
     for every value (NaN gradient blocks are then skipped, and the unskipped run covers them)."""
-    import eightbit.kernels.cpu.optimizer as K
 
     rand = torch.randint(-2**31, 2**31 - 1, (20000,), generator=gen, dtype=torch.int64).to(torch.int32)
     grads = torch.cat([_specials32(), rand.view(torch.float32)])
@@ -363,14 +369,7 @@ def test_low_precision_casts_are_torchs(lib, gen, monkeypatch, dtype):
                 p, st = p0.clone(), [torch.zeros(len(p0))]
                 kw = dict(wd_mode=0, blocksizes=[bs], seeds=[[-1]],
                           skipped=[torch.zeros((), dtype=torch.int64)] if count else None)
-                args = ("momentum", [p], [g], [st], [[]], [[]], [hyper])
-                if reference:
-                    with reference_only():
-                        optimizer_update_many(*args, **kw)
-                else:
-                    with monkeypatch.context() as m:
-                        m.setattr(K, "optimizer_update_reference", lambda *a, **k: pytest.fail("the reference ran"))
-                        optimizer_update_many(*args, **kw)
+                _update_many(monkeypatch, reference, "momentum", [p], [g], [st], [[]], [[]], [hyper], **kw)
                 out.append(p)
             bad = _mismatches(*out)[:5]
             assert len(bad) == 0, (bs, [(hex(int(_bits(p0)[i])), float(g[i]), hex(int(_bits(out[0])[i])),

@@ -160,6 +160,16 @@ static inline __m256i bin_nearest8(const bin_vec_t *V, __m256i bits) {
  * magnitude), or (2^s - low) / 2^s for negative n (where "up" is toward zero), and u < fraction is the integer
  * comparison d < fraction * 2^24. Below the smallest code cmin the reference's float expression is evaluated as
  * it is: (n - lo) * (1 / cmin), lo = 0 or -cmin. */
+/* Magnitudes (0 or 1) of values below the smallest code, as the reference's float fraction decides: lower code 0
+ * (positive n) or -cmin (negative n: neg all ones), up with probability (n - lo) / cmin for the draw d. */
+static inline __m256i bin_below8(const bin_vec_t *V, __m256 n, __m256i d, __m256i neg) {
+    const __m256 u = _mm256_mul_ps(_mm256_cvtepi32_ps(d), _mm256_set1_ps(1.0f / 16777216.0f));
+    const __m256 c_lo = _mm256_castsi256_ps(_mm256_and_si256(neg, _mm256_or_si256(V->cmin, V->sbit)));
+    const __m256 fz = _mm256_mul_ps(_mm256_sub_ps(n, c_lo), _mm256_castsi256_ps(V->inv_cmin));
+    const __m256i upz = _mm256_castps_si256(_mm256_cmp_ps(u, fz, _CMP_LT_OQ));
+    return _mm256_and_si256(_mm256_xor_si256(neg, upz), V->one); /* positive: up; negative: not up */
+}
+
 static inline __m256i bin_stochastic8(const bin_vec_t *V, __m256 n, __m256i d) {
     const __m256i bits = _mm256_castps_si256(n), zero = _mm256_setzero_si256();
     const __m256i neg = _mm256_srai_epi32(bits, 31), a = _mm256_and_si256(bits, V->m7f);
@@ -178,14 +188,7 @@ static inline __m256i bin_stochastic8(const bin_vec_t *V, __m256 n, __m256i d) {
     /* up moves the magnitude toward the upper code for positive n, toward zero for negative n */
     const __m256i du = _mm256_and_si256(up, V->one);
     __m256i mag = _mm256_add_epi32(mlo, _mm256_sub_epi32(_mm256_xor_si256(du, neg), neg)); /* mlo -+ du */
-    /* below the smallest code: lower index 0 (magnitude 0) or -cmin, the reference's float fraction */
-    const __m256 u = _mm256_mul_ps(_mm256_cvtepi32_ps(d), _mm256_set1_ps(1.0f / 16777216.0f));
-    const __m256 c_lo = _mm256_castsi256_ps(_mm256_and_si256(neg, _mm256_or_si256(V->cmin, V->sbit)));
-    const __m256 fz = _mm256_mul_ps(_mm256_sub_ps(n, c_lo), _mm256_castsi256_ps(V->inv_cmin));
-    const __m256i upz = _mm256_castps_si256(_mm256_cmp_ps(u, fz, _CMP_LT_OQ));
-    const __m256i dz = _mm256_and_si256(upz, V->one);
-    const __m256i magz = _mm256_add_epi32(_mm256_and_si256(neg, V->one), _mm256_sub_epi32(_mm256_xor_si256(dz, neg), neg));
-    mag = _mm256_blendv_epi8(mag, magz, _mm256_cmpgt_epi32(V->cmin, a)); /* positive: dz; negative: 1 - dz */
+    mag = _mm256_blendv_epi8(mag, bin_below8(V, n, d, neg), _mm256_cmpgt_epi32(V->cmin, a)); /* below cmin */
     mag = _mm256_min_epu32(mag, V->maxmag);
     const __m256i z = _mm256_cmpeq_epi32(a, zero);
     if (!V->is_signed) return _mm256_andnot_si256(_mm256_or_si256(z, neg), mag);
@@ -234,14 +237,8 @@ static inline __m256i bin_stochastic8b(const bin_vec_t *V, __m256 n, __m256i d) 
     const __m256i frac = _mm256_srlv_epi32(dd, _mm256_sub_epi32(_mm256_set1_epi32(24), sh));
     __m256i mag = _mm256_srlv_epi32(_mm256_add_epi32(r, frac), sh);
     const __m256i below = _mm256_cmpgt_epi32(V->cmin, a);
-    if (_mm256_movemask_ps(_mm256_castsi256_ps(below))) { /* rare: the reference's float fraction there */
-        const __m256 u = _mm256_mul_ps(_mm256_cvtepi32_ps(d), _mm256_set1_ps(1.0f / 16777216.0f));
-        const __m256 c_lo = _mm256_castsi256_ps(_mm256_and_si256(neg, _mm256_or_si256(V->cmin, V->sbit)));
-        const __m256 fz = _mm256_mul_ps(_mm256_sub_ps(n, c_lo), _mm256_castsi256_ps(V->inv_cmin));
-        const __m256i upz = _mm256_castps_si256(_mm256_cmp_ps(u, fz, _CMP_LT_OQ));
-        const __m256i magz = _mm256_and_si256(_mm256_xor_si256(neg, upz), V->one); /* positive: up; negative: not */
-        mag = _mm256_blendv_epi8(mag, magz, below);
-    }
+    if (_mm256_movemask_ps(_mm256_castsi256_ps(below))) /* rare: the reference's float fraction there */
+        mag = _mm256_blendv_epi8(mag, bin_below8(V, n, d, neg), below);
     return bin_index8(V, mag, neg);
 }
 #endif

@@ -52,7 +52,8 @@ static inline uint16_t f32_to_f16(float f) {
 /* Address of element o of x (dtype dt). */
 static inline void *lowp_at(const void *x, int32_t dt, int64_t o) { return (char *)x + o * (dt == DT_F32 ? 4 : 2); }
 
-/* Whether the n values of g (dtype dt) from element o hold a NaN or an Inf. */
+/* Whether the n values of g (dtype dt) from element o hold a NaN or an Inf (read ahead of a block's update: it
+ * brings the block's gradient into L1, where the update then finds it). */
 static inline int lowp_nonfinite(const void *g, int32_t dt, int64_t o, int64_t n) {
     if (dt == DT_F32) return absmax_bits((const float *)g + o, n) >= 0x7F800000u;
     const uint16_t *h = (const uint16_t *)g + o;

@@ -122,10 +122,6 @@ static void rule_block(int32_t rule, float *restrict p, const float *restrict g,
 
 #include "optim_fused.h"
 
-/* Whether the n gradient values from g hold a NaN or an Inf (read ahead of a block's update: it brings the block's
- * gradient into L1, where the update then finds it). */
-static inline int nonfinite(const float *restrict g, int64_t n) { return absmax_bits(g, n) >= 0x7F800000u; }
-
 /* One step on 32-bit states (s0, s1: float32 arrays of n values, s1 unused by one-state rules): the rule in place,
  * in runs of 2048 values (or one block of bs) over the threads. The reference makes the same float32 operations
  * per element. skip != 0: blocks of bs values whose gradient holds a NaN/Inf are left untouched; returns their
@@ -150,7 +146,7 @@ static int64_t optim_f32(int32_t rule, void *p, int32_t pt, const void *g, int32
         }
         for (int64_t b = 0; b < len; b += bs) {
             const int64_t w = len - b < bs ? len - b : bs;
-            if (nonfinite(gr + b, w)) {
+            if (lowp_nonfinite(gr, DT_F32, b, w)) {
                 nskip++;
                 continue;
             }
