@@ -3,7 +3,6 @@ int8 multiply-accumulate and gather rates of one core, from ``csrc/probes.c``)."
 from __future__ import annotations
 
 import ctypes
-import importlib.metadata
 import os
 import platform
 import subprocess
@@ -13,6 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from eightbit.env import cpuinfo, package_version
 
 _FLAG_NAMES = {
     "avx2": "avx2",
@@ -29,32 +30,10 @@ _FLAG_NAMES = {
 _PACKAGES = ("eightbit", "torch", "numpy", "onnxruntime", "onnx", "torchao", "bitsandbytes")
 
 
-def _cpuinfo() -> tuple[str, set[str]]:
-    model, flags = platform.processor() or "unknown", set()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                key, _, value = line.partition(":")
-                key = key.strip()
-                if key == "model name":
-                    model = value.strip()
-                elif key == "flags" and not flags:
-                    flags = set(value.split())
-    except OSError:  # not Linux: leave flags empty rather than guess
-        pass
-    return model, flags
-
-
-def _version(pkg: str) -> str | None:
-    try:
-        return importlib.metadata.version(pkg)
-    except importlib.metadata.PackageNotFoundError:
-        return None
-
-
 def machine_info() -> dict[str, Any]:
     """Cores, CPU model, SIMD/AMX flags, torch build facts, peer versions and the current load."""
-    model, flags = _cpuinfo()
+    model, flags = cpuinfo()
+    flags = flags or set()  # off Linux: no flags rather than guessed ones
     info: dict[str, Any] = {
         "cpu_model": model,
         "logical_cores": os.cpu_count(),
@@ -63,7 +42,7 @@ def machine_info() -> dict[str, Any]:
         "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "python": platform.python_version(),
         "platform": platform.platform(),
-        "versions": {pkg: _version(pkg) for pkg in _PACKAGES},
+        "versions": {pkg: package_version(pkg) for pkg in _PACKAGES},
     }
     try:
         info["loadavg_start"] = list(os.getloadavg())

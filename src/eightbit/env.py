@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["collect_env", "CPU_FEATURES", "NATIVE_PATHS"]
+__all__ = ["collect_env", "cpuinfo", "package_version", "CPU_FEATURES", "NATIVE_PATHS"]
 
 # /proc/cpuinfo flags that choose the native kernels' code paths (csrc/): AVX2 + FMA + F16C (the baseline vector
 # paths), AVX-512 F/BW/CD (16-lane passes), VBMI (folded decode tables of the optimizer), VNNI (int8 GEMM tiles),
@@ -27,14 +27,16 @@ NATIVE_PATHS = ("avx2 8-lane", "avx512 16-lane optimizer", "avx512vbmi folded de
 _PACKAGES = ("torch", "transformers", "safetensors", "peft", "accelerate", "triton", "numpy")
 
 
-def _version(pkg: str) -> str | None:
+def package_version(name: str) -> str | None:
+    """The installed version of distribution ``name``, or None when it is not installed."""
     try:
-        return importlib.metadata.version(pkg)
+        return importlib.metadata.version(name)
     except importlib.metadata.PackageNotFoundError:
         return None
 
 
-def _cpu() -> dict[str, Any]:
+def cpuinfo() -> tuple[str, set[str] | None]:
+    """(the CPU's model name, its ``/proc/cpuinfo`` feature flags); flags None off Linux (unknown, not guessed)."""
     model, flags = platform.processor() or platform.machine(), None
     try:
         with open("/proc/cpuinfo") as f:
@@ -44,8 +46,13 @@ def _cpu() -> dict[str, Any]:
                     model = value.strip()
                 elif key.strip() == "flags" and flags is None:
                     flags = set(value.split())
-    except OSError:  # not Linux: features unknown (None) rather than guessed
+    except OSError:
         pass
+    return model, flags
+
+
+def _cpu() -> dict[str, Any]:
+    model, flags = cpuinfo()
     return {"model": model, "machine": platform.machine(), "threads": torch.get_num_threads(),
             "features": None if flags is None else {f: f in flags for f in CPU_FEATURES}}
 
@@ -71,6 +78,7 @@ def collect_env() -> dict[str, Any]:
     version, triton, devices) and ``kernels`` (op -> the device types a kernel serves; [] = reference only).
     Loads the kernels as ``import eightbit`` does; never raises for a missing optional part."""
     import eightbit
+
     from .functional import ops
     from .kernels import forced_reference, registered_kernels
     from .kernels.cpu import native, torch_ext
@@ -84,7 +92,7 @@ def collect_env() -> dict[str, Any]:
         "eightbit": {"version": eightbit.__version__, "path": os.path.dirname(eightbit.__file__)},
         "python": sys.version.split()[0],
         "platform": platform.platform(),
-        "packages": {p: _version(p) for p in _PACKAGES},
+        "packages": {p: package_version(p) for p in _PACKAGES},
         "cpu": _cpu(),
         "native": {"loaded": lib is not None,
                    "detail": getattr(lib, "_name", None) if lib is not None else native.unavailable_reason(),
