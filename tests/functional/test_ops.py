@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from eightbit.functional import create_dynamic_map, ops
-from eightbit.functional.codes import dynamic_codebook
+from eightbit.functional.codes import binary_codebook, dynamic_codebook
 from eightbit.functional.optimizer import OptimHyper
 from eightbit.kernels import reference_only
 
@@ -31,6 +31,7 @@ def _samples() -> dict[str, list[tuple[tuple, dict]]]:
     p = torch.randn(n, generator=g)
     grad = torch.randn(n, generator=g)
     codes = [dynamic_codebook(True).values, dynamic_codebook(False).values]
+    binary = [binary_codebook(True).values, binary_codebook(False).values]
     states8 = [torch.randint(0, 256, (n,), dtype=torch.uint8, generator=g) for _ in range(2)]
     absmaxes = [torch.rand(5, generator=g) for _ in range(2)]
     hyper = OptimHyper(lr=1e-3, beta1=0.9, one_minus_beta1=0.1, beta2=0.999, one_minus_beta2=1e-3, eps=1e-8,
@@ -64,6 +65,11 @@ def _samples() -> dict[str, list[tuple[tuple, dict]]]:
             (("adam", p.clone(), grad, [s.clone() for s in states8], [a.clone() for a in absmaxes], codes, hyper, 2, 64,
               [-1, 7]), {}),
             (("rmsprop", p.clone(), grad, [torch.rand(n, generator=g)], [], [], hyper, 1, 64, [-1]), {}),
+            # bf16 parameter and gradient on the binary maps with power-of-two scales: the kernel's 16-bit passes
+            (("adam", p.bfloat16(), grad.bfloat16(), [s.clone() for s in states8], [torch.full((5,), 2.0**-6)] * 2,
+              binary, hyper, 2, 64, [-1, 7]), {}),
+            (("lion", p.half(), grad.half(), [states8[0].clone()], [torch.full((5,), 2.0**-6)], binary[:1], hyper, 2,
+              64, [-1]), {}),
         ],
         "optimizer_update_many": [
             (("adam", [p.clone(), p[:100].clone()], [grad, grad[:100].clone()],
