@@ -328,9 +328,9 @@ def test_low_precision_parameters_equal_the_reference(lib, gen, monkeypatch, rul
                 assert torch.equal(native[2][i][j], ref[2][i][j]), (i, j)
     assert _bits(native[0][0])[2048 * 40 + 5] == _bits(ps[0])[2048 * 40 + 5]  # untouched in a skipped block
     assert torch.isnan(native[0][0][2048 * 41 + 5])
-    assert torch.isinf(native[0][1][:64]).any()
+    assert torch.isinf(native[0][1][:64]).any()  # lr 1e3 moves +-65504 by >= 100 (>= 0.1 per step) past 65520
     sub = native[0][5][:200].float().abs()
-    assert ((sub > 0) & (sub < 2.0**-14)).any()
+    assert ((sub > 0) & (sub < 2.0**-14)).any()  # 18-200 of the 200 are subnormal, per rule, over seeds 0-39
     assert [int(s) for s in native[3]] == [int(s) for s in ref[3]] == [1, 1, 0, 0, 1, 0, 0]
 
 
