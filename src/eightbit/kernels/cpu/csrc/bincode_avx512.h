@@ -8,7 +8,7 @@
  * magnitude (a + near + negative) >> shift, the region below the smallest code included. Valid for |n| < 1
  * (the encoder takes the 8-lane path for a block scaled by 2^127, whose values may reach 2). */
 typedef struct {
-    __m512i near_lo, near_hi, neg_lo, neg_hi, sh_lo, sh_hi, off, shift, cmin, one, maxmag,
+    __m512i near_lo, near_hi, neg_lo, neg_hi, sh_lo, sh_hi, dsh_lo, dsh_hi, off, shift, cmin, one, maxmag,
         inv_cmin, m7f, sbit, e95;
     int is_signed;
 } bin_v16_t;
@@ -21,6 +21,8 @@ static inline bin_v16_t bin_v16(const lut_t *L) {
     v.neg_hi = _mm512_loadu_si512(L->bin_knegoff + 16);
     v.sh_lo = _mm512_loadu_si512(L->bin_kshift);
     v.sh_hi = _mm512_loadu_si512(L->bin_kshift + 16);
+    v.dsh_lo = _mm512_sub_epi32(_mm512_set1_epi32(32), v.sh_lo); /* a hash's shift to a draw's top s bits */
+    v.dsh_hi = _mm512_sub_epi32(_mm512_set1_epi32(32), v.sh_hi);
     v.off = _mm512_zextsi256_si512(_mm256_loadu_si256((const __m256i *)L->bin_off));
     v.shift = _mm512_zextsi256_si512(_mm256_loadu_si256((const __m256i *)L->bin_shift));
     v.cmin = _mm512_set1_epi32(L->bin_bottom[0]);
@@ -134,6 +136,30 @@ static inline __m512i bin_stochastic16u(const bin_v16_t *V, __m512 n, __m512i e2
     if (below) mag = bin_below16(V, n, _mm512_xor_si512(e24, _mm512_set1_epi32(0xFFFFFF)), neg, below, mag);
     return _mm512_maskz_mov_epi32((__mmask16)~neg, _mm512_min_epu32(mag, V->maxmag));
 }
+
+/* The streamlined encoders of the optimizers' usual states, valid where every lane is inside the per-binade
+ * tables' range (bin_encode64_usual checks that): bin_stochastic16u and bin_nearest16s without the exponent clamp,
+ * the masks of zero, negative and below-the-smallest-code lanes, and the magnitude clamp, which the saturating
+ * packs of the store take over (bin_store64 / bin_store64s). Stochastic, unsigned map, every n at least the
+ * smallest code: h is the complemented hash itself (d' = h >> 8, so d' >> (24 - s) = h >> (32 - s), s <= 23
+ * there); a magnitude of 256 saturates to 255. */
+static inline __attribute__((always_inline)) __m512i bin_stochastic16up(const bin_v16_t *V, __m512 n, __m512i h) {
+    const __m512i a = _mm512_castps_si512(n), e = _mm512_srli_epi32(a, 23);
+    const __m512i r = _mm512_add_epi32(a, _mm512_permutex2var_epi32(V->neg_lo, e, V->neg_hi));
+    const __m512i frac = _mm512_srlv_epi32(h, _mm512_permutex2var_epi32(V->dsh_lo, e, V->dsh_hi));
+    return _mm512_srlv_epi32(_mm512_add_epi32(r, frac), _mm512_permutex2var_epi32(V->sh_lo, e, V->sh_hi));
+}
+
+/* Nearest, signed map, every |n| >= 2^-31 (no zero): the magnitude, or -magnitude - 1 where n is negative (the
+ * tie rule's one added there as well); bin_store64s saturates that to [-128, 127] and adds 128, which is
+ * 128 + min(mag, 127) or 127 - min(mag, 127), bin_index16's index. */
+static inline __attribute__((always_inline)) __m512i bin_nearest16nz(const bin_v16_t *V, __m512i bits) {
+    const __m512i sg = _mm512_srai_epi32(bits, 31), a = _mm512_and_si512(bits, V->m7f);
+    const __m512i e = _mm512_srli_epi32(a, 23);
+    const __m512i t = _mm512_sub_epi32(_mm512_permutex2var_epi32(V->near_lo, e, V->near_hi), sg);
+    const __m512i mag = _mm512_srlv_epi32(_mm512_add_epi32(a, t), _mm512_permutex2var_epi32(V->sh_lo, e, V->sh_hi));
+    return _mm512_xor_si512(mag, sg);
+}
 #endif
 /* Codes of the 64 values x[0..64) * inv into q[0..64): mode BIN_NEAREST_S / _U nearest on a signed / unsigned map,
  * BIN_STOCHASTIC_U stochastic on an unsigned map (*hv: the complemented hashes of the 16 lanes, stepped down by step
@@ -141,8 +167,63 @@ static inline __m512i bin_stochastic16u(const bin_v16_t *V, __m512 n, __m512i e2
  * hashes. */
 #if defined(__AVX512F__) && defined(__AVX512CD__)
 enum { BIN_NEAREST_S = 0, BIN_STOCHASTIC_U = 1, BIN_STOCHASTIC_S = 2, BIN_NEAREST_U = 3 };
+
+#if defined(__AVX512BW__)
+/* bin_store64 for bin_nearest16nz's signed values: signed saturation to [-128, 127], then + 128 per byte. */
+static inline void bin_store64s(const __m512i r[4], uint8_t *q) {
+    const __m512i b = _mm512_xor_si512(_mm512_packs_epi16(_mm512_packs_epi32(r[0], r[1]), _mm512_packs_epi32(r[2], r[3])),
+                                       _mm512_set1_epi8((char)0x80));
+    const __m512i order = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+    _mm512_storeu_si512(q, _mm512_permutexvar_epi32(order, b));
+}
+
+/* bin_encode64 for BIN_STOCHASTIC_U and BIN_NEAREST_S, the optimizers' usual states (second moments and sums
+ * rounded stochastically, first moments to nearest): the streamlined encoder on all 64 values, then, where some
+ * lane lies outside its range (rare: below the smallest code, zero or negative for the stochastic one; zero or
+ * below 2^-31 for the nearest one), the full encoder on all 64. One test per 64 keeps the loop free of branches (a
+ * test per 16 made the compiler spill the results). */
+static inline void bin_encode64_usual(const bin_v16_t *W, const float *x, __m512 inv, int mode, __m512i *hv,
+                                      __m512i step, uint8_t *q) {
+    const int stochastic = mode == BIN_STOCHASTIC_U;
+    const __m512i e96 = _mm512_set1_epi32(96 << 23);
+    __m512 n[4];
+    __m512i h[4], r[4];
+    __mmask16 out = 0;
+    for (int j = 0; j < 4; j++) {
+        n[j] = _mm512_mul_ps(_mm512_loadu_ps(x + 16 * j), inv);
+        const __m512i bits = _mm512_castps_si512(n[j]);
+        if (stochastic) {
+            h[j] = *hv;
+            *hv = _mm512_sub_epi32(*hv, step);
+            r[j] = bin_stochastic16up(W, n[j], h[j]);
+            out |= _mm512_cmplt_epi32_mask(bits, W->cmin);
+        } else {
+            r[j] = bin_nearest16nz(W, bits);
+            out |= _mm512_cmplt_epu32_mask(_mm512_and_si512(bits, W->m7f), e96);
+        }
+    }
+    if (!out) {
+        if (stochastic)
+            bin_store64(r, q);
+        else
+            bin_store64s(r, q);
+        return;
+    }
+    for (int j = 0; j < 4; j++)
+        r[j] = stochastic ? bin_stochastic16u(W, n[j], _mm512_srli_epi32(h[j], 8))
+                          : bin_nearest16s(W, _mm512_castps_si512(n[j]), 1);
+    bin_store64(r, q);
+}
+#endif
+
 static inline void bin_encode64(const bin_v16_t *W, const float *x, __m512 inv, int mode, __m512i *hv, __m512i step,
                                 uint8_t *q) {
+#if defined(__AVX512BW__)
+    if (mode == BIN_STOCHASTIC_U || mode == BIN_NEAREST_S) {
+        bin_encode64_usual(W, x, inv, mode, hv, step, q);
+        return;
+    }
+#endif
     __m512i r[4];
     for (int j = 0; j < 4; j++) {
         const __m512 n = _mm512_mul_ps(_mm512_loadu_ps(x + 16 * j), inv);
