@@ -751,3 +751,38 @@ def test_loaded_step_counts_must_be_whole(bad, gen):
     with pytest.raises(ValueError, match="'step'.*integer count"):
         opt.load_state_dict(sd)
     assert not opt.state[p]
+
+
+@pytest.mark.parametrize("name", [n for n in SKIP_BLOCK_CASES if n != "AdEMAMix8bit"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_skip_block_steps_a_finite_gradient_whose_state_overflows(name, dtype, gen):
+    """A finite gradient can still make a new state Inf (its square overflows float32): that block is stepped, not
+    skipped, exactly as the reference steps it (the kernel's fused passes look at the gradient again only where a
+    new state came out NaN/Inf, and must then find it finite); a NaN gradient in another block of the same step is
+    still skipped. Float32 and bf16 parameters (the pass reads and writes them in place either way)."""
+    cls, kw = SKIP_BLOCK_CASES[name]
+    n, bs = 6 * 256, 256
+    p0 = torch.randn(n, generator=gen).to(dtype)
+    opt = cls([torch.nn.Parameter(p0.clone())], lr=1e-3, blocksize=bs, min_8bit_size=0, **kw)
+    twin = cls([torch.nn.Parameter(p0.clone())], lr=1e-3, blocksize=bs, min_8bit_size=0, **kw)
+    g = (torch.randn(n, generator=gen) * 0.01).to(dtype)
+    g[2 * bs + 5] = 3e38  # finite: its square overflows
+    g[4 * bs + 9] = float("nan")
+    for o, ref in ((opt, False), (twin, True)):
+        q = o.param_groups[0]["params"][0]
+        q.grad = g.clone()
+        if ref:
+            with reference_only():
+                o.step()
+        else:
+            o.step()
+    p, tp = opt.param_groups[0]["params"][0], twin.param_groups[0]["params"][0]
+    assert torch.equal(p.detach().view(torch.int16 if dtype != torch.float32 else torch.int32),
+                       tp.detach().view(torch.int16 if dtype != torch.float32 else torch.int32))
+    assert not torch.equal(p.detach()[2 * bs : 3 * bs], p0[2 * bs : 3 * bs])  # stepped
+    assert torch.equal(p.detach()[4 * bs : 5 * bs], p0[4 * bs : 5 * bs])  # skipped
+    for k, v in opt.state[p].items():
+        tv = twin.state[tp][k]
+        assert torch.equal(v, tv) or (torch.isnan(v).any() and torch.equal(torch.isnan(v), torch.isnan(tv))
+                                      and torch.equal(v[~torch.isnan(v)], tv[~torch.isnan(tv)])), k
+    assert int(opt.state[p]["skipped_blocks"]) == int(twin.state[tp]["skipped_blocks"]) == 1

@@ -224,14 +224,29 @@ static int64_t optim_range(int32_t rule, int32_t nstates, int32_t wd_mode, int64
         V[1] = bin_vec(&luts[1]);
     }
 #endif
+    /* Under skip, a block whose gradient holds a NaN/Inf is left untouched. The generic path checks the gradient
+     * before the update; a fused pass keeps the old parameter values in scratch instead (pold) and the block is
+     * checked after it, only where a new state came out NaN/Inf: every rule's new state takes the gradient times
+     * a constant (0 * Inf is NaN), so a non-finite gradient always shows there (a non-finite old state or
+     * parameter can too, hence the check of the gradient itself). A skipped block gets its parameter back, and
+     * its states and scales were not written. A second read of the gradient before each pass cost ~10 % of a 20M
+     * AdamW8bit step (BENCHMARKS.md). */
+    int fused_any = 0;
+#if defined(__AVX2__) && defined(__FMA__) && EB_LOWP8
+    fused_any = fused;
+#if defined(__AVX512F__) && defined(__AVX512CD__) && defined(__AVX512BW__)
+    fused_any |= fused1;
+#endif
+#endif
     for (int64_t b = b0; b < b1; b++) {
-        float s0[MAX_BLOCK], s1[MAX_BLOCK], pbuf[MAX_BLOCK], gbuf[MAX_BLOCK];
+        float s0[MAX_BLOCK], s1[MAX_BLOCK], pbuf[MAX_BLOCK], gbuf[MAX_BLOCK], pold[MAX_BLOCK];
         float *s[2] = {s0, s1};
         const int64_t o = b * bs;
-        if (skip && lowp_nonfinite(t->g, gt, o, bs)) {
+        if (skip && !fused_any && lowp_nonfinite(t->g, gt, o, bs)) {
             nskip++;
             continue;
         }
+        (void)pold;
         /* The block's parameter and gradient as float32: in place, or (low precision) widened into L1 scratch on
          * first use and the parameter narrowed back at the end; the fused passes read and write p and g of one
          * dtype themselves ("direct") and need neither. */
@@ -242,6 +257,18 @@ static int64_t optim_range(int32_t rule, int32_t nstates, int32_t wd_mode, int64
         if (gt) lowp_widen(t->g, gt, o, bs, gbuf), gb = gbuf;                                                     \
         if (pt) lowp_widen(t->p, pt, o, bs, pbuf), pb = pbuf;                                                     \
     } while (0)
+/* After a fused pass (new states' absmax bits AMAX[0..N), the pass's parameter PP): under skip, a block with a
+ * NaN/Inf state and gradient is skipped, its parameter restored from pold where the pass wrote it in place. */
+#define EB_SKIP_AFTER(AMAX, N, PP, INPLACE, DT)                                                                    \
+    if (skip) {                                                                                                   \
+        int bad_ = 0;                                                                                             \
+        for (int k_ = 0; k_ < (N); k_++) bad_ |= (AMAX)[k_] >= 0x7F800000u;                                      \
+        if (bad_ && lowp_nonfinite(t->g, gt, o, bs)) {                                                            \
+            if (INPLACE) memcpy((PP), pold, (size_t)bs * ((DT) == DT_F32 ? 4 : 2));                                \
+            nskip++;                                                                                              \
+            continue;                                                                                             \
+        }                                                                                                         \
+    }
 #if defined(__AVX512F__) && defined(__AVX512CD__) && defined(__AVX512BW__)
         if (fused1) {
             const int direct = pt == gt;
@@ -251,9 +278,11 @@ static int64_t optim_range(int32_t rule, int32_t nstates, int32_t wd_mode, int64
             F0 = bin_fold(&luts[0], absmax[0][b], bs, &F[0]);
 #endif
             if (!direct) EB_WIDEN();
-            one_state_binary_block(rule, direct ? lowp_at(t->p, pt, o) : pb, direct ? lowp_at(t->g, gt, o) : gb,
-                                   direct ? pt : DT_F32, &hv, wd_mode, bs, q[0] + o, absmax[0][b], &luts[0], F0, s0,
-                                   &amax0);
+            void *const pp = direct ? lowp_at(t->p, pt, o) : pb;
+            const int32_t dt = direct ? pt : DT_F32, inplace = direct || !pt; /* else pp is the widened pbuf */
+            one_state_binary_block(rule, pp, direct ? lowp_at(t->g, gt, o) : gb, dt, &hv, wd_mode, bs, q[0] + o,
+                                   absmax[0][b], &luts[0], F0, s0, &amax0, skip && inplace ? pold : NULL);
+            EB_SKIP_AFTER(&amax0, 1, pp, inplace, dt);
             quantize_block_known(s0, bs, &luts[0], amax0, seeds[0], first + o, q[0] + o, absmax[0] + b, 0);
             if (!direct && pt) lowp_narrow(pbuf, bs, t->p, pt, o);
             continue;
@@ -266,16 +295,18 @@ static int64_t optim_range(int32_t rule, int32_t nstates, int32_t wd_mode, int64
             if (!direct) EB_WIDEN();
             void *const pp = direct ? lowp_at(t->p, pt, o) : pb;
             const void *const gg = direct ? lowp_at(t->g, gt, o) : gb;
-            const int32_t dt = direct ? pt : DT_F32;
+            const int32_t dt = direct ? pt : DT_F32, inplace = direct || !pt; /* else pp is the widened pbuf */
 #ifdef EB_FOLD
             const bin_b64_t *F0 = bin_fold(&luts[0], absmax[0][b], bs, &F[0]);
             const bin_b64_t *F1 = bin_fold(&luts[1], absmax[1][b], bs, &F[1]);
             if (F0 && F1)
-                adam_fold_block(pp, gg, dt, &hv, wd_mode, bs, q[0] + o, q[1] + o, F0, F1, s0, s1, &amax[0], &amax[1]);
+                adam_fold_block(pp, gg, dt, &hv, wd_mode, bs, q[0] + o, q[1] + o, F0, F1, s0, s1, &amax[0], &amax[1],
+                                skip && inplace ? pold : NULL);
             else
 #endif
                 adam_binary_block(pp, gg, dt, &hv, wd_mode, bs, q[0] + o, q[1] + o, absmax[0][b], absmax[1][b], &V[0],
-                                  &V[1], s0, s1, &amax[0], &amax[1]);
+                                  &V[1], s0, s1, &amax[0], &amax[1], skip && inplace ? pold : NULL);
+            EB_SKIP_AFTER(amax, 2, pp, inplace, dt);
             for (int32_t k = 0; k < 2; k++)
                 quantize_block_known(s[k], bs, &luts[k], amax[k], seeds[k], first + o, q[k] + o, absmax[k] + b, 0);
             if (!direct && pt) lowp_narrow(pbuf, bs, t->p, pt, o);
@@ -284,6 +315,7 @@ static int64_t optim_range(int32_t rule, int32_t nstates, int32_t wd_mode, int64
 #endif
         EB_WIDEN();
 #undef EB_WIDEN
+#undef EB_SKIP_AFTER
         for (int32_t k = 0; k < nstates; k++) {
             if (luts[k].bin_groups)
                 bin_decode_scale(&luts[k], q[k] + o, absmax[k][b], bs, s[k]);

@@ -3,6 +3,20 @@
 #ifndef EIGHTBIT_OPTIM_FUSED_H
 #define EIGHTBIT_OPTIM_FUSED_H
 #if defined(__AVX512F__) && defined(__AVX512CD__)
+/* The 16 old parameter values from element o (pi: them as float32; dtype dt) kept at pold + o, where pold is not
+ * NULL: a pass that writes the parameter in place can then be undone for a block whose gradient turns out to hold
+ * a NaN/Inf (optim_range), instead of reading the gradient once more before the pass. */
+#define EB_SAVE16(pold, p, o, pi, dt)                                                                            \
+    do {                                                                                                          \
+        if (pold) {                                                                                               \
+            if ((dt) == DT_F32)                                                                                   \
+                _mm512_storeu_ps((float *)(pold) + (o), (pi));                                                    \
+            else                                                                                                  \
+                _mm256_storeu_si256((__m256i *)((uint16_t *)(pold) + (o)),                                        \
+                                    _mm256_loadu_si256((const __m256i *)((const uint16_t *)(p) + (o))));          \
+        }                                                                                                         \
+    } while (0)
+
 /* Adam's hyperparameters broadcast to 16 lanes. */
 typedef struct {
     __m512 gs, b1, c1, b2, c2, eps, r1, r2, l2, decay, step;
@@ -29,13 +43,15 @@ static inline adam16_k adam16_consts(const eb_hyper_t *h, int32_t wd_mode) {
 /* Adam on the 16 values from element o, given their decoded (scaled) states: the parameter written, the new
  * states stored to s0 + o and s1 + o, their absmax bits folded into *x0 and *x1; rule_block's float32 operations
  * in its order (bit-identical). unit_gs: grad_scale is 1 (g * 1 is g, the multiply is dropped). dt: p's and g's
- * dtype (lowp.h), read and written in it (the rounding of lowp_store16). */
+ * dtype (lowp.h), read and written in it (the rounding of lowp_store16). pold: where the old parameter values
+ * are kept (dtype dt), or NULL (EB_SAVE16). */
 static inline __attribute__((always_inline)) void adam16(const adam16_k *K, __m512 m_old, __m512 v_old,
                                                           void *restrict p, const void *restrict g, int64_t o,
                                                           const int wd_mode, const int unit_gs, const int dt,
                                                           float *restrict s0, float *restrict s1, __m512i *x0,
-                                                          __m512i *x1) {
+                                                          __m512i *x1, void *restrict pold) {
     __m512 pi = lowp_load16(p, o, dt), gi = lowp_load16(g, o, dt);
+    EB_SAVE16(pold, p, o, pi, dt);
     if (!unit_gs) gi = _mm512_mul_ps(gi, K->gs);
     if (wd_mode == WD_L2) gi = _mm512_fmadd_ps(K->l2, pi, gi);
     const __m512 m = _mm512_add_ps(_mm512_mul_ps(m_old, K->b1), _mm512_mul_ps(gi, K->c1));
@@ -59,7 +75,7 @@ static inline __attribute__((always_inline)) void adam16(const adam16_k *K, __m5
 static inline __attribute__((always_inline)) void adam_binary_pass(
     void *restrict p, const void *restrict g, const eb_hyper_t *h, int32_t wd_mode, int64_t bs, const uint8_t *q0,
     const uint8_t *q1, float a0, float a1, const bin_vec_t *V0, const bin_vec_t *V1, float *restrict s0,
-    float *restrict s1, uint32_t *amax0, uint32_t *amax1, const int dt) {
+    float *restrict s1, uint32_t *amax0, uint32_t *amax1, void *restrict pold, const int dt) {
     const int64_t esz = dt == DT_F32 ? 4 : 2;
     const __m256 gs = _mm256_set1_ps(h->grad_scale), b1 = _mm256_set1_ps(h->beta1), c1 = _mm256_set1_ps(h->one_minus_beta1);
     const __m256 b2 = _mm256_set1_ps(h->beta2), c2 = _mm256_set1_ps(h->one_minus_beta2), eps = _mm256_set1_ps(h->eps);
@@ -78,7 +94,7 @@ static inline __attribute__((always_inline)) void adam_binary_pass(
         __m512i zx0 = _mm512_setzero_si512(), zx1 = _mm512_setzero_si512();
 #define ADAM16(M_CODE, V_CODE, J) \
     adam16(&K, _mm512_mul_ps((M_CODE), za0), _mm512_mul_ps((V_CODE), za1), p, g, (J), wd_mode, 0, dt, s0, s1, &zx0, \
-           &zx1)
+           &zx1, pold)
 #if defined(__AVX512BW__)
         const bin_w32_t T0 = bin_w32(V0->lut), T1 = bin_w32(V1->lut);
         for (; i + 32 <= bs; i += 32) { /* decoding by table: 32 codes per four word permutes */
@@ -103,6 +119,12 @@ static inline __attribute__((always_inline)) void adam_binary_pass(
         const __m256 m_old = _mm256_mul_ps(bin_decode8(V0, _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(q0 + i)))), va0);
         const __m256 v_old = _mm256_mul_ps(bin_decode8(V1, _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(q1 + i)))), va1);
         __m256 pi = lowp_load8(p, i, dt), gi = _mm256_mul_ps(lowp_load8(g, i, dt), gs);
+        if (pold) {
+            if (dt == DT_F32)
+                _mm256_storeu_ps((float *)pold + i, pi);
+            else
+                _mm_storeu_si128((__m128i *)((uint16_t *)pold + i), _mm_loadu_si128((const __m128i *)((const uint16_t *)p + i)));
+        }
         if (wd_mode == WD_L2) gi = _mm256_fmadd_ps(l2, pi, gi);
         const __m256 m = _mm256_add_ps(_mm256_mul_ps(m_old, b1), _mm256_mul_ps(gi, c1));
         const __m256 v = _mm256_add_ps(_mm256_mul_ps(v_old, b2), _mm256_mul_ps(_mm256_mul_ps(gi, gi), c2));
@@ -124,12 +146,12 @@ static inline __attribute__((always_inline)) void adam_binary_pass(
     }
 }
 
-/* adam_binary_pass instantiated per dtype of p and g. */
+/* adam_binary_pass instantiated per dtype of p and g; pold as for adam16. */
 static void adam_binary_block(void *restrict p, const void *restrict g, int32_t dt, const eb_hyper_t *h,
                               int32_t wd_mode, int64_t bs, const uint8_t *q0, const uint8_t *q1, float a0, float a1,
                               const bin_vec_t *V0, const bin_vec_t *V1, float *restrict s0, float *restrict s1,
-                              uint32_t *amax0, uint32_t *amax1) {
-#define EB_PASS(DT) adam_binary_pass(p, g, h, wd_mode, bs, q0, q1, a0, a1, V0, V1, s0, s1, amax0, amax1, (DT))
+                              uint32_t *amax0, uint32_t *amax1, void *restrict pold) {
+#define EB_PASS(DT) adam_binary_pass(p, g, h, wd_mode, bs, q0, q1, a0, a1, V0, V1, s0, s1, amax0, amax1, pold, (DT))
     if (dt == DT_BF16)
         EB_PASS(DT_BF16);
     else if (dt == DT_F16)
@@ -153,7 +175,7 @@ static inline __attribute__((always_inline)) void adam_fold_pass(void *restrict 
                                                                   const uint8_t *q1, const bin_b64_t *T0,
                                                                   const bin_b64_t *T1, float *restrict s0,
                                                                   float *restrict s1, uint32_t *amax0,
-                                                                  uint32_t *amax1) {
+                                                                  uint32_t *amax1, void *restrict pold) {
     const adam16_k K = adam16_consts(h, wd_mode);
     __m512i x0 = _mm512_setzero_si512(), x1 = _mm512_setzero_si512();
     const int esz = dt == DT_F32 ? 4 : 2;
@@ -163,20 +185,20 @@ static inline __attribute__((always_inline)) void adam_fold_pass(void *restrict 
         bin_decode64(T0, q0 + i, mo);
         bin_decode64(T1, q1 + i, vo);
         for (int j = 0; j < 4; j++)
-            adam16(&K, mo[j], vo[j], p, g, i + 16 * j, wd_mode, unit_gs, dt, s0, s1, &x0, &x1);
+            adam16(&K, mo[j], vo[j], p, g, i + 16 * j, wd_mode, unit_gs, dt, s0, s1, &x0, &x1, pold);
     }
     *amax0 = (uint32_t)_mm512_reduce_max_epu32(x0);
     *amax1 = (uint32_t)_mm512_reduce_max_epu32(x1);
 }
 
 /* adam_fold_pass instantiated per weight-decay mode, unit gradient scale and dtype of p and g (bs a multiple of
- * 64). */
+ * 64); pold as for adam16. */
 static void adam_fold_block(void *restrict p, const void *restrict g, int32_t dt, const eb_hyper_t *h,
                             int32_t wd_mode, int64_t bs, const uint8_t *q0, const uint8_t *q1, const bin_b64_t *T0,
                             const bin_b64_t *T1, float *restrict s0, float *restrict s1, uint32_t *amax0,
-                            uint32_t *amax1) {
+                            uint32_t *amax1, void *restrict pold) {
     const int unit = h->grad_scale == 1.0f;
-#define EB_PASS(WD, U, DT) adam_fold_pass(p, g, h, (WD), (U), (DT), bs, q0, q1, T0, T1, s0, s1, amax0, amax1)
+#define EB_PASS(WD, U, DT) adam_fold_pass(p, g, h, (WD), (U), (DT), bs, q0, q1, T0, T1, s0, s1, amax0, amax1, pold)
 #define EB_CASE(WD, DT)                                                                                           \
     if (wd_mode == (WD) && dt == (DT)) {                                                                          \
         if (unit)                                                                                                 \
@@ -208,7 +230,8 @@ static inline __attribute__((always_inline)) void one_state_pass(int32_t rule, v
                                                                   const void *restrict g, const eb_hyper_t *h,
                                                                   int32_t wd_mode, int64_t bs, const uint8_t *q0,
                                                                   float a0, const lut_t *L0, const bin_b64_t *F,
-                                                                  float *restrict s0, uint32_t *amax0, const int dt) {
+                                                                  float *restrict s0, uint32_t *amax0,
+                                                                  void *restrict pold, const int dt) {
     const __m512 gs = _mm512_set1_ps(h->grad_scale), b1 = _mm512_set1_ps(h->beta1), c1 = _mm512_set1_ps(h->one_minus_beta1);
     const __m512 b2 = _mm512_set1_ps(h->beta2), c2 = _mm512_set1_ps(h->one_minus_beta2), eps = _mm512_set1_ps(h->eps);
     const __m512 l2 = _mm512_set1_ps(wd_mode == WD_L2 ? h->weight_decay : 0.0f), nest = _mm512_set1_ps(h->nesterov);
@@ -235,6 +258,7 @@ static inline __attribute__((always_inline)) void one_state_pass(int32_t rule, v
             const int64_t j = i + 16 * half;
             const __m512 s = F ? old[half] : _mm512_mul_ps(old[half], va);
             __m512 pi = lowp_load16(p, j, dt), gi = _mm512_mul_ps(lowp_load16(g, j, dt), gs);
+            EB_SAVE16(pold, p, j, pi, dt);
             if (wd_mode == WD_L2) gi = _mm512_fmadd_ps(l2, pi, gi);
             __m512 d, sn;
             switch (rule) {
@@ -270,16 +294,17 @@ static inline __attribute__((always_inline)) void one_state_pass(int32_t rule, v
     *amax0 = (uint32_t)_mm512_reduce_max_epu32(mx);
 }
 
-/* one_state_pass instantiated per dtype of p and g. */
+/* one_state_pass instantiated per dtype of p and g; pold as for adam16. */
 static void one_state_binary_block(int32_t rule, void *restrict p, const void *restrict g, int32_t dt,
                                    const eb_hyper_t *h, int32_t wd_mode, int64_t bs, const uint8_t *q0, float a0,
-                                   const lut_t *L0, const bin_b64_t *F, float *restrict s0, uint32_t *amax0) {
+                                   const lut_t *L0, const bin_b64_t *F, float *restrict s0, uint32_t *amax0,
+                                   void *restrict pold) {
     if (dt == DT_BF16)
-        one_state_pass(rule, p, g, h, wd_mode, bs, q0, a0, L0, F, s0, amax0, DT_BF16);
+        one_state_pass(rule, p, g, h, wd_mode, bs, q0, a0, L0, F, s0, amax0, pold, DT_BF16);
     else if (dt == DT_F16)
-        one_state_pass(rule, p, g, h, wd_mode, bs, q0, a0, L0, F, s0, amax0, DT_F16);
+        one_state_pass(rule, p, g, h, wd_mode, bs, q0, a0, L0, F, s0, amax0, pold, DT_F16);
     else
-        one_state_pass(rule, p, g, h, wd_mode, bs, q0, a0, L0, F, s0, amax0, DT_F32);
+        one_state_pass(rule, p, g, h, wd_mode, bs, q0, a0, L0, F, s0, amax0, pold, DT_F32);
 }
 #endif
 #endif
