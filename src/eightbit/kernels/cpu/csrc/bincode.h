@@ -82,7 +82,7 @@ static inline int32_t bin_stochastic(const lut_t *L, float n, float u) {
 #ifdef __AVX2__
 typedef struct {
     __m256i off, shift, bottom[8], cmin, hm, one, m7f, sbit, maxmag, inv_cmin;
-    __m256i cls_lo, cls_hi, cnear, cnegoff, cshift, e95; /* the per-binade classes (valid when binade) */
+    __m256i cls_lo, cls_hi, cnear, cnegoff, cshift, cdshift, e95; /* the per-binade classes (valid when binade) */
     int is_signed, binade;
     const lut_t *lut; /* for the 16-lane tables of the same map (optim_fused.h) */
 } bin_vec_t;
@@ -108,6 +108,7 @@ static inline bin_vec_t bin_vec(const lut_t *L) {
     v.cnear = _mm256_loadu_si256((const __m256i *)L->bin_cnear);
     v.cnegoff = _mm256_loadu_si256((const __m256i *)L->bin_cnegoff);
     v.cshift = _mm256_loadu_si256((const __m256i *)L->bin_cshift);
+    v.cdshift = _mm256_sub_epi32(_mm256_set1_epi32(32), v.cshift); /* a hash's shift to a draw's top s bits */
     v.e95 = _mm256_set1_epi32(95);
     return v;
 }
@@ -243,6 +244,72 @@ static inline __m256i bin_stochastic8b(const bin_vec_t *V, __m256 n, __m256i d) 
 }
 #endif
 
+#ifdef __AVX2__
+/* bin_stochastic16up and bin_nearest16nz (bincode_avx512.h) in 8 lanes, on the per-binade classes: the streamlined
+ * encoders of the optimizers' usual states, valid where every lane is inside the tables' range (bin_encode32_usual
+ * checks that). h: the complemented hash. */
+static inline __attribute__((always_inline)) __m256i bin_stochastic8up(const bin_vec_t *V, __m256 n, __m256i h) {
+    const __m256i a = _mm256_castps_si256(n);
+    const __m256i c = bin_class8(V, _mm256_srli_epi32(a, 23));
+    const __m256i r = _mm256_add_epi32(a, _mm256_permutevar8x32_epi32(V->cnegoff, c));
+    const __m256i frac = _mm256_srlv_epi32(h, _mm256_permutevar8x32_epi32(V->cdshift, c));
+    return _mm256_srlv_epi32(_mm256_add_epi32(r, frac), _mm256_permutevar8x32_epi32(V->cshift, c));
+}
+
+static inline __attribute__((always_inline)) __m256i bin_nearest8nz(const bin_vec_t *V, __m256i bits) {
+    const __m256i sg = _mm256_srai_epi32(bits, 31), a = _mm256_and_si256(bits, V->m7f);
+    const __m256i c = bin_class8(V, _mm256_srli_epi32(a, 23));
+    const __m256i t = _mm256_sub_epi32(_mm256_permutevar8x32_epi32(V->cnear, c), sg);
+    const __m256i mag = _mm256_srlv_epi32(_mm256_add_epi32(a, t), _mm256_permutevar8x32_epi32(V->cshift, c));
+    return _mm256_xor_si256(mag, sg);
+}
+
+/* The 32 values of r[0..4) (8 each, in order) as bytes: unsigned saturation (indices, magnitudes up to 256), or
+ * for bin_nearest8nz's signed values signed saturation to [-128, 127] and + 128 (sg). Two rounds of packs
+ * interleave the four vectors per 128-bit lane; one dword permute restores the order. */
+static inline void bin_store32(const __m256i r[4], uint8_t *q, const int sg) {
+    const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+    __m256i b;
+    if (sg)
+        b = _mm256_xor_si256(_mm256_packs_epi16(_mm256_packs_epi32(r[0], r[1]), _mm256_packs_epi32(r[2], r[3])),
+                             _mm256_set1_epi8((char)0x80));
+    else
+        b = _mm256_packus_epi16(_mm256_packus_epi32(r[0], r[1]), _mm256_packus_epi32(r[2], r[3]));
+    _mm256_storeu_si256((__m256i *)q, _mm256_permutevar8x32_epi32(b, order));
+}
+
+/* bin_encode64_usual in 8 lanes, 32 values x[0..32) * inv: stochastic on an unsigned map (*hv: the complemented
+ * hashes, stepped down by step per 8) or nearest on a signed one; the streamlined encoders, then the full ones on
+ * all 32 where a lane lies outside their range. */
+static inline void bin_encode32_usual(const bin_vec_t *V, const float *x, __m256 inv, const int stochastic,
+                                      __m256i *hv, __m256i step, uint8_t *q) {
+    const __m256i e96 = _mm256_set1_epi32(96 << 23);
+    __m256 n[4];
+    __m256i h[4], r[4], out = _mm256_setzero_si256();
+    for (int j = 0; j < 4; j++) {
+        n[j] = _mm256_mul_ps(_mm256_loadu_ps(x + 8 * j), inv);
+        const __m256i bits = _mm256_castps_si256(n[j]);
+        if (stochastic) {
+            h[j] = *hv;
+            *hv = _mm256_sub_epi32(*hv, step);
+            r[j] = bin_stochastic8up(V, n[j], h[j]);
+            out = _mm256_or_si256(out, _mm256_cmpgt_epi32(V->cmin, bits)); /* negative bits too */
+        } else {
+            r[j] = bin_nearest8nz(V, bits);
+            out = _mm256_or_si256(out, _mm256_cmpgt_epi32(e96, _mm256_and_si256(bits, V->m7f)));
+        }
+    }
+    if (_mm256_testz_si256(out, out)) {
+        bin_store32(r, q, !stochastic);
+        return;
+    }
+    for (int j = 0; j < 4; j++)
+        r[j] = stochastic ? bin_stochastic8b(V, n[j], _mm256_srli_epi32(_mm256_xor_si256(h[j], _mm256_set1_epi32(-1)), 8))
+                          : bin_nearest8b(V, _mm256_castps_si256(n[j]));
+    bin_store32(r, q, 0);
+}
+#endif
+
 #include "bincode_avx512.h"
 
 #ifdef __AVX2__
@@ -318,6 +385,8 @@ static void bin_encode_block(const lut_t *L, const float *restrict x, int64_t bs
     const __m256i phi = _mm256_set1_epi32((int32_t)EB_PHI), off = _mm256_set1_epi32((int32_t)(sd << 1));
     if (V.binade && inv != 0x1p-127f) { /* |n| < 1: the per-binade encoders (a 2^127 scale takes the ones below) */
         if (seed < 0) {
+            if (V.is_signed)
+                for (; i + 32 <= bs; i += 32) bin_encode32_usual(&V, x + i, vinv, 0, NULL, _mm256_setzero_si256(), q + i);
             for (; i + 8 <= bs; i += 8)
                 bin_store8(bin_nearest8b(&V, _mm256_castps_si256(_mm256_mul_ps(_mm256_loadu_ps(x + i), vinv))), q + i);
         } else if ((uint64_t)((base + (uint32_t)i) & M31) + (uint64_t)(bs - i) <= 0x80000000ull) {
@@ -325,6 +394,11 @@ static void bin_encode_block(const lut_t *L, const float *restrict x, int64_t bs
             const __m256i k = _mm256_add_epi32(_mm256_set1_epi32((int32_t)((base + (uint32_t)i) & M31)), lane);
             __m256i hv = _mm256_add_epi32(_mm256_mullo_epi32(k, phi), off);
             const __m256i step = _mm256_set1_epi32((int32_t)(8u * EB_PHI));
+            if (!V.is_signed) {
+                hv = _mm256_xor_si256(hv, _mm256_set1_epi32(-1));
+                for (; i + 32 <= bs; i += 32) bin_encode32_usual(&V, x + i, vinv, 1, &hv, step, q + i);
+                hv = _mm256_xor_si256(hv, _mm256_set1_epi32(-1));
+            }
             for (; i + 8 <= bs; i += 8, hv = _mm256_add_epi32(hv, step))
                 bin_store8(bin_stochastic8b(&V, _mm256_mul_ps(_mm256_loadu_ps(x + i), vinv), _mm256_srli_epi32(hv, 8)),
                            q + i);
