@@ -106,6 +106,23 @@ def test_optim_step_modes_write_json(tmp_path, mode):
     assert "eightbit" in proc.stdout or "binary" in proc.stdout
 
 
+def test_optim_kernel_compares_builds_and_writes_json(tmp_path):
+    """`python -m benchmarks.optim_kernel`, tiny: builds the kernel from the given source directory (twice here),
+    times each build's call in turn, prints one row per build and writes them as JSON."""
+    from eightbit.kernels.cpu import native
+
+    if native.library() is None:
+        pytest.skip("no native library on this machine")
+    out = tmp_path / "optim_kernel.json"
+    csrc = str(ROOT / "src" / "eightbit" / "kernels" / "cpu" / "csrc")
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.optim_kernel", csrc, csrc, "--n", "2e4", "--rounds", "2",
+                           "--json", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    data = json.loads(out.read_text())
+    assert data["command"].startswith("python -m benchmarks.optim_kernel") and len(data["rows"]) == 2
+    assert all(r["median_ms_per_20M"] > 0 for r in data["rows"]) and proc.stdout.count(csrc) == 2
+
+
 def test_paired_ratio_cancels_a_drift_between_rounds():
     """Two implementations timed in the same rounds while the machine's speed drifts 2x from round to round: the
     median of per-round ratios is their true 0.9, the ratio of the medians is not; rounds only one side has are
