@@ -214,8 +214,8 @@ static int64_t optim_range(int32_t rule, int32_t nstates, int32_t wd_mode, int64
 #endif
 #if defined(__AVX2__) && defined(__FMA__) && EB_LOWP8
     const int fused = rule == RULE_ADAM && nstates == 2 && luts[0].bin_groups && luts[1].bin_groups && bs % 8 == 0;
-#if defined(__AVX512F__) && defined(__AVX512CD__) && defined(__AVX512BW__)
-    const int fused1 = nstates == 1 && luts[0].bin_groups && bs % 32 == 0 &&
+#ifdef EB_FUSED1 /* the one-state pass in 16 lanes needs blocks of 32 values, in 8 lanes of 8 */
+    const int fused1 = nstates == 1 && luts[0].bin_groups && bs % (EB_FUSED1 == 16 ? 32 : 8) == 0 &&
                        (rule == RULE_MOMENTUM || rule == RULE_RMSPROP || rule == RULE_ADAGRAD || rule == RULE_LION);
 #endif
     bin_vec_t V[2];
@@ -234,7 +234,7 @@ static int64_t optim_range(int32_t rule, int32_t nstates, int32_t wd_mode, int64
     int fused_any = 0;
 #if defined(__AVX2__) && defined(__FMA__) && EB_LOWP8
     fused_any = fused;
-#if defined(__AVX512F__) && defined(__AVX512CD__) && defined(__AVX512BW__)
+#ifdef EB_FUSED1
     fused_any |= fused1;
 #endif
 #endif
@@ -269,7 +269,7 @@ static int64_t optim_range(int32_t rule, int32_t nstates, int32_t wd_mode, int64
             continue;                                                                                             \
         }                                                                                                         \
     }
-#if defined(__AVX512F__) && defined(__AVX512CD__) && defined(__AVX512BW__)
+#ifdef EB_FUSED1
         if (fused1) {
             const int direct = pt == gt;
             uint32_t amax0;

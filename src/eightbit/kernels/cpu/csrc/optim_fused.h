@@ -217,7 +217,62 @@ static void adam_fold_block(void *restrict p, const void *restrict g, int32_t dt
 }
 #endif
 
+/* The one-state rules' arithmetic in 16 lanes (AVX-512) and in 8 (AVX2): optim_rule1.h, written once. */
 #if defined(__AVX512F__) && defined(__AVX512CD__) && defined(__AVX512BW__)
+static inline __m512 eb_sign16(__m512 u) { /* 1, -1, or 0 for +-0 and NaN */
+    const __m512 zero = _mm512_setzero_ps();
+    return _mm512_mask_mov_ps(_mm512_mask_mov_ps(zero, _mm512_cmp_ps_mask(u, zero, _CMP_GT_OQ), _mm512_set1_ps(1.0f)),
+                              _mm512_cmp_ps_mask(u, zero, _CMP_LT_OQ), _mm512_set1_ps(-1.0f));
+}
+#define EB_V __m512
+#define EB_W 16
+#define EB_SET1 _mm512_set1_ps
+#define EB_MUL _mm512_mul_ps
+#define EB_ADD _mm512_add_ps
+#define EB_SUB _mm512_sub_ps
+#define EB_DIV _mm512_div_ps
+#define EB_SQRT _mm512_sqrt_ps
+#define EB_SIGN eb_sign16
+#include "optim_rule1.h"
+#undef EB_V
+#undef EB_W
+#undef EB_SET1
+#undef EB_MUL
+#undef EB_ADD
+#undef EB_SUB
+#undef EB_DIV
+#undef EB_SQRT
+#undef EB_SIGN
+#define EB_FUSED1 16 /* the one-state fused pass: 16 lanes */
+#elif defined(__AVX2__) && defined(__FMA__) && EB_LOWP8
+static inline __m256 eb_sign8(__m256 u) {
+    const __m256 zero = _mm256_setzero_ps();
+    return _mm256_blendv_ps(_mm256_blendv_ps(zero, _mm256_set1_ps(1.0f), _mm256_cmp_ps(u, zero, _CMP_GT_OQ)),
+                            _mm256_set1_ps(-1.0f), _mm256_cmp_ps(u, zero, _CMP_LT_OQ));
+}
+#define EB_V __m256
+#define EB_W 8
+#define EB_SET1 _mm256_set1_ps
+#define EB_MUL _mm256_mul_ps
+#define EB_ADD _mm256_add_ps
+#define EB_SUB _mm256_sub_ps
+#define EB_DIV _mm256_div_ps
+#define EB_SQRT _mm256_sqrt_ps
+#define EB_SIGN eb_sign8
+#include "optim_rule1.h"
+#undef EB_V
+#undef EB_W
+#undef EB_SET1
+#undef EB_MUL
+#undef EB_ADD
+#undef EB_SUB
+#undef EB_DIV
+#undef EB_SQRT
+#undef EB_SIGN
+#define EB_FUSED1 8 /* the one-state fused pass: 8 lanes */
+#endif
+
+#if EB_FUSED1 == 16
 /* One-state rules (momentum, rmsprop, adagrad, lion) with the state on a binary dynamic map, bs a multiple of 32:
  * decode, rule, parameter write and the new state's absmax bits in one pass, with rule_block's float32 operations
  * in its order (bit-identical). F: the block's scale folded into byte tables (bin_b64; bs a multiple of 64), or
@@ -232,12 +287,10 @@ static inline __attribute__((always_inline)) void one_state_pass(int32_t rule, v
                                                                   float a0, const lut_t *L0, const bin_b64_t *F,
                                                                   float *restrict s0, uint32_t *amax0,
                                                                   void *restrict pold, const int dt) {
-    const __m512 gs = _mm512_set1_ps(h->grad_scale), b1 = _mm512_set1_ps(h->beta1), c1 = _mm512_set1_ps(h->one_minus_beta1);
-    const __m512 b2 = _mm512_set1_ps(h->beta2), c2 = _mm512_set1_ps(h->one_minus_beta2), eps = _mm512_set1_ps(h->eps);
-    const __m512 l2 = _mm512_set1_ps(wd_mode == WD_L2 ? h->weight_decay : 0.0f), nest = _mm512_set1_ps(h->nesterov);
-    const __m512 lr_decay = _mm512_set1_ps(h->lr_decay);
+    const rule1_k16 k = rule1_consts16(h);
+    const __m512 gs = _mm512_set1_ps(h->grad_scale), l2 = _mm512_set1_ps(wd_mode == WD_L2 ? h->weight_decay : 0.0f);
     const __m512 decay = _mm512_set1_ps(1.0f - h->lr * h->weight_decay), step = _mm512_set1_ps(h->lr * h->update_scale);
-    const __m512 va = _mm512_set1_ps(a0), one = _mm512_set1_ps(1.0f), zero = _mm512_setzero_ps();
+    const __m512 va = _mm512_set1_ps(a0);
     const __m512i m7f = _mm512_set1_epi32(0x7FFFFFFF);
     const bin_w32_t T = bin_w32(L0);
     __m512i mx = _mm512_setzero_si512();
@@ -261,30 +314,7 @@ static inline __attribute__((always_inline)) void one_state_pass(int32_t rule, v
             EB_SAVE16(pold, p, j, pi, dt);
             if (wd_mode == WD_L2) gi = _mm512_fmadd_ps(l2, pi, gi);
             __m512 d, sn;
-            switch (rule) {
-            case RULE_MOMENTUM: {
-                const __m512 buf = _mm512_add_ps(_mm512_mul_ps(s, b1), _mm512_mul_ps(gi, c1));
-                const __m512 t = _mm512_sub_ps(_mm512_add_ps(gi, _mm512_mul_ps(b1, buf)), buf);
-                d = _mm512_add_ps(buf, _mm512_mul_ps(nest, t));
-                sn = buf;
-                break;
-            }
-            case RULE_RMSPROP:
-                sn = _mm512_add_ps(_mm512_mul_ps(s, b2), _mm512_mul_ps(_mm512_mul_ps(gi, gi), c2));
-                d = _mm512_div_ps(gi, _mm512_add_ps(_mm512_sqrt_ps(sn), eps));
-                break;
-            case RULE_ADAGRAD:
-                sn = _mm512_add_ps(s, _mm512_mul_ps(gi, gi));
-                d = _mm512_mul_ps(_mm512_div_ps(gi, _mm512_add_ps(_mm512_sqrt_ps(sn), eps)), lr_decay);
-                break;
-            default: { /* RULE_LION: sign (0 for +-0 and NaN) of the interpolation, then the slow EMA */
-                const __m512 u = _mm512_add_ps(_mm512_mul_ps(s, b1), _mm512_mul_ps(gi, c1));
-                d = _mm512_mask_mov_ps(_mm512_mask_mov_ps(zero, _mm512_cmp_ps_mask(u, zero, _CMP_GT_OQ), one),
-                                       _mm512_cmp_ps_mask(u, zero, _CMP_LT_OQ), _mm512_sub_ps(zero, one));
-                sn = _mm512_add_ps(_mm512_mul_ps(s, b2), _mm512_mul_ps(gi, c2));
-                break;
-            }
-            }
+            rule1_16(rule, &k, s, gi, &d, &sn);
             if (wd_mode == WD_DECOUPLED) pi = _mm512_mul_ps(pi, decay);
             lowp_store16(p, j, _mm512_sub_ps(pi, _mm512_mul_ps(step, d)), dt);
             _mm512_storeu_ps(s0 + j, sn);
@@ -293,7 +323,51 @@ static inline __attribute__((always_inline)) void one_state_pass(int32_t rule, v
     }
     *amax0 = (uint32_t)_mm512_reduce_max_epu32(mx);
 }
+#elif EB_FUSED1 == 8
+/* one_state_pass in 8 lanes (AVX2 without AVX-512), bs a multiple of 8: the codes decoded arithmetically
+ * (bin_decode8) and scaled by a0; F is unused (no folded tables here). */
+typedef struct bin_b64_unused bin_b64_t;
+static inline __attribute__((always_inline)) void one_state_pass(int32_t rule, void *restrict p,
+                                                                  const void *restrict g, const eb_hyper_t *h,
+                                                                  int32_t wd_mode, int64_t bs, const uint8_t *q0,
+                                                                  float a0, const lut_t *L0, const bin_b64_t *F,
+                                                                  float *restrict s0, uint32_t *amax0,
+                                                                  void *restrict pold, const int dt) {
+    (void)F;
+    const rule1_k8 k = rule1_consts8(h);
+    const bin_vec_t V = bin_vec(L0);
+    const __m256 gs = _mm256_set1_ps(h->grad_scale), l2 = _mm256_set1_ps(wd_mode == WD_L2 ? h->weight_decay : 0.0f);
+    const __m256 decay = _mm256_set1_ps(1.0f - h->lr * h->weight_decay), step = _mm256_set1_ps(h->lr * h->update_scale);
+    const __m256 va = _mm256_set1_ps(a0);
+    const __m256i m7f = _mm256_set1_epi32(0x7FFFFFFF);
+    const int64_t esz = dt == DT_F32 ? 4 : 2;
+    __m256i mx = _mm256_setzero_si256();
+    for (int64_t i = 0; i < bs; i += 8) {
+        if (!(i & 31)) EB_PREFETCH_BYTES(p, g, i * esz, 32 * esz);
+        const __m256 s = _mm256_mul_ps(bin_decode8(&V, _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(q0 + i)))), va);
+        __m256 pi = lowp_load8(p, i, dt), gi = _mm256_mul_ps(lowp_load8(g, i, dt), gs);
+        if (pold) {
+            if (dt == DT_F32)
+                _mm256_storeu_ps((float *)pold + i, pi);
+            else
+                _mm_storeu_si128((__m128i *)((uint16_t *)pold + i), _mm_loadu_si128((const __m128i *)((const uint16_t *)p + i)));
+        }
+        if (wd_mode == WD_L2) gi = _mm256_fmadd_ps(l2, pi, gi);
+        __m256 d, sn;
+        rule1_8(rule, &k, s, gi, &d, &sn);
+        if (wd_mode == WD_DECOUPLED) pi = _mm256_mul_ps(pi, decay);
+        lowp_store8(p, i, _mm256_sub_ps(pi, _mm256_mul_ps(step, d)), dt);
+        _mm256_storeu_ps(s0 + i, sn);
+        mx = _mm256_max_epu32(mx, _mm256_and_si256(_mm256_castps_si256(sn), m7f));
+    }
+    uint32_t t[8];
+    _mm256_storeu_si256((__m256i *)t, mx);
+    *amax0 = 0;
+    for (int j = 0; j < 8; j++) *amax0 = t[j] > *amax0 ? t[j] : *amax0;
+}
+#endif
 
+#ifdef EB_FUSED1
 /* one_state_pass instantiated per dtype of p and g; pold as for adam16. */
 static void one_state_binary_block(int32_t rule, void *restrict p, const void *restrict g, int32_t dt,
                                    const eb_hyper_t *h, int32_t wd_mode, int64_t bs, const uint8_t *q0, float a0,
