@@ -786,3 +786,38 @@ def test_skip_block_steps_a_finite_gradient_whose_state_overflows(name, dtype, g
         assert torch.equal(v, tv) or (torch.isnan(v).any() and torch.equal(torch.isnan(v), torch.isnan(tv))
                                       and torch.equal(v[~torch.isnan(v)], tv[~torch.isnan(tv)])), k
     assert int(opt.state[p]["skipped_blocks"]) == int(twin.state[tp]["skipped_blocks"]) == 1
+
+
+@pytest.mark.parametrize("name,kw", [
+    ("Adam8bit", {}), ("AdamW8bit", {}), ("AdEMAMix8bit", {}),
+    ("Adam8bit", {"blocksize": 256, "stochastic_rounding": False, "state_code": "dynamic"}),  # bitsandbytes' way
+])
+@pytest.mark.parametrize("native", [True, False])
+def test_a_second_moment_below_its_map_never_decodes_to_zero(name, kw, native):
+    """An element whose gradient is tiny beside its block's largest one (here 1e-4 against 1) has a second moment
+    below the smallest code of v's map. Decoded as 0, the next steps divided its first moment by eps alone and
+    moved it by thousands of lr. A positive state on an unsigned map now keeps at least the smallest positive code,
+    so each step stays within Adam's bound (about lr), and a state that is exactly 0 stays 0."""
+    lr, n = 1e-3, 4096
+    p = torch.nn.Parameter(torch.zeros(n))
+    opt = getattr(O, name)([p], lr=lr, **kw)
+    moves = []
+    for step in range(6):
+        g = torch.zeros(n)
+        g[0] = 1.0  # the block's large gradient
+        if step == 0:
+            g[1] = 1e-4  # once, then nothing: Adam's steps for it decay from lr
+        before = p.detach().clone()
+        p.grad = g
+        if native:
+            opt.step()
+        else:
+            with reference_only():
+                opt.step()
+        moves.append(float((p.detach()[1] - before[1]).abs()) / lr)
+    assert max(moves) <= 1.5, moves
+    assert torch.equal(p.detach()[2:], torch.zeros(n - 2))  # never a gradient: never moved
+    v = opt.state[p]["state2"] if "state2" in opt.state[p] else None
+    if v is not None and name != "AdEMAMix8bit":
+        code = opt.state[p]["qmap2"]
+        assert code[int(v[1])] > 0 and code[int(v[2])] == 0

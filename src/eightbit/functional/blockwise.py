@@ -79,11 +79,15 @@ def check_blocksize(blocksize: object) -> int:
 
 
 # ---------------------------------------------------------------- the reference
-def quantize_blocks(x2d: torch.Tensor, cb: Codebook, seed: int = -1, first: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+def quantize_blocks(x2d: torch.Tensor, cb: Codebook, seed: int = -1, first: int = 0,
+                    floor: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Reference block quantization: (nblocks, width) float -> (uint8 codes, float32 absmax per block).
 
     ``seed >= 0`` rounds stochastically, element (r, c) drawing with index ``first + r * width + c`` (the
-    element's position in the whole tensor); ``-1`` rounds to nearest. See the module docstring for NaN/Inf."""
+    element's position in the whole tensor); ``-1`` rounds to nearest. ``floor`` (the optimizers' states on
+    unsigned maps): a positive value that would round to the zero code takes the next code up, the smallest
+    positive one, so that a second moment too small for its block's map never decodes to 0. See the module
+    docstring for NaN/Inf."""
     x = x2d.float()
     absmax = x.abs().amax(1, keepdim=True)  # NaN propagates: flags the block
     ok = torch.isfinite(absmax)
@@ -95,6 +99,8 @@ def quantize_blocks(x2d: torch.Tensor, cb: Codebook, seed: int = -1, first: int 
     if seed >= 0:
         index = first + torch.arange(x.numel(), device=x.device, dtype=torch.int64).view(x.shape)
         idx = stochastic_round(n, idx, cb.values, uniform_from_index(index, seed))
+    if floor:
+        idx = torch.where((n > 0) & (idx == cb.zero_index), idx + 1, idx)
     q = torch.where(ok, idx, torch.full_like(idx, cb.zero_index)).to(torch.uint8)
     return q, torch.where(ok, absmax, torch.full_like(absmax, float("nan"))).squeeze(1)
 

@@ -222,7 +222,7 @@ def _steps(rule, p, g, states, absmaxes, codes, hyper, wd_mode, blocksize, seeds
         for i, (f, s) in enumerate(zip(flats, new)):
             old = f[lo:hi].view(nb, width)
             if eight:
-                q, a = quantize_blocks(s.float(), cbs[i], seeds[i], lo)
+                q, a = quantize_blocks(s.float(), cbs[i], seeds[i], lo, floor=not cbs[i].signed)
                 if keep is not None:
                     q, a = torch.where(keep, q, old), torch.where(keep[:, 0], a, absmaxes[i][b0 : b0 + nb])
                 f[lo:hi] = q.reshape(-1)

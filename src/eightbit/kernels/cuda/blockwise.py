@@ -28,10 +28,11 @@ def padded_midpoints(cb: Codebook) -> torch.Tensor:
 
 @triton.jit
 def quantize_block(x, mask, code_ptr, mid_ptr, zero_index, seed, index, STOCHASTIC: tl.constexpr,
-                   POW2: tl.constexpr = False):
+                   POW2: tl.constexpr = False, FLOOR: tl.constexpr = False):
     """uint8 codes and the absmax of one block of float32 values ``x`` (lanes outside ``mask`` ignored);
     ``index``: each lane's element index in the whole tensor (int64), the draw's counter when STOCHASTIC;
-    POW2: the block scale is the power of two above the absmax (binary dynamic maps, ``pow2_above``)."""
+    POW2: the block scale is the power of two above the absmax (binary dynamic maps, ``pow2_above``); FLOOR: a
+    positive value never takes the zero code (``quantize_blocks``' floor)."""
     x = tl.where(mask, x, 0.0)
     nan = tl.max((x != x).to(tl.int32), axis=0)  # tl.max drops NaN: flag it apart
     amax = tl.max(tl.abs(x), axis=0)
@@ -54,6 +55,8 @@ def quantize_block(x, mask, code_ptr, mid_ptr, zero_index, seed, index, STOCHAST
         c_lo = tl.load(code_ptr + lo)
         c_hi = tl.load(code_ptr + lo + 1)
         idx = lo + (u < tl.div_rn(n - c_lo, c_hi - c_lo)).to(tl.int32)
+    if FLOOR:
+        idx = tl.where((n > 0) & (idx == zero_index), idx + 1, idx)
     q = tl.where(ok, idx, zero_index)
     return q.to(tl.uint8), tl.where(ok, amax, float("nan"))
 

@@ -38,9 +38,9 @@ def _load_state(s_ptr, a_ptr, c_ptr, offs, mask, b, EIGHT: tl.constexpr):
 
 @triton.jit
 def _store_state(x, s_ptr, a_ptr, c_ptr, m_ptr, zero_index, seed, offs, mask, keep, b, EIGHT: tl.constexpr,
-                 STOCHASTIC: tl.constexpr, POW2: tl.constexpr):
+                 STOCHASTIC: tl.constexpr, POW2: tl.constexpr, FLOOR: tl.constexpr):
     if EIGHT:
-        q, amax = quantize_block(x, mask, c_ptr, m_ptr, zero_index, seed, offs, STOCHASTIC, POW2)
+        q, amax = quantize_block(x, mask, c_ptr, m_ptr, zero_index, seed, offs, STOCHASTIC, POW2, FLOOR)
         tl.store(s_ptr + offs, q, mask=mask & keep)
         tl.store(a_ptr + b, amax, mask=keep)
     else:
@@ -55,7 +55,8 @@ def optimizer_kernel(
     one_minus_beta3, alpha, eps, bias_correction1, bias_correction2_sqrt, lr_decay, nesterov,
     RULE: tl.constexpr, NSTATES: tl.constexpr, EIGHT: tl.constexpr, WD_MODE: tl.constexpr,
     SR0: tl.constexpr, SR1: tl.constexpr, SR2: tl.constexpr, PW0: tl.constexpr, PW1: tl.constexpr,
-    PW2: tl.constexpr, P_KIND: tl.constexpr, G_KIND: tl.constexpr,
+    PW2: tl.constexpr, FL0: tl.constexpr, FL1: tl.constexpr, FL2: tl.constexpr, P_KIND: tl.constexpr,
+    G_KIND: tl.constexpr,
     NORM: tl.constexpr, SKIP: tl.constexpr, BLOCK: tl.constexpr,
 ):
     pid = tl.program_id(0)
@@ -114,11 +115,11 @@ def optimizer_kernel(
         tl.store(norm_ptr + pid, tl.sum(tl.where(mask, d * d, 0.0), axis=0))
     else:
         if NSTATES > 0:
-            _store_state(x0, s0, a0, c0, m0, z0, seed0, offs, mask, keep, b, EIGHT, SR0, PW0)
+            _store_state(x0, s0, a0, c0, m0, z0, seed0, offs, mask, keep, b, EIGHT, SR0, PW0, FL0)
         if NSTATES > 1:
-            _store_state(x1, s1, a1, c1, m1, z1, seed1, offs, mask, keep, b, EIGHT, SR1, PW1)
+            _store_state(x1, s1, a1, c1, m1, z1, seed1, offs, mask, keep, b, EIGHT, SR1, PW1, FL1)
         if NSTATES > 2:
-            _store_state(x2, s2, a2, c2, m2, z2, seed2, offs, mask, keep, b, EIGHT, SR2, PW2)
+            _store_state(x2, s2, a2, c2, m2, z2, seed2, offs, mask, keep, b, EIGHT, SR2, PW2, FL2)
         if WD_MODE == 2:
             p = p * (1.0 - lr * weight_decay)
         store_f32(p_ptr, offs, p - (lr * update_scale) * d, mask & keep, P_KIND)
@@ -142,6 +143,7 @@ def _launch(rule, p, g, states, absmaxes, codes, hyper, wd_mode, blocksize, seed
     sd = [max(int(x), 0) for x in seeds] + [0] * (3 - len(seeds))
     sr = [int(x) >= 0 for x in seeds] + [False] * (3 - len(seeds))
     pw = [cb.pow2_scale for cb in cbs] + [False] * (3 - len(cbs))
+    fl = [not cb.signed for cb in cbs] + [False] * (3 - len(cbs))  # quantize_blocks' floor
     n = p.numel()
     nblocks = -(-n // blocksize)
     partial = torch.empty(nblocks if norm else 1, dtype=torch.float32, device=p.device)
@@ -152,6 +154,7 @@ def _launch(rule, p, g, states, absmaxes, codes, hyper, wd_mode, blocksize, seed
             skipped if skipped is not None else partial, start, width, b0,
             *[float(v) for v in hyper],
             RULE=RULE_IDS[rule], NSTATES=k, EIGHT=eight, WD_MODE=wd_mode, SR0=sr[0], SR1=sr[1], SR2=sr[2], PW0=pw[0], PW1=pw[1], PW2=pw[2],
+            FL0=fl[0], FL1=fl[1], FL2=fl[2],
             P_KIND=kind_of(p.dtype), G_KIND=kind_of(g.dtype), NORM=norm, SKIP=skipped is not None, BLOCK=block,
             num_warps=warps_for_block(block), **LAUNCH)
     return partial

@@ -280,9 +280,9 @@ static inline void bin_store32(const __m256i r[4], uint8_t *q, const int sg) {
 
 /* bin_encode64_usual in 8 lanes, 32 values x[0..32) * inv: stochastic on an unsigned map (*hv: the complemented
  * hashes, stepped down by step per 8) or nearest on a signed one; the streamlined encoders, then the full ones on
- * all 32 where a lane lies outside their range. */
-static inline void bin_encode32_usual(const bin_vec_t *V, const float *x, __m256 inv, const int stochastic,
-                                      __m256i *hv, __m256i step, uint8_t *q) {
+ * all 32 where a lane lies outside their range (then it returns 1, else 0). */
+static inline int bin_encode32_usual(const bin_vec_t *V, const float *x, __m256 inv, const int stochastic,
+                                     __m256i *hv, __m256i step, uint8_t *q) {
     const __m256i e96 = _mm256_set1_epi32(96 << 23);
     __m256 n[4];
     __m256i h[4], r[4], out = _mm256_setzero_si256();
@@ -301,12 +301,13 @@ static inline void bin_encode32_usual(const bin_vec_t *V, const float *x, __m256
     }
     if (_mm256_testz_si256(out, out)) {
         bin_store32(r, q, !stochastic);
-        return;
+        return 0;
     }
     for (int j = 0; j < 4; j++)
         r[j] = stochastic ? bin_stochastic8b(V, n[j], _mm256_srli_epi32(_mm256_xor_si256(h[j], _mm256_set1_epi32(-1)), 8))
                           : bin_nearest8b(V, _mm256_castps_si256(n[j]));
     bin_store32(r, q, 0);
+    return 1;
 }
 #endif
 
@@ -331,11 +332,14 @@ static inline __m512i bin_hashes16(uint32_t first, uint32_t seed) {
 static inline __m512i bin_hash_step16(void) { return _mm512_set1_epi32((int32_t)(16u * EB_PHI)); }
 #endif
 
-/* Codes of x[0..bs) * inv (inv: the exact reciprocal of the block's power-of-two scale) into q. */
-static void bin_encode_block(const lut_t *L, const float *restrict x, int64_t bs, float inv, int64_t seed,
-                             int64_t first, uint8_t *restrict q) {
+/* Codes of x[0..bs) * inv (inv: the exact reciprocal of the block's power-of-two scale) into q. Returns 0 where
+ * the streamlined stochastic encoder of an unsigned map took every value inside its range (each positive value
+ * then has a nonzero code), else 1. */
+static int bin_encode_block(const lut_t *L, const float *restrict x, int64_t bs, float inv, int64_t seed,
+                            int64_t first, uint8_t *restrict q) {
     const uint32_t base = (uint32_t)first, sd = (uint32_t)seed;
-    int64_t i = 0;
+    int64_t i = 0, usual = 0; /* usual: values the streamlined unsigned encoder took without falling back */
+    int fell = 0;
 #if defined(__AVX512F__) && defined(__AVX512CD__)
     if (inv != 0x1p-127f) { /* a block scaled by 2^127 may hold |n| >= 1: the 8-lane path clamps those */
         const bin_v16_t W = bin_v16(L);
@@ -353,8 +357,8 @@ static void bin_encode_block(const lut_t *L, const float *restrict x, int64_t bs
                         bin_encode64(&W, x + i, winv, BIN_STOCHASTIC_S, &hv, bin_hash_step16(), q + i);
                 } else {
                     hv = _mm512_xor_si512(hv, _mm512_set1_epi32(-1));
-                    for (; i + 64 <= bs; i += 64)
-                        bin_encode64(&W, x + i, winv, BIN_STOCHASTIC_U, &hv, bin_hash_step16(), q + i);
+                    for (; i + 64 <= bs; i += 64, usual += 64)
+                        fell |= bin_encode64(&W, x + i, winv, BIN_STOCHASTIC_U, &hv, bin_hash_step16(), q + i);
                     hv = _mm512_xor_si512(hv, _mm512_set1_epi32(-1));
                 }
             }
@@ -396,7 +400,7 @@ static void bin_encode_block(const lut_t *L, const float *restrict x, int64_t bs
             const __m256i step = _mm256_set1_epi32((int32_t)(8u * EB_PHI));
             if (!V.is_signed) {
                 hv = _mm256_xor_si256(hv, _mm256_set1_epi32(-1));
-                for (; i + 32 <= bs; i += 32) bin_encode32_usual(&V, x + i, vinv, 1, &hv, step, q + i);
+                for (; i + 32 <= bs; i += 32, usual += 32) fell |= bin_encode32_usual(&V, x + i, vinv, 1, &hv, step, q + i);
                 hv = _mm256_xor_si256(hv, _mm256_set1_epi32(-1));
             }
             for (; i + 8 <= bs; i += 8, hv = _mm256_add_epi32(hv, step))
@@ -419,14 +423,17 @@ static void bin_encode_block(const lut_t *L, const float *restrict x, int64_t bs
         const float n = x[i] * inv;
         q[i] = (uint8_t)(seed >= 0 ? bin_stochastic(L, n, draw(base, i, sd)) : bin_nearest(L, n));
     }
+    return usual != bs || fell;
 }
 
-/* A block onto a binary dynamic map, its absmax bits known (finite: below 0x7F800000): scale into *absmax. */
-static inline void bin_quantize_block(const lut_t *L, const float *restrict x, int64_t bs, uint32_t amax_bits,
-                                      int64_t seed, int64_t first, uint8_t *restrict q, float *absmax) {
+/* A block onto a binary dynamic map, its absmax bits known (finite: below 0x7F800000): scale into *absmax;
+ * returns bin_encode_block's. */
+static inline int bin_quantize_block(const lut_t *L, const float *restrict x, int64_t bs, uint32_t amax_bits,
+                                     int64_t seed, int64_t first, uint8_t *restrict q, float *absmax) {
     const float scale = amax_bits ? bin_scale(amax_bits) : 1.0f;
-    bin_encode_block(L, x, bs, 1.0f / scale, seed, first, q);
+    const int unsure = bin_encode_block(L, x, bs, 1.0f / scale, seed, first, q);
     *absmax = amax_bits ? scale : 0.0f;
+    return unsure;
 }
 
 /* out[i] = value(q[i]) * a, as lookup_scale on the map's table. */

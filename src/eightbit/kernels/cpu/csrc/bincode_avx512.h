@@ -161,7 +161,9 @@ static inline __attribute__((always_inline)) __m512i bin_nearest16nz(const bin_v
     return _mm512_xor_si512(mag, sg);
 }
 #endif
-/* Codes of the 64 values x[0..64) * inv into q[0..64): mode BIN_NEAREST_S / _U nearest on a signed / unsigned map,
+/* Codes of the 64 values x[0..64) * inv into q[0..64) (returns 0 where every value was inside the streamlined
+ * encoders' range, so that no positive value took the zero code, else 1): mode BIN_NEAREST_S / _U nearest on a
+ * signed / unsigned map,
  * BIN_STOCHASTIC_U stochastic on an unsigned map (*hv: the complemented hashes of the 16 lanes, stepped down by step
  * per 16 values), BIN_STOCHASTIC_S on a signed map (*hv: the hashes, stepped up); bin_encode_block explains the
  * hashes. */
@@ -182,8 +184,8 @@ static inline void bin_store64s(const __m512i r[4], uint8_t *q) {
  * lane lies outside its range (rare: below the smallest code, zero or negative for the stochastic one; zero or
  * below 2^-31 for the nearest one), the full encoder on all 64. One test per 64 keeps the loop free of branches (a
  * test per 16 made the compiler spill the results). */
-static inline void bin_encode64_usual(const bin_v16_t *W, const float *x, __m512 inv, int mode, __m512i *hv,
-                                      __m512i step, uint8_t *q) {
+static inline int bin_encode64_usual(const bin_v16_t *W, const float *x, __m512 inv, int mode, __m512i *hv,
+                                     __m512i step, uint8_t *q) {
     const int stochastic = mode == BIN_STOCHASTIC_U;
     const __m512i e96 = _mm512_set1_epi32(96 << 23);
     __m512 n[4];
@@ -207,22 +209,20 @@ static inline void bin_encode64_usual(const bin_v16_t *W, const float *x, __m512
             bin_store64(r, q);
         else
             bin_store64s(r, q);
-        return;
+        return 0;
     }
     for (int j = 0; j < 4; j++)
         r[j] = stochastic ? bin_stochastic16u(W, n[j], _mm512_srli_epi32(h[j], 8))
                           : bin_nearest16s(W, _mm512_castps_si512(n[j]), 1);
     bin_store64(r, q);
+    return 1;
 }
 #endif
 
-static inline void bin_encode64(const bin_v16_t *W, const float *x, __m512 inv, int mode, __m512i *hv, __m512i step,
-                                uint8_t *q) {
+static inline int bin_encode64(const bin_v16_t *W, const float *x, __m512 inv, int mode, __m512i *hv, __m512i step,
+                               uint8_t *q) {
 #if defined(__AVX512BW__)
-    if (mode == BIN_STOCHASTIC_U || mode == BIN_NEAREST_S) {
-        bin_encode64_usual(W, x, inv, mode, hv, step, q);
-        return;
-    }
+    if (mode == BIN_STOCHASTIC_U || mode == BIN_NEAREST_S) return bin_encode64_usual(W, x, inv, mode, hv, step, q);
 #endif
     __m512i r[4];
     for (int j = 0; j < 4; j++) {
@@ -238,6 +238,7 @@ static inline void bin_encode64(const bin_v16_t *W, const float *x, __m512 inv, 
         }
     }
     bin_store64(r, q);
+    return 1;
 }
 #endif
 

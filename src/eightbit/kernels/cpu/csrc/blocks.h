@@ -174,9 +174,16 @@ static inline void nearest_block(const float *restrict n, int64_t bs, const lut_
 /* Quantize one block of ``bs`` float32 values whose absmax_bits are known (a fused pass computed them while writing
  * x; NaN and Inf show up as bits >= Inf's and flag the block); seed < 0 means round to nearest. ``stream`` says x
  * is a block of a streamed array whose next block follows it (then it is prefetched); the optimizer passes its L1
- * scratch (0). */
+ * scratch (0). floor: quantize_blocks' floor (a positive value never takes the zero code; the optimizers'
+ * states on unsigned maps). */
+/* floor_positive: the codes of x's positive values that are z (the zero code) become z + 1, the map's smallest
+ * positive code (quantize_blocks' floor, for states on unsigned maps). */
+static void floor_positive(const float *restrict x, int64_t n, uint8_t z, uint8_t *restrict q) {
+    for (int64_t i = 0; i < n; i++) q[i] = (uint8_t)(q[i] + (q[i] == z && x[i] > 0.0f));
+}
+
 static void quantize_block_known(const float *x, int64_t bs, const lut_t *L, uint32_t amax_bits, int64_t seed,
-                                 int64_t first, uint8_t *q, float *absmax, int stream) {
+                                 int64_t first, uint8_t *q, float *absmax, int stream, int floor) {
     float amax;
     memcpy(&amax, &amax_bits, 4);
     if (amax_bits >= 0x7F800000u) {
@@ -187,7 +194,8 @@ static void quantize_block_known(const float *x, int64_t bs, const lut_t *L, uin
     if (L->bin_groups) { /* binary dynamic map: power-of-two scale, arithmetic encoding */
         if (stream)
             for (int64_t i = 0; i < bs; i += 16) __builtin_prefetch(x + bs + i);
-        bin_quantize_block(L, x, bs, amax_bits, seed, first, q, absmax);
+        if (bin_quantize_block(L, x, bs, amax_bits, seed, first, q, absmax) && floor)
+            floor_positive(x, bs, (uint8_t)L->zero_idx, q);
         return;
     }
     const float scale = amax > 0.0f ? amax : 1.0f;
@@ -200,6 +208,7 @@ static void quantize_block_known(const float *x, int64_t bs, const lut_t *L, uin
         const __m256 vs = _mm256_set1_ps(scale);
         const __m256i vklo = _mm256_set1_epi32(L->klo), vspan = _mm256_set1_epi32(L->span);
         for (int64_t i = 0; i < bs; i += 8) nearest_store8(x + i, vs, L, vklo, vspan, q + i);
+        if (floor) floor_positive(x, bs, (uint8_t)L->zero_idx, q);
         *absmax = amax;
         return;
     }
@@ -214,11 +223,12 @@ static void quantize_block_known(const float *x, int64_t bs, const lut_t *L, uin
         if (seed >= 0) stochastic_block(n, bs, L->code, (uint32_t)seed, first, idx);
     }
     for (int64_t i = 0; i < bs; i++) q[i] = (uint8_t)idx[i];
+    if (floor) floor_positive(x, bs, (uint8_t)L->zero_idx, q);
     *absmax = amax;
 }
 /* quantize_block_known after a pass for the block's absmax. */
 static void quantize_block(const float *x, int64_t bs, const lut_t *L, int64_t seed, int64_t first, uint8_t *q,
-                           float *absmax, int stream) {
-    quantize_block_known(x, bs, L, absmax_bits(x, bs), seed, first, q, absmax, stream);
+                           float *absmax, int stream, int floor) {
+    quantize_block_known(x, bs, L, absmax_bits(x, bs), seed, first, q, absmax, stream, floor);
 }
 #endif

@@ -72,7 +72,7 @@ void eb_quantize_blocks(const float *x, int64_t nblocks, int64_t bs, const lut_t
 #endif
 #pragma omp parallel for schedule(static) if (nblocks >= 16)
     for (int64_t b = 0; b < nblocks; b++)
-        quantize_block(x + b * bs, bs, &L, seed, first + b * bs, q + b * bs, absmax + b, 1);
+        quantize_block(x + b * bs, bs, &L, seed, first + b * bs, q + b * bs, absmax + b, 1, 0);
 }
 
 /* Per-block bodies live in functions with restrict parameters: OpenMP outlining of the parallel loops

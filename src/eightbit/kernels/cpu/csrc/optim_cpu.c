@@ -198,6 +198,8 @@ static int64_t optim_range(int32_t rule, int32_t nstates, int32_t wd_mode, int64
     luts[0] = *t->lut[0];
     luts[1] = nstates > 1 ? *t->lut[1] : *t->lut[0];
     const eb_hyper_t hv = *t->h;
+    /* states on unsigned maps (second moments, sums) never round a positive value to the zero code */
+    const int floors[2] = {luts[0].code[0] >= 0.0f, luts[1].code[0] >= 0.0f};
     const int32_t pt = t->pt, gt = t->gt;
     uint8_t *const *q = t->q;
     float *const *absmax = t->absmax;
@@ -283,7 +285,7 @@ static int64_t optim_range(int32_t rule, int32_t nstates, int32_t wd_mode, int64
             one_state_binary_block(rule, pp, direct ? lowp_at(t->g, gt, o) : gb, dt, &hv, wd_mode, bs, q[0] + o,
                                    absmax[0][b], &luts[0], F0, s0, &amax0, skip && inplace ? pold : NULL);
             EB_SKIP_AFTER(&amax0, 1, pp, inplace, dt);
-            quantize_block_known(s0, bs, &luts[0], amax0, seeds[0], first + o, q[0] + o, absmax[0] + b, 0);
+            quantize_block_known(s0, bs, &luts[0], amax0, seeds[0], first + o, q[0] + o, absmax[0] + b, 0, floors[0]);
             if (!direct && pt) lowp_narrow(pbuf, bs, t->p, pt, o);
             continue;
         }
@@ -308,7 +310,8 @@ static int64_t optim_range(int32_t rule, int32_t nstates, int32_t wd_mode, int64
                                   &V[1], s0, s1, &amax[0], &amax[1], skip && inplace ? pold : NULL);
             EB_SKIP_AFTER(amax, 2, pp, inplace, dt);
             for (int32_t k = 0; k < 2; k++)
-                quantize_block_known(s[k], bs, &luts[k], amax[k], seeds[k], first + o, q[k] + o, absmax[k] + b, 0);
+                quantize_block_known(s[k], bs, &luts[k], amax[k], seeds[k], first + o, q[k] + o, absmax[k] + b, 0,
+                                     floors[k]);
             if (!direct && pt) lowp_narrow(pbuf, bs, t->p, pt, o);
             continue;
         }
@@ -332,7 +335,7 @@ static int64_t optim_range(int32_t rule, int32_t nstates, int32_t wd_mode, int64
         }
         for (int32_t k = 0; k < nstates; k++) {
             for (int64_t i = 0; i < bs; i += 64) __builtin_prefetch(q[k] + o + bs + i);
-            quantize_block(s[k], bs, &luts[k], seeds[k], first + o, q[k] + o, absmax[k] + b, 0);
+            quantize_block(s[k], bs, &luts[k], seeds[k], first + o, q[k] + o, absmax[k] + b, 0, floors[k]);
         }
     }
     return nskip;
