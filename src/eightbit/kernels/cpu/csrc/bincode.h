@@ -280,9 +280,9 @@ static inline void bin_store32(const __m256i r[4], uint8_t *q, const int sg) {
 
 /* bin_encode64_usual in 8 lanes, 32 values x[0..32) * inv: stochastic on an unsigned map (*hv: the complemented
  * hashes, stepped down by step per 8) or nearest on a signed one; the streamlined encoders, then the full ones on
- * all 32 where a lane lies outside their range (then it returns 1, else 0). */
-static inline int bin_encode32_usual(const bin_vec_t *V, const float *x, __m256 inv, const int stochastic,
-                                     __m256i *hv, __m256i step, uint8_t *q) {
+ * all 32 where a lane lies outside their range (with floor, as bin_encode64_usual). */
+static inline void bin_encode32_usual(const bin_vec_t *V, const float *x, __m256 inv, const int stochastic,
+                                      __m256i *hv, __m256i step, uint8_t *q, const int floor) {
     const __m256i e96 = _mm256_set1_epi32(96 << 23);
     __m256 n[4];
     __m256i h[4], r[4], out = _mm256_setzero_si256();
@@ -301,13 +301,18 @@ static inline int bin_encode32_usual(const bin_vec_t *V, const float *x, __m256 
     }
     if (_mm256_testz_si256(out, out)) {
         bin_store32(r, q, !stochastic);
-        return 0;
+        return;
     }
-    for (int j = 0; j < 4; j++)
+    for (int j = 0; j < 4; j++) {
         r[j] = stochastic ? bin_stochastic8b(V, n[j], _mm256_srli_epi32(_mm256_xor_si256(h[j], _mm256_set1_epi32(-1)), 8))
                           : bin_nearest8b(V, _mm256_castps_si256(n[j]));
+        if (stochastic && floor) { /* a positive value keeps code 1 at least */
+            const __m256i z = _mm256_setzero_si256();
+            r[j] = _mm256_sub_epi32(r[j], _mm256_and_si256(_mm256_cmpgt_epi32(_mm256_castps_si256(n[j]), z),
+                                                           _mm256_cmpeq_epi32(r[j], z)));
+        }
+    }
     bin_store32(r, q, 0);
-    return 1;
 }
 #endif
 
@@ -332,14 +337,12 @@ static inline __m512i bin_hashes16(uint32_t first, uint32_t seed) {
 static inline __m512i bin_hash_step16(void) { return _mm512_set1_epi32((int32_t)(16u * EB_PHI)); }
 #endif
 
-/* Codes of x[0..bs) * inv (inv: the exact reciprocal of the block's power-of-two scale) into q. Returns 0 where
- * the streamlined stochastic encoder of an unsigned map took every value inside its range (each positive value
- * then has a nonzero code), else 1. */
-static int bin_encode_block(const lut_t *L, const float *restrict x, int64_t bs, float inv, int64_t seed,
-                            int64_t first, uint8_t *restrict q) {
+/* Codes of x[0..bs) * inv (inv: the exact reciprocal of the block's power-of-two scale) into q; floor:
+ * quantize_blocks' floor (an unsigned map's positive values never take the zero code). */
+static void bin_encode_block(const lut_t *L, const float *restrict x, int64_t bs, float inv, int64_t seed,
+                             int64_t first, uint8_t *restrict q, const int floor) {
     const uint32_t base = (uint32_t)first, sd = (uint32_t)seed;
-    int64_t i = 0, usual = 0; /* usual: values the streamlined unsigned encoder took without falling back */
-    int fell = 0;
+    int64_t i = 0, floored = 0; /* [0, floored): values whose encoder applied the floor itself */
 #if defined(__AVX512F__) && defined(__AVX512CD__)
     if (inv != 0x1p-127f) { /* a block scaled by 2^127 may hold |n| >= 1: the 8-lane path clamps those */
         const bin_v16_t W = bin_v16(L);
@@ -354,11 +357,14 @@ static int bin_encode_block(const lut_t *L, const float *restrict x, int64_t bs,
                 __m512i hv = bin_hashes16(base, sd);
                 if (W.is_signed) {
                     for (; i + 64 <= bs; i += 64)
-                        bin_encode64(&W, x + i, winv, BIN_STOCHASTIC_S, &hv, bin_hash_step16(), q + i);
+                        bin_encode64(&W, x + i, winv, BIN_STOCHASTIC_S, &hv, bin_hash_step16(), q + i, 0);
                 } else {
                     hv = _mm512_xor_si512(hv, _mm512_set1_epi32(-1));
-                    for (; i + 64 <= bs; i += 64, usual += 64)
-                        fell |= bin_encode64(&W, x + i, winv, BIN_STOCHASTIC_U, &hv, bin_hash_step16(), q + i);
+                    for (; i + 64 <= bs; i += 64)
+                        bin_encode64(&W, x + i, winv, BIN_STOCHASTIC_U, &hv, bin_hash_step16(), q + i, floor);
+#if defined(__AVX512BW__)
+                    floored = i; /* (bin_encode64_usual) */
+#endif
                     hv = _mm512_xor_si512(hv, _mm512_set1_epi32(-1));
                 }
             }
@@ -371,10 +377,10 @@ static int bin_encode_block(const lut_t *L, const float *restrict x, int64_t bs,
         } else {
             if (W.is_signed)
                 for (; i + 64 <= bs; i += 64)
-                    bin_encode64(&W, x + i, winv, BIN_NEAREST_S, NULL, _mm512_setzero_si512(), q + i);
+                    bin_encode64(&W, x + i, winv, BIN_NEAREST_S, NULL, _mm512_setzero_si512(), q + i, 0);
             else
                 for (; i + 64 <= bs; i += 64)
-                    bin_encode64(&W, x + i, winv, BIN_NEAREST_U, NULL, _mm512_setzero_si512(), q + i);
+                    bin_encode64(&W, x + i, winv, BIN_NEAREST_U, NULL, _mm512_setzero_si512(), q + i, 0);
             for (; i + 16 <= bs; i += 16) {
                 const __m512i idx = bin_nearest16(&W, _mm512_castps_si512(_mm512_mul_ps(_mm512_loadu_ps(x + i), winv)));
                 _mm_storeu_si128((__m128i *)(q + i), _mm512_cvtepi32_epi8(idx));
@@ -390,7 +396,7 @@ static int bin_encode_block(const lut_t *L, const float *restrict x, int64_t bs,
     if (V.binade && inv != 0x1p-127f) { /* |n| < 1: the per-binade encoders (a 2^127 scale takes the ones below) */
         if (seed < 0) {
             if (V.is_signed)
-                for (; i + 32 <= bs; i += 32) bin_encode32_usual(&V, x + i, vinv, 0, NULL, _mm256_setzero_si256(), q + i);
+                for (; i + 32 <= bs; i += 32) bin_encode32_usual(&V, x + i, vinv, 0, NULL, _mm256_setzero_si256(), q + i, 0);
             for (; i + 8 <= bs; i += 8)
                 bin_store8(bin_nearest8b(&V, _mm256_castps_si256(_mm256_mul_ps(_mm256_loadu_ps(x + i), vinv))), q + i);
         } else if ((uint64_t)((base + (uint32_t)i) & M31) + (uint64_t)(bs - i) <= 0x80000000ull) {
@@ -400,7 +406,9 @@ static int bin_encode_block(const lut_t *L, const float *restrict x, int64_t bs,
             const __m256i step = _mm256_set1_epi32((int32_t)(8u * EB_PHI));
             if (!V.is_signed) {
                 hv = _mm256_xor_si256(hv, _mm256_set1_epi32(-1));
-                for (; i + 32 <= bs; i += 32, usual += 32) fell |= bin_encode32_usual(&V, x + i, vinv, 1, &hv, step, q + i);
+                const int64_t from = i;
+                for (; i + 32 <= bs; i += 32) bin_encode32_usual(&V, x + i, vinv, 1, &hv, step, q + i, floor);
+                if (from == floored) floored = i;
                 hv = _mm256_xor_si256(hv, _mm256_set1_epi32(-1));
             }
             for (; i + 8 <= bs; i += 8, hv = _mm256_add_epi32(hv, step))
@@ -423,17 +431,16 @@ static int bin_encode_block(const lut_t *L, const float *restrict x, int64_t bs,
         const float n = x[i] * inv;
         q[i] = (uint8_t)(seed >= 0 ? bin_stochastic(L, n, draw(base, i, sd)) : bin_nearest(L, n));
     }
-    return usual != bs || fell;
+    if (floor && floored < bs) floor_positive(x + floored, bs - floored, (uint8_t)L->zero_idx, q + floored);
 }
 
 /* A block onto a binary dynamic map, its absmax bits known (finite: below 0x7F800000): scale into *absmax;
- * returns bin_encode_block's. */
-static inline int bin_quantize_block(const lut_t *L, const float *restrict x, int64_t bs, uint32_t amax_bits,
-                                     int64_t seed, int64_t first, uint8_t *restrict q, float *absmax) {
+ * floor as for bin_encode_block. */
+static inline void bin_quantize_block(const lut_t *L, const float *restrict x, int64_t bs, uint32_t amax_bits,
+                                      int64_t seed, int64_t first, uint8_t *restrict q, float *absmax, int floor) {
     const float scale = amax_bits ? bin_scale(amax_bits) : 1.0f;
-    const int unsure = bin_encode_block(L, x, bs, 1.0f / scale, seed, first, q);
+    bin_encode_block(L, x, bs, 1.0f / scale, seed, first, q, floor);
     *absmax = amax_bits ? scale : 0.0f;
-    return unsure;
 }
 
 /* out[i] = value(q[i]) * a, as lookup_scale on the map's table. */

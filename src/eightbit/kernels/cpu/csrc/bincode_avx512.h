@@ -161,12 +161,11 @@ static inline __attribute__((always_inline)) __m512i bin_nearest16nz(const bin_v
     return _mm512_xor_si512(mag, sg);
 }
 #endif
-/* Codes of the 64 values x[0..64) * inv into q[0..64) (returns 0 where every value was inside the streamlined
- * encoders' range, so that no positive value took the zero code, else 1): mode BIN_NEAREST_S / _U nearest on a
- * signed / unsigned map,
+/* Codes of the 64 values x[0..64) * inv into q[0..64): mode BIN_NEAREST_S / _U nearest on a signed / unsigned map,
  * BIN_STOCHASTIC_U stochastic on an unsigned map (*hv: the complemented hashes of the 16 lanes, stepped down by step
  * per 16 values), BIN_STOCHASTIC_S on a signed map (*hv: the hashes, stepped up); bin_encode_block explains the
- * hashes. */
+ * hashes. floor: an unsigned map's positive values keep code 1 at least (quantize_blocks' floor), where the
+ * streamlined path (AVX-512BW) is taken; bin_encode_block covers the others. */
 #if defined(__AVX512F__) && defined(__AVX512CD__)
 enum { BIN_NEAREST_S = 0, BIN_STOCHASTIC_U = 1, BIN_STOCHASTIC_S = 2, BIN_NEAREST_U = 3 };
 
@@ -182,10 +181,11 @@ static inline void bin_store64s(const __m512i r[4], uint8_t *q) {
 /* bin_encode64 for BIN_STOCHASTIC_U and BIN_NEAREST_S, the optimizers' usual states (second moments and sums
  * rounded stochastically, first moments to nearest): the streamlined encoder on all 64 values, then, where some
  * lane lies outside its range (rare: below the smallest code, zero or negative for the stochastic one; zero or
- * below 2^-31 for the nearest one), the full encoder on all 64. One test per 64 keeps the loop free of branches (a
- * test per 16 made the compiler spill the results). */
-static inline int bin_encode64_usual(const bin_v16_t *W, const float *x, __m512 inv, int mode, __m512i *hv,
-                                     __m512i step, uint8_t *q) {
+ * below 2^-31 for the nearest one), the full encoder on all 64, with floor for the stochastic one (the streamlined
+ * range starts at the smallest code, so it needs none). One test per 64 keeps the loop free of branches (a test per
+ * 16 made the compiler spill the results). */
+static inline void bin_encode64_usual(const bin_v16_t *W, const float *x, __m512 inv, int mode, __m512i *hv,
+                                      __m512i step, uint8_t *q, const int floor) {
     const int stochastic = mode == BIN_STOCHASTIC_U;
     const __m512i e96 = _mm512_set1_epi32(96 << 23);
     __m512 n[4];
@@ -209,21 +209,28 @@ static inline int bin_encode64_usual(const bin_v16_t *W, const float *x, __m512 
             bin_store64(r, q);
         else
             bin_store64s(r, q);
-        return 0;
+        return;
     }
-    for (int j = 0; j < 4; j++)
+    for (int j = 0; j < 4; j++) {
         r[j] = stochastic ? bin_stochastic16u(W, n[j], _mm512_srli_epi32(h[j], 8))
                           : bin_nearest16s(W, _mm512_castps_si512(n[j]), 1);
+        if (stochastic && floor) /* a positive value keeps code 1 at least (quantize_blocks' floor) */
+            r[j] = _mm512_mask_mov_epi32(r[j], _mm512_cmpgt_epi32_mask(_mm512_castps_si512(n[j]), _mm512_setzero_si512()) &
+                                                   _mm512_cmpeq_epi32_mask(r[j], _mm512_setzero_si512()), W->one);
+    }
     bin_store64(r, q);
-    return 1;
 }
 #endif
 
-static inline int bin_encode64(const bin_v16_t *W, const float *x, __m512 inv, int mode, __m512i *hv, __m512i step,
-                               uint8_t *q) {
+static inline void bin_encode64(const bin_v16_t *W, const float *x, __m512 inv, int mode, __m512i *hv, __m512i step,
+                                uint8_t *q, const int floor) {
 #if defined(__AVX512BW__)
-    if (mode == BIN_STOCHASTIC_U || mode == BIN_NEAREST_S) return bin_encode64_usual(W, x, inv, mode, hv, step, q);
+    if (mode == BIN_STOCHASTIC_U || mode == BIN_NEAREST_S) {
+        bin_encode64_usual(W, x, inv, mode, hv, step, q, floor);
+        return;
+    }
 #endif
+    (void)floor;
     __m512i r[4];
     for (int j = 0; j < 4; j++) {
         const __m512 n = _mm512_mul_ps(_mm512_loadu_ps(x + 16 * j), inv);
@@ -238,7 +245,6 @@ static inline int bin_encode64(const bin_v16_t *W, const float *x, __m512 inv, i
         }
     }
     bin_store64(r, q);
-    return 1;
 }
 #endif
 

@@ -169,6 +169,12 @@ static inline void nearest_block(const float *restrict n, int64_t bs, const lut_
         }
 }
 
+/* floor_positive: the codes of x's positive values that are z (the zero code) become z + 1, the map's smallest
+ * positive code (quantize_blocks' floor, for states on unsigned maps). */
+static void floor_positive(const float *restrict x, int64_t n, uint8_t z, uint8_t *restrict q) {
+    for (int64_t i = 0; i < n; i++) q[i] = (uint8_t)(q[i] + (q[i] == z && x[i] > 0.0f));
+}
+
 #include "bincode.h"
 
 /* Quantize one block of ``bs`` float32 values whose absmax_bits are known (a fused pass computed them while writing
@@ -176,12 +182,6 @@ static inline void nearest_block(const float *restrict n, int64_t bs, const lut_
  * is a block of a streamed array whose next block follows it (then it is prefetched); the optimizer passes its L1
  * scratch (0). floor: quantize_blocks' floor (a positive value never takes the zero code; the optimizers'
  * states on unsigned maps). */
-/* floor_positive: the codes of x's positive values that are z (the zero code) become z + 1, the map's smallest
- * positive code (quantize_blocks' floor, for states on unsigned maps). */
-static void floor_positive(const float *restrict x, int64_t n, uint8_t z, uint8_t *restrict q) {
-    for (int64_t i = 0; i < n; i++) q[i] = (uint8_t)(q[i] + (q[i] == z && x[i] > 0.0f));
-}
-
 static void quantize_block_known(const float *x, int64_t bs, const lut_t *L, uint32_t amax_bits, int64_t seed,
                                  int64_t first, uint8_t *q, float *absmax, int stream, int floor) {
     float amax;
@@ -194,8 +194,7 @@ static void quantize_block_known(const float *x, int64_t bs, const lut_t *L, uin
     if (L->bin_groups) { /* binary dynamic map: power-of-two scale, arithmetic encoding */
         if (stream)
             for (int64_t i = 0; i < bs; i += 16) __builtin_prefetch(x + bs + i);
-        if (bin_quantize_block(L, x, bs, amax_bits, seed, first, q, absmax) && floor)
-            floor_positive(x, bs, (uint8_t)L->zero_idx, q);
+        bin_quantize_block(L, x, bs, amax_bits, seed, first, q, absmax, floor);
         return;
     }
     const float scale = amax > 0.0f ? amax : 1.0f;
