@@ -1,6 +1,7 @@
 """Argument checks shared by every public function: clear TypeError/ValueError naming the argument."""
 from __future__ import annotations
 
+import numbers
 from typing import Iterable
 
 import torch
@@ -58,8 +59,14 @@ def check_number(
     low_inclusive: bool = True,
     high_inclusive: bool = True,
 ) -> float:
-    """Raise TypeError for a non-number and ValueError for a number outside [low, high] (or NaN)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    """Raise TypeError for a non-number and ValueError for a number outside [low, high] (or NaN). Numbers are
+    Python's and NumPy's real scalars (``numbers.Real``) and one-element real tensors, as torch.optim takes them;
+    bools are not."""
+    if isinstance(value, torch.Tensor):
+        if value.numel() != 1 or value.dtype == torch.bool or value.is_complex():
+            raise TypeError(f"{name} must be a number, got a {str(value.dtype).replace('torch.', '')} tensor of "
+                            f"shape {tuple(value.shape)}")
+    elif isinstance(value, bool) or type(value).__name__ == "bool_" or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a number, got {type(value).__name__}")
     v = float(value)
     if v != v:

@@ -65,3 +65,26 @@ def test_bad_input(gpt2, gen):
         compare_models(gpt2, lambda x: torch.zeros(1, 8, 4), [ids])
     with pytest.raises(TypeError, match="logits or hidden states"):
         compare_models(lambda x: "text", gpt2, [ids])
+
+
+def test_a_tokenizers_mapping_batch_is_passed_by_keyword(gen):
+    """A tokenizer's output is a Mapping but not a dict (transformers' BatchEncoding is a UserDict): compare_models
+    and find_outlier_features call the model with its entries as keywords, as calibrate does."""
+    from collections import UserDict
+
+    from eightbit.analysis import find_outlier_features
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = torch.nn.Linear(8, 8)
+
+        def forward(self, x, attention_mask=None):
+            return self.lin(x)
+
+    ref = Net()
+    batch = UserDict({"x": torch.randn(2, 5, 8, generator=gen), "attention_mask": torch.ones(2, 5)})
+    fid = compare_models(copy.deepcopy(ref), ref, [batch])
+    assert fid.cosine == pytest.approx(1.0)
+    report = find_outlier_features(ref, [batch])
+    assert report is not None

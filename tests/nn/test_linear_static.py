@@ -187,3 +187,25 @@ def test_input_gradient_is_straight_through(make, dtype, gen):
     model = nn.Sequential(head, layer)
     model(torch.randn(4, 8, generator=gen).to(dtype)).square().sum().backward()
     assert head.weight.grad is not None and head.weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("make", [LinearFP8.from_linear, LinearInt8Static.from_linear])
+def test_non_float_inputs_and_non_finite_weights_are_refused(make, gen):
+    """Integer, complex and float8 inputs raise TypeError naming x (they were cast silently: an int64 input gave
+    zeros); a weight holding NaN or Inf raises ValueError (NaN became 0 and Inf the top code, a plausible finite
+    output)."""
+    import eightbit
+
+    layer = make(nn.Linear(8, 4))
+    eightbit.calibrate(layer, [torch.randn(16, 8, generator=gen)], progress=False)
+    for bad in (torch.randint(-3, 4, (2, 8)), torch.randn(2, 8, dtype=torch.complex64),
+                torch.randn(2, 8).to(torch.float8_e4m3fn)):
+        with pytest.raises(TypeError, match="x must have dtype"):
+            layer(bad)
+    assert layer(torch.randn(2, 8, dtype=torch.float64)).shape == (2, 4)
+    for v in (float("nan"), float("inf")):
+        lin = nn.Linear(8, 4)
+        with torch.no_grad():
+            lin.weight[1, 2] = v
+        with pytest.raises(ValueError, match="NaN or Inf"):
+            make(lin)

@@ -821,3 +821,63 @@ def test_a_second_moment_below_its_map_never_decodes_to_zero(name, kw, native):
     if v is not None and name != "AdEMAMix8bit":
         code = opt.state[p]["qmap2"]
         assert code[int(v[1])] > 0 and code[int(v[2])] == 0
+
+
+def test_numpy_scalars_and_one_element_tensors_are_numbers():
+    """Hyperparameters given as NumPy scalars or one-element tensors (as torch.optim takes them) are accepted and
+    step like the same floats; bools, strings, complex numbers and longer tensors still raise, naming the argument."""
+    import numpy as np
+
+    p0 = torch.randn(300)
+    a, b = torch.nn.Parameter(p0.clone()), torch.nn.Parameter(p0.clone())
+    oa = O.AdamW8bit([a], lr=np.float32(1e-3), weight_decay=np.int64(0), eps=np.float64(1e-8),
+                     betas=(torch.tensor(0.9), np.float32(0.999)), min_8bit_size=0)
+    ob = O.AdamW8bit([b], lr=float(np.float32(1e-3)), weight_decay=0.0, eps=1e-8,
+                     betas=(float(torch.tensor(0.9)), float(np.float32(0.999))),
+                     min_8bit_size=0)
+    g = torch.randn(300)
+    for p, o in ((a, oa), (b, ob)):
+        p.grad = g.clone()
+        o.step()
+    assert torch.equal(a.detach(), b.detach())
+    for bad in (True, np.bool_(True), "1e-3", 1j):
+        with pytest.raises(TypeError, match="lr must be a number"):
+            O.AdamW8bit([a], lr=bad)
+    with pytest.raises(TypeError, match="weight_decay"):
+        O.AdamW8bit([a], lr=1e-3, weight_decay=torch.zeros(2))
+
+
+@pytest.mark.parametrize("betas", [(0.0, 0.999, 0.9999), (0.9, 0.999, 0.0)])
+def test_ademamix_beta3_schedule_needs_positive_betas(betas):
+    """The t_beta3 schedule interpolates log(beta1) and log(beta3): a zero beta there is refused at construction
+    with a ValueError naming betas (it raised "math domain error" at the first step); without t_beta3 it is fine."""
+    p = torch.nn.Parameter(torch.randn(300))
+    with pytest.raises(ValueError, match="betas"):
+        O.AdEMAMix8bit([p], betas=betas, t_beta3=100)
+    o = O.AdEMAMix8bit([p], betas=betas)
+    p.grad = torch.randn(300)
+    o.step()
+    assert torch.isfinite(p.detach()).all()
+
+
+def test_torch_checkpoints_without_step_or_gnorm_history_load():
+    """torch's SGD saves only momentum_buffer (no step), and no torch optimizer saves a percentile-clipping history:
+    both load (SGD8bit from torch.optim.SGD, AdamW8bit with percentile_clipping from torch.optim.AdamW, the history
+    starting afresh) and step; an Adam state without its step is still refused."""
+    p = torch.nn.Parameter(torch.randn(5000))
+    t = torch.optim.SGD([p], lr=0.1, momentum=0.9)
+    p.grad = torch.randn(5000)
+    t.step()
+    s = O.SGD8bit([p], lr=0.1, momentum=0.9)
+    s.load_state_dict(t.state_dict())
+    s.step()
+    a = torch.optim.AdamW([p], lr=1e-3)
+    a.step()
+    o = O.AdamW8bit([p], lr=1e-3, percentile_clipping=95)
+    o.load_state_dict(a.state_dict())
+    assert torch.equal(o.state[p]["gnorm_history"], torch.zeros(100))
+    o.step()
+    bad = a.state_dict()
+    del bad["state"][0]["step"]
+    with pytest.raises(ValueError, match="missing entries \\['step'\\]"):
+        O.AdamW8bit([p], lr=1e-3).load_state_dict(bad)

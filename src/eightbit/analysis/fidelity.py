@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Mapping
 from typing import Any, Iterable
 
 import torch
@@ -30,10 +31,10 @@ class Fidelity:
 
 
 def _main_output(out: Any) -> tuple[str, torch.Tensor]:
-    logits = getattr(out, "logits", None) if not isinstance(out, dict) else out.get("logits")
+    logits = getattr(out, "logits", None) if not isinstance(out, Mapping) else out.get("logits")
     if isinstance(logits, torch.Tensor):
         return "logits", logits
-    hidden = getattr(out, "last_hidden_state", None) if not isinstance(out, dict) else out.get("last_hidden_state")
+    hidden = getattr(out, "last_hidden_state", None) if not isinstance(out, Mapping) else out.get("last_hidden_state")
     if isinstance(hidden, torch.Tensor):
         return "embeddings", hidden
     if isinstance(out, torch.Tensor):
@@ -44,7 +45,7 @@ def _main_output(out: Any) -> tuple[str, torch.Tensor]:
 
 
 def _call(model: nn.Module, batch: Any) -> Any:
-    if isinstance(batch, dict):
+    if isinstance(batch, Mapping):
         return model(**batch)
     if isinstance(batch, (tuple, list)):
         return model(*batch)
@@ -68,7 +69,7 @@ def model_outputs(model: nn.Module, batches: Iterable[Any]) -> tuple[str, list[t
 
 
 def _mask_of(batch: Any, tensor: torch.Tensor) -> torch.Tensor:
-    mask = batch.get("attention_mask") if isinstance(batch, dict) else None
+    mask = batch.get("attention_mask") if isinstance(batch, Mapping) else None
     if isinstance(mask, torch.Tensor) and tuple(mask.shape) == tuple(tensor.shape[:2]):
         return mask.bool().cpu()
     return torch.ones(tensor.shape[:2], dtype=torch.bool)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from collections import Counter
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -203,7 +204,7 @@ class _Recorder:
 
 
 def _run(model: nn.Module, batch: Any) -> None:
-    if isinstance(batch, dict):
+    if isinstance(batch, Mapping):
         model(**batch)
     elif isinstance(batch, (tuple, list)):
         model(*batch)
@@ -251,7 +252,7 @@ def find_outlier_features(
 
             it = tqdm(batches, desc="outlier analysis", unit="batch")
         for batch in it:
-            mask = batch.get("attention_mask") if isinstance(batch, dict) else None
+            mask = batch.get("attention_mask") if isinstance(batch, Mapping) else None
             mask = mask.bool() if isinstance(mask, torch.Tensor) and mask.dim() == 2 else None
             for r in recorders:
                 r.mask = mask

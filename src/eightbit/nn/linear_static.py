@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .._checks import FLOAT_DTYPES, check_choice, check_number
+from .._checks import FLOAT_DTYPES, check_choice, check_number, check_tensor
 from ..functional.affine import check_scale, finite_minmax
 from ..functional.fp8 import fp8_cast, get_format
 from ..functional.fp8_linear import fp8_linear
@@ -124,6 +124,10 @@ class LinearStatic(QuantizedLinear):
         if tuple(weight.shape) != (self.out_features, self.in_features):
             raise ValueError(f"weight must have shape {(self.out_features, self.in_features)}, got {tuple(weight.shape)}")
         weight = weight.detach()
+        if weight.device.type != "meta" and weight.numel():  # (a meta weight has no values to check)
+            lo, hi = torch.aminmax(weight)  # NaN propagates; no temporary of the weight's size
+            if not (bool(torch.isfinite(lo)) and bool(torch.isfinite(hi))):  # NaN -> 0, Inf -> the top code
+                raise ValueError("weight holds NaN or Inf; a quantized layer needs a finite weight")
         axis = 0 if self.weight_granularity == "channel" else None
         obs = MinMaxObserver(self.weight_spec, axis=axis)
         # min/max of the whole tensor do not depend on its layout: observe a transposed view (Conv1D) as its
@@ -252,6 +256,9 @@ class LinearStatic(QuantizedLinear):
         return self.spec.fake_quantize(rows, scale, zero_point, axis=0, dtype=cd).reshape(x.shape)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # a float input only: integer, complex or float8 activations would be cast silently (float8 ones come from
+        # models that cast activations to the weight's dtype, e.g. T5's feed-forward)
+        check_tensor(x, "x", dtypes=FLOAT_DTYPES + (torch.float64,))
         if x.shape[-1] != self.in_features:
             raise ValueError(f"input last dim must be {self.in_features}, got shape {tuple(x.shape)}")
         if self._observer is None and x.requires_grad and torch.is_grad_enabled():

@@ -54,6 +54,11 @@ class AdEMAMix(Optimizer8bit):
             stochastic_rounding=stochastic_rounding,
             args=args, is_paged=is_paged,  # bitsandbytes' keywords (Optimizer8bit)
         ))
+        for group in self.param_groups:  # the beta3 schedule interpolates log(beta1) and log(beta3)
+            b = group["betas"]
+            if group["t_beta3"] and not (float(b[0]) > 0 and float(b[2]) > 0):
+                raise ValueError(f"betas[0] and betas[2] must be > 0 with t_beta3 (its schedule interpolates their "
+                                 f"logarithms), got {tuple(b)}")
 
     def state_spec(self, config: dict[str, Any]):
         return (("exp_avg", True), ("exp_avg_slow", True), ("exp_avg_sq", False))

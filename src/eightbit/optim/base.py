@@ -98,6 +98,7 @@ class Optimizer8bit(torch.optim.Optimizer):
     fixed_bits: int | None = None  # set on the <Name>8bit / <Name>32bit variants
     n_betas: int = 2
     is_paged: bool = False  # Paged<Name>: see paged_variants
+    counts_steps: bool = True  # whether a loaded state must carry its step (torch's SGD saves none)
 
     def __init__(self, params: Iterable, defaults: dict[str, Any]) -> None:
         d = {**dict(defaults), **self._defaults_extra()}
@@ -330,6 +331,10 @@ class Optimizer8bit(torch.optim.Optimizer):
         if config["percentile_clipping"] < 100:
             expected.add("gnorm_history")
         optional = {"skipped_steps", "skipped_blocks"}  # counters that earlier versions did not save
+        if config["percentile_clipping"] < 100:  # a torch state has no history: it starts afresh, as a new state
+            optional.add("gnorm_history")
+        if not self.counts_steps:  # torch's SGD saves no step (its rule does not use one)
+            optional.add("step")
         expected |= optional
         missing, unknown = expected - set(st) - optional, set(st) - expected
         if missing or unknown:
@@ -354,7 +359,11 @@ class Optimizer8bit(torch.optim.Optimizer):
             for name in names:
                 _check_entry(where, name, st[name], compute_dtype(p), tuple(p.shape))
         if "gnorm_history" in expected:
+            if "gnorm_history" not in st:
+                st["gnorm_history"] = torch.zeros(100, dtype=torch.float32)
             _check_entry(where, "gnorm_history", st["gnorm_history"], torch.float32, (100,))
+        # (only where counts_steps is False) a state holding buffers has been stepped: the next step is not the first
+        st.setdefault("step", torch.tensor(1 if names else 0, dtype=torch.int64))
         for name in ("step", "skipped_steps", "skipped_blocks"):
             v = st.get(name, 0)
             # torch's own optimizers save step as a float32 tensor (1., 2., ...): a whole number is a count too

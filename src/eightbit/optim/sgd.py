@@ -13,6 +13,8 @@ class SGD(Optimizer8bit):
     """SGD; with momentum > 0 the momentum buffer (signed dynamic code) is kept in 8 bits when optim_bits=8.
     weight_decay is L2 as in torch.optim.SGD."""
 
+    counts_steps = False  # its rule uses no step: torch's SGD state (momentum_buffer only) loads as it is
+
     weight_decay_mode = WD_L2
     update_rule = "momentum"
 
