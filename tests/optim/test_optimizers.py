@@ -817,7 +817,7 @@ def test_a_second_moment_below_its_map_never_decodes_to_zero(name, kw, native):
         moves.append(float((p.detach()[1] - before[1]).abs()) / lr)
     assert max(moves) <= 1.5, moves
     assert torch.equal(p.detach()[2:], torch.zeros(n - 2))  # never a gradient: never moved
-    v = opt.state[p]["state2"] if "state2" in opt.state[p] else None
+    v = opt.state[p].get("state2")
     if v is not None and name != "AdEMAMix8bit":
         code = opt.state[p]["qmap2"]
         assert code[int(v[1])] > 0 and code[int(v[2])] == 0
