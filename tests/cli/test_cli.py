@@ -223,3 +223,21 @@ def test_env_names_the_code_paths_of_a_narrowed_build(isa, absent):
     assert not any(p.startswith(absent) for p in r["native"]["paths"]), r["native"]["paths"]
     if isa == "avx2" and "avx2" in (r["cpu"]["features"] or {}) and r["cpu"]["features"]["avx2"]:
         assert r["native"]["paths"] == ["avx2 8-lane"]
+
+
+def test_a_quantized_or_mismatched_directory_is_not_loaded_as_a_float_model(gpt2_dir, tmp_path):
+    """A directory whose checkpoint does not hold the model's weights (an eightbit quantized directory, or another
+    model's weights under this config) ran on transformers' random initial weights with exit code 0; now every
+    command that loads a float model stops with a one-line error."""
+    q = tmp_path / "q"
+    assert run("quantize", gpt2_dir, "--method", "llm_int8", "--out", q).exit_code == 0
+    res = run("quantize", q, "--out", tmp_path / "q2")
+    assert res.exit_code == 1 and "quantized directory" in res.output.strip().splitlines()[-1]
+    other = tmp_path / "other"  # GPT-2's config, a checkpoint with other names
+    shutil.copytree(gpt2_dir, other)
+    from safetensors.torch import load_file, save_file
+
+    st = load_file(other / "model.safetensors")
+    save_file({"x." + k: v for k, v in st.items()}, other / "model.safetensors", metadata={"format": "pt"})
+    res = run("quantize", other, "--out", tmp_path / "q3")
+    assert res.exit_code == 1 and "random weights" in res.output.strip().splitlines()[-1], res.output

@@ -266,7 +266,12 @@ def test_static_methods_calibrate_save_reload(arch, method, options, floor_db, t
     model.save_pretrained(tmp_path / "q")
     reloaded = auto_cls.from_pretrained(tmp_path / "q")
     assert _quantized_names(reloaded) == names
-    assert type(reloaded.get_submodule(sorted(names)[0])) is type(model.get_submodule(sorted(names)[0]))
+    layer = reloaded.get_submodule(sorted(names)[0])
+    assert type(layer) is type(model.get_submodule(sorted(names)[0]))
+    # compiled before any eager call: the loaded layers know they are calibrated (transformers fills the buffers
+    # without _load_from_state_dict, and compiled code reads a Python copy of the flag)
+    x = torch.randn(3, layer.in_features, generator=gen)
+    assert torch.equal(torch.compile(layer, backend="eager", fullgraph=True)(x), layer(x))
     assert torch.equal(_out(reloaded, inputs), got)  # the calibrated scales came back
 
 

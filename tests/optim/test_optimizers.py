@@ -881,3 +881,27 @@ def test_torch_checkpoints_without_step_or_gnorm_history_load():
     del bad["state"][0]["step"]
     with pytest.raises(ValueError, match="missing entries \\['step'\\]"):
         O.AdamW8bit([p], lr=1e-3).load_state_dict(bad)
+
+
+@pytest.mark.parametrize("cls", [O.SGD8bit, O.SGD32bit])
+def test_settings_changed_mid_run_refit_the_state(cls):
+    """Turning momentum on after steps without it (torch.optim.SGD allows this), or percentile clipping on or off,
+    used to raise KeyError at the next step; the state now gains the entries the new settings need (zero momentum,
+    an empty history) and drops the ones they no longer use, so steps and a state_dict round trip both work."""
+    p = torch.nn.Parameter(torch.randn(5000))
+    o = cls([p], lr=0.1)
+    for momentum, clip in ((0.0, 100), (0.9, 100), (0.9, 95), (0.0, 95), (0.0, 100)):
+        o.param_groups[0]["momentum"] = momentum
+        o.param_groups[0]["percentile_clipping"] = clip
+        p.grad = torch.randn(5000)
+        o.step()
+        assert torch.isfinite(p.detach()).all()
+        o.load_state_dict(o.state_dict())  # the state matches the settings
+        assert ("gnorm_history" in o.state[p]) == (clip < 100)
+    a = torch.nn.Parameter(torch.randn(5000))
+    oa = O.AdamW8bit([a], lr=1e-3)
+    a.grad = torch.randn(5000)
+    oa.step()
+    oa.param_groups[0]["percentile_clipping"] = 95
+    oa.step()
+    assert int(oa.state[a]["step"]) == 2 and "gnorm_history" in oa.state[a]

@@ -285,6 +285,10 @@ class EightbitHfQuantizer(HfQuantizer):
                 for name, p in module.named_parameters(recurse=False):
                     if name != "bias":
                         p.requires_grad_(False)
+            # transformers fills the calibration buffers without _load_from_state_dict: refresh the Python copy of
+            # "calibrated" that compiled code reads (else compile/export of a loaded calibrated model refused it)
+            if getattr(module, "needs_calibration", False):
+                _ = module.is_calibrated  # (the property syncs the flag from the buffer)
         model._eightbit_config = self.eightbit_config
         return model
 

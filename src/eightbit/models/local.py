@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -93,6 +94,24 @@ def load_tokenizer(*paths: Path | None) -> Any | None:
     return None
 
 
+def _check_loaded(path: Path, arch: str, model: nn.Module, loading: dict[str, Any]) -> None:
+    """ModelDirError where the checkpoint does not hold the model's weights: transformers leaves the missing ones
+    at their random initial values and only logs it, so a quantized directory (or any mismatched checkpoint)
+    given as a float model ran on random weights. A few missing weights beside no unexpected ones (say, a pooler
+    a checkpoint does not carry) are a warning."""
+    missing, unexpected = list(loading.get("missing_keys", [])), list(loading.get("unexpected_keys", []))
+    if not missing:
+        return
+    if (path / "eightbit_config.json").is_file():
+        raise ModelDirError(f"{path}: an eightbit quantized directory, not a float model (quantize from its float "
+                            "source; load it with eightbit.load_quantized)")
+    if unexpected or len(missing) > 0.1 * len(model.state_dict()):
+        raise ModelDirError(f"{path}: the checkpoint does not hold the {arch} model's weights ({len(missing)} "
+                            f"missing, e.g. {missing[0]!r}; {len(unexpected)} unexpected): it would run on random weights")
+    warnings.warn(f"{path}: {len(missing)} weight(s) not in the checkpoint keep their initial values: "
+                  f"{', '.join(missing[:3])}", RuntimeWarning, stacklevel=3)
+
+
 def load_float_model(name_or_dir: str | os.PathLike) -> tuple[nn.Module, Any | None, dict[str, Any]]:
     """(model, tokenizer or None, source info) for a built-in name or a Hugging Face model directory.
 
@@ -118,9 +137,11 @@ def load_float_model(name_or_dir: str | os.PathLike) -> tuple[nn.Module, Any | N
     config = _load_config(path)
     cls, arch = _model_class(config)
     try:
-        model = cls.from_pretrained(str(path), dtype=torch.float32).eval()
+        model, loading = cls.from_pretrained(str(path), dtype=torch.float32, output_loading_info=True)
     except (OSError, ValueError, KeyError, RuntimeError, TypeError) as e:
         raise ModelDirError(f"{path}: cannot load the {arch or config.model_type} model ({str(e).splitlines()[0]})") from e
+    _check_loaded(path, arch or config.model_type, model, loading)
+    model.eval()
     info = {"model": str(path.resolve()), "architecture": type(model).__name__, "model_type": config.model_type, "dir": str(path.resolve())}
     return model, load_tokenizer(path), info
 

@@ -456,6 +456,8 @@ class Optimizer8bit(torch.optim.Optimizer):
         state = self.state[p]
         if not state:
             self._init_state(pl, state, config, p.numel() * (2 if p.is_complex() else 1))
+        elif self._refit_needed(state, config, plan):
+            self._refit_state(pl, state, config, p.numel() * (2 if p.is_complex() else 1))
         mode = plan.mode
         if mode in ("skip", "raise") and not all_finite(gl, groups):
             if mode == "raise":
@@ -544,6 +546,29 @@ class Optimizer8bit(torch.optim.Optimizer):
         clip = torch.quantile(hist[: min(step, 100)], config["percentile_clipping"] / 100.0)
         gnorm, clip = float(gnorm), float(clip)
         return clip / gnorm if gnorm > clip else 1.0
+
+    @staticmethod
+    def _refit_needed(state: dict, config: dict, plan: Plan) -> bool:
+        """Whether ``state`` was created under settings that change which entries it has (momentum or percentile
+        clipping turned on or off mid-run): a cheap test on the entries the current settings need."""
+        history = "gnorm_history" in state
+        if (config["percentile_clipping"] < 100) != history:
+            return True
+        n = len(plan.spec)  # entries besides the counters: 3 per 8-bit state and the blocksize, or 1 per 32-bit one
+        held = len(state) - history - ("step" in state) - ("skipped_steps" in state) - ("skipped_blocks" in state)
+        return held != (3 * n + 1 if "state1" in state else n)
+
+    def _refit_state(self, pl: torch.Tensor, state: dict, config: dict, numel: int) -> None:
+        """The entries the current settings need, added as a new state has them (zero moments, an empty
+        gradient-norm history), and the ones they no longer use dropped (a state_dict then loads back); the step
+        and skip counters and every kept entry stay."""
+        fresh: dict[str, Any] = {}
+        self._init_state(pl, fresh, config, numel)
+        counters = {"step", "skipped_steps", "skipped_blocks"}
+        for k in [k for k in state if k not in fresh and k not in counters]:
+            del state[k]
+        for k, v in fresh.items():
+            state.setdefault(k, v)
 
     def _op_args(self, state: dict, config: dict, plan: Plan, step: int) -> tuple:
         """(states, absmaxes, codes, seeds) of ``optimizer_update`` for this parameter's state at ``step``
