@@ -229,3 +229,21 @@ def test_forward_with_a_parametrized_bias():
 
     parametrize.register_parametrization(layer, "bias", Twice())
     assert torch.equal(layer(x), doubled(x))
+
+
+def test_float64_layers_convert(gen):
+    """float64 Linear and Embedding layers convert (Int8Config, from_embedding): their weights are rounded to
+    float32 before the row quantization (it raised a TypeError naming an internal argument); the outputs keep
+    float64 and stay within the int8 rounding of the float model."""
+    import eightbit
+    from eightbit.nn import Embedding8bit
+
+    model = nn.Sequential(nn.Linear(32, 16)).double()
+    q = eightbit.quantize_model(copy.deepcopy(model), eightbit.Int8Config())
+    x = torch.randn(4, 32, generator=gen, dtype=torch.float64)
+    ref, got = model(x), q(x)
+    assert got.dtype == torch.float64 and sqnr_db(ref, got) > 30
+    emb = nn.Embedding(10, 8).double()
+    e8 = Embedding8bit.from_embedding(emb)
+    idx = torch.tensor([1, 7])
+    assert sqnr_db(emb(idx), e8(idx).double()) > 35

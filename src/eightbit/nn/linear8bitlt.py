@@ -20,16 +20,19 @@ def quantize_weight_rows(weight: torch.Tensor, *, chunk_elements: int = CHUNK_EL
     float temporary larger than ``chunk_elements`` values is created (a streaming load of a big checkpoint
     otherwise holds two fp32 copies of the whole matrix next to the incoming weight).
 
-    ``weight``: float [out, in], any layout. Returns ``(weight_int8, absmax)``: contiguous int8 [out, in]
-    and float32 [out], bit-identical to the unchunked call (absmax is per row, so rows are independent).
-    Raises ValueError if ``weight`` holds NaN or Inf."""
+    ``weight``: float [out, in], any layout; float64 rows are rounded to float32 first (the codes and scales
+    are float32's). Returns ``(weight_int8, absmax)``: contiguous int8 [out, in] and float32 [out], bit-identical
+    to the unchunked call (absmax is per row, so rows are independent). Raises ValueError if ``weight`` holds NaN
+    or Inf (or, in float64, values beyond float32's range)."""
     rows = max(1, chunk_elements // max(1, weight.shape[-1]))
     codes = torch.empty(weight.shape, dtype=torch.int8, device=weight.device)
     absmax = torch.empty(weight.shape[0], dtype=torch.float32, device=weight.device)
     if weight.is_meta:  # a layout only (meta-device model skeletons): nothing to quantize or check
         return codes, absmax
     for r in range(0, weight.shape[0], rows):
-        codes[r : r + rows], absmax[r : r + rows] = quantize_vectorwise(weight[r : r + rows], dim=-1)
+        chunk = weight[r : r + rows]
+        chunk = chunk.float() if chunk.dtype == torch.float64 else chunk
+        codes[r : r + rows], absmax[r : r + rows] = quantize_vectorwise(chunk, dim=-1)
     if not torch.isfinite(absmax).all():  # amax propagates NaN/Inf: same test as isfinite(weight).all()
         raise ValueError("weight holds NaN or Inf: refusing to quantize it")
     return codes, absmax
