@@ -2,6 +2,18 @@
  * dynamic maps, decode, rule, parameter write and the new states' absmax in one pass, then the caller encodes. */
 #ifndef EIGHTBIT_OPTIM_FUSED_H
 #define EIGHTBIT_OPTIM_FUSED_H
+/* EB_SAVE16 (below) for the 8 values of the 8-lane passes. */
+#define EB_SAVE8(pold, p, o, pi, dt)                                                                             \
+    do {                                                                                                          \
+        if (pold) {                                                                                               \
+            if ((dt) == DT_F32)                                                                                   \
+                _mm256_storeu_ps((float *)(pold) + (o), (pi));                                                    \
+            else                                                                                                  \
+                _mm_storeu_si128((__m128i *)((uint16_t *)(pold) + (o)),                                           \
+                                 _mm_loadu_si128((const __m128i *)((const uint16_t *)(p) + (o))));                \
+        }                                                                                                         \
+    } while (0)
+
 #if defined(__AVX512F__) && defined(__AVX512CD__)
 /* The 16 old parameter values from element o (pi: them as float32; dtype dt) kept at pold + o, where pold is not
  * NULL: a pass that writes the parameter in place can then be undone for a block whose gradient turns out to hold
@@ -119,12 +131,7 @@ static inline __attribute__((always_inline)) void adam_binary_pass(
         const __m256 m_old = _mm256_mul_ps(bin_decode8(V0, _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(q0 + i)))), va0);
         const __m256 v_old = _mm256_mul_ps(bin_decode8(V1, _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(q1 + i)))), va1);
         __m256 pi = lowp_load8(p, i, dt), gi = _mm256_mul_ps(lowp_load8(g, i, dt), gs);
-        if (pold) {
-            if (dt == DT_F32)
-                _mm256_storeu_ps((float *)pold + i, pi);
-            else
-                _mm_storeu_si128((__m128i *)((uint16_t *)pold + i), _mm_loadu_si128((const __m128i *)((const uint16_t *)p + i)));
-        }
+        EB_SAVE8(pold, p, i, pi, dt);
         if (wd_mode == WD_L2) gi = _mm256_fmadd_ps(l2, pi, gi);
         const __m256 m = _mm256_add_ps(_mm256_mul_ps(m_old, b1), _mm256_mul_ps(gi, c1));
         const __m256 v = _mm256_add_ps(_mm256_mul_ps(v_old, b2), _mm256_mul_ps(_mm256_mul_ps(gi, gi), c2));
@@ -233,16 +240,7 @@ static inline __m512 eb_sign16(__m512 u) { /* 1, -1, or 0 for +-0 and NaN */
 #define EB_DIV _mm512_div_ps
 #define EB_SQRT _mm512_sqrt_ps
 #define EB_SIGN eb_sign16
-#include "optim_rule1.h"
-#undef EB_V
-#undef EB_W
-#undef EB_SET1
-#undef EB_MUL
-#undef EB_ADD
-#undef EB_SUB
-#undef EB_DIV
-#undef EB_SQRT
-#undef EB_SIGN
+#include "optim_rule1.h" /* (which undefines these) */
 #define EB_FUSED1 16 /* the one-state fused pass: 16 lanes */
 #elif defined(__AVX2__) && defined(__FMA__) && EB_LOWP8
 static inline __m256 eb_sign8(__m256 u) {
@@ -259,16 +257,7 @@ static inline __m256 eb_sign8(__m256 u) {
 #define EB_DIV _mm256_div_ps
 #define EB_SQRT _mm256_sqrt_ps
 #define EB_SIGN eb_sign8
-#include "optim_rule1.h"
-#undef EB_V
-#undef EB_W
-#undef EB_SET1
-#undef EB_MUL
-#undef EB_ADD
-#undef EB_SUB
-#undef EB_DIV
-#undef EB_SQRT
-#undef EB_SIGN
+#include "optim_rule1.h" /* (which undefines these) */
 #define EB_FUSED1 8 /* the one-state fused pass: 8 lanes */
 #endif
 
@@ -346,12 +335,7 @@ static inline __attribute__((always_inline)) void one_state_pass(int32_t rule, v
         if (!(i & 31)) EB_PREFETCH_BYTES(p, g, i * esz, 32 * esz);
         const __m256 s = _mm256_mul_ps(bin_decode8(&V, _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(q0 + i)))), va);
         __m256 pi = lowp_load8(p, i, dt), gi = _mm256_mul_ps(lowp_load8(g, i, dt), gs);
-        if (pold) {
-            if (dt == DT_F32)
-                _mm256_storeu_ps((float *)pold + i, pi);
-            else
-                _mm_storeu_si128((__m128i *)((uint16_t *)pold + i), _mm_loadu_si128((const __m128i *)((const uint16_t *)p + i)));
-        }
+        EB_SAVE8(pold, p, i, pi, dt);
         if (wd_mode == WD_L2) gi = _mm256_fmadd_ps(l2, pi, gi);
         __m256 d, sn;
         rule1_8(rule, &k, s, gi, &d, &sn);

@@ -2,7 +2,7 @@
  * vector widths: rule_block's operations in its order, so the fused passes stay bit-identical to it. Included by
  * optim_fused.h once per width, with EB_V (the vector type), EB_W (its lanes: the names' suffix) and the
  * operations EB_SET1, EB_MUL, EB_ADD, EB_SUB, EB_DIV, EB_SQRT and EB_SIGN (Lion's sign: 1, -1, or 0 for +-0 and
- * NaN) defined; no include guard on purpose. */
+ * NaN) defined, which it undefines at its end; no include guard on purpose. */
 #define EB_CAT2(a, b) a##b
 #define EB_CAT(a, b) EB_CAT2(a, b)
 
@@ -51,3 +51,12 @@ static inline __attribute__((always_inline)) void EB_CAT(rule1_, EB_W)(int32_t r
 }
 #undef EB_CAT
 #undef EB_CAT2
+#undef EB_V
+#undef EB_W
+#undef EB_SET1
+#undef EB_MUL
+#undef EB_ADD
+#undef EB_SUB
+#undef EB_DIV
+#undef EB_SQRT
+#undef EB_SIGN
