@@ -242,6 +242,8 @@ def test_float64_layers_convert(gen):
     q = eightbit.quantize_model(copy.deepcopy(model), eightbit.Int8Config())
     x = torch.randn(4, 32, generator=gen, dtype=torch.float64)
     ref, got = model(x), q(x)
+    # per-row int8 rounding: error power ~ (amax / 127)^2 / 12 per weight, amax ~ 3.5 sigma for these rows, so
+    # about 10 log10(12 * 127^2 / 3.5^2) = 42 dB; measured 39-47 dB (Linear) and 44-53 dB (Embedding) over 60 seeds
     assert got.dtype == torch.float64 and sqnr_db(ref, got) > 30
     emb = nn.Embedding(10, 8).double()
     e8 = Embedding8bit.from_embedding(emb)
