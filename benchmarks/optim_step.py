@@ -120,6 +120,10 @@ def _others(n: int, steps: int, out: Path, dtype: torch.dtype = torch.float32) -
         "Adagrad": (O.Adagrad8bit, dict(lr=1e-2), lambda ps: torch.optim.Adagrad(ps, lr=1e-2, fused=True)),
         "Lion": (O.Lion8bit, dict(lr=1e-4), None),
         "AdamW": (O.AdamW8bit, dict(lr=1e-3), lambda ps: torch.optim.AdamW(ps, lr=1e-3, fused=True)),
+        # an update norm first (a second pass) and the parameter's norm: torch has no LAMB or LARS, and no AdEMAMix
+        "LAMB": (O.LAMB8bit, dict(lr=1e-3, weight_decay=0.01), None),
+        "LARS": (O.LARS8bit, dict(lr=1e-2, momentum=0.9), None),
+        "AdEMAMix (3 states)": (O.AdEMAMix8bit, dict(lr=1e-3), None),
     }
     rows = []
     print(f"| optimizer ({n / 1e6:.1f}M {str(dtype)[6:]} params) | binary map ms | decimal map ms | torch ms |\n|---|---:|---:|---:|")

@@ -135,18 +135,35 @@ OPTIMIZERS = {
     "Lion8bit": lambda p, **kw: O.Lion8bit([p], 1e-4, weight_decay=0.1, **kw),
     "LAMB8bit": lambda p, **kw: O.LAMB8bit([p], 1e-3, weight_decay=0.01, **kw),
     "LARS8bit": lambda p, **kw: O.LARS8bit([p], 1e-2, **kw),
+    "AdEMAMix8bit": lambda p, **kw: O.AdEMAMix8bit([p], 1e-3, **kw),
+    "Adam8bit-max_unorm": lambda p, **kw: O.Adam8bit([p], 1e-3, max_unorm=0.01, **kw),
 }
+NORM_RULES = ("LAMB8bit", "LARS8bit", "Adam8bit-max_unorm")  # the step's size comes from its update norm
 
 
-def _step_native_and_reference(o1, p1, o2, p2, g, step):
-    """One step of o1 (native kernels) and o2 (reference) with gradient g: states and parameters bit-identical."""
+def _step_native_and_reference(o1, p1, o2, p2, g, step, norm=False):
+    """One step of o1 (native kernels) and o2 (reference) with gradient g: states and parameters bit-identical.
+
+    norm: the step is scaled by its update norm (trust ratio, max_unorm), which the kernel and the reference sum
+    in float64 in different orders; their float32 sums may then differ by an ulp (the exact sum lying near a
+    rounding boundary), and so may the float32 update_scale, which scales lr * update_scale by at most 2^-23 more,
+    and the parameter by an ulp of its result plus 2^-22 of its step (the step's own product and difference
+    round once more). The states do not depend on it (exact). The reference's parameter is then synced to the
+    kernel's, so each step is checked on equal inputs."""
+    p_old = p2.detach().clone()
     p1.grad, p2.grad = g.clone(), g.clone()
     o1.step()
     with reference_only():
         o2.step()
     for k, v in o1.state[p1].items():
         assert torch.equal(v, o2.state[p2][k]), (k, step)
-    diff = p1.detach() != p2.detach()
+    if norm:
+        bound = _ulp(p2.detach()) + 2.0**-22 * (p2.detach() - p_old).abs()
+        diff = (p1.detach() - p2.detach()).abs() > bound
+        with torch.no_grad():
+            p2.copy_(p1)
+    else:
+        diff = p1.detach() != p2.detach()
     assert not diff.any(), f"step {step}: {int(diff.sum())} parameters differ, first at {int(diff.nonzero()[0])}"
 
 
@@ -167,10 +184,10 @@ def test_optimizer_native_matches_reference(lib, gen, name, kw):
     for step in range(6):
         g = torch.randn(n, generator=gen)
         g[100:300] *= 1e4  # outliers in one block
-        _step_native_and_reference(o1, p1, o2, p2, g, step)
+        _step_native_and_reference(o1, p1, o2, p2, g, step, name in NORM_RULES)
 
 
-@pytest.mark.parametrize("name", ["AdamW8bit", "SGD8bit", "RMSprop8bit", "Adagrad8bit", "Lion8bit"])
+@pytest.mark.parametrize("name", ["AdamW8bit", "SGD8bit", "RMSprop8bit", "Adagrad8bit", "Lion8bit", "AdEMAMix8bit"])
 @pytest.mark.parametrize("bs", [64, 256, 2048])
 def test_native_scale_folding_and_its_fallbacks(lib, gen, bs, name):
     """The fused passes fold a block's power-of-two scale into their decode tables (AVX-512 VBMI) only while the
@@ -590,3 +607,51 @@ def test_int8_kernels_decline_a_threshold_float32_rounds_to_zero(lib, gen):
     assert int8_linear_cpu(x, w_int8, w_absmax, None, 1e-50) is NotImplemented
     assert int8_vectorwise_quant_cpu(x, 1e-50) is NotImplemented
     assert torch.equal(int8_linear_cpu(x, w_int8, w_absmax, None, 1e-40), int8_linear_reference(x, w_int8, w_absmax, None, 1e-40))
+
+
+NORM_STATE_SIGNS = {"adam": (True, False), "lamb": (True, False), "momentum": (True,), "rmsprop": (False,),
+                    "adagrad": (False,), "lion": (True,), "ademamix": (True, True, False)}
+
+
+@pytest.mark.parametrize("wd_mode", [0, 1, 2])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("states_kind", ["binary", "dynamic", "32-bit"])
+@pytest.mark.parametrize("rule", list(NORM_STATE_SIGNS))
+def test_native_update_norm_matches_reference(lib, gen, rule, states_kind, dtype, wd_mode):
+    """``optimizer_update_norm`` (LAMB's and LARS's trust ratios, max_unorm) by the native kernel: every rule, 8-bit
+    states on both maps and 32-bit ones, float32/bf16/fp16 parameters, each weight-decay mode, full blocks and a
+    partial last one, blocks of 2048 (Adam and LAMB on binary maps take the fused pass) and of 48 (not a multiple
+    of 32: the generic path). The directions are the reference's bit for bit; both sum their exact squares in
+    float64 (in different orders: at most 2 n 2^-53 of the sum apart) and round once to float32 (2^-24 each), so
+    they agree within 2^-22 of the sum. Outliers in the gradient make the squares span many binades."""
+    from eightbit.functional.codes import binary_codebook, dynamic_codebook
+    from eightbit.functional.optimizer import OptimHyper, optimizer_update_norm_reference
+    from eightbit.kernels.cpu.optimizer import optimizer_update_norm_cpu
+    hyper = OptimHyper(lr=1e-3, weight_decay=0.01, grad_scale=0.5, beta1=0.9, one_minus_beta1=0.1, beta2=0.999,
+                       one_minus_beta2=0.001, beta3=0.9999, one_minus_beta3=0.0001, alpha=5.0, eps=1e-8,
+                       bias_correction1=0.271, bias_correction2_sqrt=0.0547, lr_decay=0.9,
+                       nesterov=1.0).as_list()
+    for bs in (2048, 48):
+        n = bs * 5 + 13
+        p = torch.randn(n, generator=gen).to(dtype)
+        g = (torch.randn(n, generator=gen) * 0.01)
+        g[bs + 3 : bs + 40] *= 1e4
+        g = g.to(dtype)
+        signs = NORM_STATE_SIGNS[rule]
+        if states_kind == "32-bit":
+            states = [torch.randn(n, generator=gen) * 0.01 if s else torch.rand(n, generator=gen) * 1e-4
+                      for s in signs]
+            absmaxes, codes = [], []
+        else:
+            make = binary_codebook if states_kind == "binary" else dynamic_codebook
+            states = [torch.randint(0, 256, (n,), dtype=torch.uint8, generator=gen) for _ in signs]
+            nb = -(-n // bs)
+            absmaxes = [torch.rand(nb, generator=gen) * (0.1 if s else 1e-3) for s in signs]
+            codes = [make(s).values for s in signs]
+        args = (rule, p, g, states, absmaxes, codes, hyper, wd_mode, bs)
+        got = optimizer_update_norm_cpu(*args)
+        assert got is not NotImplemented
+        want = optimizer_update_norm_reference(*args)
+        assert got.dtype == torch.float32 and got.shape == ()
+        assert torch.isfinite(want) and float(want) > 0
+        assert abs(float(got) - float(want)) <= 2.0**-22 * float(want), (bs, float(got), float(want))

@@ -415,22 +415,62 @@ def test_optimizer_update_many_checks_its_lists(gen):
     assert bool(s[0][0].ne(0).any()) and bool(s[1][0].ne(0).any())
 
 
+def _step_skips_bad_gradient(opt, p, index: int, bad: float, gen) -> torch.Tensor:
+    """A good step, then one whose gradient holds ``bad`` at ``index``: that one must leave the parameter and every
+    state entry as they were, the skipped-step counter excepted (1). Returns the parameter as it was."""
+    p.grad = torch.randn(p.shape, generator=gen)
+    opt.step()
+    snap, p_snap = {k: v.clone() for k, v in opt.state[p].items()}, p.detach().clone()
+    p.grad = torch.randn(p.shape, generator=gen)
+    p.grad.view(-1)[index] = bad
+    opt.step()
+    assert torch.equal(p.detach(), p_snap)
+    assert int(opt.state[p]["skipped_steps"]) == 1
+    for k, v in snap.items():
+        if k != "skipped_steps":
+            assert torch.equal(opt.state[p][k], v), k
+    return p_snap
+
+
 def test_nonfinite_skip_block_acts_as_skip_when_norms_come_first(gen):
     """Percentile clipping and LAMB's trust ratio read the whole gradient first: the whole parameter is skipped."""
     for opt_fn in (lambda ps: O.AdamW8bit(ps, lr=1e-3, percentile_clipping=90), lambda ps: O.LAMB8bit(ps, lr=1e-3)):
         p = torch.nn.Parameter(torch.randn(4096, generator=gen))
-        opt = opt_fn([p])
-        p.grad = torch.randn(4096, generator=gen)
+        _step_skips_bad_gradient(opt_fn([p]), p, 5, float("nan"), gen)
+
+
+NORM_CASES = {  # optimizers whose step is scaled by its update norm
+    "LAMB8bit": lambda ps, **kw: O.LAMB8bit(ps, lr=1e-3, weight_decay=0.01, **kw),
+    "LAMB32bit": lambda ps, **kw: O.LAMB32bit(ps, lr=1e-3, **kw),
+    "LARS8bit": lambda ps, **kw: O.LARS8bit(ps, lr=1e-2, **kw),
+    "Adam8bit-max_unorm": lambda ps, **kw: O.Adam8bit(ps, lr=1e-3, max_unorm=0.01, **kw),
+}
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+@pytest.mark.parametrize("name", list(NORM_CASES))
+def test_update_norm_tells_when_the_gradient_needs_its_check(name, bad, gen):
+    """With an update norm the gradient is not read for a NaN/Inf before the step: any NaN/Inf in it makes the norm
+    NaN/Inf (every rule's state takes the gradient times a constant), and only then is it checked. A bad gradient
+    skips the whole parameter (step count, state and parameter unchanged; skipped_steps + 1) or raises under
+    nonfinite="raise"; a non-finite norm from a finite gradient (here an Inf parameter under LAMB's decay term, or a
+    norm overflow) steps as usual."""
+    n = 2048 * 3 + 5
+    p = torch.nn.Parameter(torch.randn(n, generator=gen))
+    opt = NORM_CASES[name]([p])
+    p_snap = _step_skips_bad_gradient(opt, p, 2048 + 7, bad, gen)
+    opt_r = NORM_CASES[name]([p], nonfinite="raise")
+    with pytest.raises(FloatingPointError, match="non-finite"):
+        opt_r.step()
+    p.grad = torch.randn(n, generator=gen)  # finite again: steps
+    opt.step()
+    assert not torch.equal(p.detach(), p_snap) and int(opt.state[p]["skipped_steps"]) == 1
+    if name.startswith("LAMB"):  # the norm is not finite, the gradient is: the step is taken (and counted)
+        steps = int(opt.state[p]["step"])
+        with torch.no_grad():
+            p[3] = float("inf")
         opt.step()
-        snap, p_snap = {k: v.clone() for k, v in opt.state[p].items()}, p.detach().clone()
-        p.grad = torch.randn(4096, generator=gen)
-        p.grad[5] = float("nan")
-        opt.step()
-        assert torch.equal(p.detach(), p_snap)
-        assert int(opt.state[p]["skipped_steps"]) == 1
-        for k, v in snap.items():
-            if k != "skipped_steps":
-                assert torch.equal(opt.state[p][k], v), k
+        assert int(opt.state[p]["step"]) == steps + 1 and int(opt.state[p]["skipped_steps"]) == 1
 
 
 @pytest.mark.parametrize(

@@ -198,7 +198,7 @@ def _steps(rule, p, g, states, absmaxes, codes, hyper, wd_mode, blocksize, seeds
     cbs = [codebook(c) for c in codes] if eight else []
     pf, gf = p.view(-1), g.view(-1)
     flats = [s.view(-1) for s in states]
-    total = torch.zeros((), dtype=torch.float32, device=p.device)
+    total = torch.zeros((), dtype=torch.float64, device=p.device)
     for lo, hi, width in _chunks(pf.numel(), blocksize):
         nb = (hi - lo) // width
         b0 = lo // blocksize
@@ -213,7 +213,7 @@ def _steps(rule, p, g, states, absmaxes, codes, hyper, wd_mode, blocksize, seeds
             s32 = [f[lo:hi].view(nb, width).to(cd) for f in flats]
         d, new = fn(g32, p32, s32, h)
         if not write:
-            total += d.float().square().sum()
+            total += d.double().square().sum()  # exact squares; a float64 sum (the native kernel's too)
             continue
         keep = None  # (nb, 1): blocks whose gradient is finite (all of them unless skipped is given)
         if skipped is not None:
@@ -233,7 +233,7 @@ def _steps(rule, p, g, states, absmaxes, codes, hyper, wd_mode, blocksize, seeds
             p32 = p32 * (1 - h.lr * h.weight_decay)
         new_p = (p32 - (h.lr * h.update_scale) * d).to(p.dtype)
         pf[lo:hi] = (new_p if keep is None else torch.where(keep, new_p, pf[lo:hi].view(nb, width))).reshape(-1)
-    return total
+    return total.float()
 
 
 @ops.reference("optimizer_update")
@@ -280,7 +280,7 @@ def optimizer_update_norm_reference(rule: str, p: torch.Tensor, g: torch.Tensor,
                                     absmaxes: list[torch.Tensor], codes: list[torch.Tensor], hyper: list[float],
                                     wd_mode: int, blocksize: int) -> torch.Tensor:
     """Reference of the ``optimizer_update_norm`` op: the squared norm (float32, 0-dim) of the step's direction,
-    nothing written."""
+    nothing written; the squares summed in float64 and the sum rounded once."""
     return _steps(rule, p, g, states, absmaxes, codes, hyper, wd_mode, blocksize, [], False)
 
 

@@ -459,10 +459,11 @@ class Optimizer8bit(torch.optim.Optimizer):
         elif self._refit_needed(state, config, plan):
             self._refit_state(pl, state, config, p.numel() * (2 if p.is_complex() else 1))
         mode = plan.mode
-        if mode in ("skip", "raise") and not all_finite(gl, groups):
-            if mode == "raise":
-                raise FloatingPointError(f"non-finite gradient for a parameter of shape {tuple(p.shape)}")
-            state["skipped_steps"] += 1
+        # with an update norm (and no clipping history to keep clean), the norm's own pass tells whether the
+        # gradient needs a check: one read of the gradient less per step (_run)
+        defer = plan.norm and mode in ("skip", "raise") and config["percentile_clipping"] >= 100
+        if mode in ("skip", "raise") and not defer and not all_finite(gl, groups):
+            self._nonfinite(state, mode, p.shape)
             return None
         skipped = state["skipped_blocks"] if mode == "skip_block" else None  # checked by the kernel, per block
         state["step"] += 1
@@ -482,7 +483,14 @@ class Optimizer8bit(torch.optim.Optimizer):
         if not (paged or plan.norm or work is not pl):
             key = (plan.rule, plan.wd_mode, len(states), bool(absmaxes), skipped is not None, work.device)
         return Job(config, pl, work, g, states, absmaxes, codes, h, seeds, plan.rule, plan.wd_mode, bs, skipped,
-                    paged, plan.norm, groups, key)
+                   paged, plan.norm, groups, key, state if defer else None)
+
+    @staticmethod
+    def _nonfinite(state: dict, mode: str, shape) -> None:
+        """A step not taken for a NaN/Inf gradient: FloatingPointError under "raise", else counted as skipped."""
+        if mode == "raise":
+            raise FloatingPointError(f"non-finite gradient for a parameter of shape {tuple(shape)}")
+        state["skipped_steps"] += 1
 
     def _run(self, job: Job) -> bool:
         """The op of one prepared update (paging, update norm and copy-back included); True when paged."""
@@ -498,7 +506,12 @@ class Optimizer8bit(torch.optim.Optimizer):
                 sq = sum_over(job.groups, torch.stack([usq.to(work.device), work.float().square().sum()]))
                 unorm, pnorm = float(sq[0]) ** 0.5, float(sq[1]) ** 0.5
             else:
-                unorm, pnorm = float(usq) ** 0.5, float(work.float().norm())
+                unorm, pnorm = float(usq) ** 0.5, float(torch.linalg.vector_norm(work, dtype=torch.float32))
+            state = job.deferred_check
+            if state is not None and not math.isfinite(unorm) and not all_finite(g, job.groups):
+                state["step"] -= 1  # counted by _prepare; the step is not taken
+                self._nonfinite(state, "raise" if job.config["nonfinite"] == "raise" else "skip", job.local.shape)
+                return job.paged  # nothing was written (a paged state's copy is dropped unchanged)
             h = dataclasses.replace(h, update_scale=self.update_scale(unorm, pnorm, job.config))
         optimizer_update(job.rule, work, g, states, absmaxes, job.codes, h, wd_mode=job.wd_mode,
                          blocksize=job.blocksize, seeds=job.seeds, skipped=job.skipped)

@@ -73,6 +73,9 @@ class Job(NamedTuple):
     norm: bool  # the step is scaled by an update norm (LAMB, LARS, max_unorm)
     groups: list
     batch_key: tuple | None  # None: runs alone (paged, update norm, copy-back)
+    # the parameter's state when its non-finite gradient check ("skip"/"raise") is left to the update norm: a
+    # NaN/Inf gradient makes the norm NaN/Inf, so the gradient is only read again when the norm is not finite
+    deferred_check: dict | None = None
 
 
 class Plan(NamedTuple):

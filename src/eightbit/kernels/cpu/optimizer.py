@@ -1,11 +1,13 @@
-"""Native CPU kernels of the ``optimizer_update`` and ``optimizer_update_many`` ops (csrc/optim_cpu.c). 8-bit states
-(``eb_optim_many``): per block, dequantize the states, apply the rule, write the parameter and requantize, in one
-pass over L1-resident data; the full blocks of all parameters of one op call (per block size) in one parallel
-region, each thread a contiguous run of the concatenated blocks, and a partial last block on its own
-(``eb_optim_blocks``). 32-bit states (``eb_optim_f32_many``: small tensors under ``min_8bit_size``, the 32-bit
-classes): the rule in place on them, all parameters of one op call in one foreign call. Which rules it serves is
-the explicit table ``NATIVE_RULES`` (every rule of ``eightbit.functional.optimizer`` with one or two states;
-AdEMAMix's three and SGD without momentum run the reference). Parameters and gradients may each be float32,
+"""Native CPU kernels of the ``optimizer_update``, ``optimizer_update_many`` and ``optimizer_update_norm`` ops
+(csrc/optim_cpu.c). 8-bit states (``eb_optim_many``): per block, dequantize the states, apply the rule, write the
+parameter and requantize, in one pass over L1-resident data; the full blocks of all parameters of one op call (per
+block size) in one parallel region, each thread a contiguous run of the concatenated blocks, and a partial last
+block as a call of its own. 32-bit states (``eb_optim_f32_many``: small tensors under ``min_8bit_size``, the 32-bit
+classes): the rule in place on them, all parameters of one op call in one foreign call. The update norm
+(``eb_optim_norm``: LAMB's and LARS's trust ratios, ``max_unorm``): the same decode and rule with the direction
+squared and summed in double instead of written. Which rules it serves is the explicit table ``NATIVE_RULES``
+(every rule of ``eightbit.functional.optimizer``; SGD without momentum, which has no state, runs the reference).
+Parameters and gradients may each be float32,
 bfloat16 or float16: the kernel widens a low-precision block into float32 scratch, steps it there and rounds the
 parameter back (csrc/lowp.h, the casts' results), which is the reference's arithmetic. It declines (the reference
 runs) for float64 parameters or gradients, 32-bit states that are not float32, non-contiguous parameters, block
@@ -26,7 +28,8 @@ from . import native
 from .tables import Lut, native_tables
 
 # rule name -> the C kernel's rule id (enum in csrc/optim_cpu.c)
-NATIVE_RULES = {"adam": 0, "lamb": 1, "momentum": 2, "rmsprop": 3, "adagrad": 4, "lion": 5}
+NATIVE_RULES = {"adam": 0, "lamb": 1, "momentum": 2, "rmsprop": 3, "adagrad": 4, "lion": 5, "ademamix": 6}
+_MAX_STATES = 3  # EB_MAX_STATES: the descriptors hold three states' fields (a rule with fewer repeats its last)
 
 
 class Hyper(ctypes.Structure):
@@ -44,8 +47,8 @@ def _available() -> bool:
             and lib.eb_optim_desc_fields() == _DESC_FIELDS and lib.eb_optim_f32_fields() == _F32_FIELDS)
 
 
-_DESC_FIELDS = 15  # eb_optim_many's fields per part (checked against eb_optim_desc_fields in _available)
-_F32_FIELDS = 9  # eb_optim_f32_many's (eb_optim_f32_fields)
+_DESC_FIELDS = 19  # eb_optim_many's fields per part (checked against eb_optim_desc_fields in _available)
+_F32_FIELDS = 10  # eb_optim_f32_many's (eb_optim_f32_fields)
 # parameter / gradient dtype -> (the kernel's dtype code, csrc/lowp.h; bytes per value)
 _DTYPES = {torch.float32: (0, 4), torch.bfloat16: (1, 2), torch.float16: (2, 2)}
 
@@ -53,14 +56,14 @@ _DTYPES = {torch.float32: (0, 4), torch.bfloat16: (1, 2), torch.float16: (2, 2)}
 class _Parts:
     """The native calls of a set of updates with one rule, state count and skip flag: each 8-bit parameter's full
     blocks as one part of an ``eb_optim_many`` call per block size (one parallel region for all of them), its
-    partial last block as an ``eb_optim_blocks`` call of its own, the 32-bit parameters as one
+    partial last block as an ``eb_optim_many`` call of its own (one block of its length), the 32-bit parameters as one
     ``eb_optim_f32_many`` call. Descriptors are int64 arrays of addresses; the objects they point to (ctypes
     hyperparameters, contiguous copies made by the caller) are held until ``run`` returns."""
 
     def __init__(self, rule: str, wd_mode: int, nstates: int, skip: bool) -> None:
         self.rule, self.wd_mode, self.k, self.skip = NATIVE_RULES[rule], wd_mode, nstates, int(skip)
         self.full: dict[int, tuple[array, list]] = {}  # block size -> (descriptor, each part's skipped counter)
-        self.tails: list[tuple[tuple, torch.Tensor | None]] = []
+        self.tails: list[tuple[int, array, torch.Tensor | None]] = []  # (length, descriptor, skipped counter)
         self.f32, self.f32_skipped = array("q"), []
         self.hypers: dict[tuple, Hyper] = {}  # a group's parameters mostly share one step's values: one struct
         self.luts: dict[int, int | None] = {}  # id(code map) -> its native tables' address (None: not served)
@@ -86,8 +89,8 @@ class _Parts:
                 if s.dtype != torch.float32 or not s.is_contiguous() or s.numel() != n:
                     return False
             self.keep += [p, g, *states]
-            self.f32.extend((p.data_ptr(), g.data_ptr(), states[0].data_ptr(), states[-1].data_ptr(),
-                             self._hyper(hyper), n, blocksize, pt[0], gt[0]))
+            self.f32.extend((p.data_ptr(), g.data_ptr(), *_pad([s.data_ptr() for s in states]), self._hyper(hyper),
+                             n, blocksize, pt[0], gt[0]))
             self.f32_skipped.append(skipped)
             return True
         nb = -(-n // blocksize)
@@ -97,30 +100,32 @@ class _Parts:
             if (s.dtype != torch.uint8 or not s.is_contiguous() or s.numel() != n or a.dtype != torch.float32
                     or not a.is_contiguous() or a.numel() != nb):
                 return False
-        luts = []
-        for c in codes:
-            lut = self.luts.get(id(c), False)
-            if lut is False:
-                t = native_tables(codebook(c))  # cached on the code map, which outlives the call
-                lut = self.luts[id(c)] = None if t is None else ctypes.addressof(t.lut)
-            if lut is None:
-                return False
-            luts.append(lut)
+        luts = [self._lut(c) for c in codes]
+        if None in luts:
+            return False
         self.keep += [p, g, *states, *absmaxes]
-        # pointers as plain integers; a one-state rule passes its state twice (the second is unused there)
-        q0, q1, a0, a1 = states[0].data_ptr(), states[-1].data_ptr(), absmaxes[0].data_ptr(), absmaxes[-1].data_ptr()
-        l0, l1, s0, s1 = luts[0], luts[-1], seeds[0], seeds[-1]
+        # pointers as plain integers; a rule with fewer than three states repeats its last (unused there)
+        qs, amaxes = _pad([s.data_ptr() for s in states]), _pad([a.data_ptr() for a in absmaxes])
         pp, gp, hp = p.data_ptr(), g.data_ptr(), self._hyper(hyper)
         nfull = n // blocksize
         if nfull:  # fields in the order of the C enum D_*
             desc, skips = self.full.setdefault(blocksize, (array("q"), []))
-            desc.extend((pp, gp, q0, q1, a0, a1, l0, l1, hp, s0, s1, 0, nfull, pt[0], gt[0]))
+            desc.extend((pp, gp, *qs, *amaxes, *_pad(luts), hp, *_pad(list(seeds)), 0, nfull, pt[0], gt[0]))
             skips.append(skipped)
         if n % blocksize:  # the partial last block: its own call, its draws keyed on its place (first = t)
             t, b = nfull * blocksize, 4 * nfull
-            self.tails.append(((self.rule, pp + pt[1] * t, pt[0], gp + gt[1] * t, gt[0], k, q0 + t, q1 + t, a0 + b,
-                                a1 + b, l0, l1, hp, self.wd_mode, s0, s1, t, 1, n - t, self.skip), skipped))
+            desc = array("q", (pp + pt[1] * t, gp + gt[1] * t, *(q + t for q in qs), *(a + b for a in amaxes),
+                               *_pad(luts), hp, *_pad(list(seeds)), t, 1, pt[0], gt[0]))
+            self.tails.append((n - t, desc, skipped))
         return True
+
+    def _lut(self, c: torch.Tensor) -> int | None:
+        """The address of code map ``c``'s native tables, None where it has none."""
+        lut = self.luts.get(id(c), False)
+        if lut is False:
+            t = native_tables(codebook(c))  # cached on the code map, which outlives the call
+            lut = self.luts[id(c)] = None if t is None else ctypes.addressof(t.lut)
+        return lut
 
     def run(self) -> None:
         """Makes the calls; adds each parameter's skipped blocks to its counter."""
@@ -131,15 +136,22 @@ class _Parts:
                                  nskip.buffer_info()[0]):
                 raise MemoryError("eb_optim_many: could not allocate its part list")
             _count(skips, nskip)
-        for args, skipped in self.tails:
-            bad = lib.eb_optim_blocks(*args)
-            if bad:
-                skipped += bad
+        for length, desc, skipped in self.tails:
+            nskip = array("q", [0])
+            if lib.eb_optim_many(self.rule, self.k, self.wd_mode, length, self.skip, 1, desc.buffer_info()[0],
+                                 nskip.buffer_info()[0]):
+                raise MemoryError("eb_optim_many: could not allocate its part list")
+            _count([skipped], nskip)
         if self.f32_skipped:
             nskip = array("q", bytes(8 * len(self.f32_skipped)))
             lib.eb_optim_f32_many(self.rule, self.k, self.wd_mode, self.skip, len(self.f32_skipped),
                                   self.f32.buffer_info()[0], nskip.buffer_info()[0])
             _count(self.f32_skipped, nskip)
+
+
+def _pad(xs: list) -> list:
+    """``xs`` (one entry per state) with its last entry repeated up to three (the descriptors' state fields)."""
+    return xs + xs[-1:] * (_MAX_STATES - len(xs))
 
 
 def _count(counters: list, nskip: array) -> None:
@@ -153,7 +165,7 @@ def optimizer_update_cpu(rule, p, g, states, absmaxes, codes, hyper, wd_mode, bl
     """Kernel of ``optimizer_update`` for 8-bit or float32 states of float32, bfloat16 or float16 parameters (see
     the module docstring)."""
     check_op_scalars(wd_mode, [blocksize])
-    if native.library() is None or rule not in NATIVE_RULES or len(states) not in (1, 2):
+    if native.library() is None or rule not in NATIVE_RULES or not states:
         return NotImplemented
     parts = _Parts(rule, wd_mode, len(states), skipped is not None)
     if not parts.add(p, g.contiguous(), states, absmaxes, codes, hyper, blocksize, seeds, skipped):
@@ -176,7 +188,7 @@ def optimizer_update_many_cpu(rule, ps, gs, states, absmaxes, codes, hypers, wd_
         if p.data_ptr() in pending:  # the same parameter twice: its earlier updates run first, as one by one
             parts.run()
             parts, pending = None, set()
-        if rule in NATIVE_RULES and len(s) in (1, 2):
+        if rule in NATIVE_RULES and s:
             parts = parts or _Parts(rule, wd_mode, len(s), sk is not None)
             if parts.k == len(s) and parts.skip == (sk is not None) and parts.add(p, g, s, a, c, h, bs, sd, sk):
                 pending.add(p.data_ptr())
@@ -186,3 +198,38 @@ def optimizer_update_many_cpu(rule, ps, gs, states, absmaxes, codes, hypers, wd_
     if parts is not None:
         parts.run()
     return None
+
+
+@register("optimizer_update_norm", "cpu", available=_available)
+def optimizer_update_norm_cpu(rule, p, g, states, absmaxes, codes, hyper, wd_mode, blocksize):
+    """Kernel of ``optimizer_update_norm`` (``eb_optim_norm``): the squared norm of the step's direction as a
+    float32 0-dim tensor, for the parameters, gradients and states ``optimizer_update_cpu`` takes. It sums in
+    double, so it may differ from the reference's float32 sum by its rounding (a few ulps)."""
+    check_op_scalars(wd_mode, [blocksize])
+    pt, gt, n = _DTYPES.get(p.dtype), _DTYPES.get(g.dtype), p.numel()
+    if (native.library() is None or rule not in NATIVE_RULES or not states or pt is None or gt is None
+            or blocksize > native.MAX_BLOCK or not p.is_contiguous() or not g.is_contiguous() or g.numel() != n):
+        return NotImplemented
+    eight = bool(absmaxes)
+    want = torch.uint8 if eight else torch.float32
+    if any(s.dtype != want or not s.is_contiguous() or s.numel() != n for s in states):
+        return NotImplemented
+    luts = [0] * len(states)
+    if eight:
+        nb = -(-n // blocksize)
+        if any(a.dtype != torch.float32 or not a.is_contiguous() or a.numel() != nb for a in absmaxes):
+            return NotImplemented
+        parts = _Parts(rule, wd_mode, len(states), False)
+        luts = [parts._lut(c) for c in codes]
+        if None in luts:
+            return NotImplemented
+    if n == 0:
+        return torch.zeros((), dtype=torch.float32)
+    h = Hyper(*hyper)
+    amaxes = [a.data_ptr() for a in absmaxes] if eight else [0]
+    desc = array("q", (p.data_ptr(), g.data_ptr(), *_pad([s.data_ptr() for s in states]), *_pad(amaxes),
+                       *_pad(luts), ctypes.addressof(h), 0, 0, 0, 0, 0, pt[0], gt[0]))
+    bs = blocksize if eight else 2048  # 32-bit states: any run length (the sum's grouping only)
+    total = native.library().eb_optim_norm(NATIVE_RULES[rule], len(states), wd_mode, bs, int(eight), n,
+                                           desc.buffer_info()[0])
+    return torch.tensor(total, dtype=torch.float32)

@@ -449,6 +449,15 @@ static inline void bin_decode_scale(const lut_t *L, const uint8_t *restrict q, f
 #if defined(__AVX512F__) && defined(__AVX512CD__)
     const bin_v16_t W = bin_v16(L);
     const __m512 wa = _mm512_set1_ps(a);
+#if defined(__AVX512BW__)
+    const bin_w32_t T = bin_w32(L); /* by table, 32 codes at a time: fewer operations than the arithmetic decode */
+    for (; i + 32 <= n; i += 32) {
+        __m512 lo, hi;
+        bin_decode32(&T, q + i, &lo, &hi);
+        _mm512_storeu_ps(out + i, _mm512_mul_ps(lo, wa));
+        _mm512_storeu_ps(out + i + 16, _mm512_mul_ps(hi, wa));
+    }
+#endif
     for (; i + 16 <= n; i += 16) {
         const __m512i idx = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(q + i)));
         _mm512_storeu_ps(out + i, _mm512_mul_ps(bin_decode16(&W, idx), wa));

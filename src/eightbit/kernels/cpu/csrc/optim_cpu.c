@@ -1,9 +1,9 @@
 /* eightbit native CPU kernel of the 8-bit optimizer step: per block, dequantize the states into L1, apply the
  * rule, write the parameter and requantize the states, in one pass over the data.
  *
- * One kernel serves every rule of eightbit.functional.optimizer that has 8-bit states (adam, lamb, momentum,
- * rmsprop, adagrad, lion); the rule is chosen per call, so each rule's element loop is compiled and vectorized
- * on its own. Numerics mirror the reference (eightbit.functional.optimizer._steps) operation by operation in
+ * One kernel serves every rule of eightbit.functional.optimizer that has states (adam, lamb, momentum, rmsprop,
+ * adagrad, lion, ademamix: one to three states); the rule is chosen per call, so each rule's element loop is
+ * compiled and vectorized on its own. optim_norm.h adds the update-norm pass (LAMB, LARS, max_unorm). Numerics mirror the reference (eightbit.functional.optimizer._steps) operation by operation in
  * float32 (no fast-math, no FMA contraction): states bit-identical, parameters equal.
  *
  * Parameters and gradients may be bfloat16 or float16 (dtype codes of lowp.h, per tensor): each block (or run) is
@@ -44,16 +44,25 @@ typedef struct {
     float beta3, one_minus_beta3, alpha, eps, bias_correction1, bias_correction2_sqrt, lr_decay, nesterov;
 } eb_hyper_t;
 
-enum { RULE_ADAM = 0, RULE_LAMB = 1, RULE_MOMENTUM = 2, RULE_RMSPROP = 3, RULE_ADAGRAD = 4, RULE_LION = 5 };
+enum { RULE_ADAM = 0, RULE_LAMB = 1, RULE_MOMENTUM = 2, RULE_RMSPROP = 3, RULE_ADAGRAD = 4, RULE_LION = 5,
+       RULE_ADEMAMIX = 6 };
+#define EB_MAX_STATES 3 /* AdEMAMix's m1, m2, nu */
 enum { WD_NONE = 0, WD_L2 = 1, WD_DECOUPLED = 2 };
+/* Within the fused Adam passes only: LAMB's direction (Adam's plus weight_decay * p) with no decay of its own. */
+#define WD_LAMB 3
 
 int64_t eb_hyper_size(void) { return (int64_t)sizeof(eb_hyper_t); }
 int64_t eb_lut_size(void) { return (int64_t)sizeof(lut_t); }
 
-/* The rule on one block: s0, s1 hold the dequantized states and receive the new ones; the parameter is written in
- * the same loop (p = p * (1 - lr * wd) (decoupled only) - lr * update_scale * d, as the reference rounds it). */
-static void rule_block(int32_t rule, float *restrict p, const float *restrict g, const eb_hyper_t *h,
-                       int32_t wd_mode, int64_t bs, float *restrict s0, float *restrict s1) {
+/* The rule on one block: s0, s1, s2 hold the dequantized states (as many as the rule has) and receive the new
+ * ones; the parameter is written in the same loop (p = p * (1 - lr * wd) (decoupled only) - lr * update_scale * d,
+ * as the reference rounds it), or, with to_dir (a constant in each instance: a branch in the loops would keep
+ * them from vectorizing), p is left alone and the direction d goes to dout (the update-norm pass). */
+static inline __attribute__((always_inline)) void rule_body(int32_t rule, float *restrict p, const float *restrict g,
+                                                            const eb_hyper_t *h, int32_t wd_mode, int64_t bs,
+                                                            float *restrict s0, float *restrict s1,
+                                                            float *restrict s2, float *restrict dout,
+                                                            const int to_dir) {
     const float gs = h->grad_scale, wd = h->weight_decay, b1 = h->beta1, c1 = h->one_minus_beta1;
     const float b2 = h->beta2, c2 = h->one_minus_beta2, eps = h->eps;
     const float l2 = wd_mode == WD_L2 ? wd : 0.0f;
@@ -62,7 +71,7 @@ static void rule_block(int32_t rule, float *restrict p, const float *restrict g,
 /* L2 decay rounds once (fused), as torch.optim's grad.add(p, alpha=wd): two roundings differ from torch by an ulp of
  * |g| + |wd p|, which a cancelling sum g + wd p (|.| ~ eps) turns into a visible difference in Adam's first step. */
 #define GRAD(i) (wd_mode == WD_L2 ? fmaf(l2, p[i], g[i] * gs) : g[i] * gs)
-#define WRITE(i, d) (p[i] = (decoupled ? p[i] * decay : p[i]) - step * (d))
+#define WRITE(i, d) (to_dir ? (void)(dout[i] = (d)) : (void)(p[i] = (decoupled ? p[i] * decay : p[i]) - step * (d)))
     switch (rule) {
     case RULE_ADAM:
     case RULE_LAMB: {
@@ -115,18 +124,46 @@ static void rule_block(int32_t rule, float *restrict p, const float *restrict g,
             s0[i] = s0[i] * b2 + gi * c2;
         }
         break;
+    case RULE_ADEMAMIX: {
+        const float r1 = 1.0f / h->bias_correction1, r2 = 1.0f / h->bias_correction2_sqrt;
+        const float b3 = h->beta3, c3 = h->one_minus_beta3, alpha = h->alpha;
+        for (int64_t i = 0; i < bs; i++) {
+            const float gi = GRAD(i);
+            const float m1 = s0[i] * b1 + gi * c1;
+            const float m2 = s1[i] * b3 + gi * c3;
+            const float nu = s2[i] * b2 + gi * gi * c2;
+            WRITE(i, (m1 * r1 + alpha * m2) / (sqrtf(nu) * r2 + eps));
+            s0[i] = m1;
+            s1[i] = m2;
+            s2[i] = nu;
+        }
+        break;
+    }
     }
 #undef GRAD
 #undef WRITE
 }
 
+/* rule_body stepping the parameter. */
+static void rule_block(int32_t rule, float *restrict p, const float *restrict g, const eb_hyper_t *h,
+                       int32_t wd_mode, int64_t bs, float *restrict s0, float *restrict s1, float *restrict s2) {
+    rule_body(rule, p, g, h, wd_mode, bs, s0, s1, s2, NULL, 0);
+}
+
+/* rule_body writing the direction to dout instead (p is only read). */
+static void rule_direction(int32_t rule, const float *restrict p, const float *restrict g, const eb_hyper_t *h,
+                           int32_t wd_mode, int64_t bs, float *restrict s0, float *restrict s1, float *restrict s2,
+                           float *restrict dout) {
+    rule_body(rule, (float *)p, g, h, wd_mode, bs, s0, s1, s2, dout, 1);
+}
+
 #include "optim_fused.h"
 
-/* One step on 32-bit states (s0, s1: float32 arrays of n values, s1 unused by one-state rules): the rule in place,
+/* One step on 32-bit states (s[0..2]: float32 arrays of n values, those past the rule's count unused): the rule in place,
  * in runs of 2048 values (or one block of bs) over the threads. The reference makes the same float32 operations
  * per element. skip != 0: blocks of bs values whose gradient holds a NaN/Inf are left untouched; returns their
  * number. */
-static int64_t optim_f32(int32_t rule, void *p, int32_t pt, const void *g, int32_t gt, float *s0, float *s1,
+static int64_t optim_f32(int32_t rule, void *p, int32_t pt, const void *g, int32_t gt, float *const *s,
                          const eb_hyper_t *h, int32_t wd_mode, int64_t n, int64_t bs, int32_t skip) {
     const eb_hyper_t hv = *h;
     const int64_t run = bs > 2048 ? bs : 2048 / bs * bs, runs = (n + run - 1) / run; /* run <= MAX_BLOCK */
@@ -140,7 +177,7 @@ static int64_t optim_f32(int32_t rule, void *p, int32_t pt, const void *g, int32
         if (gt) lowp_widen(g, gt, o, len, gbuf);
         if (pt) lowp_widen(p, pt, o, len, pbuf);
         if (!skip) {
-            rule_block(rule, pr, gr, &hv, wd_mode, len, s0 + o, s1 ? s1 + o : s0 + o);
+            rule_block(rule, pr, gr, &hv, wd_mode, len, s[0] + o, s[1] + o, s[2] + o);
             if (pt) lowp_narrow(pbuf, len, p, pt, o);
             continue;
         }
@@ -150,16 +187,17 @@ static int64_t optim_f32(int32_t rule, void *p, int32_t pt, const void *g, int32
                 nskip++;
                 continue;
             }
-            rule_block(rule, pr + b, gr + b, &hv, wd_mode, w, s0 + o + b, s1 ? s1 + o + b : s0 + o + b);
+            rule_block(rule, pr + b, gr + b, &hv, wd_mode, w, s[0] + o + b, s[1] + o + b, s[2] + o + b);
             if (pt) lowp_narrow(pbuf + b, w, p, pt, o + b);
         }
     }
     return nskip;
 }
 
-/* Fields of one part in eb_optim_f32_many's int64 descriptor array, in order (addresses as integers; S1 unused by
- * one-state rules; PT, GT: the parameter's and the gradient's dtype codes, lowp.h). */
-enum { F_P, F_G, F_S0, F_S1, F_H, F_N, F_BS, F_PT, F_GT, F_FIELDS };
+/* Fields of one part in eb_optim_f32_many's int64 descriptor array, in order (addresses as integers; a rule with
+ * fewer than three states repeats its last in the unused fields; PT, GT: the parameter's and the gradient's dtype
+ * codes, lowp.h). */
+enum { F_P, F_G, F_S0, F_S1, F_S2, F_H, F_N, F_BS, F_PT, F_GT, F_FIELDS };
 int64_t eb_optim_f32_fields(void) { return F_FIELDS; }
 
 /* optim_f32 on nparts parameters in one call (a group's small tensors: one foreign call instead of one each),
@@ -169,10 +207,12 @@ void eb_optim_f32_many(int32_t rule, int32_t nstates, int32_t wd_mode, int32_t s
                        const int64_t *desc, int64_t *nskip) {
     for (int64_t t = 0; t < nparts; t++) {
         const int64_t *d = desc + F_FIELDS * t;
+        float *const s[EB_MAX_STATES] = {(float *)(intptr_t)d[F_S0], (float *)(intptr_t)d[F_S1],
+                                         (float *)(intptr_t)d[F_S2]};
+        (void)nstates; /* the rule knows its states; the unused fields repeat the last */
         nskip[t] = optim_f32(rule, (void *)(intptr_t)d[F_P], (int32_t)d[F_PT], (const void *)(intptr_t)d[F_G],
-                             (int32_t)d[F_GT], (float *)(intptr_t)d[F_S0],
-                             nstates > 1 ? (float *)(intptr_t)d[F_S1] : NULL,
-                             (const eb_hyper_t *)(intptr_t)d[F_H], wd_mode, d[F_N], d[F_BS], skip);
+                             (int32_t)d[F_GT], s, (const eb_hyper_t *)(intptr_t)d[F_H], wd_mode, d[F_N], d[F_BS],
+                             skip);
     }
 }
 
@@ -182,24 +222,25 @@ typedef struct {
     void *p; /* float32, bf16 or fp16 (pt) */
     const void *g; /* (gt) */
     int32_t pt, gt;
-    uint8_t *q[2];
-    float *absmax[2];
-    const lut_t *lut[2];
+    uint8_t *q[EB_MAX_STATES];
+    float *absmax[EB_MAX_STATES];
+    const lut_t *lut[EB_MAX_STATES];
     const eb_hyper_t *h;
-    int64_t seed[2], first, nblocks;
+    int64_t seed[EB_MAX_STATES], first, nblocks;
 } optim_part_t;
 
-/* Blocks [b0, b1) of part t (nstates 1 or 2 states of blocks of bs values); returns the number of blocks left
+/* Blocks [b0, b1) of part t (nstates 1 to 3 states of blocks of bs values); returns the number of blocks left
  * untouched for a NaN/Inf gradient (skip != 0). fold: this thread's two folded decode tables (bin_b64_t, where
  * EB_FOLD), kept across calls and rebuilt when a block's scale or map differs from the last. */
 static int64_t optim_range(int32_t rule, int32_t nstates, int32_t wd_mode, int64_t bs, int32_t skip,
                            const optim_part_t *t, int64_t b0, int64_t b1, void *fold) {
-    lut_t luts[2];
-    luts[0] = *t->lut[0];
-    luts[1] = nstates > 1 ? *t->lut[1] : *t->lut[0];
+    lut_t luts[EB_MAX_STATES];
+    int floors[EB_MAX_STATES];
+    for (int k = 0; k < EB_MAX_STATES; k++) {
+        luts[k] = *t->lut[k < nstates ? k : nstates - 1];
+        floors[k] = luts[k].code[0] >= 0.0f; /* unsigned maps never round a positive value to the zero code */
+    }
     const eb_hyper_t hv = *t->h;
-    /* states on unsigned maps (second moments, sums) never round a positive value to the zero code */
-    const int floors[2] = {luts[0].code[0] >= 0.0f, luts[1].code[0] >= 0.0f};
     const int32_t pt = t->pt, gt = t->gt;
     uint8_t *const *q = t->q;
     float *const *absmax = t->absmax;
@@ -215,7 +256,9 @@ static int64_t optim_range(int32_t rule, int32_t nstates, int32_t wd_mode, int64
         }
 #endif
 #if defined(__AVX2__) && defined(__FMA__) && EB_LOWP8
-    const int fused = rule == RULE_ADAM && nstates == 2 && luts[0].bin_groups && luts[1].bin_groups && bs % 8 == 0;
+    const int fused = (rule == RULE_ADAM || (rule == RULE_LAMB && wd_mode == WD_NONE)) && nstates == 2 &&
+                      luts[0].bin_groups && luts[1].bin_groups && bs % 8 == 0;
+    const int32_t fwd = rule == RULE_LAMB ? WD_LAMB : wd_mode; /* the fused passes' weight-decay mode */
 #ifdef EB_FUSED1 /* the one-state pass in 16 lanes needs blocks of 32 values, in 8 lanes of 8 */
     const int fused1 = nstates == 1 && luts[0].bin_groups && bs % (EB_FUSED1 == 16 ? 32 : 8) == 0 &&
                        (rule == RULE_MOMENTUM || rule == RULE_RMSPROP || rule == RULE_ADAGRAD || rule == RULE_LION);
@@ -241,8 +284,8 @@ static int64_t optim_range(int32_t rule, int32_t nstates, int32_t wd_mode, int64
 #endif
 #endif
     for (int64_t b = b0; b < b1; b++) {
-        float s0[MAX_BLOCK], s1[MAX_BLOCK], pbuf[MAX_BLOCK], gbuf[MAX_BLOCK], pold[MAX_BLOCK];
-        float *s[2] = {s0, s1};
+        float s0[MAX_BLOCK], s1[MAX_BLOCK], s2[MAX_BLOCK], pbuf[MAX_BLOCK], gbuf[MAX_BLOCK], pold[MAX_BLOCK];
+        float *s[EB_MAX_STATES] = {s0, s1, s2};
         const int64_t o = b * bs;
         if (skip && !fused_any && lowp_nonfinite(t->g, gt, o, bs)) {
             nskip++;
@@ -302,11 +345,11 @@ static int64_t optim_range(int32_t rule, int32_t nstates, int32_t wd_mode, int64
             const bin_b64_t *F0 = bin_fold(&luts[0], absmax[0][b], bs, &F[0]);
             const bin_b64_t *F1 = bin_fold(&luts[1], absmax[1][b], bs, &F[1]);
             if (F0 && F1)
-                adam_fold_block(pp, gg, dt, &hv, wd_mode, bs, q[0] + o, q[1] + o, F0, F1, s0, s1, &amax[0], &amax[1],
+                adam_fold_block(pp, gg, dt, &hv, fwd, bs, q[0] + o, q[1] + o, F0, F1, s0, s1, &amax[0], &amax[1],
                                 skip && inplace ? pold : NULL);
             else
 #endif
-                adam_binary_block(pp, gg, dt, &hv, wd_mode, bs, q[0] + o, q[1] + o, absmax[0][b], absmax[1][b], &V[0],
+                adam_binary_block(pp, gg, dt, &hv, fwd, bs, q[0] + o, q[1] + o, absmax[0][b], absmax[1][b], &V[0],
                                   &V[1], s0, s1, &amax[0], &amax[1], skip && inplace ? pold : NULL);
             EB_SKIP_AFTER(amax, 2, pp, inplace, dt);
             for (int32_t k = 0; k < 2; k++)
@@ -325,7 +368,7 @@ static int64_t optim_range(int32_t rule, int32_t nstates, int32_t wd_mode, int64
             else
                 lookup_scale(q[k] + o, luts[k].code, absmax[k][b], bs, s[k]);
         }
-        rule_block(rule, pb, gb, &hv, wd_mode, bs, s0, s1);
+        rule_block(rule, pb, gb, &hv, wd_mode, bs, s0, s1, s2);
         if (pt) lowp_narrow(pbuf, bs, t->p, pt, o);
         /* the next block's inputs start loading while this one is requantized (L1-only work; a low-precision
          * block's widening prefetches its own) */
@@ -382,55 +425,42 @@ static void optim_parts(int32_t rule, int32_t nstates, int32_t wd_mode, int64_t 
     }
 }
 
-/* One step over nblocks blocks of bs values of p (dtype code pt, lowp.h) with gradient g (gt). q_s, absmax_s, lut_s, seed_s for each of the nstates (1 or 2) 8-bit
- * states (scalars, not arrays: building ctypes arrays cost more per call than a small tensor's step); seed_s < 0
- * rounds state s to nearest. ``first``: the index of the first element
- * passed within the whole tensor (the stochastic draws are keyed on it), so a partial last block can be
- * passed on its own. skip != 0: a block whose gradient holds a NaN/Inf is left untouched (parameter, codes and
- * absmax); returns the number of such blocks. */
-int64_t eb_optim_blocks(int32_t rule, void *p, int32_t pt, const void *g, int32_t gt, int32_t nstates, uint8_t *q0,
-                        uint8_t *q1, float *absmax0, float *absmax1, const lut_t *lut0, const lut_t *lut1,
-                        const eb_hyper_t *h, int32_t wd_mode, int64_t seed0, int64_t seed1, int64_t first,
-                        int64_t nblocks, int64_t bs, int32_t skip) {
-    const optim_part_t part = {p, g, pt, gt, {q0, q1}, {absmax0, absmax1}, {lut0, lut1}, h, {seed0, seed1}, first,
-                               nblocks};
-    int64_t nskip;
-    optim_parts(rule, nstates, wd_mode, bs, skip, &part, 1, &nskip);
-    return nskip;
-}
-
-/* Fields of one part in eb_optim_many's int64 descriptor array, in order (addresses as integers; PT, GT: dtype
- * codes, lowp.h). */
-enum { D_P, D_G, D_Q0, D_Q1, D_A0, D_A1, D_L0, D_L1, D_H, D_S0, D_S1, D_FIRST, D_NBLOCKS, D_PT, D_GT, D_FIELDS };
+/* Fields of one part in eb_optim_many's int64 descriptor array, in order (addresses as integers; a rule with fewer
+ * than three states repeats its last in the unused fields; S*: the states' stochastic seeds, < 0 for nearest;
+ * FIRST: the index of the part's element 0 within the whole parameter, on which the draws are keyed, so that a
+ * partial last block can be passed as a part of its own; PT, GT: dtype codes, lowp.h). */
+enum { D_P, D_G, D_Q0, D_Q1, D_Q2, D_A0, D_A1, D_A2, D_L0, D_L1, D_L2, D_H, D_S0, D_S1, D_S2, D_FIRST, D_NBLOCKS,
+       D_PT, D_GT, D_FIELDS };
 int64_t eb_optim_desc_fields(void) { return D_FIELDS; }
 
-/* eb_optim_blocks over nparts parts in one parallel region (a group's tensors with equal rule, state count, weight
- * decay mode, block size and skip flag): part t's fields at desc[D_FIELDS t + D_*]; nskip[t] receives its skipped
- * blocks. Returns 0, or -1 when the part list cannot be allocated (nothing was stepped). */
+static void optim_part(const int64_t *d, optim_part_t *x) {
+    x->p = (void *)(intptr_t)d[D_P];
+    x->g = (const void *)(intptr_t)d[D_G];
+    x->pt = (int32_t)d[D_PT];
+    x->gt = (int32_t)d[D_GT];
+    for (int k = 0; k < EB_MAX_STATES; k++) {
+        x->q[k] = (uint8_t *)(intptr_t)d[D_Q0 + k];
+        x->absmax[k] = (float *)(intptr_t)d[D_A0 + k];
+        x->lut[k] = (const lut_t *)(intptr_t)d[D_L0 + k];
+        x->seed[k] = d[D_S0 + k];
+    }
+    x->h = (const eb_hyper_t *)(intptr_t)d[D_H];
+    x->first = d[D_FIRST];
+    x->nblocks = d[D_NBLOCKS];
+}
+
+/* One step over the blocks of nparts parts (a group's tensors with equal rule, state count (1 to 3), weight decay
+ * mode, block size bs and skip flag) in one parallel region: part t's fields at desc[D_FIELDS t + D_*]; nskip[t]
+ * receives its blocks left untouched for a NaN/Inf gradient (skip != 0: parameter, codes and absmax). Returns 0,
+ * or -1 when the part list cannot be allocated (nothing was stepped). */
 int64_t eb_optim_many(int32_t rule, int32_t nstates, int32_t wd_mode, int64_t bs, int32_t skip, int64_t nparts,
                       const int64_t *desc, int64_t *nskip) {
     optim_part_t *parts = (optim_part_t *)malloc(sizeof(optim_part_t) * (size_t)(nparts ? nparts : 1));
     if (!parts) return -1;
-    for (int64_t t = 0; t < nparts; t++) {
-        const int64_t *d = desc + D_FIELDS * t;
-        optim_part_t *x = &parts[t];
-        x->p = (void *)(intptr_t)d[D_P];
-        x->g = (const void *)(intptr_t)d[D_G];
-        x->pt = (int32_t)d[D_PT];
-        x->gt = (int32_t)d[D_GT];
-        x->q[0] = (uint8_t *)(intptr_t)d[D_Q0];
-        x->q[1] = (uint8_t *)(intptr_t)d[D_Q1];
-        x->absmax[0] = (float *)(intptr_t)d[D_A0];
-        x->absmax[1] = (float *)(intptr_t)d[D_A1];
-        x->lut[0] = (const lut_t *)(intptr_t)d[D_L0];
-        x->lut[1] = (const lut_t *)(intptr_t)d[D_L1];
-        x->h = (const eb_hyper_t *)(intptr_t)d[D_H];
-        x->seed[0] = d[D_S0];
-        x->seed[1] = d[D_S1];
-        x->first = d[D_FIRST];
-        x->nblocks = d[D_NBLOCKS];
-    }
+    for (int64_t t = 0; t < nparts; t++) optim_part(desc + D_FIELDS * t, &parts[t]);
     optim_parts(rule, nstates, wd_mode, bs, skip, parts, nparts, nskip);
     free(parts);
     return 0;
 }
+
+#include "optim_norm.h" /* the update-norm pass (eb_optim_norm) */

@@ -31,7 +31,7 @@
 
 /* Adam's hyperparameters broadcast to 16 lanes. */
 typedef struct {
-    __m512 gs, b1, c1, b2, c2, eps, r1, r2, l2, decay, step;
+    __m512 gs, b1, c1, b2, c2, eps, r1, r2, l2, wd, decay, step;
     __m512i m7f;
 } adam16_k;
 
@@ -46,6 +46,7 @@ static inline adam16_k adam16_consts(const eb_hyper_t *h, int32_t wd_mode) {
     k.r1 = _mm512_set1_ps(1.0f / h->bias_correction1);
     k.r2 = _mm512_set1_ps(1.0f / h->bias_correction2_sqrt);
     k.l2 = _mm512_set1_ps(wd_mode == WD_L2 ? h->weight_decay : 0.0f);
+    k.wd = _mm512_set1_ps(h->weight_decay);
     k.decay = _mm512_set1_ps(1.0f - h->lr * h->weight_decay);
     k.step = _mm512_set1_ps(h->lr * h->update_scale);
     k.m7f = _mm512_set1_epi32(0x7FFFFFFF);
@@ -57,19 +58,28 @@ static inline adam16_k adam16_consts(const eb_hyper_t *h, int32_t wd_mode) {
  * in its order (bit-identical). unit_gs: grad_scale is 1 (g * 1 is g, the multiply is dropped). dt: p's and g's
  * dtype (lowp.h), read and written in it (the rounding of lowp_store16). pold: where the old parameter values
  * are kept (dtype dt), or NULL (EB_SAVE16). */
+/* Adam's (LAMB's: wd_mode WD_LAMB) direction from the decoded states, the parameter pi and the gradient gi; the new
+ * states into *m and *v. */
+static inline __attribute__((always_inline)) __m512 adam_core16(const adam16_k *K, __m512 m_old, __m512 v_old,
+                                                                __m512 pi, __m512 gi, const int wd_mode,
+                                                                const int unit_gs, __m512 *m, __m512 *v) {
+    if (!unit_gs) gi = _mm512_mul_ps(gi, K->gs);
+    if (wd_mode == WD_L2) gi = _mm512_fmadd_ps(K->l2, pi, gi);
+    *m = _mm512_add_ps(_mm512_mul_ps(m_old, K->b1), _mm512_mul_ps(gi, K->c1));
+    *v = _mm512_add_ps(_mm512_mul_ps(v_old, K->b2), _mm512_mul_ps(_mm512_mul_ps(gi, gi), K->c2));
+    const __m512 a = _mm512_div_ps(_mm512_mul_ps(*m, K->r1),
+                                   _mm512_add_ps(_mm512_mul_ps(_mm512_sqrt_ps(*v), K->r2), K->eps));
+    return wd_mode == WD_LAMB ? _mm512_add_ps(a, _mm512_mul_ps(K->wd, pi)) : a;
+}
+
 static inline __attribute__((always_inline)) void adam16(const adam16_k *K, __m512 m_old, __m512 v_old,
                                                           void *restrict p, const void *restrict g, int64_t o,
                                                           const int wd_mode, const int unit_gs, const int dt,
                                                           float *restrict s0, float *restrict s1, __m512i *x0,
                                                           __m512i *x1, void *restrict pold) {
-    __m512 pi = lowp_load16(p, o, dt), gi = lowp_load16(g, o, dt);
+    __m512 pi = lowp_load16(p, o, dt), m, v;
     EB_SAVE16(pold, p, o, pi, dt);
-    if (!unit_gs) gi = _mm512_mul_ps(gi, K->gs);
-    if (wd_mode == WD_L2) gi = _mm512_fmadd_ps(K->l2, pi, gi);
-    const __m512 m = _mm512_add_ps(_mm512_mul_ps(m_old, K->b1), _mm512_mul_ps(gi, K->c1));
-    const __m512 v = _mm512_add_ps(_mm512_mul_ps(v_old, K->b2), _mm512_mul_ps(_mm512_mul_ps(gi, gi), K->c2));
-    const __m512 a = _mm512_div_ps(_mm512_mul_ps(m, K->r1),
-                                   _mm512_add_ps(_mm512_mul_ps(_mm512_sqrt_ps(v), K->r2), K->eps));
+    const __m512 a = adam_core16(K, m_old, v_old, pi, lowp_load16(g, o, dt), wd_mode, unit_gs, &m, &v);
     if (wd_mode == WD_DECOUPLED) pi = _mm512_mul_ps(pi, K->decay);
     lowp_store16(p, o, _mm512_sub_ps(pi, _mm512_mul_ps(K->step, a)), dt);
     _mm512_storeu_ps(s0 + o, m);
@@ -135,7 +145,8 @@ static inline __attribute__((always_inline)) void adam_binary_pass(
         if (wd_mode == WD_L2) gi = _mm256_fmadd_ps(l2, pi, gi);
         const __m256 m = _mm256_add_ps(_mm256_mul_ps(m_old, b1), _mm256_mul_ps(gi, c1));
         const __m256 v = _mm256_add_ps(_mm256_mul_ps(v_old, b2), _mm256_mul_ps(_mm256_mul_ps(gi, gi), c2));
-        const __m256 a = _mm256_div_ps(_mm256_mul_ps(m, r1), _mm256_add_ps(_mm256_mul_ps(_mm256_sqrt_ps(v), r2), eps));
+        __m256 a = _mm256_div_ps(_mm256_mul_ps(m, r1), _mm256_add_ps(_mm256_mul_ps(_mm256_sqrt_ps(v), r2), eps));
+        if (wd_mode == WD_LAMB) a = _mm256_add_ps(a, _mm256_mul_ps(_mm256_set1_ps(h->weight_decay), pi));
         if (wd_mode == WD_DECOUPLED) pi = _mm256_mul_ps(pi, decay);
         lowp_store8(p, i, _mm256_sub_ps(pi, _mm256_mul_ps(step, a)), dt);
         _mm256_storeu_ps(s0 + i, m);
@@ -214,7 +225,7 @@ static void adam_fold_block(void *restrict p, const void *restrict g, int32_t dt
             EB_PASS(WD, 0, DT);                                                                                   \
         return;                                                                                                   \
     }
-#define EB_CASES(DT) EB_CASE(WD_NONE, DT) EB_CASE(WD_L2, DT) EB_CASE(WD_DECOUPLED, DT)
+#define EB_CASES(DT) EB_CASE(WD_NONE, DT) EB_CASE(WD_L2, DT) EB_CASE(WD_DECOUPLED, DT) EB_CASE(WD_LAMB, DT)
     EB_CASES(DT_F32)
     EB_CASES(DT_BF16)
     EB_CASES(DT_F16)
@@ -312,6 +323,7 @@ static inline __attribute__((always_inline)) void one_state_pass(int32_t rule, v
     }
     *amax0 = (uint32_t)_mm512_reduce_max_epu32(mx);
 }
+
 #elif EB_FUSED1 == 8
 /* one_state_pass in 8 lanes (AVX2 without AVX-512), bs a multiple of 8: the codes decoded arithmetically
  * (bin_decode8) and scaled by a0; F is unused (no folded tables here). */
