@@ -78,6 +78,13 @@ def check_number(
     return v
 
 
+def check_positive_int(value: object, name: str) -> int:
+    """Raise ValueError unless ``value`` is an int (NumPy's integers too; not a bool or a float like 16.7) >= 1."""
+    if isinstance(value, bool) or not hasattr(type(value), "__index__") or int(value) <= 0:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+    return int(value)
+
+
 def check_bool(value: object, name: str) -> bool:
     """Raise TypeError unless ``value`` is a real bool (a truthy string like ``"no"`` must not pass)."""
     if not isinstance(value, bool):

@@ -334,23 +334,24 @@ def outliers(
         model, tok, _ = load_float_model(model_dir)
     batches = make_batches(sentences, tok, model)
     report = find_outlier_features(model, batches, threshold, progress=True)
-    emergent = report.emergent_dims(min_layer_frac, min_position_frac)
+    crit = {"min_layer_frac": min_layer_frac, "min_position_frac": min_position_frac}
+    emergent = report.emergent_dims(**crit)
     if markdown:
-        console.print(report.to_markdown(max_rows=rows), markup=False, highlight=False)
+        console.print(report.to_markdown(max_rows=rows, **crit), markup=False, highlight=False)
     else:
         n_hidden = len(report.hidden_layers)
         table = Table(title=f"{model_dir}: outlier features (|x| >= {threshold:g}) in the inputs of {n_hidden} "
                             f"hidden-width linear layers", title_justify="left")
         for col in ("dim", "max |x|", "layers affected", "layers %", "positions %", "emergent"):
             table.add_column(col, justify="right")
-        stats = report.dim_stats(min_layer_frac=min_layer_frac, min_position_frac=min_position_frac)
+        stats = report.dim_stats(**crit)
         for s in stats[:rows]:
             table.add_row(str(s.dim), f"{s.max_magnitude:.1f}", f"{s.layers_affected}/{n_hidden}", f"{100 * s.layer_frac:.0f}",
                           f"{100 * s.position_frac:.1f}", "yes" if s.emergent else "no")
         if len(stats) > rows:
             table.add_row(f"... {len(stats) - rows} more", "", "", "", "", "")
         console.print(table)
-        console.print(report.summary(), highlight=False)
+        console.print(report.summary(**crit), highlight=False)
     console.print(f"emergent dims: {' '.join(map(str, emergent)) if emergent else 'none'}", highlight=False)
     if plot is not None:
         report.plot(plot)

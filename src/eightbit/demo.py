@@ -190,10 +190,17 @@ def run_demo(models: Sequence[str] = ("minilm", "gpt2"), *, console: Any = None,
              optimizer_steps: int = 5, stream: bool = True) -> dict[str, Any]:
     """Run the demo, print rich tables to ``console`` (a ``rich.console.Console``; a new one by default) and
     return the results: {model: (rows, outlier report)}, {"optimizer": ...} and, with ``stream``,
-    {"streaming": ...} (``streaming_comparison``)."""
+    {"streaming": ...} (``streaming_comparison``). ValueError for more MiniLM sentences than the built-in eval
+    set holds (240)."""
     from rich.console import Console
 
+    from .data.sentences import eval_sentences
     from .models.local import quiet_transformers
+
+    available = len(eval_sentences())
+    if "minilm" in models and n_sentences > available:  # the title would claim sentences that were never run
+        raise ValueError(f"n_sentences (--sentences) must be at most {available} for MiniLM (the built-in eval "
+                         f"sentences), got {n_sentences}")
 
     quiet_transformers()
     console = console or Console()

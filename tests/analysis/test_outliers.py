@@ -73,6 +73,11 @@ def test_markdown_and_plot(planted, tmp_path, gen):
     rep = find_outlier_features(planted, [torch.randint(0, 512, (2, 32), generator=gen)])
     md = rep.to_markdown()
     assert "| 64 |" in md and "yes" in md and "lm_head" in md
+    strict = rep.to_markdown(min_layer_frac=1.0)  # the criterion reaches the summary line and the table
+    assert "| 64 |" in strict and "yes" not in strict and "emergent dims: none" in strict
+    assert "emergent dims: none" in rep.summary(min_layer_frac=1.0)
+    with pytest.raises(ValueError, match="min_layer_frac"):
+        rep.dim_stats(min_layer_frac=1.5)
     png = rep.plot(tmp_path / "out.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with pytest.raises(ValueError, match="png"):

@@ -90,6 +90,12 @@ def test_outliers_on_planted_model(tmp_path, data_file):
     assert res.exit_code == 0, res.output
     assert "emergent dims: 5 77" in res.output
     assert png.read_bytes()[:4] == b"\x89PNG"
+    # the criterion's options reach every part of the report: table, summary line and Markdown alike (the planted
+    # dims are outliers in 7 of the 10 hidden-width layers, so none is emergent at a layer fraction of 1)
+    for extra in ([], ["--markdown"]):
+        res = run("outliers", tmp_path / "toy", "--data", data_file, "--min-layer-frac", "1.0", *extra)
+        assert res.exit_code == 0, res.output
+        assert "[5, 77]" not in res.output and "yes" not in res.output and "emergent dims: none" in res.output
 
 
 @pytest.mark.parametrize("args", [
@@ -108,6 +114,13 @@ def test_bad_paths_one_line_error(args, tmp_path):
     res = run(*[a.format(tmp=tmp_path) for a in args])
     assert res.exit_code == 1, res.output
     assert "Traceback" not in res.output and res.output.strip().splitlines()[-1].startswith("error:")
+
+
+def test_demo_refuses_more_sentences_than_it_has():
+    """The demo's title states how many sentences ran: asking for more than the built-in 240 is an error, not a
+    title that claims them (checked before any model loads)."""
+    res = run("demo", "--model", "minilm", "--sentences", "1000")
+    assert res.exit_code == 1 and "at most 240" in res.output, res.output
 
 
 def test_bad_option_is_usage_error():

@@ -138,6 +138,9 @@ def test_bad_arguments():
     with pytest.raises(ValueError, match="code"):
         quantize_blockwise(x, code=torch.zeros(10))
     q, s = quantize_blockwise(x, blocksize=64)
+    import numpy as np
+    q2, s2 = quantize_blockwise(x, blocksize=np.int64(64))  # NumPy's integers are ints (as torch takes them)
+    assert torch.equal(q2, q) and s2.blocksize == 64 and type(s2.blocksize) is int
     with pytest.raises(TypeError, match="q must"):
         dequantize_blockwise(q.int(), s)
     with pytest.raises(ValueError, match="elements"):

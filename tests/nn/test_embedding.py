@@ -80,3 +80,21 @@ def test_embedding8bit_follows_a_float_cast_of_the_model(cast, dtype):
     model.float()  # and back: float32 again
     assert model[0](ids).dtype == torch.float32 and torch.equal(model[0](ids), model[0](ids).float())
     assert model[0].to("meta")(ids.to("meta")).dtype == torch.float32  # a device move keeps the dtype
+
+
+@pytest.mark.parametrize("name", ["StableEmbedding", "Embedding"])
+def test_32bit_state_survives_deepcopy_and_pickle(name):
+    """The 32-bit state override of StableEmbedding / Embedding holds for a deep copy and a pickled-and-loaded
+    module too (both skip ``__init__``, where the override is registered), and still for the original."""
+    import copy
+    import pickle
+    import eightbit.nn as enn
+    emb = getattr(enn, name)(100, 16)
+    copies = [copy.deepcopy(emb), pickle.loads(pickle.dumps(emb))]
+    for m in [emb, *copies]:
+        lin = torch.nn.Linear(16, 8)
+        opt = O.Adam8bit(list(m.parameters()) + list(lin.parameters()), lr=1e-3, min_8bit_size=16)
+        lin(m(torch.randint(0, 100, (4, 5)))).sum().backward()
+        opt.step()
+        assert opt.state[m.weight]["exp_avg"].dtype == torch.float32
+        assert opt.state[lin.weight]["state1"].dtype == torch.uint8

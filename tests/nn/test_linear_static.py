@@ -209,3 +209,37 @@ def test_non_float_inputs_and_non_finite_weights_are_refused(make, gen):
             lin.weight[1, 2] = v
         with pytest.raises(ValueError, match="NaN or Inf"):
             make(lin)
+
+
+def test_checkpoint_of_another_format_is_refused(gen):
+    """torch's loader would cast codes of another dtype silently (FP8 bit patterns read as int8 numbers, E5M2 as
+    E4M3): such a checkpoint raises, naming the entry, and the layer keeps its weight."""
+    lin = nn.Linear(32, 16)
+    x = torch.randn(10, 32, generator=gen)
+    layers = {"int8": _calibrated(LinearInt8Static.from_linear(lin), x), "e4m3": _calibrated(LinearFP8.from_linear(lin), x),
+              "e5m2": _calibrated(LinearFP8.from_linear(lin, format="e5m2"), x)}
+    for src, dst in (("e4m3", "int8"), ("int8", "e4m3"), ("e5m2", "e4m3")):
+        target = layers[dst]
+        before = target.weight.clone()
+        with pytest.raises(RuntimeError, match="weight: codes of dtype"):
+            target.load_state_dict(layers[src].state_dict())
+        assert torch.equal(target.weight.view(torch.uint8), before.view(torch.uint8))
+    fresh = LinearFP8.from_linear(nn.Linear(32, 16), format="e5m2")
+    fresh.load_state_dict(layers["e5m2"].state_dict())  # the same format loads
+    assert torch.equal(fresh(x), layers["e5m2"](x))
+
+
+@pytest.mark.parametrize("cls", [LinearFP8, LinearInt8Static])
+def test_constructor_arguments_are_checked(cls):
+    for bad in (16.7, 0, -3, True, "16"):
+        with pytest.raises(ValueError, match="in_features"):
+            cls(bad, 4)
+        with pytest.raises(ValueError, match="out_features"):
+            cls(4, bad)
+    with pytest.raises(TypeError, match="bias"):
+        cls(4, 4, bias="no")
+    import numpy as np
+    assert cls(np.int64(4), 3).in_features == 4
+    if cls is LinearInt8Static:
+        with pytest.raises(TypeError, match="symmetric"):
+            cls(4, 4, symmetric="no")

@@ -244,6 +244,7 @@ SKIP_BLOCK_CASES = {  # optimizer, its arguments, 8-bit or 32-bit state
     "AdamW8bit": (O.AdamW8bit, {}), "AdamW32bit": (O.AdamW32bit, {}), "Lion8bit": (O.Lion8bit, {}),
     "SGD8bit": (O.SGD8bit, {"momentum": 0.9}), "RMSprop8bit": (O.RMSprop8bit, {}), "Adagrad8bit": (O.Adagrad8bit, {}),
     "AdEMAMix8bit": (O.AdEMAMix8bit, {}),
+    "AdamW8bit-decimal": (O.AdamW8bit, {"state_code": "dynamic"}),  # the kernel's generic path (table lookups)
 }
 
 
@@ -694,6 +695,11 @@ def test_update_functions_reject_bad_blocksizes_and_weight_decay_modes(gen):
             optimizer_update_many("momentum", [p], [g], [s], [[]], [[]], [h], wd_mode=wd, blocksizes=[64], seeds=[[-1]])
     import numpy as np
     optimizer_update("momentum", p, g, s, [], [], h, wd_mode=0, blocksize=np.int64(64), seeds=[-1])  # numpy ints do
+    q = torch.nn.Parameter(torch.randn(5000, generator=gen))
+    q.grad = torch.randn(5000, generator=gen)
+    opt = O.AdamW8bit([q], lr=1e-3, blocksize=np.int64(256))  # and so in the optimizers, stored as an int
+    opt.step()
+    assert type(opt.param_groups[0]["blocksize"]) is int and opt.state[q]["absmax1"].numel() == -(-5000 // 256)
     before = p.clone()
     for bs, wd in ((-5, 0), (0, 0), (64, 7)):
         with pytest.raises(ValueError, match="blocksize"):
@@ -777,6 +783,43 @@ def test_switching_from_torch_adamw_mid_run(cls, gen):
             assert float((q - p).norm() / (p - s).norm()) < 0.05
 
 
+@pytest.mark.parametrize("name", ["AdamW", "Lion", "AdEMAMix"])
+def test_fixed_width_classes_keep_their_state_width_on_load(name, gen):
+    """``<Name>32bit`` loading an 8-bit checkpoint keeps 32-bit state (each moment dequantized: the exact values the
+    8-bit state stood for) and ``<Name>8bit`` loading a 32-bit one keeps 8-bit state (quantized to nearest); before,
+    the saved group's ``optim_bits`` won and the class silently ran the other width. The generic class follows the
+    checkpoint, as torch's loader does."""
+    from eightbit.functional.blockwise import dequantize_blockwise
+    eight_cls, f32_cls, generic = (getattr(O, name + suffix) for suffix in ("8bit", "32bit", ""))
+    p = torch.nn.Parameter(torch.randn(70, 100, generator=gen))
+    for src_cls, dst_cls in ((eight_cls, f32_cls), (f32_cls, eight_cls)):
+        src = src_cls([p], lr=1e-3)
+        for _ in range(3):
+            p.grad = torch.randn(p.shape, generator=gen)
+            src.step()
+        q = torch.nn.Parameter(p.detach().clone())
+        dst = dst_cls([q], lr=1e-3)
+        dst.load_state_dict(src.state_dict())
+        st, saved = dst.state[q], src.state[p]
+        assert dst.param_groups[0]["optim_bits"] == dst_cls.fixed_bits and int(st["step"]) == 3
+        names = [n for n, _ in dst.state_spec(dst.param_groups[0])]
+        if dst_cls is f32_cls:
+            assert "state1" not in st and "blocksize" not in st
+            for i, n in enumerate(names):
+                want = dequantize_blockwise(saved[f"state{i + 1}"], absmax=saved[f"absmax{i + 1}"],
+                                            code=saved[f"qmap{i + 1}"], blocksize=int(saved["blocksize"]))
+                assert st[n].dtype == torch.float32 and torch.equal(st[n], want.view(p.shape)), n
+        else:
+            assert all(st[f"state{i + 1}"].dtype == torch.uint8 for i in range(len(names))) and names[0] not in st
+        p.grad = torch.randn(p.shape, generator=gen)
+        q.grad = p.grad.clone()
+        dst.step()  # and it steps
+        assert torch.isfinite(q).all() and not torch.equal(q, p)
+    follower = generic([torch.nn.Parameter(p.detach().clone())], lr=1e-3, optim_bits=32)
+    follower.load_state_dict(eight_cls([p], lr=1e-3).state_dict())
+    assert follower.param_groups[0]["optim_bits"] == 8
+
+
 @pytest.mark.parametrize("bad", [1.5, -1, float("nan"), torch.tensor(2.5), torch.tensor([1.0, 2.0])])
 def test_loaded_step_counts_must_be_whole(bad, gen):
     """A loaded step count may be an int or a whole-valued tensor of any dtype (torch's optimizers save float32
@@ -793,20 +836,23 @@ def test_loaded_step_counts_must_be_whole(bad, gen):
     assert not opt.state[p]
 
 
-@pytest.mark.parametrize("name", [n for n in SKIP_BLOCK_CASES if n != "AdEMAMix8bit"])
+@pytest.mark.parametrize("name", list(SKIP_BLOCK_CASES))
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_skip_block_steps_a_finite_gradient_whose_state_overflows(name, dtype, gen):
-    """A finite gradient can still make a new state Inf (its square overflows float32): that block is stepped, not
-    skipped, exactly as the reference steps it (the kernel's fused passes look at the gradient again only where a
-    new state came out NaN/Inf, and must then find it finite); a NaN gradient in another block of the same step is
-    still skipped. Float32 and bf16 parameters (the pass reads and writes them in place either way)."""
+def test_skip_block_skips_a_finite_gradient_whose_state_overflows(name, dtype, gen):
+    """A finite gradient can still make a new state Inf (its square overflows float32). With 8-bit states the
+    block's scale would be Inf and every code of the block NaN from the next step on, so under "skip_block" that
+    block is skipped and counted like a block with a NaN gradient (before, it was stepped and poisoned); the
+    kernel and the reference agree bit for bit, and the next step, with a sane gradient, is finite everywhere.
+    32-bit states are per element (an Inf v gives that element a zero step and poisons nothing): the block steps.
+    Float32 and bf16 parameters (the passes read and write them in place either way)."""
     cls, kw = SKIP_BLOCK_CASES[name]
+    eight = "32bit" not in name
     n, bs = 6 * 256, 256
     p0 = torch.randn(n, generator=gen).to(dtype)
     opt = cls([torch.nn.Parameter(p0.clone())], lr=1e-3, blocksize=bs, min_8bit_size=0, **kw)
     twin = cls([torch.nn.Parameter(p0.clone())], lr=1e-3, blocksize=bs, min_8bit_size=0, **kw)
     g = (torch.randn(n, generator=gen) * 0.01).to(dtype)
-    g[2 * bs + 5] = 3e38  # finite: its square overflows
+    g[2 * bs + 5] = 3e38  # finite: its square overflows (and for Lion and SGD, 3e38 * beta overflows nothing)
     g[4 * bs + 9] = float("nan")
     for o, ref in ((opt, False), (twin, True)):
         q = o.param_groups[0]["params"][0]
@@ -817,15 +863,19 @@ def test_skip_block_steps_a_finite_gradient_whose_state_overflows(name, dtype, g
         else:
             o.step()
     p, tp = opt.param_groups[0]["params"][0], twin.param_groups[0]["params"][0]
-    assert torch.equal(p.detach().view(torch.int16 if dtype != torch.float32 else torch.int32),
-                       tp.detach().view(torch.int16 if dtype != torch.float32 else torch.int32))
-    assert not torch.equal(p.detach()[2 * bs : 3 * bs], p0[2 * bs : 3 * bs])  # stepped
-    assert torch.equal(p.detach()[4 * bs : 5 * bs], p0[4 * bs : 5 * bs])  # skipped
+    bits = torch.int16 if dtype != torch.float32 else torch.int32
+    assert torch.equal(p.detach().view(bits), tp.detach().view(bits))
     for k, v in opt.state[p].items():
-        tv = twin.state[tp][k]
-        assert torch.equal(v, tv) or (torch.isnan(v).any() and torch.equal(torch.isnan(v), torch.isnan(tv))
-                                      and torch.equal(v[~torch.isnan(v)], tv[~torch.isnan(tv)])), k
-    assert int(opt.state[p]["skipped_blocks"]) == int(twin.state[tp]["skipped_blocks"]) == 1
+        assert torch.equal(v, twin.state[tp][k]), k  # no NaN anywhere now
+    overflows = eight and name not in ("SGD8bit", "Lion8bit")  # their states are linear in g: no square
+    assert torch.equal(p.detach()[2 * bs : 3 * bs], p0[2 * bs : 3 * bs]) == overflows
+    assert torch.equal(p.detach()[4 * bs : 5 * bs], p0[4 * bs : 5 * bs])  # the NaN block: skipped
+    assert int(opt.state[p]["skipped_blocks"]) == int(twin.state[tp]["skipped_blocks"]) == 1 + overflows
+    p.grad = (torch.randn(n, generator=gen) * 0.01).to(dtype)
+    opt.step()
+    assert torch.isfinite(p.detach()).all()
+    if eight:  # (a 32-bit v keeps its Inf element, which only zeroes that element's steps)
+        assert all(torch.isfinite(v).all() for v in opt.state[p].values() if v.is_floating_point())
 
 
 @pytest.mark.parametrize("name,kw", [

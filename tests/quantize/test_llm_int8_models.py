@@ -85,6 +85,12 @@ def test_int8_config_validation_and_json():
         Int8Config(threshold=float("nan"))
     with pytest.raises(ValueError, match="skip_modules"):
         Int8Config(skip_modules="lm_head")
+    from eightbit.quantize import FP8Config, Int8StaticConfig
+    for make in (Int8Config, FP8Config, Int8StaticConfig):  # None or a non-sequence: a clear error, not a TypeError
+        for bad in (None, 3, ("lm_head", 3), {"lm_head"}):
+            with pytest.raises(ValueError, match="skip_modules"):
+                make(skip_modules=bad)
+        assert make(skip_modules=()).skip_modules == ()
     with pytest.raises(ValueError):
         config_from_dict({"method": "llm_int8", "threshold": "six"})
 

@@ -105,7 +105,9 @@ def test_prefix_added_and_stripped(tmp_path, seed):
     cfg = gpt2_config()
     ref = float_model(cfg, seed)
     ref.transformer.save_pretrained(tmp_path / "base")  # keys without "transformer."
-    model = eightbit.load_quantized_from_float(tmp_path / "base", cfg, RowInt8Config())
+    # (save_pretrained wrote architectures=["GPT2Model"] into the shared cfg: a config naming no class builds the
+    # causal LM, whose keys carry the prefix the checkpoint lacks)
+    model = eightbit.load_quantized_from_float(tmp_path / "base", gpt2_config(), RowInt8Config())
     assert_same_state(model, quantize_model(copy.deepcopy(ref), RowInt8Config()))
     ref.save_pretrained(tmp_path / "lm")  # keys with "transformer.", loaded into the bare GPT2Model
     base = eightbit.load_quantized_from_float(tmp_path / "lm", lambda: AutoModel.from_config(cfg), RowInt8Config())
@@ -230,6 +232,32 @@ def test_library_configs_match_quantize_model(tmp_path, seed, config, arch):
     if not type(config).needs_calibration:
         ids = torch.randint(0, cfg.vocab_size, (2, 7))
         assert torch.equal(model(ids).logits, ref(ids).logits)
+
+
+def test_encoder_checkpoint_builds_the_class_its_config_names(tmp_path):
+    """A config read from a checkpoint names its class (``architectures``): the real MiniLM, a BERT encoder saved
+    as ``BertModel``, loads as one (before, a causal-LM head was built around it and its names did not match, a
+    ValueError); equal to quantizing the float model. A config naming no class transformers knows falls back to
+    the causal LM."""
+    from transformers import AutoConfig
+
+    from eightbit.models import load_minilm
+    from eightbit.models.minilm import minilm_path
+    from eightbit.quantize import Int8Config
+
+    cfg = AutoConfig.from_pretrained(minilm_path())
+    assert cfg.architectures == ["BertModel"]
+    model = eightbit.load_quantized_from_float(minilm_path(), cfg, Int8Config())
+    ref, tok = load_minilm()
+    quantize_model(ref, Int8Config())
+    assert type(model).__name__ == "BertModel"
+    assert_same_state(model, ref)
+    batch = tok(["a sentence to embed", "another"], return_tensors="pt", padding=True)
+    assert torch.equal(model(**batch).last_hidden_state, ref(**batch).last_hidden_state)
+    gpt = gpt2_config()
+    gpt.architectures = ["NoSuchModelClass"]
+    float_model(gpt2_config(), 0).save_pretrained(tmp_path)
+    assert type(eightbit.load_quantized_from_float(tmp_path, gpt, RowInt8Config())).__name__ == "GPT2LMHeadModel"
 
 
 # ------------------------------------------------------------------------------------------ reader

@@ -88,7 +88,10 @@ class OutlierReport:
 
         ``layers_affected``: hidden-width layers where the dimension is an outlier at >= ``min_position_frac``
         of the positions; ``position_frac``: mean fraction of positions over those layers (over all layers
-        with outliers when none qualifies); ``emergent``: the paper's criterion."""
+        with outliers when none qualifies); ``emergent``: the paper's criterion. ValueError for a fraction outside
+        [0, 1]."""
+        check_number(min_layer_frac, "min_layer_frac", low=0.0, high=1.0)
+        check_number(min_position_frac, "min_position_frac", low=0.0, high=1.0)
         layers = self.hidden_layers
         if not layers:
             return []
@@ -112,24 +115,25 @@ class OutlierReport:
     def emergent_dims(self, min_layer_frac: float = 0.25, min_position_frac: float = 0.06) -> list[int]:
         """Sorted hidden dimensions meeting the paper's criterion: |x| >= threshold in >= ``min_layer_frac``
         of the hidden-width layers, each time at >= ``min_position_frac`` of the token positions."""
-        check_number(min_layer_frac, "min_layer_frac", low=0.0, high=1.0)
-        check_number(min_position_frac, "min_position_frac", low=0.0, high=1.0)
         stats = self.dim_stats(min_layer_frac=min_layer_frac, min_position_frac=min_position_frac)
         return sorted(s.dim for s in stats if s.emergent)
 
-    def summary(self) -> str:
-        """One line: layers analysed, outlier values, emergent dimensions."""
+    def summary(self, *, min_layer_frac: float = 0.25, min_position_frac: float = 0.06) -> str:
+        """One line: layers analysed, outlier values, emergent dimensions (under the criterion's fractions, as in
+        :meth:`emergent_dims`)."""
         total = sum(layer.positions * layer.in_features for layer in self.layers)
         outliers = sum(int(layer.counts.sum()) for layer in self.layers)
         share = 100.0 * outliers / max(total, 1)
         return (f"{len(self.layers)} linear layers ({len(self.hidden_layers)} of hidden width {self.hidden_size}), "
                 f"threshold {self.threshold:g}: {outliers} of {total} input values are outliers ({share:.3f}%); "
-                f"emergent dims: {self.emergent_dims() or 'none'}")
+                f"emergent dims: {self.emergent_dims(min_layer_frac, min_position_frac) or 'none'}")
 
-    def to_markdown(self, *, max_rows: int = 20) -> str:
-        """Markdown: a summary line, the per-dimension table (at most ``max_rows`` rows) and a per-layer table."""
-        lines = [self.summary(), "", "| dim | max abs | layers affected | layer % | positions % | emergent |", "|---:|---:|---:|---:|---:|:---|"]
-        stats = self.dim_stats()
+    def to_markdown(self, *, max_rows: int = 20, min_layer_frac: float = 0.25, min_position_frac: float = 0.06) -> str:
+        """Markdown: a summary line, the per-dimension table (at most ``max_rows`` rows) and a per-layer table, with
+        the emergent-dimension criterion's fractions as in :meth:`emergent_dims`."""
+        crit = {"min_layer_frac": min_layer_frac, "min_position_frac": min_position_frac}
+        lines = [self.summary(**crit), "", "| dim | max abs | layers affected | layer % | positions % | emergent |", "|---:|---:|---:|---:|---:|:---|"]
+        stats = self.dim_stats(**crit)
         n_hidden = len(self.hidden_layers)
         for s in stats[:max_rows]:
             lines.append(f"| {s.dim} | {s.max_magnitude:.1f} | {s.layers_affected}/{n_hidden} | {100 * s.layer_frac:.0f} | "

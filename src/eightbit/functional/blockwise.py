@@ -72,8 +72,10 @@ QuantState = BlockwiseState  # bitsandbytes' name for the same state
 
 
 def check_blocksize(blocksize: object) -> int:
-    """Raise ValueError unless ``blocksize`` is a power of two in 64..16384."""
-    if not isinstance(blocksize, int) or isinstance(blocksize, bool) or blocksize not in VALID_BLOCKSIZES:
+    """``blocksize`` as an int; ValueError unless it is a power of two in 64..16384 (ints and NumPy's integers;
+    not bools or floats)."""
+    if (isinstance(blocksize, bool) or not hasattr(type(blocksize), "__index__")
+            or int(blocksize) not in VALID_BLOCKSIZES):
         raise ValueError(f"blocksize must be a power of two in 64..16384, got {blocksize!r}")
     return int(blocksize)
 

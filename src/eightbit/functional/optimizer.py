@@ -120,11 +120,12 @@ def lamb_rule(g, p, s, h):
 
 def momentum_rule(g, p, s, h):
     """buf = momentum buf + c g (beta1 = momentum, one_minus_beta1 = c); direction buf, or g + momentum buf
-    with Nesterov. No state: direction g."""
+    with Nesterov (chosen, not blended by multiplying with 0 or 1: a huge finite buf would make the unused term
+    Inf and 0 * Inf NaN). No state: direction g."""
     if not s:
         return g, []
     buf = s[0] * h.beta1 + g * h.one_minus_beta1
-    return buf + h.nesterov * (g + h.beta1 * buf - buf), [buf]
+    return torch.where(h.nesterov != 0, g + h.beta1 * buf, buf), [buf]
 
 
 def rmsprop_rule(g, p, s, h):
@@ -215,9 +216,12 @@ def _steps(rule, p, g, states, absmaxes, codes, hyper, wd_mode, blocksize, seeds
         if not write:
             total += d.double().square().sum()  # exact squares; a float64 sum (the native kernel's too)
             continue
-        keep = None  # (nb, 1): blocks whose gradient is finite (all of them unless skipped is given)
-        if skipped is not None:
+        keep = None  # (nb, 1): the blocks that step (all of them unless skipped is given)
+        if skipped is not None:  # a finite gradient, and finite new 8-bit states (a finite gradient's square may
+            # overflow: the block's scale would be Inf and each of its codes NaN from the next step on)
             keep = torch.isfinite(gf[lo:hi].view(nb, width)).all(dim=1, keepdim=True)
+            for s in new if eight else ():
+                keep = keep & torch.isfinite(s).all(dim=1, keepdim=True)
             skipped += (~keep).sum()
         for i, (f, s) in enumerate(zip(flats, new)):
             old = f[lo:hi].view(nb, width)
@@ -242,7 +246,8 @@ def optimizer_update_reference(rule: str, p: torch.Tensor, g: torch.Tensor, stat
                                wd_mode: int, blocksize: int, seeds: list[int],
                                skipped: torch.Tensor | None = None) -> None:
     """Reference of the ``optimizer_update`` op: one step of ``rule`` in place on ``p`` and its ``states``
-    (blocks whose gradient holds a NaN/Inf left as they are and counted in ``skipped`` when it is given)."""
+    (blocks whose gradient holds a NaN/Inf, or whose new 8-bit states are not all finite, left as they are and
+    counted in ``skipped`` when it is given)."""
     _steps(rule, p, g, states, absmaxes, codes, hyper, wd_mode, blocksize, seeds, True, skipped)
 
 
@@ -339,8 +344,9 @@ def optimizer_update(rule: str, p: torch.Tensor, g: torch.Tensor, states: list[t
     ``codes`` empty). ``seeds[i] >= 0`` rounds 8-bit state i stochastically with that seed, ``-1`` to nearest.
     ``skipped``: None (a NaN/Inf in ``g`` reaches the parameter and flags its states' blocks), or an int64 tensor
     of one element on ``p``'s device: each block of ``blocksize`` values (the last may be shorter; 32-bit states
-    too) whose gradient holds a NaN/Inf is left untouched, parameter and states, and ``skipped`` grows by their
-    number. The check rides on the update's own read of the gradient (no extra pass).
+    too) whose gradient holds a NaN/Inf, or (8-bit states) whose new states are not all finite (a finite gradient
+    whose square overflows: the block's scale would be Inf), is left untouched, parameter and states, and
+    ``skipped`` grows by their number. The check rides on the update itself (no extra pass over the gradient).
     Raises ValueError for an unknown rule, mismatched states or a malformed ``skipped``."""
     _check_wd_mode(wd_mode)
     _check_step_args(rule, p, g, states, absmaxes, codes, blocksize, seeds, skipped)

@@ -9,7 +9,22 @@ from torch import nn
 __all__ = ["StableEmbedding"]
 
 
-class StableEmbedding(nn.Embedding):
+class State32bit:
+    """Mixin of embedding modules whose ``weight`` always gets 32-bit optimizer state from eightbit optimizers
+    (a ``GlobalOptimManager`` override, registered at construction and again when the module is rebuilt by
+    ``copy.deepcopy`` or pickle, which skip ``__init__``: bitsandbytes' modules lose the override there)."""
+
+    def _register_override(self) -> None:
+        from ..optim.manager import GlobalOptimManager
+
+        GlobalOptimManager.get_instance().register_module_override(self, "weight", {"optim_bits": 32})
+
+    def __setstate__(self, state: dict) -> None:
+        super().__setstate__(state)
+        self._register_override()
+
+
+class StableEmbedding(State32bit, nn.Embedding):
     """Embedding for stable 8-bit training of language models.
 
     Same arguments as ``torch.nn.Embedding`` (``num_embeddings, embedding_dim, padding_idx=None, ...``).
@@ -36,9 +51,7 @@ class StableEmbedding(nn.Embedding):
             _weight, device=device, dtype=dtype,
         )
         self.norm = nn.LayerNorm(embedding_dim, device=device, dtype=dtype)
-        from ..optim.manager import GlobalOptimManager
-
-        GlobalOptimManager.get_instance().register_module_override(self, "weight", {"optim_bits": 32})
+        self._register_override()
 
     def reset_parameters(self) -> None:
         """Xavier-uniform weight; the padding row (if any) is zero."""

@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .embedding import State32bit
 from .linear8bitlt import quantize_weight_rows
 
 __all__ = ["Embedding8bit", "Embedding"]
@@ -76,13 +77,11 @@ class Embedding8bit(nn.Module):
         return f"{self.num_embeddings}, {self.embedding_dim}, dtype={str(self.dtype).removeprefix('torch.')}"
 
 
-class Embedding(nn.Embedding):
+class Embedding(State32bit, nn.Embedding):
     """``torch.nn.Embedding`` whose weight always gets 32-bit optimizer state from eightbit optimizers (as
     bitsandbytes' ``nn.Embedding``: embedding rows are updated sparsely, and 8-bit block-wise state of rarely
     updated rows loses precision). Same arguments as ``torch.nn.Embedding``; see also ``StableEmbedding``."""
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        from ..optim.manager import GlobalOptimManager
-
-        GlobalOptimManager.get_instance().register_module_override(self, "weight", {"optim_bits": 32})
+        self._register_override()

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .._checks import check_bool, check_number
+from .._checks import check_bool, check_number, check_positive_int
 from ..functional.int8 import dequantized_weight_chunks, int8_linear, int8_linear_float_weight
 from ..functional.vectorwise import quantize_vectorwise
 from .base import QuantizedLinear
@@ -78,9 +78,8 @@ class Linear8bitLt(QuantizedLinear):
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
-        for name, v in (("in_features", in_features), ("out_features", out_features)):
-            if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
-                raise ValueError(f"{name} must be a positive int, got {v!r}")
+        in_features = check_positive_int(in_features, "in_features")
+        out_features = check_positive_int(out_features, "out_features")
         check_bool(bias, "bias")
         check_bool(has_fp16_weights, "has_fp16_weights")
         if index is not None:

@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .._checks import FLOAT_DTYPES, check_choice, check_number, check_tensor
+from .._checks import FLOAT_DTYPES, check_bool, check_choice, check_number, check_positive_int, check_tensor
 from ..functional.affine import check_scale, finite_minmax
 from ..functional.fp8 import fp8_cast, get_format
 from ..functional.fp8_linear import fp8_linear
@@ -86,6 +86,9 @@ class LinearStatic(QuantizedLinear):
         super().__init__()
         if not isinstance(spec, QuantSpec):
             raise TypeError(f"spec must be a QuantSpec, got {type(spec).__name__}")
+        in_features = check_positive_int(in_features, "in_features")
+        out_features = check_positive_int(out_features, "out_features")
+        check_bool(bias, "bias")
         check_choice(weight_granularity, "weight_granularity", ("channel", "tensor"))
         check_choice(activation, "activation", ("static", "dynamic"))
         check_choice(calibration, "calibration", tuple(OBSERVERS))
@@ -161,8 +164,18 @@ class LinearStatic(QuantizedLinear):
         self._calibrated_flag = bool(self.calibrated)  # eager: the buffer is the truth (it may be set directly)
         return self._calibrated_flag
 
-    def _load_from_state_dict(self, *args, **kwargs):
-        super()._load_from_state_dict(*args, **kwargs)
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs):
+        # torch's loader casts a buffer of another dtype silently: FP8 codes loaded into an int8 layer (or the
+        # reverse, or E5M2 into E4M3) would become other numbers. Codes of another format are refused instead.
+        weight = state_dict.get(prefix + "weight")
+        if isinstance(weight, torch.Tensor) and weight.dtype != self.weight.dtype:
+            error_msgs.append(f"{prefix}weight: codes of dtype {weight.dtype} cannot be loaded into this "
+                              f"{type(self).__name__}, whose weight format stores {self.weight.dtype} (a checkpoint "
+                              "of another quantization format: load it into a layer of that format)")
+            return
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
         if self.needs_calibration and not self.calibrated.is_meta:
             self._calibrated_flag = bool(self.calibrated)
 
@@ -306,4 +319,5 @@ class LinearInt8Static(LinearStatic):
     def __init__(self, in_features: int, out_features: int, bias: bool = True, *, symmetric: bool = True, **options) -> None:
         if options.get("activation", "static") != "static":
             raise ValueError("LinearInt8Static only supports activation='static'")
-        super().__init__(in_features, out_features, bias, spec=QuantSpec("int8", symmetric=bool(symmetric)), **options)
+        super().__init__(in_features, out_features, bias, spec=QuantSpec("int8", symmetric=check_bool(symmetric, "symmetric")),
+                         **options)

@@ -19,7 +19,7 @@ from typing import Any, Callable, Iterable
 import torch
 
 from .._checks import check_choice, check_number
-from ..functional.blockwise import VALID_BLOCKSIZES, check_blocksize, quantize_blockwise
+from ..functional.blockwise import VALID_BLOCKSIZES, check_blocksize, dequantize_blockwise, quantize_blockwise
 from ..functional.codes import binary_codebook, codebook, dynamic_codebook
 from ..functional.optimizer import (WD_DECOUPLED, WD_L2, WD_NONE, OptimHyper, check_update_many, compute_dtype,
                                     dispatch_update_many, optimizer_update, optimizer_update_norm)
@@ -69,7 +69,9 @@ class Optimizer8bit(torch.optim.Optimizer):
     0 = off), ``blocksize`` (64..4096), ``nonfinite``: what a gradient holding NaN/Inf does. "skip_block"
     (default): each block of ``blocksize`` values whose gradient holds one is left untouched, parameter values
     and state, the other blocks step, and ``state["skipped_blocks"]`` counts them; the update kernel checks each
-    block as it reads it, so this costs no extra pass over the gradient. The parameter's step count still
+    block's new states, so this costs no extra pass over the gradient, and also skips a block whose finite
+    gradient would make a new 8-bit state Inf (a square that overflows float32: the block's scale would be Inf
+    and all its codes NaN from then on). The parameter's step count still
     advances, so a skipped block's bias correction later counts one step its moments did not take (Adam: that
     block's steps are off by the ratio of two consecutive bias corrections, about 1 % at most after the tenth
     step, vanishing as ``1 - beta2^t`` approaches 1). With percentile clipping or an update
@@ -160,7 +162,7 @@ class Optimizer8bit(torch.optim.Optimizer):
             if key in d:
                 check_number(d[key], key, low=0.0, high=1.0 if key != "lr_decay" else None)
         check_choice(d["optim_bits"], "optim_bits", (8, 32))
-        check_blocksize(d["blocksize"])
+        d["blocksize"] = check_blocksize(d["blocksize"])  # stored as an int (a NumPy integer would be saved as such)
         check_number(d["min_8bit_size"], "min_8bit_size", low=0)
         check_number(d["percentile_clipping"], "percentile_clipping", low=0.0, high=100.0, low_inclusive=False)
         check_choice(d["nonfinite"], "nonfinite", NONFINITE_CHOICES)
@@ -263,6 +265,8 @@ class Optimizer8bit(torch.optim.Optimizer):
         configs: dict[Any, dict] = {}
         for saved, group in zip(groups, self.param_groups):
             merged = {**group, **{k: v for k, v in saved.items() if k != "params"}}
+            if self.fixed_bits is not None:  # AdamW8bit / AdamW32bit keep their state width whatever was saved
+                merged["optim_bits"] = self.fixed_bits
             for pid, p in zip(saved["params"], group["params"]):
                 if pid in translated:
                     config = configs[pid] = self._config(p, merged)
@@ -275,6 +279,8 @@ class Optimizer8bit(torch.optim.Optimizer):
         for group, before in zip(self.param_groups, own):
             for key, value in before.items():
                 group.setdefault(key, value)
+            if self.fixed_bits is not None:
+                group["optim_bits"] = self.fixed_bits
         saved_ids = [i for g in groups for i in g["params"]]
         params = [p for g in self.param_groups for p in g["params"]]
         for pid, p in zip(saved_ids, params):
@@ -295,6 +301,8 @@ class Optimizer8bit(torch.optim.Optimizer):
                         st[k] = v
                 if specs[pid] and "state1" not in st:  # 32-bit (torch's optimizers, a 32-bit eightbit one)
                     st = self._requantized(st, p, configs[pid])
+                elif specs[pid]:  # 8-bit, into an optimizer that keeps this parameter's state in 32 bits
+                    st = self._dequantized(st, p, configs[pid])
                 self.state[p] = st
 
     def _requantized(self, st: dict[str, Any], p: torch.Tensor, config: dict[str, Any]) -> dict[str, Any]:
@@ -312,6 +320,23 @@ class Optimizer8bit(torch.optim.Optimizer):
             fresh[slot("absmax", i)].copy_(qs.absmax)
         for k, v in fresh.items():  # the loaded counters and history stay; the 8-bit entries are new
             st.setdefault(k, v)
+        return st
+
+    def _dequantized(self, st: dict[str, Any], p: torch.Tensor, config: dict[str, Any]) -> dict[str, Any]:
+        """A loaded 8-bit state in the 32-bit layout where this optimizer keeps ``p``'s state in 32 bits (an
+        AdamW8bit checkpoint loaded into AdamW32bit): each moment dequantized, in the parameter's compute dtype;
+        ``st`` unchanged where the state stays 8-bit."""
+        fresh: dict[str, Any] = {}
+        pl = local_tensor(p)
+        self._init_state(pl, fresh, config, p.numel() * (2 if p.is_complex() else 1))
+        if "state1" in fresh:
+            return st
+        bs = int(st.pop("blocksize"))
+        for i, (name, _) in enumerate(self.state_spec(config)):
+            codes, absmax, code = (st.pop(slot(k, i)) for k in ("state", "absmax", "qmap"))
+            values = dequantize_blockwise(codes, absmax=absmax, code=code, blocksize=bs)
+            fresh[name].copy_(values.view(fresh[name].shape))
+            st[name] = fresh[name]
         return st
 
     def _check_state(self, pid: Any, st: Any, p: torch.Tensor, config: dict[str, Any]) -> None:

@@ -93,6 +93,14 @@ def config_from_dict(data: dict[str, Any]) -> QuantConfig:
     return _REGISTRY[method].from_dict(data)
 
 
+def check_patterns(value: Any, name: str = "skip_modules") -> tuple[str, ...]:
+    """``value`` as a tuple of module name patterns; ValueError for a single string (it would iterate as letters),
+    None or anything else that is not a sequence of strings (``()`` converts every layer)."""
+    if isinstance(value, str) or not isinstance(value, (tuple, list)) or not all(isinstance(p, str) for p in value):
+        raise ValueError(f"{name} must be a tuple or list of module name patterns (() for none), got {value!r}")
+    return tuple(value)
+
+
 def matches_any(name: str, patterns: tuple[str, ...] | list[str]) -> bool:
     """True when dotted module ``name`` or one of its parents matches any pattern (fnmatch on the full name or a
     dotted suffix): a pattern naming a module covers every layer under it (``"vision_tower"``, ``"mlp"``), as

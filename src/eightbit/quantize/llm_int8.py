@@ -6,7 +6,7 @@ import dataclasses
 from torch import nn
 
 from .._checks import check_number
-from .base import QuantConfig, register_config
+from .base import QuantConfig, check_patterns, register_config
 
 
 @register_config
@@ -23,9 +23,7 @@ class Int8Config(QuantConfig):
 
     def __post_init__(self) -> None:
         self.threshold = check_number(self.threshold, "threshold", low=0.0)
-        if isinstance(self.skip_modules, str) or not all(isinstance(p, str) for p in self.skip_modules):
-            raise ValueError(f"skip_modules must be a sequence of name patterns, got {self.skip_modules!r}")
-        self.skip_modules = tuple(self.skip_modules)
+        self.skip_modules = check_patterns(self.skip_modules)
 
     def make_linear(self, linear: nn.Linear, name: str) -> nn.Module:
         """``Linear8bitLt.from_linear(linear, threshold)``."""

@@ -15,7 +15,7 @@ from torch import nn
 
 from .._checks import FLOAT_DTYPES, check_choice, check_number
 from ..functional.fp8 import FORMAT_NAMES
-from .base import QuantConfig, register_config
+from .base import QuantConfig, check_patterns, register_config
 from ..nn.observers import OBSERVERS
 
 _GRANULARITIES = ("channel", "tensor")
@@ -25,11 +25,7 @@ def _check_common(cfg: "QuantConfig") -> None:
     check_choice(cfg.weight_granularity, "weight_granularity", _GRANULARITIES)
     check_choice(cfg.calibration, "calibration", tuple(OBSERVERS))
     check_number(cfg.percentile, "percentile", low=0.0, high=100.0, low_inclusive=False)
-    if isinstance(cfg.skip_modules, str):
-        raise ValueError("skip_modules must be a tuple of name patterns, not a single string")
-    cfg.skip_modules = tuple(cfg.skip_modules)
-    if not all(isinstance(p, str) for p in cfg.skip_modules):
-        raise ValueError(f"skip_modules must hold strings, got {cfg.skip_modules!r}")
+    cfg.skip_modules = check_patterns(cfg.skip_modules)
     check_choice(cfg.compute_dtype, "compute_dtype", FLOAT_DTYPES)
 
 

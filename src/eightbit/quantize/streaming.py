@@ -203,7 +203,9 @@ def tie_hf_weights(model: nn.Module) -> nn.Module:
 
 def build_empty_model(model_factory_or_config: Any) -> nn.Module:
     """The model with parameters on the meta device: from a zero-argument callable, or from a
-    transformers ``PretrainedConfig`` (``AutoModelForCausalLM.from_config``, else ``AutoModel``)."""
+    transformers ``PretrainedConfig``: the class its ``architectures`` names (what ``save_pretrained`` wrote, so
+    the checkpoint's names match: a BERT encoder's ``BertModel``, not a causal LM head around it), else
+    ``AutoModelForCausalLM.from_config``, else ``AutoModel``."""
     if callable(model_factory_or_config):
         with params_on_meta():
             model = model_factory_or_config()
@@ -215,11 +217,19 @@ def build_empty_model(model_factory_or_config: Any) -> nn.Module:
         if PretrainedConfig is None or not isinstance(model_factory_or_config, PretrainedConfig):
             raise TypeError("model_factory_or_config must be a zero-argument callable returning an nn.Module "
                             f"or a transformers PretrainedConfig, got {type(model_factory_or_config).__name__}")
+        import transformers
+
+        config = model_factory_or_config
+        named = [getattr(transformers, a, None) for a in (getattr(config, "architectures", None) or ())]
+        named = [c for c in named if isinstance(c, type) and issubclass(c, nn.Module)]
         with params_on_meta(), skip_hf_init():
-            try:
-                model = AutoModelForCausalLM.from_config(model_factory_or_config)
-            except ValueError:
-                model = AutoModel.from_config(model_factory_or_config)
+            if named:
+                model = named[0](config)
+            else:
+                try:
+                    model = AutoModelForCausalLM.from_config(config)
+                except ValueError:
+                    model = AutoModel.from_config(config)
             tie_hf_weights(model)
         model.eval()
     if not isinstance(model, nn.Module):

@@ -66,11 +66,8 @@ def optimizer_kernel(
     offs = start + pid.to(tl.int64) * width + lane
     p = load_f32(p_ptr, offs, mask, P_KIND)
     g = load_f32(g_ptr, offs, mask, G_KIND)
-    keep = True  # SKIP: a block whose gradient holds a NaN/Inf writes nothing and is counted
-    if SKIP:
-        bad = tl.max(tl.where(mask & ((g != g) | (tl.abs(g) == float("inf"))), 1, 0), axis=0)
-        keep = bad == 0
-        tl.atomic_add(skip_ptr, bad.to(tl.int64), mask=bad > 0)  # no contended atomic for clean blocks
+    keep = True  # SKIP: set below, once the new states are known
+    bad_g = tl.where(mask & ((g != g) | (tl.abs(g) == float("inf"))), 1, 0)
     g = g * grad_scale
     if WD_MODE == 1:
         g = tl.fma(p, weight_decay, g)  # one rounding, as the reference's addcmul
@@ -94,7 +91,7 @@ def optimizer_kernel(
             d = g
         else:
             x0 = x0 * beta1 + g * one_minus_beta1
-            d = x0 + nesterov * (g + beta1 * x0 - x0)
+            d = tl.where(nesterov != 0, g + beta1 * x0, x0)  # chosen: 0 * Inf would be NaN
     elif RULE == 3:  # rmsprop
         x0 = x0 * beta2 + g * g * one_minus_beta2
         d = tl.div_rn(g, tl.sqrt_rn(x0) + eps)
@@ -111,6 +108,19 @@ def optimizer_kernel(
         x2 = x2 * beta2 + g * g * one_minus_beta2
         d = tl.div_rn(x0 * tl.div_rn(1.0, bias_correction1) + alpha * x1,
                       tl.sqrt_rn(x2) * tl.div_rn(1.0, bias_correction2_sqrt) + eps)
+    if SKIP:  # a NaN/Inf gradient, or a new 8-bit state that is not finite (a finite gradient whose square
+        # overflows: the block's scale would be Inf): the block writes nothing and is counted
+        bad = bad_g
+        if EIGHT:
+            if NSTATES > 0:
+                bad = bad | tl.where(mask & ((x0 != x0) | (tl.abs(x0) == float("inf"))), 1, 0)
+            if NSTATES > 1:
+                bad = bad | tl.where(mask & ((x1 != x1) | (tl.abs(x1) == float("inf"))), 1, 0)
+            if NSTATES > 2:
+                bad = bad | tl.where(mask & ((x2 != x2) | (tl.abs(x2) == float("inf"))), 1, 0)
+        nbad = tl.max(bad, axis=0)
+        keep = nbad == 0
+        tl.atomic_add(skip_ptr, nbad.to(tl.int64), mask=nbad > 0)  # no contended atomic for clean blocks
     if NORM:
         tl.store(norm_ptr + pid, tl.sum(tl.where(mask, d * d, 0.0), axis=0))
     else:

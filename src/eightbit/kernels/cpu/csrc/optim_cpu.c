@@ -93,7 +93,7 @@ static inline __attribute__((always_inline)) void rule_body(int32_t rule, float 
         for (int64_t i = 0; i < bs; i++) {
             const float gi = GRAD(i);
             const float buf = s0[i] * b1 + gi * c1;
-            WRITE(i, buf + nesterov * (gi + b1 * buf - buf));
+            WRITE(i, nesterov != 0.0f ? gi + b1 * buf : buf); /* chosen: 0 * Inf would be NaN */
             s0[i] = buf;
         }
         break;
@@ -269,29 +269,16 @@ static int64_t optim_range(int32_t rule, int32_t nstates, int32_t wd_mode, int64
         V[1] = bin_vec(&luts[1]);
     }
 #endif
-    /* Under skip, a block whose gradient holds a NaN/Inf is left untouched. The generic path checks the gradient
-     * before the update; a fused pass keeps the old parameter values in scratch instead (pold) and the block is
-     * checked after it, only where a new state came out NaN/Inf: every rule's new state takes the gradient times
-     * a constant (0 * Inf is NaN), so a non-finite gradient always shows there (a non-finite old state or
-     * parameter can too, hence the check of the gradient itself). A skipped block gets its parameter back, and
-     * its states and scales were not written. A second read of the gradient before each pass cost ~10 % of a 20M
-     * AdamW8bit step (BENCHMARKS.md). */
-    int fused_any = 0;
-#if defined(__AVX2__) && defined(__FMA__) && EB_LOWP8
-    fused_any = fused;
-#ifdef EB_FUSED1
-    fused_any |= fused1;
-#endif
-#endif
+    /* Under skip, a block whose new states are not all finite is left untouched: every rule's new state takes the
+     * gradient times a constant (0 * Inf is NaN), so a NaN/Inf gradient always shows there, and so does a finite
+     * gradient whose square overflows, which would otherwise make the block's scale Inf and every code of the
+     * block NaN from the next step on. The update runs first, with the old parameter values kept in scratch
+     * (pold) where it writes them in place; a skipped block gets them back, and its states and scales are not
+     * written. (A read of the gradient before each pass cost ~10 % of a 20M AdamW8bit step: BENCHMARKS.md.) */
     for (int64_t b = b0; b < b1; b++) {
         float s0[MAX_BLOCK], s1[MAX_BLOCK], s2[MAX_BLOCK], pbuf[MAX_BLOCK], gbuf[MAX_BLOCK], pold[MAX_BLOCK];
         float *s[EB_MAX_STATES] = {s0, s1, s2};
         const int64_t o = b * bs;
-        if (skip && !fused_any && lowp_nonfinite(t->g, gt, o, bs)) {
-            nskip++;
-            continue;
-        }
-        (void)pold;
         /* The block's parameter and gradient as float32: in place, or (low precision) widened into L1 scratch on
          * first use and the parameter narrowed back at the end; the fused passes read and write p and g of one
          * dtype themselves ("direct") and need neither. */
@@ -303,12 +290,12 @@ static int64_t optim_range(int32_t rule, int32_t nstates, int32_t wd_mode, int64
         if (pt) lowp_widen(t->p, pt, o, bs, pbuf), pb = pbuf;                                                     \
     } while (0)
 /* After a fused pass (new states' absmax bits AMAX[0..N), the pass's parameter PP): under skip, a block with a
- * NaN/Inf state and gradient is skipped, its parameter restored from pold where the pass wrote it in place. */
+ * NaN/Inf state is skipped, its parameter restored from pold where the pass wrote it in place. */
 #define EB_SKIP_AFTER(AMAX, N, PP, INPLACE, DT)                                                                    \
     if (skip) {                                                                                                   \
         int bad_ = 0;                                                                                             \
         for (int k_ = 0; k_ < (N); k_++) bad_ |= (AMAX)[k_] >= 0x7F800000u;                                      \
-        if (bad_ && lowp_nonfinite(t->g, gt, o, bs)) {                                                            \
+        if (bad_) {                                                                                               \
             if (INPLACE) memcpy((PP), pold, (size_t)bs * ((DT) == DT_F32 ? 4 : 2));                                \
             nskip++;                                                                                              \
             continue;                                                                                             \
@@ -368,7 +355,17 @@ static int64_t optim_range(int32_t rule, int32_t nstates, int32_t wd_mode, int64
             else
                 lookup_scale(q[k] + o, luts[k].code, absmax[k][b], bs, s[k]);
         }
+        if (skip && !pt) memcpy(pold, pb, (size_t)bs * sizeof(float)); /* pb is the parameter itself */
         rule_block(rule, pb, gb, &hv, wd_mode, bs, s0, s1, s2);
+        if (skip) {
+            int bad = 0;
+            for (int32_t k = 0; k < nstates; k++) bad |= lowp_nonfinite(s[k], DT_F32, 0, bs);
+            if (bad) {
+                if (!pt) memcpy(pb, pold, (size_t)bs * sizeof(float));
+                nskip++;
+                continue;
+            }
+        }
         if (pt) lowp_narrow(pbuf, bs, t->p, pt, o);
         /* the next block's inputs start loading while this one is requantized (L1-only work; a low-precision
          * block's widening prefetches its own) */

@@ -8,7 +8,8 @@
 
 /* A group's hyperparameters of the rules, broadcast. */
 typedef struct {
-    EB_V b1, c1, b2, c2, eps, nest, lr_decay;
+    EB_V b1, c1, b2, c2, eps, lr_decay;
+    int nesterov;
 } EB_CAT(rule1_k, EB_W);
 
 static inline EB_CAT(rule1_k, EB_W) EB_CAT(rule1_consts, EB_W)(const eb_hyper_t *h) {
@@ -18,7 +19,7 @@ static inline EB_CAT(rule1_k, EB_W) EB_CAT(rule1_consts, EB_W)(const eb_hyper_t 
     k.b2 = EB_SET1(h->beta2);
     k.c2 = EB_SET1(h->one_minus_beta2);
     k.eps = EB_SET1(h->eps);
-    k.nest = EB_SET1(h->nesterov);
+    k.nesterov = h->nesterov != 0.0f;
     k.lr_decay = EB_SET1(h->lr_decay);
     return k;
 }
@@ -30,8 +31,7 @@ static inline __attribute__((always_inline)) void EB_CAT(rule1_, EB_W)(int32_t r
     switch (rule) {
     case RULE_MOMENTUM: {
         const EB_V buf = EB_ADD(EB_MUL(s, k->b1), EB_MUL(gi, k->c1));
-        const EB_V t = EB_SUB(EB_ADD(gi, EB_MUL(k->b1, buf)), buf);
-        *d = EB_ADD(buf, EB_MUL(k->nest, t));
+        *d = k->nesterov ? EB_ADD(gi, EB_MUL(k->b1, buf)) : buf; /* chosen per call: 0 * Inf would be NaN */
         *sn = buf;
         break;
     }
