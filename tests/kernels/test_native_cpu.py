@@ -621,9 +621,10 @@ def test_native_update_norm_matches_reference(lib, gen, rule, states_kind, dtype
     """``optimizer_update_norm`` (LAMB's and LARS's trust ratios, max_unorm) by the native kernel: every rule, 8-bit
     states on both maps and 32-bit ones, float32/bf16/fp16 parameters, each weight-decay mode, full blocks and a
     partial last one, blocks of 2048 (Adam and LAMB on binary maps take the fused pass) and of 48 (not a multiple
-    of 32: the generic path). The directions are the reference's bit for bit; both sum their exact squares in
-    float64 (in different orders: at most 2 n 2^-53 of the sum apart) and round once to float32 (2^-24 each), so
-    they agree within 2^-22 of the sum. Outliers in the gradient make the squares span many binades."""
+    of 32: the generic path). Both results: the direction's squared norm and the parameter's. The directions
+    are the reference's bit for bit; both sum their exact squares in float64 (in different orders: at most
+    2 n 2^-53 of the sum apart) and round once to float32 (2^-24 each), so they agree within 2^-22 of each sum.
+    Outliers in the gradient make the squares span many binades."""
     from eightbit.functional.codes import binary_codebook, dynamic_codebook
     from eightbit.functional.optimizer import OptimHyper, optimizer_update_norm_reference
     from eightbit.kernels.cpu.optimizer import optimizer_update_norm_cpu
@@ -652,6 +653,8 @@ def test_native_update_norm_matches_reference(lib, gen, rule, states_kind, dtype
         got = optimizer_update_norm_cpu(*args)
         assert got is not NotImplemented
         want = optimizer_update_norm_reference(*args)
-        assert got.dtype == torch.float32 and got.shape == ()
-        assert torch.isfinite(want) and float(want) > 0
-        assert abs(float(got) - float(want)) <= 2.0**-22 * float(want), (bs, float(got), float(want))
+        assert got.dtype == torch.float32 and got.shape == want.shape == (2,)
+        assert torch.isfinite(want).all() and (want > 0).all()
+        assert (got - want).abs().le(2.0**-22 * want).all(), (bs, got, want)
+        exact_p = float(p.double().square().sum())  # the parameter's: an independent float64 sum
+        assert abs(float(got[1]) - exact_p) <= 2.0**-23 * exact_p

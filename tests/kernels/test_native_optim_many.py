@@ -258,7 +258,8 @@ def _mismatches(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return differ.nonzero()[:, 0]
 
 
-@pytest.mark.parametrize("rule,k", [("adam", 2), ("momentum", 1), ("rmsprop", 1), ("adagrad", 1), ("lion", 1)])
+@pytest.mark.parametrize("rule,k", [("adam", 2), ("momentum", 1), ("rmsprop", 1), ("adagrad", 1), ("lion", 1),
+                                    ("ademamix", 3)])
 @pytest.mark.parametrize("eight", [True, False])
 def test_low_precision_parameters_equal_the_reference(lib, gen, monkeypatch, rule, k, eight):
     """bf16 and fp16 parameters and gradients, in every combination with float32, are widened block by block into
@@ -286,7 +287,8 @@ def test_low_precision_parameters_equal_the_reference(lib, gen, monkeypatch, rul
     ps[5][:200] = torch.linspace(-6e-5, 6e-5, 200)  # fp16 subnormals, in small steps
     gs[4][256 * 3 + 1] = float("-inf")
     gs[3][256 * 5 + 9] = float("nan")  # float32 parameters written in place beside a bf16 gradient: restored
-    signed = {"adam": [True, False], "momentum": [True], "lion": [True], "rmsprop": [False], "adagrad": [False]}[rule]
+    signed = {"adam": [True, False], "momentum": [True], "lion": [True], "rmsprop": [False], "adagrad": [False],
+              "ademamix": [True, True, False]}[rule]
     codes = [binary_codebook(sg).values for sg in signed]
     states, absmaxes = [], []
     for _, _, n, bs in cases:
@@ -302,7 +304,8 @@ def test_low_precision_parameters_equal_the_reference(lib, gen, monkeypatch, rul
             states.append([torch.rand(n, generator=gen) * 1e-4 for _ in range(k)])
             absmaxes.append([])
     h = OptimHyper(lr=1e-1, weight_decay=0.01, beta1=0.9, one_minus_beta1=0.1, beta2=0.999, one_minus_beta2=1e-3,
-                   eps=1e-8, bias_correction1=0.19, bias_correction2_sqrt=0.0447, lr_decay=0.5)
+                   eps=1e-8, bias_correction1=0.19, bias_correction2_sqrt=0.0447, lr_decay=0.5, beta3=0.9999,
+                   one_minus_beta3=1e-4, alpha=5.0)
     hypers = [h] * len(cases)
     hypers[1] = dataclasses.replace(h, lr=1e3, weight_decay=0.0)  # overflow
     hypers[5] = dataclasses.replace(h, lr=1e-4)  # subnormals

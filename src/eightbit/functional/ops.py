@@ -60,6 +60,7 @@ SCHEMAS: dict[str, str] = {
         "(str rule, Tensor(a!)[] ps, Tensor[] gs, Tensor(b!)[] states, Tensor(c!)[] absmaxes, Tensor[] codes, "
         "float[] hypers, int wd_mode, int[] blocksizes, int[] seeds, Tensor(d!)[] skipped) -> ()"
     ),
+    # the squared norms of the step's direction and of the parameter, float32 (2,)
     "optimizer_update_norm": (
         "(str rule, Tensor p, Tensor g, Tensor[] states, Tensor[] absmaxes, Tensor[] codes, float[] hyper, "
         "int wd_mode, int blocksize) -> Tensor"
@@ -187,7 +188,7 @@ def _(rule, ps, gs, states, absmaxes, codes, hypers, wd_mode, blocksizes, seeds,
 
 @_fake("optimizer_update_norm")
 def _(rule, p, g, states, absmaxes, codes, hyper, wd_mode, blocksize):
-    return p.new_empty((), dtype=torch.float32)
+    return p.new_empty((2,), dtype=torch.float32)
 
 
 # Module attributes: ops.int8_mm, ops.quantize_blockwise_out, ... (the OpOverload of each declared op).

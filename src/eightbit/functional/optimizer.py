@@ -199,7 +199,7 @@ def _steps(rule, p, g, states, absmaxes, codes, hyper, wd_mode, blocksize, seeds
     cbs = [codebook(c) for c in codes] if eight else []
     pf, gf = p.view(-1), g.view(-1)
     flats = [s.view(-1) for s in states]
-    total = torch.zeros((), dtype=torch.float64, device=p.device)
+    total = torch.zeros(2, dtype=torch.float64, device=p.device)  # (norm op) squares of direction, parameter
     for lo, hi, width in _chunks(pf.numel(), blocksize):
         nb = (hi - lo) // width
         b0 = lo // blocksize
@@ -214,7 +214,8 @@ def _steps(rule, p, g, states, absmaxes, codes, hyper, wd_mode, blocksize, seeds
             s32 = [f[lo:hi].view(nb, width).to(cd) for f in flats]
         d, new = fn(g32, p32, s32, h)
         if not write:
-            total += d.double().square().sum()  # exact squares; a float64 sum (the native kernel's too)
+            total[0] += d.double().square().sum()  # exact squares; a float64 sum (the native kernel's too)
+            total[1] += p32.double().square().sum()
             continue
         keep = None  # (nb, 1): the blocks that step (all of them unless skipped is given)
         if skipped is not None:  # a finite gradient, and finite new 8-bit states (a finite gradient's square may
@@ -284,8 +285,8 @@ def optimizer_update_many_reference(rule: str, ps: list[torch.Tensor], gs: list[
 def optimizer_update_norm_reference(rule: str, p: torch.Tensor, g: torch.Tensor, states: list[torch.Tensor],
                                     absmaxes: list[torch.Tensor], codes: list[torch.Tensor], hyper: list[float],
                                     wd_mode: int, blocksize: int) -> torch.Tensor:
-    """Reference of the ``optimizer_update_norm`` op: the squared norm (float32, 0-dim) of the step's direction,
-    nothing written; the squares summed in float64 and the sum rounded once."""
+    """Reference of the ``optimizer_update_norm`` op: the squared norms of the step's direction and of the
+    parameter (float32, shape (2,)), nothing written; the squares summed in float64 and each sum rounded once."""
     return _steps(rule, p, g, states, absmaxes, codes, hyper, wd_mode, blocksize, [], False)
 
 
@@ -411,8 +412,9 @@ def dispatch_update_many(rule: str, ps: list, gs: list, states: list, absmaxes: 
 def optimizer_update_norm(rule: str, p: torch.Tensor, g: torch.Tensor, states: list[torch.Tensor],
                           absmaxes: list[torch.Tensor], codes: list[torch.Tensor], hyper: OptimHyper, *,
                           wd_mode: int, blocksize: int) -> torch.Tensor:
-    """Squared norm (float32 0-dim tensor) of the direction :func:`optimizer_update` would step along, with
-    nothing written (for update-norm caps and trust ratios). Arguments as there."""
+    """The squared norms of the direction :func:`optimizer_update` would step along and of the parameter, as a
+    float32 tensor of shape (2,), with nothing written (for update-norm caps and trust ratios: one pass gives
+    both). Arguments as there."""
     _check_wd_mode(wd_mode)
     _check_update_args(rule, p, g, states, absmaxes, codes, blocksize)
     return ops.optimizer_update_norm(rule, p, g.contiguous(), states, absmaxes, codes, hyper.as_list(), wd_mode,

@@ -525,13 +525,12 @@ class Optimizer8bit(torch.optim.Optimizer):
             on_device = paging.fetch(host, work.device)
             states, absmaxes = on_device[: len(states)], on_device[len(states):]
         if job.norm:
-            usq = optimizer_update_norm(job.rule, work, g, states, absmaxes, job.codes, h, wd_mode=job.wd_mode,
-                                        blocksize=job.blocksize)
+            # the squared norms of the direction and of the parameter, from one pass
+            sq = optimizer_update_norm(job.rule, work, g, states, absmaxes, job.codes, h, wd_mode=job.wd_mode,
+                                       blocksize=job.blocksize)
             if job.groups:  # norms of the whole parameter, not of this shard
-                sq = sum_over(job.groups, torch.stack([usq.to(work.device), work.float().square().sum()]))
-                unorm, pnorm = float(sq[0]) ** 0.5, float(sq[1]) ** 0.5
-            else:
-                unorm, pnorm = float(usq) ** 0.5, float(torch.linalg.vector_norm(work, dtype=torch.float32))
+                sq = sum_over(job.groups, sq.to(work.device))
+            unorm, pnorm = (v**0.5 for v in sq.tolist())
             state = job.deferred_check
             if state is not None and not math.isfinite(unorm) and not all_finite(g, job.groups):
                 state["step"] -= 1  # counted by _prepare; the step is not taken

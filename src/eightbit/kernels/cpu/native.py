@@ -57,7 +57,7 @@ _i64, _i32, _vp = ctypes.c_int64, ctypes.c_int32, ctypes.c_void_p
 _SIGNATURES = {
     "eb_quantize_blocks": ([_vp, _i64, _i64, _vp, _i64, _i64, _vp, _vp], None),
     "eb_dequantize_blocks": ([_vp, _vp, _vp, _i64, _i64, _vp], None),
-    "eb_optim_norm": ([_i32, _i32, _i32, _i64, _i32, _i64, _vp], ctypes.c_double),
+    "eb_optim_norm": ([_i32, _i32, _i32, _i64, _i32, _i64, _vp, _vp], None),
     "eb_optim_f32_many": ([_i32, _i32, _i32, _i32, _i64, _vp, _vp], None),
     "eb_optim_f32_fields": ([], _i64),
     "eb_optim_many": ([_i32, _i32, _i32, _i64, _i32, _i64, _vp, _vp], _i64),

@@ -202,9 +202,9 @@ def optimizer_update_many_cpu(rule, ps, gs, states, absmaxes, codes, hypers, wd_
 
 @register("optimizer_update_norm", "cpu", available=_available)
 def optimizer_update_norm_cpu(rule, p, g, states, absmaxes, codes, hyper, wd_mode, blocksize):
-    """Kernel of ``optimizer_update_norm`` (``eb_optim_norm``): the squared norm of the step's direction as a
-    float32 0-dim tensor, for the parameters, gradients and states ``optimizer_update_cpu`` takes. It sums in
-    double, so it may differ from the reference's float32 sum by its rounding (a few ulps)."""
+    """Kernel of ``optimizer_update_norm`` (``eb_optim_norm``): the squared norms of the step's direction and of the
+    parameter, float32 (2,), for the parameters, gradients and states ``optimizer_update_cpu`` takes. Both sum the
+    exact squares in double, in different orders: each result within an ulp of the reference's."""
     check_op_scalars(wd_mode, [blocksize])
     pt, gt, n = _DTYPES.get(p.dtype), _DTYPES.get(g.dtype), p.numel()
     if (native.library() is None or rule not in NATIVE_RULES or not states or pt is None or gt is None
@@ -224,12 +224,13 @@ def optimizer_update_norm_cpu(rule, p, g, states, absmaxes, codes, hyper, wd_mod
         if None in luts:
             return NotImplemented
     if n == 0:
-        return torch.zeros((), dtype=torch.float32)
+        return torch.zeros(2, dtype=torch.float32)
     h = Hyper(*hyper)
     amaxes = [a.data_ptr() for a in absmaxes] if eight else [0]
     desc = array("q", (p.data_ptr(), g.data_ptr(), *_pad([s.data_ptr() for s in states]), *_pad(amaxes),
                        *_pad(luts), ctypes.addressof(h), 0, 0, 0, 0, 0, pt[0], gt[0]))
     bs = blocksize if eight else 2048  # 32-bit states: any run length (the sum's grouping only)
-    total = native.library().eb_optim_norm(NATIVE_RULES[rule], len(states), wd_mode, bs, int(eight), n,
-                                           desc.buffer_info()[0])
-    return torch.tensor(total, dtype=torch.float32)
+    out = array("d", [0.0, 0.0])
+    native.library().eb_optim_norm(NATIVE_RULES[rule], len(states), wd_mode, bs, int(eight), n, desc.buffer_info()[0],
+                                   out.buffer_info()[0])
+    return torch.tensor(out.tolist(), dtype=torch.float32)

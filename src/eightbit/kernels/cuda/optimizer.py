@@ -122,7 +122,8 @@ def optimizer_kernel(
         keep = nbad == 0
         tl.atomic_add(skip_ptr, nbad.to(tl.int64), mask=nbad > 0)  # no contended atomic for clean blocks
     if NORM:
-        tl.store(norm_ptr + pid, tl.sum(tl.where(mask, d * d, 0.0), axis=0))
+        tl.store(norm_ptr + 2 * pid, tl.sum(tl.where(mask, d * d, 0.0), axis=0))
+        tl.store(norm_ptr + 2 * pid + 1, tl.sum(tl.where(mask, p * p, 0.0), axis=0))
     else:
         if NSTATES > 0:
             _store_state(x0, s0, a0, c0, m0, z0, seed0, offs, mask, keep, b, EIGHT, SR0, PW0, FL0)
@@ -156,11 +157,11 @@ def _launch(rule, p, g, states, absmaxes, codes, hyper, wd_mode, blocksize, seed
     fl = [not cb.signed for cb in cbs] + [False] * (3 - len(cbs))  # quantize_blocks' floor
     n = p.numel()
     nblocks = -(-n // blocksize)
-    partial = torch.empty(nblocks if norm else 1, dtype=torch.float32, device=p.device)
+    partial = torch.empty(2 * nblocks if norm else 1, dtype=torch.float32, device=p.device)  # (norm) per block: d², p²
     for start, count, width, b0 in full_and_partial(n, blocksize):
         block = triton.next_power_of_2(width)
         optimizer_kernel[(count,)](
-            arg(p), arg(g), *s, *a, *c, *m, *z, *sd, partial[b0:] if norm else partial,
+            arg(p), arg(g), *s, *a, *c, *m, *z, *sd, partial[2 * b0:] if norm else partial,
             skipped if skipped is not None else partial, start, width, b0,
             *[float(v) for v in hyper],
             RULE=RULE_IDS[rule], NSTATES=k, EIGHT=eight, WD_MODE=wd_mode, SR0=sr[0], SR1=sr[1], SR2=sr[2], PW0=pw[0], PW1=pw[1], PW2=pw[2],
@@ -192,8 +193,9 @@ def optimizer_update_many(rule, ps, gs, states, absmaxes, codes, hypers, wd_mode
 
 @device_guarded
 def optimizer_update_norm(rule, p, g, states, absmaxes, codes, hyper, wd_mode, blocksize):
-    """Kernel of ``optimizer_update_norm``: float32 0-dim squared norm of the direction (per-block partial
-    sums added by torch, so the order differs from the reference's: equal within float32 summation error)."""
+    """Kernel of ``optimizer_update_norm``: the float32 (2,) squared norms of the direction and of the parameter
+    (per-block float32 partial sums added by torch, so the order differs from the reference's: equal within
+    float32 summation error)."""
     partial = _launch(rule, p, g, states, absmaxes, codes, hyper, wd_mode, blocksize, [-1] * len(states), True)
-    return NotImplemented if partial is None else partial.sum()
+    return NotImplemented if partial is None else partial.view(-1, 2).sum(0)
 

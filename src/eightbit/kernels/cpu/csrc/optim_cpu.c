@@ -259,6 +259,10 @@ static int64_t optim_range(int32_t rule, int32_t nstates, int32_t wd_mode, int64
     const int fused = (rule == RULE_ADAM || (rule == RULE_LAMB && wd_mode == WD_NONE)) && nstates == 2 &&
                       luts[0].bin_groups && luts[1].bin_groups && bs % 8 == 0;
     const int32_t fwd = rule == RULE_LAMB ? WD_LAMB : wd_mode; /* the fused passes' weight-decay mode */
+#ifdef EB_FUSED3 /* AdEMAMix's three states on binary maps, in 16 lanes */
+    const int fused3 = rule == RULE_ADEMAMIX && nstates == 3 && luts[0].bin_groups && luts[1].bin_groups &&
+                       luts[2].bin_groups && bs % 32 == 0;
+#endif
 #ifdef EB_FUSED1 /* the one-state pass in 16 lanes needs blocks of 32 values, in 8 lanes of 8 */
     const int fused1 = nstates == 1 && luts[0].bin_groups && bs % (EB_FUSED1 == 16 ? 32 : 8) == 0 &&
                        (rule == RULE_MOMENTUM || rule == RULE_RMSPROP || rule == RULE_ADAGRAD || rule == RULE_LION);
@@ -301,6 +305,25 @@ static int64_t optim_range(int32_t rule, int32_t nstates, int32_t wd_mode, int64
             continue;                                                                                             \
         }                                                                                                         \
     }
+#ifdef EB_FUSED3
+        if (fused3) {
+            const int direct = pt == gt;
+            uint32_t amax3[3];
+            if (!direct) EB_WIDEN();
+            void *const pp = direct ? lowp_at(t->p, pt, o) : pb;
+            const int32_t dt = direct ? pt : DT_F32, inplace = direct || !pt; /* else pp is the widened pbuf */
+            uint8_t *const qs[3] = {q[0] + o, q[1] + o, q[2] + o};
+            const float as[3] = {absmax[0][b], absmax[1][b], absmax[2][b]};
+            ademamix_binary_block(pp, direct ? lowp_at(t->g, gt, o) : gb, dt, &hv, wd_mode, bs, qs, as, luts, s, amax3,
+                                  skip && inplace ? pold : NULL);
+            EB_SKIP_AFTER(amax3, 3, pp, inplace, dt);
+            for (int32_t k = 0; k < 3; k++)
+                quantize_block_known(s[k], bs, &luts[k], amax3[k], seeds[k], first + o, q[k] + o, absmax[k] + b, 0,
+                                     floors[k]);
+            if (!direct && pt) lowp_narrow(pbuf, bs, t->p, pt, o);
+            continue;
+        }
+#endif
 #ifdef EB_FUSED1
         if (fused1) {
             const int direct = pt == gt;

@@ -363,6 +363,74 @@ static inline __attribute__((always_inline)) void one_state_pass(int32_t rule, v
 }
 #endif
 
+#if EB_FUSED1 == 16
+#define EB_FUSED3 1
+/* AdEMAMix (three states on binary maps, bs a multiple of 32): decode by word table and scale, rule_block's float32
+ * operations in its order (bit-identical), the parameter written, the new states stored to s[0..3) and their
+ * absmax bits into amax[0..3). dt: p's and g's dtype, a constant in each instance (ademamix_binary_block); pold as
+ * for adam16. */
+static inline __attribute__((always_inline)) void ademamix_pass(void *restrict p, const void *restrict g,
+                                                                 const eb_hyper_t *h, int32_t wd_mode, int64_t bs,
+                                                                 uint8_t *const *q, const float *a,
+                                                                 const lut_t *L, float *const *s, uint32_t *amax,
+                                                                 void *restrict pold, const int dt) {
+    const __m512 gs = _mm512_set1_ps(h->grad_scale), l2 = _mm512_set1_ps(wd_mode == WD_L2 ? h->weight_decay : 0.0f);
+    const __m512 decay = _mm512_set1_ps(1.0f - h->lr * h->weight_decay), step = _mm512_set1_ps(h->lr * h->update_scale);
+    const __m512 b1 = _mm512_set1_ps(h->beta1), c1 = _mm512_set1_ps(h->one_minus_beta1);
+    const __m512 b2 = _mm512_set1_ps(h->beta2), c2 = _mm512_set1_ps(h->one_minus_beta2);
+    const __m512 b3 = _mm512_set1_ps(h->beta3), c3 = _mm512_set1_ps(h->one_minus_beta3);
+    const __m512 alpha = _mm512_set1_ps(h->alpha), eps = _mm512_set1_ps(h->eps);
+    const __m512 r1 = _mm512_set1_ps(1.0f / h->bias_correction1), r2 = _mm512_set1_ps(1.0f / h->bias_correction2_sqrt);
+    const __m512i m7f = _mm512_set1_epi32(0x7FFFFFFF);
+    bin_w32_t T[3];
+    __m512 za[3];
+    __m512i mx[3];
+    for (int k = 0; k < 3; k++) {
+        T[k] = bin_w32(&L[k]);
+        za[k] = _mm512_set1_ps(a[k]);
+        mx[k] = _mm512_setzero_si512();
+    }
+    const int64_t esz = dt == DT_F32 ? 4 : 2;
+    for (int64_t i = 0; i < bs; i += 32) {
+        EB_PREFETCH_BYTES(p, g, i * esz, 32 * esz);
+        __m512 old[3][2];
+        for (int k = 0; k < 3; k++) bin_decode32(&T[k], q[k] + i, &old[k][0], &old[k][1]);
+        for (int j = 0; j < 2; j++) {
+            const int64_t o = i + 16 * j;
+            __m512 pi = lowp_load16(p, o, dt), gi = _mm512_mul_ps(lowp_load16(g, o, dt), gs);
+            EB_SAVE16(pold, p, o, pi, dt);
+            if (wd_mode == WD_L2) gi = _mm512_fmadd_ps(l2, pi, gi);
+            const __m512 m1 = _mm512_add_ps(_mm512_mul_ps(_mm512_mul_ps(old[0][j], za[0]), b1), _mm512_mul_ps(gi, c1));
+            const __m512 m2 = _mm512_add_ps(_mm512_mul_ps(_mm512_mul_ps(old[1][j], za[1]), b3), _mm512_mul_ps(gi, c3));
+            const __m512 nu = _mm512_add_ps(_mm512_mul_ps(_mm512_mul_ps(old[2][j], za[2]), b2),
+                                            _mm512_mul_ps(_mm512_mul_ps(gi, gi), c2));
+            const __m512 d = _mm512_div_ps(_mm512_add_ps(_mm512_mul_ps(m1, r1), _mm512_mul_ps(alpha, m2)),
+                                           _mm512_add_ps(_mm512_mul_ps(_mm512_sqrt_ps(nu), r2), eps));
+            if (wd_mode == WD_DECOUPLED) pi = _mm512_mul_ps(pi, decay);
+            lowp_store16(p, o, _mm512_sub_ps(pi, _mm512_mul_ps(step, d)), dt);
+            const __m512 nw[3] = {m1, m2, nu};
+            for (int k = 0; k < 3; k++) {
+                _mm512_storeu_ps(s[k] + o, nw[k]);
+                mx[k] = _mm512_max_epu32(mx[k], _mm512_and_si512(_mm512_castps_si512(nw[k]), m7f));
+            }
+        }
+    }
+    for (int k = 0; k < 3; k++) amax[k] = (uint32_t)_mm512_reduce_max_epu32(mx[k]);
+}
+
+/* ademamix_pass instantiated per dtype of p and g. */
+static void ademamix_binary_block(void *restrict p, const void *restrict g, int32_t dt, const eb_hyper_t *h,
+                                  int32_t wd_mode, int64_t bs, uint8_t *const *q, const float *a, const lut_t *L,
+                                  float *const *s, uint32_t *amax, void *restrict pold) {
+    if (dt == DT_BF16)
+        ademamix_pass(p, g, h, wd_mode, bs, q, a, L, s, amax, pold, DT_BF16);
+    else if (dt == DT_F16)
+        ademamix_pass(p, g, h, wd_mode, bs, q, a, L, s, amax, pold, DT_F16);
+    else
+        ademamix_pass(p, g, h, wd_mode, bs, q, a, L, s, amax, pold, DT_F32);
+}
+#endif
+
 #ifdef EB_FUSED1
 /* one_state_pass instantiated per dtype of p and g; pold as for adam16. */
 static void one_state_binary_block(int32_t rule, void *restrict p, const void *restrict g, int32_t dt,
