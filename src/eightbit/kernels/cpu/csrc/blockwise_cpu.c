@@ -58,9 +58,8 @@ static void quantize_run_nearest(const float *x, int64_t nb, int64_t bs, const l
 void eb_quantize_blocks(const float *x, int64_t nblocks, int64_t bs, const lut_t *lut, int64_t seed, int64_t first,
                         uint8_t *q, float *absmax) {
     const lut_t L = *lut;
-    const int32_t *near = L.near;
 #ifdef __AVX2__
-    if (seed < 0 && near && !L.bin_groups && bs % 8 == 0) { /* runs of 16 blocks (128 KB of x for 2048-value blocks) per task */
+    if (seed < 0 && L.near && !L.bin_groups && bs % 8 == 0) { /* runs of 16 blocks (128 KB of x for 2048-value blocks) per task */
         const int64_t run = 16, runs = (nblocks + run - 1) / run;
 #pragma omp parallel for schedule(static) if (runs >= 2)
         for (int64_t r = 0; r < runs; r++) {

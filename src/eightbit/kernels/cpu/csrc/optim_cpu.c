@@ -255,24 +255,31 @@ static int64_t optim_range(int32_t rule, int32_t nstates, int32_t wd_mode, int64
             F[k].lut = t->lut[nstates > 1 ? k : 0];
         }
 #endif
+    /* Which fused pass (decode, rule, parameter write and the new states' absmax bits in one pass; the encodes
+     * follow) takes this part's blocks: 0 none (the generic path), else the pass's state count. */
+    int fused = 0;
 #if defined(__AVX2__) && defined(__FMA__) && EB_LOWP8
-    const int fused = (rule == RULE_ADAM || (rule == RULE_LAMB && wd_mode == WD_NONE)) && nstates == 2 &&
-                      luts[0].bin_groups && luts[1].bin_groups && bs % 8 == 0;
-    const int32_t fwd = rule == RULE_LAMB ? WD_LAMB : wd_mode; /* the fused passes' weight-decay mode */
+    const int32_t fwd = rule == RULE_LAMB ? WD_LAMB : wd_mode; /* the Adam pass's weight-decay mode */
+    if ((rule == RULE_ADAM || (rule == RULE_LAMB && wd_mode == WD_NONE)) && nstates == 2 && luts[0].bin_groups &&
+        luts[1].bin_groups && bs % 8 == 0)
+        fused = 2;
 #ifdef EB_FUSED3 /* AdEMAMix's three states on binary maps, in 16 lanes */
-    const int fused3 = rule == RULE_ADEMAMIX && nstates == 3 && luts[0].bin_groups && luts[1].bin_groups &&
-                       luts[2].bin_groups && bs % 32 == 0;
+    if (rule == RULE_ADEMAMIX && nstates == 3 && luts[0].bin_groups && luts[1].bin_groups && luts[2].bin_groups &&
+        bs % 32 == 0)
+        fused = 3;
 #endif
 #ifdef EB_FUSED1 /* the one-state pass in 16 lanes needs blocks of 32 values, in 8 lanes of 8 */
-    const int fused1 = nstates == 1 && luts[0].bin_groups && bs % (EB_FUSED1 == 16 ? 32 : 8) == 0 &&
-                       (rule == RULE_MOMENTUM || rule == RULE_RMSPROP || rule == RULE_ADAGRAD || rule == RULE_LION);
+    if (nstates == 1 && luts[0].bin_groups && bs % (EB_FUSED1 == 16 ? 32 : 8) == 0 &&
+        (rule == RULE_MOMENTUM || rule == RULE_RMSPROP || rule == RULE_ADAGRAD || rule == RULE_LION))
+        fused = 1;
 #endif
     bin_vec_t V[2];
-    if (fused) {
+    if (fused == 2) {
         V[0] = bin_vec(&luts[0]);
         V[1] = bin_vec(&luts[1]);
     }
 #endif
+    (void)fused; /* (no fused pass in a build without AVX2) */
     /* Under skip, a block whose new states are not all finite is left untouched: every rule's new state takes the
      * gradient times a constant (0 * Inf is NaN), so a NaN/Inf gradient always shows there, and so does a finite
      * gradient whose square overflows, which would otherwise make the block's scale Inf and every code of the
@@ -293,76 +300,53 @@ static int64_t optim_range(int32_t rule, int32_t nstates, int32_t wd_mode, int64
         if (gt) lowp_widen(t->g, gt, o, bs, gbuf), gb = gbuf;                                                     \
         if (pt) lowp_widen(t->p, pt, o, bs, pbuf), pb = pbuf;                                                     \
     } while (0)
-/* After a fused pass (new states' absmax bits AMAX[0..N), the pass's parameter PP): under skip, a block with a
- * NaN/Inf state is skipped, its parameter restored from pold where the pass wrote it in place. */
-#define EB_SKIP_AFTER(AMAX, N, PP, INPLACE, DT)                                                                    \
-    if (skip) {                                                                                                   \
-        int bad_ = 0;                                                                                             \
-        for (int k_ = 0; k_ < (N); k_++) bad_ |= (AMAX)[k_] >= 0x7F800000u;                                      \
-        if (bad_) {                                                                                               \
-            if (INPLACE) memcpy((PP), pold, (size_t)bs * ((DT) == DT_F32 ? 4 : 2));                                \
-            nskip++;                                                                                              \
-            continue;                                                                                             \
-        }                                                                                                         \
-    }
-#ifdef EB_FUSED3
-        if (fused3) {
-            const int direct = pt == gt;
-            uint32_t amax3[3];
-            if (!direct) EB_WIDEN();
-            void *const pp = direct ? lowp_at(t->p, pt, o) : pb;
-            const int32_t dt = direct ? pt : DT_F32, inplace = direct || !pt; /* else pp is the widened pbuf */
-            uint8_t *const qs[3] = {q[0] + o, q[1] + o, q[2] + o};
-            const float as[3] = {absmax[0][b], absmax[1][b], absmax[2][b]};
-            ademamix_binary_block(pp, direct ? lowp_at(t->g, gt, o) : gb, dt, &hv, wd_mode, bs, qs, as, luts, s, amax3,
-                                  skip && inplace ? pold : NULL);
-            EB_SKIP_AFTER(amax3, 3, pp, inplace, dt);
-            for (int32_t k = 0; k < 3; k++)
-                quantize_block_known(s[k], bs, &luts[k], amax3[k], seeds[k], first + o, q[k] + o, absmax[k] + b, 0,
-                                     floors[k]);
-            if (!direct && pt) lowp_narrow(pbuf, bs, t->p, pt, o);
-            continue;
-        }
-#endif
-#ifdef EB_FUSED1
-        if (fused1) {
-            const int direct = pt == gt;
-            uint32_t amax0;
-            const bin_b64_t *F0 = NULL;
-#ifdef EB_FOLD
-            F0 = bin_fold(&luts[0], absmax[0][b], bs, &F[0]);
-#endif
-            if (!direct) EB_WIDEN();
-            void *const pp = direct ? lowp_at(t->p, pt, o) : pb;
-            const int32_t dt = direct ? pt : DT_F32, inplace = direct || !pt; /* else pp is the widened pbuf */
-            one_state_binary_block(rule, pp, direct ? lowp_at(t->g, gt, o) : gb, dt, &hv, wd_mode, bs, q[0] + o,
-                                   absmax[0][b], &luts[0], F0, s0, &amax0, skip && inplace ? pold : NULL);
-            EB_SKIP_AFTER(&amax0, 1, pp, inplace, dt);
-            quantize_block_known(s0, bs, &luts[0], amax0, seeds[0], first + o, q[0] + o, absmax[0] + b, 0, floors[0]);
-            if (!direct && pt) lowp_narrow(pbuf, bs, t->p, pt, o);
-            continue;
-        }
-#endif
 #if defined(__AVX2__) && defined(__FMA__) && EB_LOWP8
         if (fused) {
-            uint32_t amax[2];
+            uint32_t amax[EB_MAX_STATES];
             const int direct = pt == gt; /* the passes read and write p and g in their dtype */
             if (!direct) EB_WIDEN();
             void *const pp = direct ? lowp_at(t->p, pt, o) : pb;
             const void *const gg = direct ? lowp_at(t->g, gt, o) : gb;
             const int32_t dt = direct ? pt : DT_F32, inplace = direct || !pt; /* else pp is the widened pbuf */
+            void *const keep_old = skip && inplace ? pold : NULL;
+            if (fused == 2) {
 #ifdef EB_FOLD
-            const bin_b64_t *F0 = bin_fold(&luts[0], absmax[0][b], bs, &F[0]);
-            const bin_b64_t *F1 = bin_fold(&luts[1], absmax[1][b], bs, &F[1]);
-            if (F0 && F1)
-                adam_fold_block(pp, gg, dt, &hv, fwd, bs, q[0] + o, q[1] + o, F0, F1, s0, s1, &amax[0], &amax[1],
-                                skip && inplace ? pold : NULL);
-            else
+                const bin_b64_t *F0 = bin_fold(&luts[0], absmax[0][b], bs, &F[0]);
+                const bin_b64_t *F1 = bin_fold(&luts[1], absmax[1][b], bs, &F[1]);
+                if (F0 && F1)
+                    adam_fold_block(pp, gg, dt, &hv, fwd, bs, q[0] + o, q[1] + o, F0, F1, s0, s1, &amax[0], &amax[1],
+                                    keep_old);
+                else
 #endif
-                adam_binary_block(pp, gg, dt, &hv, fwd, bs, q[0] + o, q[1] + o, absmax[0][b], absmax[1][b], &V[0],
-                                  &V[1], s0, s1, &amax[0], &amax[1], skip && inplace ? pold : NULL);
-            EB_SKIP_AFTER(amax, 2, pp, inplace, dt);
-            for (int32_t k = 0; k < 2; k++)
+                    adam_binary_block(pp, gg, dt, &hv, fwd, bs, q[0] + o, q[1] + o, absmax[0][b], absmax[1][b], &V[0],
+                                      &V[1], s0, s1, &amax[0], &amax[1], keep_old);
+            }
+#ifdef EB_FUSED1
+            if (fused == 1) {
+                const bin_b64_t *F0 = NULL;
+#ifdef EB_FOLD
+                F0 = bin_fold(&luts[0], absmax[0][b], bs, &F[0]);
+#endif
+                one_state_binary_block(rule, pp, gg, dt, &hv, wd_mode, bs, q[0] + o, absmax[0][b], &luts[0], F0, s0,
+                                       &amax[0], keep_old);
+            }
+#endif
+#ifdef EB_FUSED3
+            if (fused == 3) {
+                uint8_t *const qs[3] = {q[0] + o, q[1] + o, q[2] + o};
+                const float as[3] = {absmax[0][b], absmax[1][b], absmax[2][b]};
+                ademamix_binary_block(pp, gg, dt, &hv, wd_mode, bs, qs, as, luts, s, amax, keep_old);
+            }
+#endif
+            /* under skip, a block with a NaN/Inf new state: its parameter restored where the pass wrote it */
+            int bad = 0;
+            for (int32_t k = 0; k < nstates; k++) bad |= amax[k] >= 0x7F800000u;
+            if (skip && bad) {
+                if (inplace) memcpy(pp, pold, (size_t)bs * (dt == DT_F32 ? 4 : 2));
+                nskip++;
+                continue;
+            }
+            for (int32_t k = 0; k < nstates; k++)
                 quantize_block_known(s[k], bs, &luts[k], amax[k], seeds[k], first + o, q[k] + o, absmax[k] + b, 0,
                                      floors[k]);
             if (!direct && pt) lowp_narrow(pbuf, bs, t->p, pt, o);
@@ -371,7 +355,6 @@ static int64_t optim_range(int32_t rule, int32_t nstates, int32_t wd_mode, int64
 #endif
         EB_WIDEN();
 #undef EB_WIDEN
-#undef EB_SKIP_AFTER
         for (int32_t k = 0; k < nstates; k++) {
             if (luts[k].bin_groups)
                 bin_decode_scale(&luts[k], q[k] + o, absmax[k][b], bs, s[k]);

@@ -178,10 +178,10 @@ void eb_optim_norm(int32_t rule, int32_t nstates, int32_t wd_mode, int64_t bs, i
 #endif
 #pragma omp parallel for schedule(static) if (nb >= 16) reduction(+ : dsum, psum)
     for (int64_t b = 0; b < nb; b++) {
-        double sums[2] = {0.0, 0.0};
         const int64_t o = b * bs, w = n - o < bs ? n - o : bs;
 #ifdef EB_NORM_FUSED
         if ((fused || fused1) && w == bs) {
+            double sums[2] = {0.0, 0.0};
             if (fused)
                 adam_norm_block(lowp_at(x.p, x.pt, o), lowp_at(x.g, x.gt, o), x.pt, &hv,
                                 rule == RULE_LAMB ? WD_LAMB : wd_mode, bs, x.q[0] + o, x.q[1] + o, x.absmax[0][b],
