@@ -125,10 +125,15 @@ def dequantize_fp8_reference(q: torch.Tensor, scale: torch.Tensor, fp8_dtype: to
     return (q.view(fp8_dtype).to(torch.float32) * scale).to(dtype)
 
 
+def fp8_bits(x: torch.Tensor, fmt: FP8Format, scale: torch.Tensor, axis: int | None, saturate: bool) -> torch.Tensor:
+    """uint8 bit patterns of the codes of ``x / scale`` without argument checks (callers pass a scale they built or
+    validated)."""
+    return ops.quantize_fp8(x.contiguous(), broadcast_scale(scale, x, axis).contiguous(), fmt.dtype, saturate)
+
+
 def fp8_cast(x: torch.Tensor, fmt: FP8Format, scale: torch.Tensor, axis: int | None, saturate: bool) -> torch.Tensor:
-    """Codes of ``x / scale`` without argument checks (callers pass a scale they built or validated)."""
-    bits = ops.quantize_fp8(x.contiguous(), broadcast_scale(scale, x, axis).contiguous(), fmt.dtype, saturate)
-    return bits.view(fmt.dtype)
+    """:func:`fp8_bits` as ``fmt``'s float8 dtype."""
+    return fp8_bits(x, fmt, scale, axis, saturate).view(fmt.dtype)
 
 
 def fp8_decode(q: torch.Tensor, fmt: FP8Format, scale: torch.Tensor, axis: int | None, dtype: torch.dtype) -> torch.Tensor:

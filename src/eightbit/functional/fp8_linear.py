@@ -42,8 +42,10 @@ def fp8_linear_reference(x_q: torch.Tensor, x_scale: torch.Tensor, w_q: torch.Te
 
 
 def _bits(q: torch.Tensor, name: str, fp8_dtype: torch.dtype) -> torch.Tensor:
+    # passed to the op as they are (the kernels read the bytes, the reference views them as fp8_dtype): a
+    # ``view(torch.uint8)`` here would be an aten::view(dtype), which torch.jit.trace cannot record
     check_tensor(q, name, dtypes=(torch.uint8, fp8_dtype), ndim=2)
-    return (q if q.dtype == torch.uint8 else q.view(torch.uint8)).contiguous()
+    return q.contiguous()
 
 
 def fp8_linear(x_q: torch.Tensor, x_scale: torch.Tensor, w_q: torch.Tensor, w_scale: torch.Tensor,

@@ -33,7 +33,7 @@ from torch import nn
 
 from .._checks import FLOAT_DTYPES, check_bool, check_choice, check_number, check_positive_int, check_tensor
 from ..functional.affine import check_scale, finite_minmax
-from ..functional.fp8 import fp8_cast, get_format
+from ..functional.fp8 import fp8_bits, get_format
 from ..functional.fp8_linear import fp8_linear
 from ..functional.int8 import int8_matmul_dequant
 from ..functional.vectorwise import INT8_MAX
@@ -235,7 +235,8 @@ class LinearStatic(QuantizedLinear):
         """The static input scale, checked positive and finite once per value (not on every call: the check is
         a device sync); a checkpoint or a direct write with a bad scale raises here instead of saturating."""
         s = self.input_scale
-        if torch.compiler.is_compiling() or s.is_meta:
+        # (not while torch.jit.trace records: a check made on its first run only would make its runs differ)
+        if torch.compiler.is_compiling() or torch.jit.is_tracing() or s.is_meta:
             return s
         key = (-1 if s.is_inference() else s._version, s.data_ptr())
         if getattr(self, "_input_scale_key", None) != key:
@@ -253,7 +254,7 @@ class LinearStatic(QuantizedLinear):
             scale, _ = self.spec.qparams(*finite_minmax(rows, 0))
             axis = 0
         fmt = get_format(self.spec.format)
-        codes = fp8_cast(rows, fmt, scale, axis, True)
+        codes = fp8_bits(rows, fmt, scale, axis, True)  # uint8 (a view as float8 would stop torch.jit.trace)
         bias = None if self.bias is None else self.bias.to(self.compute_dtype)
         out = fp8_linear(codes, scale, self.weight, self.weight_scale, bias, fp8_dtype=fmt.dtype,
                          dtype=self.compute_dtype)
