@@ -85,3 +85,38 @@ def test_matmul_dequant_with_empty_k_is_zero():
     x, w = torch.zeros((3, 0), dtype=torch.int8), torch.zeros((5, 0), dtype=torch.int8)
     got = int8_cpu.int8_matmul_dequant_cpu(x, torch.ones(3), w, torch.ones(5))
     assert got.dtype == torch.float32 and torch.equal(got, torch.zeros(3, 5))
+
+
+def _amx_usable() -> bool:
+    from eightbit.kernels.cpu import native
+    lib = native.library()
+    return lib is not None and bool(lib.eb_amx_usable())
+
+
+@pytest.mark.skipif(not _amx_usable(), reason="this CPU (or build) has no AMX-INT8: the VNNI/AVX2 nests run")
+@pytest.mark.parametrize("m", [16, 17, 40, 131])
+@pytest.mark.parametrize("k,n", [(64, 16), (384, 1536), (100, 33), (257, 45), (1025, 20)])
+def test_amx_panels_equal_the_reference_and_the_vnni_nest(monkeypatch, gen, m, k, n):
+    """Where the CPU has AMX-INT8 the panel nest runs on tiles: the full LLM.int8() forward (outlier columns, bias)
+    and the dequantizing product are bit-identical to the reference and to the VNNI nest (EIGHTBIT_AMX=0), for
+    row counts with and without a tail of rows under 16, K padded to 64 (100, 257, 1025: a zero-padded copy of x)
+    and panels of fewer than 16 columns (the scalar epilogue)."""
+    from eightbit.functional import quantize_vectorwise
+    from eightbit.functional.int8 import int8_linear_reference
+
+    w, wa = quantize_vectorwise(torch.randn(n, k, generator=gen))
+    x = torch.randn(m, k, generator=gen)
+    x[:, [1, k // 2]] *= 20.0  # two outlier columns at threshold 6
+    bias = torch.randn(n, generator=gen)
+    xi = torch.randint(-127, 128, (m, k), dtype=torch.int8, generator=gen)
+    xs = torch.rand(m, generator=gen) + 0.1
+    results = []
+    for amx in ("1", "0"):
+        monkeypatch.setenv("EIGHTBIT_AMX", amx)
+        results.append((ops.int8_linear(x, w, wa, bias, 6.0), ops.int8_linear(x, w, wa, None, 0.0),
+                        int8_cpu.int8_matmul_dequant_cpu(xi, xs, w, wa)))
+    want = (int8_linear_reference(x, w, wa, bias, 6.0), int8_linear_reference(x, w, wa, None, 0.0),
+            int8_matmul_dequant_reference(xi, xs, w, wa))
+    for got in results:
+        for g, r in zip(got, want):
+            assert torch.equal(g, r)

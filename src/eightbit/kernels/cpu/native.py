@@ -63,6 +63,7 @@ _SIGNATURES = {
     "eb_optim_many": ([_i32, _i32, _i32, _i64, _i32, _i64, _vp, _vp], _i64),
     "eb_optim_desc_fields": ([], _i64),
     "eb_hyper_size": ([], _i64),
+    "eb_amx_usable": ([], _i64),
     "eb_lut_size": ([], _i64),
     "eb_int8_gemm": ([_vp, _vp, _vp, _vp, _vp, _i64, _i64, _i64], None),
     "eb_int8_prepare": ([_vp, _i64, _i64, ctypes.c_float, _vp, _vp, _vp], ctypes.c_int),

@@ -2,6 +2,10 @@
  * the exactness argument and int8_cpu.c for the row tiles and the entry point that chooses between them). */
 #include "int8_gemm.h"
 
+#if defined(__AVX2__) && defined(__AMX_TILE__) && defined(__AMX_INT8__) && defined(__AVX512F__)
+#define EB_AMX 1
+#endif
+
 #ifdef __AVX2__
 /* panel[q * 64 + j * 4 + t] = w[(n0 + j) * K + 4q + t] ^ flip for j < nn, 4q + t < K; flip (0 ^ flip) elsewhere
  * (q < K4). */
@@ -269,6 +273,10 @@ static void panel_sweep(const int8_t *xp, int64_t ldx, const int32_t *rowsum, co
     }
 }
 
+#ifdef EB_AMX
+#include "int8_amx.h"
+#endif
+
 /* Many rows: 16-column panels split over threads; each panel is packed and swept over all rows. (Blocking the
  * rows so that a block of x stays in L2 while a thread's panels sweep it measured no faster at MiniLM's shapes or
  * at 512 x 4096 x 4096: the tile reads 32 bytes of x per 8 vpdpbusd, far below L3's bandwidth. Tried again with the
@@ -278,6 +286,9 @@ static void panel_sweep(const int8_t *xp, int64_t ldx, const int32_t *rowsum, co
  * written) when the zero-padded copy of x it needs (x not ready and K % 4) cannot be allocated; so with x_ready it
  * never fails. A thread without memory for its panel computes its columns with a plain dot product instead. */
 int eb_gemm_panels(const int8_t *x, int x_ready, const int8_t *w, const eb_epi *e, int64_t M, int64_t K, int64_t N) {
+#ifdef EB_AMX
+    if (amx_gemm_panels(x, x_ready, w, e, M, K, N) == 0) return 0;
+#endif
     const int64_t K4 = (K + 3) / 4, npanels = (N + 15) / 16, ldx = K4 * 4;
     const int8_t *xp = x;
     int8_t *xpad = NULL;
@@ -345,3 +356,12 @@ int eb_gemm_panels(const int8_t *x, int x_ready, const int8_t *w, const eb_epi *
     return 0;
 }
 #endif
+
+/* Whether the panel nest runs on AMX here (compiled for it, permitted, not switched off by EIGHTBIT_AMX=0). */
+int64_t eb_amx_usable(void) {
+#ifdef EB_AMX
+    return amx_usable();
+#else
+    return 0;
+#endif
+}

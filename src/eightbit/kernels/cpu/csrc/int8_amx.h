@@ -1,0 +1,138 @@
+/* The packed-panel nest on AMX-INT8 (included by int8_panels.c where the compiler targets AMX: -march=native on a
+ * CPU with it). TDPBSSD multiplies signed by signed bytes and adds each group of four products to an int32 lane:
+ * the exact sums of the panel nest with no +128 flip and no row-sum correction, 16 x 16 x 64 products per
+ * instruction. The panel's layout (16 weight rows, 4-byte k-groups: panel[q][j] = w[n0 + j][4q .. 4q+3]) is the
+ * B tile's, 16 k-groups (64 bytes of K) at a time; the A tile is 16 activation rows x 64 bytes. K is padded with
+ * zeros to a multiple of 64 (the panel's tail, and a copy of x where its rows are not that long), the last rows
+ * of M take a tile configuration of their own. The int32 sums go through the epilogue of finish(), vectorized:
+ * the same operations in the same order, so the output is bit-identical to the reference as before.
+ * Linux hands out AMX's tile state only on request (arch_prctl ARCH_REQ_XCOMP_PERM), once per process; where that
+ * fails, or with EIGHTBIT_AMX=0, the VNNI nest runs. */
+#ifndef EIGHTBIT_INT8_AMX_H
+#define EIGHTBIT_INT8_AMX_H
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#define EB_AMX_ARCH_REQ_XCOMP_PERM 0x1023
+#define EB_AMX_XFEATURE_XTILEDATA 18
+
+/* Whether this process may use AMX's tiles (asked once) and EIGHTBIT_AMX is not "0" (read on every call: tests
+ * switch it to compare both nests). */
+static int amx_usable(void) {
+    static int granted = -1; /* racing first callers both ask: the request is idempotent */
+    if (granted < 0) granted = syscall(SYS_arch_prctl, EB_AMX_ARCH_REQ_XCOMP_PERM, EB_AMX_XFEATURE_XTILEDATA) == 0;
+    const char *env = getenv("EIGHTBIT_AMX");
+    return granted && !(env && env[0] == '0' && env[1] == 0);
+}
+
+/* The 64-byte tile configuration: palette 1; tile 0 the int32 sums (rows x 64 bytes), tile 1 the activations
+ * (rows x 64 bytes), tile 2 the panel's 16 k-groups (16 x 64 bytes). */
+typedef struct {
+    uint8_t palette, start_row, reserved[14];
+    uint16_t colsb[16];
+    uint8_t rows[16];
+} __attribute__((packed, aligned(64))) amx_cfg_t;
+
+static void amx_config(int rows) {
+    amx_cfg_t c;
+    memset(&c, 0, sizeof c);
+    c.palette = 1;
+    c.rows[0] = (uint8_t)rows, c.colsb[0] = 64;
+    c.rows[1] = (uint8_t)rows, c.colsb[1] = 64;
+    c.rows[2] = 16, c.colsb[2] = 64;
+    _tile_loadconfig(&c);
+}
+
+/* finish() for rows m0 .. m0 + mr - 1 and the 16 columns from n0, from their int32 sums acc[r][0..16), with the
+ * outlier columns' dequantized weights in e->wo: finish()'s operations in its order, 16 columns at a time. */
+static void amx_epilogue(const eb_epi *e, const int32_t acc[16][16], int mr, int64_t m0, int64_t n0) {
+    const int64_t N = e->N, C = e->n_out;
+    const __m512 ws16 = _mm512_loadu_ps(e->ws + n0);
+    for (int r = 0; r < mr; r++) {
+        const int64_t m = m0 + r;
+        __m512 y = _mm512_mul_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_loadu_si512((const void *)acc[r])),
+                                               _mm512_set1_ps(e->xs[m])), ws16);
+        if (C) {
+            __m512 o = _mm512_setzero_ps();
+            for (int64_t c = 0; c < C; c++)
+                o = _mm512_add_ps(o, _mm512_mul_ps(_mm512_set1_ps(e->xo[m * C + c]), _mm512_loadu_ps(e->wo + c * N + n0)));
+            y = _mm512_add_ps(y, o);
+        }
+        if (e->add) y = _mm512_add_ps(y, _mm512_loadu_ps(e->add + m * N + n0));
+        if (e->bias) y = _mm512_add_ps(y, _mm512_loadu_ps(e->bias + n0));
+        _mm512_storeu_ps(e->out + m * N + n0, y);
+    }
+}
+
+/* All M rows of x (rows ldx bytes apart, ldx a multiple of 64, zero beyond K) against one panel of K64 k-groups
+ * (a multiple of 16), 16 rows at a time; the tile configuration for 16 rows is loaded. */
+static void amx_sweep(const int8_t *x, int64_t ldx, const int8_t *restrict panel, int64_t K64, const int8_t *w,
+                      const eb_epi *e, int64_t M, int64_t K, int64_t n0, int nn) {
+    const int fast = nn == 16 && (!e->n_out || e->wo);
+    int32_t acc[16][16] __attribute__((aligned(64)));
+    for (int64_t m0 = 0; m0 < M; m0 += 16) {
+        const int mr = M - m0 < 16 ? (int)(M - m0) : 16;
+        if (mr < 16) amx_config(mr);
+        _tile_zero(0);
+        for (int64_t q = 0; q < K64; q += 16) {
+            _tile_loadd(1, x + m0 * ldx + 4 * q, ldx);
+            _tile_loadd(2, panel + q * 64, 64);
+            _tile_dpbssd(0, 1, 2);
+        }
+        _tile_stored(0, acc, 64);
+        if (mr < 16) amx_config(16);
+        if (fast) {
+            amx_epilogue(e, (const int32_t(*)[16])acc, mr, m0, n0);
+            continue;
+        }
+        for (int r = 0; r < mr; r++)
+            for (int j = 0; j < nn; j++) finish(e, acc[r][j], w + (n0 + j) * K, m0 + r, n0 + j);
+    }
+}
+
+/* eb_gemm_panels on AMX (its contract; see there): returns 1 when it cannot run (no permission, or no memory for
+ * the padded copy of x), and the caller's nest runs instead. */
+static int amx_gemm_panels(const int8_t *x, int x_ready, const int8_t *w, const eb_epi *e, int64_t M, int64_t K,
+                           int64_t N) {
+    if (!amx_usable()) return 1;
+    const int64_t K64 = (K + 63) / 64 * 16, ldx = K64 * 4, npanels = (N + 15) / 16; /* K64: k-groups, padded */
+    const int64_t ld_in = x_ready ? (K + 3) / 4 * 4 : K; /* x's row stride (a ready x is padded to 4 bytes) */
+    const int8_t *xp = x;
+    int8_t *xpad = NULL;
+    if (ldx != ld_in) { /* rows of whole 64-byte tiles: a zero-padded copy */
+        xpad = (int8_t *)calloc((size_t)(M * ldx), 1);
+        if (!xpad) return 1;
+        for (int64_t m = 0; m < M; m++) memcpy(xpad + m * ldx, x + m * ld_in, (size_t)K);
+        xp = xpad;
+    }
+#pragma omp parallel if (npanels >= 4)
+    {
+        int8_t *panel = (int8_t *)aligned_alloc(64, (size_t)(K64 * 64));
+        if (panel) {
+            amx_config(16);
+            const int64_t K4 = (K + 3) / 4;
+            memset(panel + K4 * 64, 0, (size_t)((K64 - K4) * 64));
+        }
+#pragma omp for schedule(static)
+        for (int64_t p = 0; p < npanels; p++) {
+            const int64_t n0 = 16 * p;
+            const int nn = N - n0 < 16 ? (int)(N - n0) : 16;
+            if (e->wo) /* this panel's columns of the dequantized outlier weights */
+                for (int64_t j = 0; j < e->n_out; j++)
+                    for (int64_t n = n0; n < n0 + nn; n++) e->wo[j * N + n] = (float)w[n * K + e->cols[j]] * e->ws[n];
+            if (panel) {
+                pack_panel(w, K, n0, nn, (K + 3) / 4, 0x00u, panel);
+                amx_sweep(xp, ldx, panel, K64, w, e, M, K, n0, nn);
+                continue;
+            }
+            for (int j = 0; j < nn; j++) /* no memory for a panel: plain dot products */
+                for (int64_t m = 0; m < M; m++)
+                    finish(e, dot_1x1(xp + m * ldx, w + (n0 + j) * K, K), w + (n0 + j) * K, m, n0 + j);
+        }
+        if (panel) _tile_release();
+        free(panel);
+    }
+    free(xpad);
+    return 0;
+}
+#endif
