@@ -41,10 +41,15 @@ def test_every_code_is_exact_in_bfloat16():
         assert torch.equal(back[fin], t[fin]) and torch.equal(back.isnan(), t.isnan()), dt
 
 
+@pytest.mark.parametrize("amx", ["1", "0"])  # 16 rows and more run on AMX-BF16 tiles where the CPU has them
 @pytest.mark.parametrize("fp8_dtype", FORMATS)
-@pytest.mark.parametrize("mkn", [(1, 1, 1), (3, 7, 5), (8, 32, 16), (9, 33, 17), (12, 384, 40), (70, 129, 47)])
+@pytest.mark.parametrize("mkn", [(1, 1, 1), (3, 7, 5), (8, 32, 16), (9, 33, 17), (12, 384, 40), (70, 129, 47),
+                                 (16, 32, 16), (40, 1000, 33)])
 @pytest.mark.parametrize("per_row", [False, True])
-def test_matches_float64_within_derived_bound(kernel, gen, fp8_dtype, mkn, per_row):
+def test_matches_float64_within_derived_bound(kernel, gen, monkeypatch, amx, fp8_dtype, mkn, per_row):
+    """Within the derived bound for both GEMMs where the CPU has AMX-BF16 (EIGHTBIT_AMX=0: the vdpbf16ps tile), with
+    the AMX path's padding of K to 32 (129, 1000), row tails under 16 (70, 40) and column tails (47, 33)."""
+    monkeypatch.setenv("EIGHTBIT_AMX", amx)
     m, k, n = mkn
     xq, wq = _finite_codes((m, k), fp8_dtype, gen), _finite_codes((n, k), fp8_dtype, gen)
     xs = torch.rand(m, generator=gen) + 0.5 if per_row else torch.tensor(0.03)

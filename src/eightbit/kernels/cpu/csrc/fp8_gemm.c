@@ -1,4 +1,5 @@
-/* eightbit native CPU kernels: the FP8 linear (the fp8_linear op) on AVX-512 BF16.
+/* eightbit native CPU kernels: the FP8 linear (the fp8_linear op) on AVX-512 BF16, and on AMX-BF16 tiles for 16 rows
+ * and more where the CPU has them (amx_bf16_sweep: the same packed layout, padded to 32 values of K).
  *
  * Every fp8 code (e4m3fn, e5m2 and their fnuz variants) is exactly a bfloat16, and the product of two bfloat16
  * values is exact in float32, so vdpbf16ps multiplies the codes exactly and adds each product to a float32
@@ -112,6 +113,40 @@ static inline __attribute__((always_inline)) void tile_rows(const uint16_t *x, i
 #undef EB_BF_ROW
 #undef EB_BF_OUT
 
+#if defined(__AMX_TILE__) && defined(__AMX_BF16__)
+#define EB_FP8_AMX 1
+#include "amx.h"
+/* All M rows of the bfloat16 activations (ld apart, ld a multiple of 32, zero beyond K) times one panel of K2 pairs
+ * (a multiple of 16) on AMX-BF16, finished into out: tdpbf16ps multiplies 16 rows x 32 values by 32 x 16 and adds
+ * the exact products into float32 sums (in its own order: the same rounding bound as the vdpbf16ps tile), the
+ * epilogue is tile_rows'. The tile configuration for 16 rows is loaded; the last rows take their own. */
+static void amx_bf16_sweep(const uint16_t *xb, int64_t ld, const uint32_t *panel, int64_t K2, const fp8_epi *e,
+                           int64_t M, int64_t n0, int nn) {
+    float acc[16][16] __attribute__((aligned(64)));
+    const __mmask16 cols = nn >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << nn) - 1u);
+    const __m512 ws16 = e->ws_stride ? _mm512_maskz_loadu_ps(cols, e->ws + n0) : _mm512_set1_ps(e->ws[0]);
+    const __m512 b16 = e->bias ? _mm512_maskz_loadu_ps(cols, e->bias + n0) : _mm512_setzero_ps();
+    for (int64_t m0 = 0; m0 < M; m0 += 16) {
+        const int mr = M - m0 < 16 ? (int)(M - m0) : 16;
+        if (mr < 16) amx_config(mr);
+        _tile_zero(0);
+        for (int64_t q = 0; q < K2; q += 16) {
+            _tile_loadd(1, xb + m0 * ld + 2 * q, ld * 2);
+            _tile_loadd(2, panel + q * 16, 64);
+            _tile_dpbf16ps(0, 1, 2);
+        }
+        _tile_stored(0, acc, 64);
+        if (mr < 16) amx_config(16);
+        for (int r = 0; r < mr; r++) {
+            __m512 y = _mm512_mul_ps(_mm512_mul_ps(_mm512_load_ps(acc[r]), _mm512_set1_ps(e->xs[(m0 + r) * e->xs_stride])),
+                                     ws16);
+            if (e->bias) y = _mm512_add_ps(y, b16);
+            _mm512_mask_storeu_ps(e->out + (m0 + r) * e->N + n0, cols, y);
+        }
+    }
+}
+#endif
+
 static void tile(const uint16_t *x, int64_t ld, const uint32_t *panel, int64_t K2, const fp8_epi *e, int mr, int64_t m0,
                  int64_t n0, int nn) {
     switch (mr) {
@@ -142,7 +177,13 @@ int eb_fp8_gemm_supported(void) {
 int eb_fp8_linear(const uint8_t *x, const uint8_t *w, const uint16_t *table, const float *xs, int64_t xs_stride,
                   const float *ws, int64_t ws_stride, const float *bias, float *out, int64_t M, int64_t K, int64_t N) {
 #if defined(__AVX512BF16__) && defined(__AVX512BW__) && defined(__AVX512VL__)
+#ifdef EB_FP8_AMX
+    /* 16 rows and more on AMX (rows and the panel padded to 32 values of K, 16 pairs), fewer on the tile below */
+    const int amx = M >= 16 && amx_usable();
+    const int64_t K2 = amx ? (K + 31) / 32 * 16 : (K + 1) / 2, ld = 2 * K2, npanels = (N + 15) / 16;
+#else
     const int64_t K2 = (K + 1) / 2, ld = 2 * K2, npanels = (N + 15) / 16;
+#endif
     __m512i tab[8];
     for (int i = 0; i < 8; i++) tab[i] = _mm512_loadu_si512((const void *)(table + 32 * i));
     uint16_t *xb = (uint16_t *)malloc((size_t)(M * ld) * sizeof(uint16_t));
@@ -155,14 +196,26 @@ int eb_fp8_linear(const uint8_t *x, const uint8_t *w, const uint16_t *table, con
     {
         uint32_t *panel = (uint32_t *)aligned_alloc(64, (size_t)(K2 * 64));
         failed |= !panel;
+#ifdef EB_FP8_AMX
+        if (amx && panel) amx_config(16);
+#endif
 #pragma omp for schedule(static)
         for (int64_t p = 0; p < npanels; p++) {
             if (!panel) continue;
             const int64_t n0 = 16 * p;
             const int nn = N - n0 < 16 ? (int)(N - n0) : 16;
             pack_panel_bf16(w, K, K2, n0, nn, tab, panel);
+#ifdef EB_FP8_AMX
+            if (amx) {
+                amx_bf16_sweep(xb, ld, panel, K2, &e, M, n0, nn);
+                continue;
+            }
+#endif
             for (int64_t m0 = 0; m0 < M; m0 += 8) tile(xb, ld, panel, K2, &e, M - m0 < 8 ? (int)(M - m0) : 8, m0, n0, nn);
         }
+#ifdef EB_FP8_AMX
+        if (amx && panel) _tile_release();
+#endif
         free(panel);
     }
     free(xb);

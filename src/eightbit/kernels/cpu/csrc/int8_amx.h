@@ -10,38 +10,7 @@
  * fails, or with EIGHTBIT_AMX=0, the VNNI nest runs. */
 #ifndef EIGHTBIT_INT8_AMX_H
 #define EIGHTBIT_INT8_AMX_H
-#include <sys/syscall.h>
-#include <unistd.h>
-
-#define EB_AMX_ARCH_REQ_XCOMP_PERM 0x1023
-#define EB_AMX_XFEATURE_XTILEDATA 18
-
-/* Whether this process may use AMX's tiles (asked once) and EIGHTBIT_AMX is not "0" (read on every call: tests
- * switch it to compare both nests). */
-static int amx_usable(void) {
-    static int granted = -1; /* racing first callers both ask: the request is idempotent */
-    if (granted < 0) granted = syscall(SYS_arch_prctl, EB_AMX_ARCH_REQ_XCOMP_PERM, EB_AMX_XFEATURE_XTILEDATA) == 0;
-    const char *env = getenv("EIGHTBIT_AMX");
-    return granted && !(env && env[0] == '0' && env[1] == 0);
-}
-
-/* The 64-byte tile configuration: palette 1; tile 0 the int32 sums (rows x 64 bytes), tile 1 the activations
- * (rows x 64 bytes), tile 2 the panel's 16 k-groups (16 x 64 bytes). */
-typedef struct {
-    uint8_t palette, start_row, reserved[14];
-    uint16_t colsb[16];
-    uint8_t rows[16];
-} __attribute__((packed, aligned(64))) amx_cfg_t;
-
-static void amx_config(int rows) {
-    amx_cfg_t c;
-    memset(&c, 0, sizeof c);
-    c.palette = 1;
-    c.rows[0] = (uint8_t)rows, c.colsb[0] = 64;
-    c.rows[1] = (uint8_t)rows, c.colsb[1] = 64;
-    c.rows[2] = 16, c.colsb[2] = 64;
-    _tile_loadconfig(&c);
-}
+#include "amx.h"
 
 /* finish() for rows m0 .. m0 + mr - 1 and the 16 columns from n0, from their int32 sums acc[r][0..16), with the
  * outlier columns' dequantized weights in e->wo: finish()'s operations in its order, 16 columns at a time. */

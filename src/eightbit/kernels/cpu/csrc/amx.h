@@ -1,0 +1,42 @@
+/* AMX's shared pieces (included by int8_amx.h and fp8_gemm.c where the compiler targets AMX): the process's
+ * permission to use the tile state, and the one tile configuration both GEMMs use. */
+#ifndef EIGHTBIT_AMX_H
+#define EIGHTBIT_AMX_H
+#include <immintrin.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#define EB_AMX_ARCH_REQ_XCOMP_PERM 0x1023
+#define EB_AMX_XFEATURE_XTILEDATA 18
+
+/* Whether this process may use AMX's tiles (asked once) and EIGHTBIT_AMX is not "0" (read on every call: tests
+ * switch it to compare both nests). */
+static int amx_usable(void) {
+    static int granted = -1; /* racing first callers both ask: the request is idempotent */
+    if (granted < 0) granted = syscall(SYS_arch_prctl, EB_AMX_ARCH_REQ_XCOMP_PERM, EB_AMX_XFEATURE_XTILEDATA) == 0;
+    const char *env = getenv("EIGHTBIT_AMX");
+    return granted && !(env && env[0] == '0' && env[1] == 0);
+}
+
+/* The 64-byte tile configuration: palette 1; tile 0 the sums (rows x 16 int32 or float32), tile 1 the activations
+ * (rows x 64 bytes), tile 2 16 rows of the panel (16 x 64 bytes: 16 k-groups of 4 bytes, or 16 pairs of bfloat16,
+ * for 16 columns). */
+typedef struct {
+    uint8_t palette, start_row, reserved[14];
+    uint16_t colsb[16];
+    uint8_t rows[16];
+} __attribute__((packed, aligned(64))) amx_cfg_t;
+
+static void amx_config(int rows) {
+    amx_cfg_t c;
+    memset(&c, 0, sizeof c);
+    c.palette = 1;
+    c.rows[0] = (uint8_t)rows, c.colsb[0] = 64;
+    c.rows[1] = (uint8_t)rows, c.colsb[1] = 64;
+    c.rows[2] = 16, c.colsb[2] = 64;
+    _tile_loadconfig(&c);
+}
+#endif
