@@ -94,13 +94,15 @@ def _amx_usable() -> bool:
 
 
 @pytest.mark.skipif(not _amx_usable(), reason="this CPU (or build) has no AMX-INT8: the VNNI/AVX2 nests run")
-@pytest.mark.parametrize("m", [16, 17, 40, 131])
-@pytest.mark.parametrize("k,n", [(64, 16), (384, 1536), (100, 33), (257, 45), (1025, 20)])
+@pytest.mark.parametrize("m", [16, 17, 40, 64, 131])
+@pytest.mark.parametrize("k,n", [(64, 16), (384, 1536), (100, 33), (257, 45), (1025, 20), (128, 40), (256, 33)])
 def test_amx_panels_equal_the_reference_and_the_vnni_nest(monkeypatch, gen, m, k, n):
     """Where the CPU has AMX-INT8 the panel nest runs on tiles: the full LLM.int8() forward (outlier columns, bias)
     and the dequantizing product are bit-identical to the reference and to the VNNI nest (EIGHTBIT_AMX=0), for
     row counts with and without a tail of rows under 16, K padded to 64 (100, 257, 1025: a zero-padded copy of x)
-    and panels of fewer than 16 columns (the scalar epilogue)."""
+    and panels of fewer than 16 columns (the scalar epilogue). Up to 64 rows with K a multiple of 64 take the nest
+    with the roles swapped (weight rows as the A tile, 1 to 4 blocks of 16 activation rows, a last block of weight
+    rows under 16: N = 40, 33)."""
     from eightbit.functional import quantize_vectorwise
     from eightbit.functional.int8 import int8_linear_reference
 

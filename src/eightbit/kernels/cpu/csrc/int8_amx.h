@@ -59,11 +59,91 @@ static void amx_sweep(const int8_t *x, int64_t ldx, const int8_t *restrict panel
     }
 }
 
+/* Few rows (M <= EB_AMX_FEW, K a multiple of 64): the roles swapped, so that no weight panel is packed (packing
+ * every weight byte per call cost as much as the whole product at M = 32). The weight's rows are the A tile as they
+ * lie (16 rows x 64 bytes of K), the activations the B tile: x transposed once per call into 4-byte k-groups,
+ * xt[q][m] = x[m][4q .. 4q+3] for Mp (M rounded up to 16) columns. C tile j holds out[16 j + c][n0 + r] at (r, c):
+ * the epilogue reads it by column. Up to 4 m-blocks share each A tile. */
+#define EB_AMX_FEW 64
+static void amx_config_few(int nrows, int mblocks) {
+    amx_cfg_t c;
+    memset(&c, 0, sizeof c);
+    c.palette = 1;
+    for (int j = 0; j < mblocks; j++) c.rows[j] = (uint8_t)nrows, c.colsb[j] = 64; /* tiles 0..3: the sums */
+    c.rows[4] = (uint8_t)nrows, c.colsb[4] = 64;                                       /* tile 4: weight rows */
+    c.rows[5] = 16, c.colsb[5] = 64;                                                   /* tile 5: activations */
+    _tile_loadconfig(&c);
+}
+
+static int amx_gemm_few(const int8_t *x, const int8_t *w, const eb_epi *e, int64_t M, int64_t K, int64_t N) {
+    const int64_t K4 = K / 4, Mp = (M + 15) / 16 * 16, nblocks = (N + 15) / 16, ldt = Mp * 4;
+    const int mblocks = (int)(Mp / 16);
+    int8_t *xt = (int8_t *)aligned_alloc(64, (size_t)(K4 * ldt));
+    if (!xt) return 1;
+    memset(xt, 0, (size_t)(K4 * ldt));
+    for (int64_t m = 0; m < M; m++) /* 4-byte groups: a 32-bit copy each */
+        for (int64_t q = 0; q < K4; q++) memcpy(xt + q * ldt + 4 * m, x + m * K + 4 * q, 4);
+#pragma omp parallel if (nblocks >= 4)
+    {
+        int cfg_rows = 0;
+        int32_t acc[4][16][16] __attribute__((aligned(64)));
+#pragma omp for schedule(static)
+        for (int64_t b = 0; b < nblocks; b++) {
+            const int64_t n0 = 16 * b;
+            const int nn = N - n0 < 16 ? (int)(N - n0) : 16;
+            if (nn != cfg_rows) amx_config_few(nn, mblocks), cfg_rows = nn;
+            _tile_zero(0);
+            if (mblocks > 1) _tile_zero(1);
+            if (mblocks > 2) _tile_zero(2);
+            if (mblocks > 3) _tile_zero(3);
+            for (int64_t q = 0; q < K4; q += 16) {
+                _tile_loadd(4, w + n0 * K + 4 * q, K);
+                _tile_loadd(5, xt + q * ldt, ldt);
+                _tile_dpbssd(0, 4, 5);
+                if (mblocks > 1) {
+                    _tile_loadd(5, xt + q * ldt + 64, ldt);
+                    _tile_dpbssd(1, 4, 5);
+                }
+                if (mblocks > 2) {
+                    _tile_loadd(5, xt + q * ldt + 128, ldt);
+                    _tile_dpbssd(2, 4, 5);
+                }
+                if (mblocks > 3) {
+                    _tile_loadd(5, xt + q * ldt + 192, ldt);
+                    _tile_dpbssd(3, 4, 5);
+                }
+            }
+            _tile_stored(0, acc[0], 64);
+            if (mblocks > 1) _tile_stored(1, acc[1], 64);
+            if (mblocks > 2) _tile_stored(2, acc[2], 64);
+            if (mblocks > 3) _tile_stored(3, acc[3], 64);
+            if (e->wo) /* this block's columns of the dequantized outlier weights (its rows were just read) */
+                for (int64_t j = 0; j < e->n_out; j++)
+                    for (int64_t n = n0; n < n0 + nn; n++) e->wo[j * N + n] = (float)w[n * K + e->cols[j]] * e->ws[n];
+            const int fast = nn == 16 && (!e->n_out || e->wo);
+            for (int64_t m = 0; m < M; m++) { /* output row m: column m % 16 of sum tile m / 16 */
+                int32_t col[16] __attribute__((aligned(64)));
+                for (int r = 0; r < 16; r++) col[r] = acc[m / 16][r][m % 16];
+                if (fast) {
+                    int32_t one[1][16] __attribute__((aligned(64)));
+                    memcpy(one[0], col, sizeof col);
+                    amx_epilogue(e, (const int32_t(*)[16])one, 1, m, n0);
+                } else
+                    for (int j = 0; j < nn; j++) finish(e, col[j], w + (n0 + j) * K, m, n0 + j);
+            }
+        }
+        if (cfg_rows) _tile_release();
+    }
+    free(xt);
+    return 0;
+}
+
 /* eb_gemm_panels on AMX (its contract; see there): returns 1 when it cannot run (no permission, or no memory for
  * the padded copy of x), and the caller's nest runs instead. */
 static int amx_gemm_panels(const int8_t *x, int x_ready, const int8_t *w, const eb_epi *e, int64_t M, int64_t K,
                            int64_t N) {
     if (!amx_usable()) return 1;
+    if (M <= EB_AMX_FEW && K % 64 == 0 && amx_gemm_few(x, w, e, M, K, N) == 0) return 0; /* (K % 4 == 0: x is K wide) */
     const int64_t K64 = (K + 63) / 64 * 16, ldx = K64 * 4, npanels = (N + 15) / 16; /* K64: k-groups, padded */
     const int64_t ld_in = x_ready ? (K + 3) / 4 * 4 : K; /* x's row stride (a ready x is padded to 4 bytes) */
     const int8_t *xp = x;
