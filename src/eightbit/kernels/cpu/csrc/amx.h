@@ -21,9 +21,9 @@ static int amx_usable(void) {
     return granted && !(env && env[0] == '0' && env[1] == 0);
 }
 
-/* The 64-byte tile configuration: palette 1; tile 0 the sums (rows x 16 int32 or float32), tile 1 the activations
- * (rows x 64 bytes), tile 2 16 rows of the panel (16 x 64 bytes: 16 k-groups of 4 bytes, or 16 pairs of bfloat16,
- * for 16 columns). */
+/* The 64-byte tile configuration: palette 1; tiles 0 and 3 the sums (rows x 16 int32 or float32), tile 1 the
+ * activations (rows x 64 bytes), tiles 2 and 4 16 rows of a panel (16 x 64 bytes: 16 k-groups of 4 bytes, or 16
+ * pairs of bfloat16, for 16 columns); 3 and 4 serve a second panel swept with the same activation tiles. */
 typedef struct {
     uint8_t palette, start_row, reserved[14];
     uint16_t colsb[16];
@@ -37,6 +37,8 @@ static void amx_config(int rows) {
     c.rows[0] = (uint8_t)rows, c.colsb[0] = 64;
     c.rows[1] = (uint8_t)rows, c.colsb[1] = 64;
     c.rows[2] = 16, c.colsb[2] = 64;
+    c.rows[3] = (uint8_t)rows, c.colsb[3] = 64;
+    c.rows[4] = 16, c.colsb[4] = 64;
     _tile_loadconfig(&c);
 }
 #endif

@@ -33,29 +33,45 @@ static void amx_epilogue(const eb_epi *e, const int32_t acc[16][16], int mr, int
     }
 }
 
-/* All M rows of x (rows ldx bytes apart, ldx a multiple of 64, zero beyond K) against one panel of K64 k-groups
- * (a multiple of 16), 16 rows at a time; the tile configuration for 16 rows is loaded. */
-static void amx_sweep(const int8_t *x, int64_t ldx, const int8_t *restrict panel, int64_t K64, const int8_t *w,
-                      const eb_epi *e, int64_t M, int64_t K, int64_t n0, int nn) {
-    const int fast = nn == 16 && (!e->n_out || e->wo);
+/* The sums of one 16-row block against one panel, finished into out. */
+static void amx_finish(const eb_epi *e, const int32_t acc[16][16], const int8_t *w, int64_t K, int mr, int64_t m0,
+                       int64_t n0, int nn) {
+    if (nn == 16 && (!e->n_out || e->wo)) {
+        amx_epilogue(e, acc, mr, m0, n0);
+        return;
+    }
+    for (int r = 0; r < mr; r++)
+        for (int j = 0; j < nn; j++) finish(e, acc[r][j], w + (n0 + j) * K, m0 + r, n0 + j);
+}
+
+/* All M rows of x (rows ldx bytes apart, ldx a multiple of 64, zero beyond K) against one or two panels (p1 NULL:
+ * one) of K64 k-groups (a multiple of 16), 16 rows at a time: each activation tile is loaded once for both panels
+ * (it is the tile product's largest input stream: 512 x 4096 x 4096 reloaded it 256 times). The tile configuration
+ * for 16 rows is loaded. */
+static void amx_sweep(const int8_t *x, int64_t ldx, const int8_t *restrict p0, const int8_t *restrict p1, int64_t K64,
+                      const int8_t *w, const eb_epi *e, int64_t M, int64_t K, int64_t n0, int nn0, int nn1) {
     int32_t acc[16][16] __attribute__((aligned(64)));
     for (int64_t m0 = 0; m0 < M; m0 += 16) {
         const int mr = M - m0 < 16 ? (int)(M - m0) : 16;
         if (mr < 16) amx_config(mr);
         _tile_zero(0);
+        if (p1) _tile_zero(3);
         for (int64_t q = 0; q < K64; q += 16) {
             _tile_loadd(1, x + m0 * ldx + 4 * q, ldx);
-            _tile_loadd(2, panel + q * 64, 64);
+            _tile_loadd(2, p0 + q * 64, 64);
             _tile_dpbssd(0, 1, 2);
+            if (p1) {
+                _tile_loadd(4, p1 + q * 64, 64);
+                _tile_dpbssd(3, 1, 4);
+            }
         }
         _tile_stored(0, acc, 64);
-        if (mr < 16) amx_config(16);
-        if (fast) {
-            amx_epilogue(e, (const int32_t(*)[16])acc, mr, m0, n0);
-            continue;
+        amx_finish(e, (const int32_t(*)[16])acc, w, K, mr, m0, n0, nn0);
+        if (p1) {
+            _tile_stored(3, acc, 64);
+            amx_finish(e, (const int32_t(*)[16])acc, w, K, mr, m0, n0 + 16, nn1);
         }
-        for (int r = 0; r < mr; r++)
-            for (int j = 0; j < nn; j++) finish(e, acc[r][j], w + (n0 + j) * K, m0 + r, n0 + j);
+        if (mr < 16) amx_config(16);
     }
 }
 
@@ -154,19 +170,31 @@ static int amx_gemm_panels(const int8_t *x, int x_ready, const int8_t *w, const 
         for (int64_t m = 0; m < M; m++) memcpy(xpad + m * ldx, x + m * ld_in, (size_t)K);
         xp = xpad;
     }
-#pragma omp parallel if (npanels >= 4)
+    const int64_t npairs = (npanels + 1) / 2;
+#pragma omp parallel if (npairs >= 2)
     {
-        int8_t *panel = (int8_t *)aligned_alloc(64, (size_t)(K64 * 64));
-        if (panel) {
+        int8_t *panels = (int8_t *)aligned_alloc(64, (size_t)(2 * K64 * 64)); /* two panels, K64 k-groups each */
+        if (panels) {
             amx_config(16);
             const int64_t K4 = (K + 3) / 4;
-            memset(panel + K4 * 64, 0, (size_t)((K64 - K4) * 64));
+            for (int h = 0; h < 2; h++) memset(panels + h * K64 * 64 + K4 * 64, 0, (size_t)((K64 - K4) * 64));
         }
 #pragma omp for schedule(static)
-        for (int64_t p = 0; p < npanels; p++) {
-            const int64_t n0 = 16 * p;
-            const int nn = N - n0 < 16 ? (int)(N - n0) : 16;
-            if (panel) {
+        for (int64_t pp = 0; pp < npairs; pp++) { /* panels 2 pp and 2 pp + 1 (if any) together */
+            int nns[2] = {0, 0};
+            for (int h = 0; h < 2 && 2 * pp + h < npanels; h++) {
+                const int64_t n0 = 16 * (2 * pp + h);
+                const int nn = nns[h] = N - n0 < 16 ? (int)(N - n0) : 16;
+                if (!panels) { /* no memory for the panels: plain dot products */
+                    if (e->wo)
+                        for (int64_t j = 0; j < e->n_out; j++)
+                            for (int64_t n = n0; n < n0 + nn; n++) e->wo[j * N + n] = (float)w[n * K + e->cols[j]] * e->ws[n];
+                    for (int j = 0; j < nn; j++)
+                        for (int64_t m = 0; m < M; m++)
+                            finish(e, dot_1x1(xp + m * ldx, w + (n0 + j) * K, K), w + (n0 + j) * K, m, n0 + j);
+                    continue;
+                }
+                int8_t *panel = panels + h * K64 * 64;
                 pack_panel(w, K, n0, nn, (K + 3) / 4, 0x00u, panel);
                 if (e->wo) /* this panel's columns of the dequantized outlier weights, from the panel in L1 (from
                               the weight rows, a cache miss each: 4 outlier columns cost 15 % at 512 x 4096 x 4096) */
@@ -175,18 +203,12 @@ static int amx_gemm_panels(const int8_t *x, int x_ready, const int8_t *w, const 
                         for (int i = 0; i < nn; i++)
                             e->wo[j * N + n0 + i] = (float)panel[q * 64 + 4 * i + t] * e->ws[n0 + i];
                     }
-                amx_sweep(xp, ldx, panel, K64, w, e, M, K, n0, nn);
-                continue;
             }
-            if (e->wo) /* without a panel: the dequantized outlier weights from the weight rows */
-                for (int64_t j = 0; j < e->n_out; j++)
-                    for (int64_t n = n0; n < n0 + nn; n++) e->wo[j * N + n] = (float)w[n * K + e->cols[j]] * e->ws[n];
-            for (int j = 0; j < nn; j++) /* no memory for a panel: plain dot products */
-                for (int64_t m = 0; m < M; m++)
-                    finish(e, dot_1x1(xp + m * ldx, w + (n0 + j) * K, K), w + (n0 + j) * K, m, n0 + j);
+            if (panels)
+                amx_sweep(xp, ldx, panels, nns[1] ? panels + K64 * 64 : NULL, K64, w, e, M, K, 32 * pp, nns[0], nns[1]);
         }
-        if (panel) _tile_release();
-        free(panel);
+        if (panels) _tile_release();
+        free(panels);
     }
     free(xpad);
     return 0;
