@@ -389,6 +389,8 @@ def env(as_json: bool = typer.Option(False, "--json", help="Print the report as 
          + f" (isa {nat['isa']}, cache {nat['cache_dir']})")
     if nat["loaded"]:
         line("native code paths", ", ".join(nat["paths"]) or "plain C (no vector paths)")
+        if any(p.startswith("amx") for p in nat["paths"]):
+            line("AMX tiles", "in use" if nat["amx"] else "not in use (the OS did not grant the tile state, or EIGHTBIT_AMX=0)")
     line("C++ op kernels", ("loaded: " if cpp["loaded"] else "not loaded: ") + str(cpp["detail"]))
     cuda = r["cuda"]
     gpus = "; ".join(f"{d['name']} (sm {d['capability']}, {d['memory_gib']} GiB)" for d in cuda["devices"])

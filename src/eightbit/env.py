@@ -18,12 +18,12 @@ __all__ = ["collect_env", "cpuinfo", "package_version", "CPU_FEATURES", "NATIVE_
 
 # /proc/cpuinfo flags that choose the native kernels' code paths (csrc/): AVX2 + FMA + F16C (the baseline vector
 # paths), AVX-512 F/BW/CD (16-lane passes), VBMI (folded decode tables of the optimizer), VNNI (int8 GEMM tiles),
-# BF16 (the FP8 GEMM's dot products), AMX (not used; listed so a report shows the hardware has it)
+# BF16 (the FP8 GEMM's dot products), AMX tile/INT8/BF16 (the int8 and FP8 GEMMs' tiles)
 CPU_FEATURES = ("avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512cd", "avx512vbmi", "avx512_vnni", "avx_vnni",
-                "avx512_bf16", "amx_tile", "amx_int8")
+                "avx512_bf16", "amx_tile", "amx_int8", "amx_bf16")
 # the native library's code paths, in the bit order of eb_code_paths (csrc/paths.c)
 NATIVE_PATHS = ("avx2 8-lane", "avx512 16-lane optimizer", "avx512vbmi folded decode", "avx512vnni int8 GEMM",
-                "avx512bf16 FP8 GEMM")
+                "avx512bf16 FP8 GEMM", "amx int8 GEMM", "amx-bf16 FP8 GEMM")
 _PACKAGES = ("torch", "transformers", "safetensors", "peft", "accelerate", "triton", "numpy")
 
 
@@ -73,7 +73,8 @@ def collect_env() -> dict[str, Any]:
     (name -> version or None), ``cpu`` (model, machine, threads, ``features``: flag -> bool, None off Linux),
     ``native`` and ``cpp_ops`` (``loaded``, ``detail``: the library's path or why it is not loaded; ``native``
     also ``paths``: the instruction-set code paths the library was built with, names from ``NATIVE_PATHS``;
-    none = plain C), ``settings``
+    none = plain C; and ``amx``: whether the AMX paths run here, the tile state granted by the OS and
+    ``EIGHTBIT_AMX`` not 0), ``settings``
     (the ``EIGHTBIT_*`` environment variables set), ``reference_forced``, ``cuda`` (available, torch's CUDA
     version, triton, devices) and ``kernels`` (op -> the device types a kernel serves; [] = reference only).
     Loads the kernels as ``import eightbit`` does; never raises for a missing optional part."""
@@ -97,6 +98,7 @@ def collect_env() -> dict[str, Any]:
         "native": {"loaded": lib is not None,
                    "detail": getattr(lib, "_name", None) if lib is not None else native.unavailable_reason(),
                    "paths": [] if lib is None else [p for i, p in enumerate(NATIVE_PATHS) if lib.eb_code_paths() >> i & 1],
+                   "amx": lib is not None and bool(lib.eb_amx_usable()),
                    "isa": os.environ.get("EIGHTBIT_NATIVE_ISA", "native"), "cache_dir": str(native.cache_dir())},
         "cpp_ops": {"loaded": cpp, "detail": "eightbit::int8_linear served from C++" if cpp
                     else torch_ext.unavailable_reason()},

@@ -190,6 +190,8 @@ def test_env_reports_kernels_and_versions():
 
         assert set(r["native"]["paths"]) <= set(NATIVE_PATHS)
         assert ("avx512bf16 FP8 GEMM" in r["native"]["paths"]) == bool(native.library().eb_fp8_gemm_supported())
+        assert r["native"]["amx"] == bool(native.library().eb_amx_usable())
+        assert r["native"]["amx"] <= ("amx int8 GEMM" in r["native"]["paths"])  # in use only where built
     assert r["cuda"]["available"] == torch.cuda.is_available()
     assert set(r["kernels"]) == set(ops.SCHEMAS)
     assert {(op, d) for op, ds in r["kernels"].items() for d in ds} == set(registered_kernels())

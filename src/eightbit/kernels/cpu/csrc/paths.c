@@ -17,5 +17,12 @@ int eb_code_paths(void) {
 #if defined(__AVX512BF16__) && defined(__AVX512BW__) && defined(__AVX512VL__)
     m |= 1 << 4; /* FP8 GEMM as bf16 dot products */
 #endif
+#if defined(__AVX2__) && defined(__AVX512F__) && defined(__AMX_TILE__) && defined(__AMX_INT8__)
+    m |= 1 << 5; /* int8 GEMM on AMX tiles (int8_amx.h), where the OS grants the tile state */
+#endif
+#if defined(__AVX512BF16__) && defined(__AVX512BW__) && defined(__AVX512VL__) && defined(__AMX_TILE__) && \
+    defined(__AMX_BF16__)
+    m |= 1 << 6; /* FP8 GEMM on AMX-BF16 tiles */
+#endif
     return m;
 }
