@@ -80,26 +80,16 @@ class _Parts:
         """Adds one parameter's update (8-bit states when ``absmaxes``, else 32-bit); False (nothing added) where
         the kernel declines it."""
         k, n = self.k, p.numel()
-        pt, gt = _DTYPES.get(p.dtype), _DTYPES.get(g.dtype)
-        if (len(states) != k or blocksize > native.MAX_BLOCK or pt is None or gt is None
-                or not p.is_contiguous() or not g.is_contiguous() or g.numel() != n):
+        taken = _layout(p, g, states, absmaxes, blocksize) if len(states) == k else None
+        if taken is None:
             return False
-        if not absmaxes:  # read and written by pointer: anything but the layout the kernel assumes is declined
-            for s in states:
-                if s.dtype != torch.float32 or not s.is_contiguous() or s.numel() != n:
-                    return False
+        pt, gt = taken
+        if not absmaxes:
             self.keep += [p, g, *states]
             self.f32.extend((p.data_ptr(), g.data_ptr(), *_pad([s.data_ptr() for s in states]), self._hyper(hyper),
                              n, blocksize, pt[0], gt[0]))
             self.f32_skipped.append(skipped)
             return True
-        nb = -(-n // blocksize)
-        if len(absmaxes) != k:
-            return False
-        for s, a in zip(states, absmaxes):
-            if (s.dtype != torch.uint8 or not s.is_contiguous() or s.numel() != n or a.dtype != torch.float32
-                    or not a.is_contiguous() or a.numel() != nb):
-                return False
         luts = [self._lut(c) for c in codes]
         if None in luts:
             return False
@@ -120,11 +110,10 @@ class _Parts:
         return True
 
     def _lut(self, c: torch.Tensor) -> int | None:
-        """The address of code map ``c``'s native tables, None where it has none."""
+        """_lut_address of code map ``c``, looked up once per call."""
         lut = self.luts.get(id(c), False)
         if lut is False:
-            t = native_tables(codebook(c))  # cached on the code map, which outlives the call
-            lut = self.luts[id(c)] = None if t is None else ctypes.addressof(t.lut)
+            lut = self.luts[id(c)] = _lut_address(c)
         return lut
 
     def run(self) -> None:
@@ -147,6 +136,32 @@ class _Parts:
             lib.eb_optim_f32_many(self.rule, self.k, self.wd_mode, self.skip, len(self.f32_skipped),
                                   self.f32.buffer_info()[0], nskip.buffer_info()[0])
             _count(self.f32_skipped, nskip)
+
+
+def _layout(p, g, states, absmaxes, blocksize: int) -> tuple | None:
+    """(p's, g's dtype entry of _DTYPES) where the kernel takes these tensors as they lie, else None: p and g of a
+    served dtype, contiguous and of equal size, a block size within the scratch; states contiguous of p's size,
+    uint8 with one contiguous float32 absmax per block and state (8-bit: ``absmaxes`` given) or float32 (read
+    and written by pointer: anything but this layout is declined)."""
+    pt, gt, n = _DTYPES.get(p.dtype), _DTYPES.get(g.dtype), p.numel()
+    if (blocksize > native.MAX_BLOCK or pt is None or gt is None or not p.is_contiguous() or not g.is_contiguous()
+            or g.numel() != n):
+        return None
+    want = torch.uint8 if absmaxes else torch.float32
+    if any(s.dtype != want or not s.is_contiguous() or s.numel() != n for s in states):
+        return None
+    if absmaxes:
+        nb = -(-n // blocksize)
+        if len(absmaxes) != len(states) or any(
+                a.dtype != torch.float32 or not a.is_contiguous() or a.numel() != nb for a in absmaxes):
+            return None
+    return pt, gt
+
+
+def _lut_address(c: torch.Tensor) -> int | None:
+    """The address of code map ``c``'s native tables, None where it has none."""
+    t = native_tables(codebook(c))  # cached on the code map, which outlives the call
+    return None if t is None else ctypes.addressof(t.lut)
 
 
 def _pad(xs: list) -> list:
@@ -206,23 +221,15 @@ def optimizer_update_norm_cpu(rule, p, g, states, absmaxes, codes, hyper, wd_mod
     parameter, float32 (2,), for the parameters, gradients and states ``optimizer_update_cpu`` takes. Both sum the
     exact squares in double, in different orders: each result within an ulp of the reference's."""
     check_op_scalars(wd_mode, [blocksize])
-    pt, gt, n = _DTYPES.get(p.dtype), _DTYPES.get(g.dtype), p.numel()
-    if (native.library() is None or rule not in NATIVE_RULES or not states or pt is None or gt is None
-            or blocksize > native.MAX_BLOCK or not p.is_contiguous() or not g.is_contiguous() or g.numel() != n):
+    taken = None
+    if native.library() is not None and rule in NATIVE_RULES and states:
+        taken = _layout(p, g, states, absmaxes, blocksize)
+    if taken is None:
         return NotImplemented
-    eight = bool(absmaxes)
-    want = torch.uint8 if eight else torch.float32
-    if any(s.dtype != want or not s.is_contiguous() or s.numel() != n for s in states):
+    (pt, gt), n, eight = taken, p.numel(), bool(absmaxes)
+    luts = [_lut_address(c) for c in codes] if eight else [0] * len(states)
+    if None in luts:
         return NotImplemented
-    luts = [0] * len(states)
-    if eight:
-        nb = -(-n // blocksize)
-        if any(a.dtype != torch.float32 or not a.is_contiguous() or a.numel() != nb for a in absmaxes):
-            return NotImplemented
-        parts = _Parts(rule, wd_mode, len(states), False)
-        luts = [parts._lut(c) for c in codes]
-        if None in luts:
-            return NotImplemented
     if n == 0:
         return torch.zeros(2, dtype=torch.float32)
     h = Hyper(*hyper)

@@ -30,15 +30,18 @@ typedef struct {
     uint8_t rows[16];
 } __attribute__((packed, aligned(64))) amx_cfg_t;
 
-static void amx_config(int rows) {
+/* Loads a configuration of tiles 0..7 with rows[i] rows (0: unused) of 64 bytes each. */
+static void amx_config_rows(const uint8_t rows[8]) {
     amx_cfg_t c;
     memset(&c, 0, sizeof c);
     c.palette = 1;
-    c.rows[0] = (uint8_t)rows, c.colsb[0] = 64;
-    c.rows[1] = (uint8_t)rows, c.colsb[1] = 64;
-    c.rows[2] = 16, c.colsb[2] = 64;
-    c.rows[3] = (uint8_t)rows, c.colsb[3] = 64;
-    c.rows[4] = 16, c.colsb[4] = 64;
+    for (int i = 0; i < 8; i++)
+        if (rows[i]) c.rows[i] = rows[i], c.colsb[i] = 64;
     _tile_loadconfig(&c);
+}
+
+static void amx_config(int rows) {
+    const uint8_t r = (uint8_t)rows, t[8] = {r, r, 16, r, 16, 0, 0, 0};
+    amx_config_rows(t);
 }
 #endif

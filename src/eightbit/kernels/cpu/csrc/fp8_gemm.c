@@ -83,15 +83,34 @@ typedef struct {
 
 #define EB_BF_ROW(R)                                                                                              \
     if (mr > R) a##R = _mm512_dpbf16_ps(a##R, (__m512bh)wq, (__m512bh)_mm512_set1_epi32(*(const int32_t *)(x##R + 2 * q)));
+/* The epilogue of one panel's columns n0 .. n0 + nn - 1: their mask, column scales and bias. */
+typedef struct {
+    __mmask16 cols;
+    __m512 ws16, b16;
+    int nn;
+} fp8_cols_t;
+
+static inline fp8_cols_t fp8_cols(const fp8_epi *e, int64_t n0, int nn) {
+    fp8_cols_t c;
+    c.cols = nn >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << nn) - 1u);
+    c.ws16 = e->ws_stride ? _mm512_maskz_loadu_ps(c.cols, e->ws + n0) : _mm512_set1_ps(e->ws[0]);
+    c.b16 = e->bias ? _mm512_maskz_loadu_ps(c.cols, e->bias + n0) : _mm512_setzero_ps();
+    c.nn = nn;
+    return c;
+}
+
+/* out[m, n0 ..] = (sums * x_scale[m]) * w_scale + bias for the panel's columns. */
+static inline __attribute__((always_inline)) void fp8_store_row(const fp8_epi *e, const fp8_cols_t *c, __m512 sums,
+                                                                int64_t m, int64_t n0) {
+    __m512 y = _mm512_mul_ps(_mm512_mul_ps(sums, _mm512_set1_ps(e->xs[m * e->xs_stride])), c->ws16);
+    if (e->bias) y = _mm512_add_ps(y, c->b16);
+    if (c->nn >= 16) /* plain stores where the panel is whole: masked ones are slower on Zen 4 */
+        _mm512_storeu_ps(e->out + m * e->N + n0, y);
+    else
+        _mm512_mask_storeu_ps(e->out + m * e->N + n0, c->cols, y);
+}
 #define EB_BF_OUT(R)                                                                                              \
-    if (mr > R) {                                                                                                 \
-        __m512 y = _mm512_mul_ps(_mm512_mul_ps(a##R, _mm512_set1_ps(e->xs[(m0 + R) * e->xs_stride])), ws16);    \
-        if (e->bias) y = _mm512_add_ps(y, b16);                                                                   \
-        if (nn >= 16) /* plain stores where the panel is whole: masked ones are slower on Zen 4 */              \
-            _mm512_storeu_ps(e->out + (m0 + R) * e->N + n0, y);                                                   \
-        else                                                                                                      \
-            _mm512_mask_storeu_ps(e->out + (m0 + R) * e->N + n0, cols, y);                                        \
-    }
+    if (mr > R) fp8_store_row(e, &c, a##R, m0 + R, n0);
 /* mr (<= 8) rows from m0 of the bfloat16 activations (ld apart) times one panel, finished into out. mr is a literal
  * at every call site (tile()), so the row tests fold away. */
 static inline __attribute__((always_inline)) void tile_rows(const uint16_t *x, int64_t ld, const uint32_t *restrict panel,
@@ -105,9 +124,7 @@ static inline __attribute__((always_inline)) void tile_rows(const uint16_t *x, i
         const __m512i wq = _mm512_loadu_si512((const void *)(panel + q * 16));
         EB_BF_ROW(0) EB_BF_ROW(1) EB_BF_ROW(2) EB_BF_ROW(3) EB_BF_ROW(4) EB_BF_ROW(5) EB_BF_ROW(6) EB_BF_ROW(7)
     }
-    const __mmask16 cols = nn >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << nn) - 1u);
-    const __m512 ws16 = e->ws_stride ? _mm512_maskz_loadu_ps(cols, e->ws + n0) : _mm512_set1_ps(e->ws[0]);
-    const __m512 b16 = e->bias ? _mm512_maskz_loadu_ps(cols, e->bias + n0) : _mm512_setzero_ps();
+    const fp8_cols_t c = fp8_cols(e, n0, nn);
     EB_BF_OUT(0) EB_BF_OUT(1) EB_BF_OUT(2) EB_BF_OUT(3) EB_BF_OUT(4) EB_BF_OUT(5) EB_BF_OUT(6) EB_BF_OUT(7)
 }
 #undef EB_BF_ROW
@@ -123,9 +140,7 @@ static inline __attribute__((always_inline)) void tile_rows(const uint16_t *x, i
 static void amx_bf16_sweep(const uint16_t *xb, int64_t ld, const uint32_t *panel, int64_t K2, const fp8_epi *e,
                            int64_t M, int64_t n0, int nn) {
     float acc[16][16] __attribute__((aligned(64)));
-    const __mmask16 cols = nn >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << nn) - 1u);
-    const __m512 ws16 = e->ws_stride ? _mm512_maskz_loadu_ps(cols, e->ws + n0) : _mm512_set1_ps(e->ws[0]);
-    const __m512 b16 = e->bias ? _mm512_maskz_loadu_ps(cols, e->bias + n0) : _mm512_setzero_ps();
+    const fp8_cols_t c = fp8_cols(e, n0, nn);
     for (int64_t m0 = 0; m0 < M; m0 += 16) {
         const int mr = M - m0 < 16 ? (int)(M - m0) : 16;
         if (mr < 16) amx_config(mr);
@@ -137,12 +152,7 @@ static void amx_bf16_sweep(const uint16_t *xb, int64_t ld, const uint32_t *panel
         }
         _tile_stored(0, acc, 64);
         if (mr < 16) amx_config(16);
-        for (int r = 0; r < mr; r++) {
-            __m512 y = _mm512_mul_ps(_mm512_mul_ps(_mm512_load_ps(acc[r]), _mm512_set1_ps(e->xs[(m0 + r) * e->xs_stride])),
-                                     ws16);
-            if (e->bias) y = _mm512_add_ps(y, b16);
-            _mm512_mask_storeu_ps(e->out + (m0 + r) * e->N + n0, cols, y);
-        }
+        for (int r = 0; r < mr; r++) fp8_store_row(e, &c, _mm512_load_ps(acc[r]), m0 + r, n0);
     }
 }
 #endif

@@ -82,13 +82,10 @@ static void amx_sweep(const int8_t *x, int64_t ldx, const int8_t *restrict p0, c
  * the epilogue reads it by column. Up to 4 m-blocks share each A tile. */
 #define EB_AMX_FEW 64
 static void amx_config_few(int nrows, int mblocks) {
-    amx_cfg_t c;
-    memset(&c, 0, sizeof c);
-    c.palette = 1;
-    for (int j = 0; j < mblocks; j++) c.rows[j] = (uint8_t)nrows, c.colsb[j] = 64; /* tiles 0..3: the sums */
-    c.rows[4] = (uint8_t)nrows, c.colsb[4] = 64;                                       /* tile 4: weight rows */
-    c.rows[5] = 16, c.colsb[5] = 64;                                                   /* tile 5: activations */
-    _tile_loadconfig(&c);
+    uint8_t rows[8] = {0}; /* tiles 0..mblocks-1: the sums; 4: weight rows; 5: activations */
+    for (int j = 0; j < mblocks; j++) rows[j] = (uint8_t)nrows;
+    rows[4] = (uint8_t)nrows, rows[5] = 16;
+    amx_config_rows(rows);
 }
 
 static int amx_gemm_few(const int8_t *x, const int8_t *w, const eb_epi *e, int64_t M, int64_t K, int64_t N) {
@@ -133,19 +130,11 @@ static int amx_gemm_few(const int8_t *x, const int8_t *w, const eb_epi *e, int64
             if (mblocks > 1) _tile_stored(1, acc[1], 64);
             if (mblocks > 2) _tile_stored(2, acc[2], 64);
             if (mblocks > 3) _tile_stored(3, acc[3], 64);
-            if (e->wo) /* this block's columns of the dequantized outlier weights (its rows were just read) */
-                for (int64_t j = 0; j < e->n_out; j++)
-                    for (int64_t n = n0; n < n0 + nn; n++) e->wo[j * N + n] = (float)w[n * K + e->cols[j]] * e->ws[n];
-            const int fast = nn == 16 && (!e->n_out || e->wo);
+            if (e->wo) row_outlier_weights(e, w, K, n0, nn); /* (its rows were just read) */
             for (int64_t m = 0; m < M; m++) { /* output row m: column m % 16 of sum tile m / 16 */
-                int32_t col[16] __attribute__((aligned(64)));
-                for (int r = 0; r < 16; r++) col[r] = acc[m / 16][r][m % 16];
-                if (fast) {
-                    int32_t one[1][16] __attribute__((aligned(64)));
-                    memcpy(one[0], col, sizeof col);
-                    amx_epilogue(e, (const int32_t(*)[16])one, 1, m, n0);
-                } else
-                    for (int j = 0; j < nn; j++) finish(e, col[j], w + (n0 + j) * K, m, n0 + j);
+                int32_t col[1][16] __attribute__((aligned(64)));
+                for (int r = 0; r < 16; r++) col[0][r] = acc[m / 16][r][m % 16];
+                amx_finish(e, (const int32_t(*)[16])col, w, K, 1, m, n0, nn);
             }
         }
         if (cfg_rows) _tile_release();
@@ -185,24 +174,13 @@ static int amx_gemm_panels(const int8_t *x, int x_ready, const int8_t *w, const 
             for (int h = 0; h < 2 && 2 * pp + h < npanels; h++) {
                 const int64_t n0 = 16 * (2 * pp + h);
                 const int nn = nns[h] = N - n0 < 16 ? (int)(N - n0) : 16;
-                if (!panels) { /* no memory for the panels: plain dot products */
-                    if (e->wo)
-                        for (int64_t j = 0; j < e->n_out; j++)
-                            for (int64_t n = n0; n < n0 + nn; n++) e->wo[j * N + n] = (float)w[n * K + e->cols[j]] * e->ws[n];
-                    for (int j = 0; j < nn; j++)
-                        for (int64_t m = 0; m < M; m++)
-                            finish(e, dot_1x1(xp + m * ldx, w + (n0 + j) * K, K), w + (n0 + j) * K, m, n0 + j);
+                if (!panels) { /* no memory for the panels */
+                    columns_by_dots(xp, ldx, w, e, M, K, n0, nn);
                     continue;
                 }
                 int8_t *panel = panels + h * K64 * 64;
                 pack_panel(w, K, n0, nn, (K + 3) / 4, 0x00u, panel);
-                if (e->wo) /* this panel's columns of the dequantized outlier weights, from the panel in L1 (from
-                              the weight rows, a cache miss each: 4 outlier columns cost 15 % at 512 x 4096 x 4096) */
-                    for (int64_t j = 0; j < e->n_out; j++) {
-                        const int64_t q = e->cols[j] / 4, t = e->cols[j] % 4;
-                        for (int i = 0; i < nn; i++)
-                            e->wo[j * N + n0 + i] = (float)panel[q * 64 + 4 * i + t] * e->ws[n0 + i];
-                    }
+                if (e->wo) panel_outlier_weights(e, panel, n0, nn, 0x00u);
             }
             if (panels)
                 amx_sweep(xp, ldx, panels, nns[1] ? panels + K64 * 64 : NULL, K64, w, e, M, K, 32 * pp, nns[0], nns[1]);

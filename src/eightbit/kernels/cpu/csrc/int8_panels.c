@@ -273,6 +273,41 @@ static void panel_sweep(const int8_t *xp, int64_t ldx, const int32_t *rowsum, co
     }
 }
 
+/* The dequantized outlier weights e->wo of the columns n0 .. n0 + nn - 1, read from their packed panel in L1 (a
+ * byte of each 4-byte group; flip: the panel's byte flip, undone). From the weight rows they cost a cache miss each:
+ * M = 12, 1536 x 384, 3 outlier columns, kernel only 45.2 -> 40.7 us; 4 outlier columns cost 15 % of the AMX nest
+ * at 512 x 4096 x 4096. */
+static void panel_outlier_weights(const eb_epi *e, const int8_t *restrict panel, int64_t n0, int nn, uint8_t flip) {
+    const int64_t N = e->N;
+    for (int64_t j = 0; j < e->n_out; j++) {
+        const int64_t q = e->cols[j] / 4, t = e->cols[j] % 4;
+#if EB_U8S8
+        if (nn == 16) { /* byte t of each 4-byte group to the top, the flip undone, shifted down signed */
+            const __m512i g = _mm512_slli_epi32(_mm512_load_si512((const void *)(panel + q * 64)), (unsigned)(24 - 8 * t));
+            const __m512i v = _mm512_srai_epi32(_mm512_xor_si512(g, _mm512_set1_epi32((int32_t)((uint32_t)flip << 24))), 24);
+            _mm512_storeu_ps(e->wo + j * N + n0, _mm512_mul_ps(_mm512_cvtepi32_ps(v), _mm512_loadu_ps(e->ws + n0)));
+            continue;
+        }
+#endif
+        for (int i = 0; i < nn; i++)
+            e->wo[j * N + n0 + i] = (float)(int8_t)((uint8_t)panel[q * 64 + 4 * i + t] ^ flip) * e->ws[n0 + i];
+    }
+}
+
+/* The dequantized outlier weights e->wo of the columns n0 .. n0 + nn - 1, from the weight rows. */
+static void row_outlier_weights(const eb_epi *e, const int8_t *w, int64_t K, int64_t n0, int nn) {
+    for (int64_t j = 0; j < e->n_out; j++)
+        for (int64_t n = n0; n < n0 + nn; n++) e->wo[j * e->N + n] = (float)w[n * K + e->cols[j]] * e->ws[n];
+}
+
+/* The columns n0 .. n0 + nn - 1 without a panel (no memory for one): plain dot products over x's rows (ldx apart). */
+static void columns_by_dots(const int8_t *xp, int64_t ldx, const int8_t *w, const eb_epi *e, int64_t M, int64_t K,
+                            int64_t n0, int nn) {
+    if (e->wo) row_outlier_weights(e, w, K, n0, nn);
+    for (int j = 0; j < nn; j++)
+        for (int64_t m = 0; m < M; m++) finish(e, dot_1x1(xp + m * ldx, w + (n0 + j) * K, K), w + (n0 + j) * K, m, n0 + j);
+}
+
 #ifdef EB_AMX
 #include "int8_amx.h"
 #endif
@@ -317,37 +352,14 @@ int eb_gemm_panels(const int8_t *x, int x_ready, const int8_t *w, const eb_epi *
             const int nn = N - n0 < 16 ? (int)(N - n0) : 16;
             if (panel) {
                 pack_panel(w, K, n0, nn, K4, EB_PANEL_FLIP, panel);
-                if (e->wo) /* this panel's columns of the dequantized outlier weights, read from the panel in L1
-                              (one vector per column with VNNI; before, read a byte at a time from the weight rows:
-                              M = 12, 1536 x 384, 3 outlier columns, kernel only 45.2 -> 40.7 us) */
-                    for (int64_t j = 0; j < e->n_out; j++) {
-                        const int64_t q = e->cols[j] / 4, t = e->cols[j] % 4;
-#if EB_U8S8
-                        if (nn == 16) { /* byte t of each 4-byte group to the top, the flip undone, shifted down signed */
-                            const __m512i g = _mm512_slli_epi32(_mm512_load_si512((const void *)(panel + q * 64)),
-                                                                (unsigned)(24 - 8 * t));
-                            const __m512i v = _mm512_srai_epi32(_mm512_xor_si512(g, _mm512_set1_epi32(INT32_MIN)), 24);
-                            _mm512_storeu_ps(e->wo + j * N + n0,
-                                             _mm512_mul_ps(_mm512_cvtepi32_ps(v), _mm512_loadu_ps(e->ws + n0)));
-                            continue;
-                        }
-#endif
-                        for (int i = 0; i < nn; i++)
-                            e->wo[j * N + n0 + i] =
-                                (float)(int8_t)((uint8_t)panel[q * 64 + 4 * i + t] ^ EB_PANEL_FLIP) * e->ws[n0 + i];
-                    }
+                if (e->wo) panel_outlier_weights(e, panel, n0, nn, EB_PANEL_FLIP);
                 if (p + 1 < npanels) /* the next panel's weight rows into L2 while this one computes */
                     for (int64_t off = 16 * K; off < 32 * K && n0 * K + off < N * K; off += 64)
                         _mm_prefetch((const char *)(w + n0 * K + off), _MM_HINT_T1);
                 panel_sweep(xp, ldx, rowsum, panel, w, e, M, K, n0, nn);
                 continue;
             }
-            if (e->wo) /* without a panel: the dequantized outlier weights from the weight rows */
-                for (int64_t j = 0; j < e->n_out; j++)
-                    for (int64_t n = n0; n < n0 + nn; n++) e->wo[j * N + n] = (float)w[n * K + e->cols[j]] * e->ws[n];
-            for (int j = 0; j < nn; j++)
-                for (int64_t m = 0; m < M; m++)
-                    finish(e, dot_1x1(xp + m * ldx, w + (n0 + j) * K, K), w + (n0 + j) * K, m, n0 + j);
+            columns_by_dots(xp, ldx, w, e, M, K, n0, nn);
         }
         free(panel);
     }

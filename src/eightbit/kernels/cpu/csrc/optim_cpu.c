@@ -3,8 +3,9 @@
  *
  * One kernel serves every rule of eightbit.functional.optimizer that has states (adam, lamb, momentum, rmsprop,
  * adagrad, lion, ademamix: one to three states); the rule is chosen per call, so each rule's element loop is
- * compiled and vectorized on its own. optim_norm.h adds the update-norm pass (LAMB, LARS, max_unorm). Numerics mirror the reference (eightbit.functional.optimizer._steps) operation by operation in
- * float32 (no fast-math, no FMA contraction): states bit-identical, parameters equal.
+ * compiled and vectorized on its own. optim_norm.h adds the update-norm pass (LAMB, LARS, max_unorm). Numerics
+ * mirror the reference (eightbit.functional.optimizer._steps) operation by operation in float32 (no fast-math, no
+ * FMA contraction): states bit-identical, parameters equal.
  *
  * Parameters and gradients may be bfloat16 or float16 (dtype codes of lowp.h, per tensor): each block (or run) is
  * widened into float32 scratch in L1, stepped there by the same code, and the parameter narrowed back, which is the
@@ -158,6 +159,14 @@ static void rule_direction(int32_t rule, const float *restrict p, const float *r
 }
 
 #include "optim_fused.h"
+
+/* n codes of a state decoded and scaled by its block's absmax a: binary maps by their decoder, others by table. */
+static inline void decode_state(const lut_t *L, const uint8_t *q, float a, int64_t n, float *out) {
+    if (L->bin_groups)
+        bin_decode_scale(L, q, a, n, out);
+    else
+        lookup_scale(q, L->code, a, n, out);
+}
 
 /* One step on 32-bit states (s[0..2]: float32 arrays of n values, those past the rule's count unused): the rule in place,
  * in runs of 2048 values (or one block of bs) over the threads. The reference makes the same float32 operations
@@ -355,12 +364,7 @@ static int64_t optim_range(int32_t rule, int32_t nstates, int32_t wd_mode, int64
 #endif
         EB_WIDEN();
 #undef EB_WIDEN
-        for (int32_t k = 0; k < nstates; k++) {
-            if (luts[k].bin_groups)
-                bin_decode_scale(&luts[k], q[k] + o, absmax[k][b], bs, s[k]);
-            else
-                lookup_scale(q[k] + o, luts[k].code, absmax[k][b], bs, s[k]);
-        }
+        for (int32_t k = 0; k < nstates; k++) decode_state(&luts[k], q[k] + o, absmax[k][b], bs, s[k]);
         if (skip && !pt) memcpy(pold, pb, (size_t)bs * sizeof(float)); /* pb is the parameter itself */
         rule_block(rule, pb, gb, &hv, wd_mode, bs, s0, s1, s2);
         if (skip) {

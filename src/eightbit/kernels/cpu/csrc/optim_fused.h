@@ -2,32 +2,23 @@
  * dynamic maps, decode, rule, parameter write and the new states' absmax in one pass, then the caller encodes. */
 #ifndef EIGHTBIT_OPTIM_FUSED_H
 #define EIGHTBIT_OPTIM_FUSED_H
-/* EB_SAVE16 (below) for the 8 values of the 8-lane passes. */
-#define EB_SAVE8(pold, p, o, pi, dt)                                                                             \
+/* The W old parameter values from element o (pi: them as float32, stored by STORE_PS; dtype dt) kept at pold + o,
+ * where pold is not NULL: a pass that writes the parameter in place can then be undone for a block whose new
+ * states turn out not finite (optim_range), instead of reading the gradient once more before the pass. A bf16/fp16
+ * parameter keeps its own bits (a copy of 2 W bytes of constant size: one vector move). */
+#define EB_SAVE_OLD(pold, p, o, pi, dt, STORE_PS, W)                                                              \
     do {                                                                                                          \
         if (pold) {                                                                                               \
             if ((dt) == DT_F32)                                                                                   \
-                _mm256_storeu_ps((float *)(pold) + (o), (pi));                                                    \
+                STORE_PS((float *)(pold) + (o), (pi));                                                            \
             else                                                                                                  \
-                _mm_storeu_si128((__m128i *)((uint16_t *)(pold) + (o)),                                           \
-                                 _mm_loadu_si128((const __m128i *)((const uint16_t *)(p) + (o))));                \
+                memcpy((uint16_t *)(pold) + (o), (const uint16_t *)(p) + (o), 2 * (W));                           \
         }                                                                                                         \
     } while (0)
+#define EB_SAVE8(pold, p, o, pi, dt) EB_SAVE_OLD(pold, p, o, pi, dt, _mm256_storeu_ps, 8)
 
 #if defined(__AVX512F__) && defined(__AVX512CD__)
-/* The 16 old parameter values from element o (pi: them as float32; dtype dt) kept at pold + o, where pold is not
- * NULL: a pass that writes the parameter in place can then be undone for a block whose gradient turns out to hold
- * a NaN/Inf (optim_range), instead of reading the gradient once more before the pass. */
-#define EB_SAVE16(pold, p, o, pi, dt)                                                                            \
-    do {                                                                                                          \
-        if (pold) {                                                                                               \
-            if ((dt) == DT_F32)                                                                                   \
-                _mm512_storeu_ps((float *)(pold) + (o), (pi));                                                    \
-            else                                                                                                  \
-                _mm256_storeu_si256((__m256i *)((uint16_t *)(pold) + (o)),                                        \
-                                    _mm256_loadu_si256((const __m256i *)((const uint16_t *)(p) + (o))));          \
-        }                                                                                                         \
-    } while (0)
+#define EB_SAVE16(pold, p, o, pi, dt) EB_SAVE_OLD(pold, p, o, pi, dt, _mm512_storeu_ps, 16)
 
 /* Adam's hyperparameters broadcast to 16 lanes. */
 typedef struct {

@@ -206,12 +206,10 @@ void eb_optim_norm(int32_t rule, int32_t nstates, int32_t wd_mode, int64_t bs, i
         if (x.pt) lowp_widen(x.p, x.pt, o, w, pbuf), pb = pbuf;
         if (x.gt) lowp_widen(x.g, x.gt, o, w, gbuf), gb = gbuf;
         for (int32_t k = 0; k < nstates; k++) {
-            if (!eight)
-                memcpy(st[k], (const float *)x.q[k] + o, (size_t)w * sizeof(float));
-            else if (x.lut[k]->bin_groups)
-                bin_decode_scale(x.lut[k], x.q[k] + o, x.absmax[k][b], w, st[k]);
+            if (eight)
+                decode_state(x.lut[k], x.q[k] + o, x.absmax[k][b], w, st[k]);
             else
-                lookup_scale(x.q[k] + o, x.lut[k]->code, x.absmax[k][b], w, st[k]);
+                memcpy(st[k], (const float *)x.q[k] + o, (size_t)w * sizeof(float));
         }
         rule_direction(rule, pb, gb, &hv, wd_mode, w, st[0], st[1], st[2], d);
         dsum += sum_squares(d, w);
